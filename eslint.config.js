@@ -1,0 +1,28 @@
+// @ts-check
+import tseslint from "typescript-eslint";
+import importX from "eslint-plugin-import-x";
+
+export default tseslint.config(
+  { ignores: ["node_modules/", "coverage/"] },
+  ...tseslint.configs.strictTypeChecked,
+  {
+    languageOptions: {
+      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+    },
+    plugins: { "import-x": importX },
+    rules: {
+      "@typescript-eslint/no-floating-promises": "error",
+      "@typescript-eslint/switch-exhaustiveness-check": "error",
+      "@typescript-eslint/restrict-template-expressions": ["error", { allowNumber: true }],
+      "import-x/no-cycle": "error",
+    },
+  },
+  {
+    files: ["**/*.test.ts", "test/**", "bench/**"],
+    rules: {
+      // node:test's describe/it return promises the runner awaits itself.
+      "@typescript-eslint/no-floating-promises": "off",
+      "@typescript-eslint/no-non-null-assertion": "off",
+    },
+  },
+);

@@ -1,0 +1,54 @@
+/**
+ * Schema versions, applied in order, each in its own transaction. Never edit one that has
+ * shipped: add the next. `seq` columns give rows a never-reused insertion order for pagination.
+ */
+export const migrations: readonly { version: number; sql: string }[] = [
+  {
+    version: 1,
+    sql: `
+      CREATE TABLE runtimes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL UNIQUE,
+        arn TEXT NOT NULL,
+        latest_version INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        last_updated_at TEXT NOT NULL,
+        tags TEXT NOT NULL
+      );
+      CREATE TABLE runtime_versions (
+        runtime_id TEXT NOT NULL REFERENCES runtimes(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        config TEXT NOT NULL,
+        status TEXT NOT NULL,
+        failure_reason TEXT,
+        created_at TEXT NOT NULL,
+        last_updated_at TEXT NOT NULL,
+        PRIMARY KEY (runtime_id, version)
+      );
+      CREATE INDEX runtime_versions_status ON runtime_versions(status);
+      CREATE TABLE endpoints (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        runtime_id TEXT NOT NULL REFERENCES runtimes(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        arn TEXT NOT NULL,
+        description TEXT NOT NULL,
+        target_version INTEGER NOT NULL,
+        live_version INTEGER,
+        created_at TEXT NOT NULL,
+        last_updated_at TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        UNIQUE (runtime_id, name)
+      );
+      CREATE TABLE idempotency (
+        scope TEXT NOT NULL,
+        client_token TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        response TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (scope, client_token)
+      );
+      CREATE INDEX idempotency_created_at ON idempotency(created_at);
+    `,
+  },
+];

@@ -1,0 +1,415 @@
+import { chmodSync } from "node:fs";
+import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import type { EndpointRecord, RuntimeRecord, RuntimeStatus, RuntimeVersionRecord } from "../../core/model.ts";
+import {
+  DuplicateClientTokenError,
+  NameTakenError,
+  type IdempotencyRecord,
+  type MetadataStore,
+  type Page,
+  type PageRequest,
+} from "../../core/store.ts";
+import { migrations } from "./migrations.ts";
+
+type Row = Record<string, SQLInputValue>;
+
+/**
+ * The embedded metadata store: one SQLite file in WAL mode with synchronous=FULL, so a
+ * committed change survives a kill -9 of the server (and a power cut). node:sqlite is
+ * synchronous, so each method's transaction runs without interleaving.
+ */
+export class SqliteMetadataStore implements MetadataStore {
+  private readonly db: DatabaseSync;
+
+  constructor(path: string) {
+    this.db = new DatabaseSync(path);
+    chmodSync(path, 0o600);
+    this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;");
+    this.migrate();
+  }
+
+  /** The schema version the database is at, for operators and tests. */
+  schemaVersion(): number {
+    const row = this.db.prepare("SELECT MAX(version) AS version FROM schema_migrations").get();
+    return Number(row?.["version"] ?? 0);
+  }
+
+  private migrate(): void {
+    this.db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)");
+    const current = this.schemaVersion();
+    for (const migration of migrations.filter((candidate) => candidate.version > current)) {
+      this.transaction(() => {
+        this.db.exec(migration.sql);
+        this.db.prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)").run(
+          migration.version,
+          new Date().toISOString(),
+        );
+      });
+    }
+  }
+
+  private transaction<T>(work: () => T): T {
+    this.db.exec("BEGIN IMMEDIATE");
+    try {
+      const result = work();
+      this.db.exec("COMMIT");
+      return result;
+    } catch (error) {
+      this.db.exec("ROLLBACK");
+      throw error;
+    }
+  }
+
+  private run(sql: string, params: Row = {}): void {
+    this.db.prepare(sql).run(params);
+  }
+
+  private get(sql: string, params: Row = {}): Row | undefined {
+    return this.db.prepare(sql).get(params) as Row | undefined;
+  }
+
+  private all(sql: string, params: Row = {}): Row[] {
+    return this.db.prepare(sql).all(params) as Row[];
+  }
+
+  private saveIdempotency(record: IdempotencyRecord | undefined): void {
+    if (record === undefined) return;
+    try {
+      this.run(
+        `INSERT INTO idempotency (scope, client_token, request_hash, response, created_at)
+         VALUES (:scope, :token, :hash, :response, :createdAt)`,
+        {
+          scope: record.scope,
+          token: record.clientToken,
+          hash: record.requestHash,
+          response: JSON.stringify(record.response),
+          createdAt: record.createdAt,
+        },
+      );
+    } catch (error) {
+      if (isUniqueViolation(error)) throw new DuplicateClientTokenError();
+      throw error;
+    }
+  }
+
+  createRuntime(write: Parameters<MetadataStore["createRuntime"]>[0]): Promise<void> {
+    const { runtime, version, defaultEndpoint, idempotency } = write;
+    return settle(() =>
+      this.transaction(() => {
+        this.saveIdempotency(idempotency);
+        try {
+          this.run(
+            `INSERT INTO runtimes (id, name, arn, latest_version, created_at, last_updated_at, tags)
+             VALUES (:id, :name, :arn, :latest, :createdAt, :lastUpdatedAt, :tags)`,
+            {
+              id: runtime.id,
+              name: runtime.name,
+              arn: runtime.arn,
+              latest: runtime.latestVersion,
+              createdAt: runtime.createdAt,
+              lastUpdatedAt: runtime.lastUpdatedAt,
+              tags: JSON.stringify(runtime.tags),
+            },
+          );
+        } catch (error) {
+          if (isUniqueViolation(error)) throw new NameTakenError(runtime.name);
+          throw error;
+        }
+        this.insertVersion(version);
+        this.insertEndpoint(defaultEndpoint);
+      }),
+    );
+  }
+
+  addRuntimeVersion(write: Parameters<MetadataStore["addRuntimeVersion"]>[0]): Promise<void> {
+    const { version, idempotency } = write;
+    return settle(() =>
+      this.transaction(() => {
+        this.saveIdempotency(idempotency);
+        this.insertVersion(version);
+        const params = { id: version.runtimeId, version: version.version, at: version.createdAt };
+        this.run("UPDATE runtimes SET latest_version = :version, last_updated_at = :at WHERE id = :id", params);
+        this.run(
+          "UPDATE endpoints SET target_version = :version, last_updated_at = :at WHERE runtime_id = :id AND name = 'DEFAULT'",
+          params,
+        );
+      }),
+    );
+  }
+
+  setVersionStatus(change: Parameters<MetadataStore["setVersionStatus"]>[0]): Promise<void> {
+    return settle(() =>
+      this.transaction(() => {
+        const params = { id: change.runtimeId, version: change.version, at: change.at };
+        this.run(
+          `UPDATE runtime_versions SET status = :status, failure_reason = :reason, last_updated_at = :at
+           WHERE runtime_id = :id AND version = :version`,
+          { ...params, status: change.status, reason: change.failureReason ?? null },
+        );
+        if (change.status === "READY") {
+          this.run(
+            `UPDATE endpoints SET live_version = :version, last_updated_at = :at
+             WHERE runtime_id = :id AND target_version = :version`,
+            params,
+          );
+        }
+      }),
+    );
+  }
+
+  deleteRuntime(runtimeId: string, idempotency: IdempotencyRecord | undefined): Promise<void> {
+    return settle(() =>
+      this.transaction(() => {
+        this.saveIdempotency(idempotency);
+        this.run("DELETE FROM runtimes WHERE id = :id", { id: runtimeId });
+      }),
+    );
+  }
+
+  deleteRuntimeVersion(runtimeId: string, version: number, idempotency: IdempotencyRecord | undefined): Promise<void> {
+    return settle(() =>
+      this.transaction(() => {
+        this.saveIdempotency(idempotency);
+        this.run("DELETE FROM runtime_versions WHERE runtime_id = :id AND version = :version", { id: runtimeId, version });
+      }),
+    );
+  }
+
+  findRuntime(runtimeId: string): Promise<RuntimeRecord | undefined> {
+    return settle(() => {
+      const row = this.get("SELECT * FROM runtimes WHERE id = :id", { id: runtimeId });
+      return row === undefined ? undefined : toRuntime(row);
+    });
+  }
+
+  findRuntimeVersion(runtimeId: string, version: number): Promise<RuntimeVersionRecord | undefined> {
+    return settle(() => {
+      const row = this.get("SELECT * FROM runtime_versions WHERE runtime_id = :id AND version = :version", {
+        id: runtimeId,
+        version,
+      });
+      return row === undefined ? undefined : toVersion(row);
+    });
+  }
+
+  listRuntimes(page: PageRequest): Promise<Page<{ runtime: RuntimeRecord; latest: RuntimeVersionRecord }>> {
+    return settle(() => {
+      const rows = this.all(
+        `SELECT r.*, v.runtime_id, v.version, v.config, v.status, v.failure_reason,
+                v.created_at AS version_created_at, v.last_updated_at AS version_last_updated_at
+         FROM runtimes r JOIN runtime_versions v ON v.runtime_id = r.id AND v.version = r.latest_version
+         WHERE r.seq > :after ORDER BY r.seq LIMIT :limit`,
+        { after: page.afterKey ?? 0, limit: page.limit + 1 },
+      );
+      return paginate(rows, page.limit, "seq", (row) => ({
+        runtime: toRuntime(row),
+        latest: toVersion({ ...row, created_at: row["version_created_at"], last_updated_at: row["version_last_updated_at"] } as Row),
+      }));
+    });
+  }
+
+  listRuntimeVersions(runtimeId: string, page: PageRequest): Promise<Page<RuntimeVersionRecord>> {
+    return settle(() => {
+      const rows = this.all(
+        `SELECT * FROM runtime_versions WHERE runtime_id = :id AND version > :after ORDER BY version LIMIT :limit`,
+        { id: runtimeId, after: page.afterKey ?? 0, limit: page.limit + 1 },
+      );
+      return paginate(rows, page.limit, "version", toVersion);
+    });
+  }
+
+  listUnsettledVersions(): Promise<RuntimeVersionRecord[]> {
+    return settle(() =>
+      this.all("SELECT * FROM runtime_versions WHERE status IN ('CREATING', 'UPDATING') ORDER BY created_at").map(
+        toVersion,
+      ),
+    );
+  }
+
+  createEndpoint(endpoint: EndpointRecord, idempotency: IdempotencyRecord | undefined): Promise<void> {
+    return settle(() =>
+      this.transaction(() => {
+        this.saveIdempotency(idempotency);
+        try {
+          this.insertEndpoint(endpoint);
+        } catch (error) {
+          if (isUniqueViolation(error)) throw new NameTakenError(endpoint.name);
+          throw error;
+        }
+      }),
+    );
+  }
+
+  updateEndpoint(endpoint: EndpointRecord, idempotency: IdempotencyRecord | undefined): Promise<void> {
+    return settle(() =>
+      this.transaction(() => {
+        this.saveIdempotency(idempotency);
+        this.run(
+          `UPDATE endpoints SET description = :description, target_version = :target, live_version = :live,
+             last_updated_at = :lastUpdatedAt WHERE runtime_id = :runtimeId AND name = :name`,
+          {
+            description: endpoint.description,
+            target: endpoint.targetVersion,
+            live: endpoint.liveVersion ?? null,
+            lastUpdatedAt: endpoint.lastUpdatedAt,
+            runtimeId: endpoint.runtimeId,
+            name: endpoint.name,
+          },
+        );
+      }),
+    );
+  }
+
+  deleteEndpoint(runtimeId: string, name: string, idempotency: IdempotencyRecord | undefined): Promise<void> {
+    return settle(() =>
+      this.transaction(() => {
+        this.saveIdempotency(idempotency);
+        this.run("DELETE FROM endpoints WHERE runtime_id = :id AND name = :name", { id: runtimeId, name });
+      }),
+    );
+  }
+
+  findEndpoint(runtimeId: string, name: string): Promise<EndpointRecord | undefined> {
+    return settle(() => {
+      const row = this.get("SELECT * FROM endpoints WHERE runtime_id = :id AND name = :name", { id: runtimeId, name });
+      return row === undefined ? undefined : toEndpoint(row);
+    });
+  }
+
+  listEndpoints(runtimeId: string, page: PageRequest): Promise<Page<EndpointRecord>> {
+    return settle(() => {
+      const rows = this.all(
+        "SELECT * FROM endpoints WHERE runtime_id = :id AND seq > :after ORDER BY seq LIMIT :limit",
+        { id: runtimeId, after: page.afterKey ?? 0, limit: page.limit + 1 },
+      );
+      return paginate(rows, page.limit, "seq", toEndpoint);
+    });
+  }
+
+  findIdempotency(scope: string, clientToken: string): Promise<IdempotencyRecord | undefined> {
+    return settle(() => {
+      const row = this.get("SELECT * FROM idempotency WHERE scope = :scope AND client_token = :token", {
+        scope,
+        token: clientToken,
+      });
+      if (row === undefined) return undefined;
+      return {
+        scope,
+        clientToken,
+        requestHash: String(row["request_hash"]),
+        response: JSON.parse(String(row["response"])) as unknown,
+        createdAt: String(row["created_at"]),
+      };
+    });
+  }
+
+  expireIdempotency(before: string): Promise<void> {
+    return settle(() => {
+      this.run("DELETE FROM idempotency WHERE created_at < :before", { before });
+    });
+  }
+
+  close(): Promise<void> {
+    return settle(() => {
+      if (this.db.isOpen) this.db.close();
+    });
+  }
+
+  private insertVersion(version: RuntimeVersionRecord): void {
+    this.run(
+      `INSERT INTO runtime_versions (runtime_id, version, config, status, failure_reason, created_at, last_updated_at)
+       VALUES (:id, :version, :config, :status, :reason, :createdAt, :lastUpdatedAt)`,
+      {
+        id: version.runtimeId,
+        version: version.version,
+        config: JSON.stringify(version.config),
+        status: version.status,
+        reason: version.failureReason ?? null,
+        createdAt: version.createdAt,
+        lastUpdatedAt: version.lastUpdatedAt,
+      },
+    );
+  }
+
+  private insertEndpoint(endpoint: EndpointRecord): void {
+    this.run(
+      `INSERT INTO endpoints (runtime_id, name, arn, description, target_version, live_version, created_at, last_updated_at, tags)
+       VALUES (:runtimeId, :name, :arn, :description, :target, :live, :createdAt, :lastUpdatedAt, :tags)`,
+      {
+        runtimeId: endpoint.runtimeId,
+        name: endpoint.name,
+        arn: endpoint.arn,
+        description: endpoint.description,
+        target: endpoint.targetVersion,
+        live: endpoint.liveVersion ?? null,
+        createdAt: endpoint.createdAt,
+        lastUpdatedAt: endpoint.lastUpdatedAt,
+        tags: JSON.stringify(endpoint.tags),
+      },
+    );
+  }
+}
+
+/** Runs synchronous database work and reports its outcome as a promise, as the interface asks. */
+function settle<T>(work: () => T): Promise<T> {
+  try {
+    return Promise.resolve(work());
+  } catch (error) {
+    return Promise.reject(error as Error);
+  }
+}
+
+function paginate<T>(rows: Row[], limit: number, keyColumn: string, map: (row: Row) => T): Page<T> {
+  const pageRows = rows.slice(0, limit);
+  const last = pageRows.at(-1);
+  return {
+    items: pageRows.map(map),
+    lastKey: rows.length > limit && last !== undefined ? Number(last[keyColumn]) : undefined,
+  };
+}
+
+function isUniqueViolation(error: unknown): boolean {
+  return error instanceof Error && error.message.includes("UNIQUE constraint failed");
+}
+
+function optionalNumber(value: SQLInputValue | undefined): number | undefined {
+  return value === null || value === undefined ? undefined : Number(value);
+}
+
+function toRuntime(row: Row): RuntimeRecord {
+  return {
+    id: String(row["id"]),
+    name: String(row["name"]),
+    arn: String(row["arn"]),
+    latestVersion: Number(row["latest_version"]),
+    createdAt: String(row["created_at"]),
+    lastUpdatedAt: String(row["last_updated_at"]),
+    tags: JSON.parse(String(row["tags"])) as Record<string, string>,
+  };
+}
+
+function toVersion(row: Row): RuntimeVersionRecord {
+  return {
+    runtimeId: String(row["runtime_id"]),
+    version: Number(row["version"]),
+    config: JSON.parse(String(row["config"])) as RuntimeVersionRecord["config"],
+    status: String(row["status"]) as RuntimeStatus,
+    failureReason: row["failure_reason"] === null ? undefined : String(row["failure_reason"]),
+    createdAt: String(row["created_at"]),
+    lastUpdatedAt: String(row["last_updated_at"]),
+  };
+}
+
+function toEndpoint(row: Row): EndpointRecord {
+  return {
+    runtimeId: String(row["runtime_id"]),
+    name: String(row["name"]),
+    arn: String(row["arn"]),
+    description: String(row["description"]),
+    targetVersion: Number(row["target_version"]),
+    liveVersion: optionalNumber(row["live_version"]),
+    createdAt: String(row["created_at"]),
+    lastUpdatedAt: String(row["last_updated_at"]),
+    tags: JSON.parse(String(row["tags"])) as Record<string, string>,
+  };
+}

@@ -1,0 +1,16 @@
+import type { MetadataStore } from "./store.ts";
+import type { RuntimeVersionRecord } from "./model.ts";
+
+/** What core operations need from the outside world, supplied by the composition root. */
+export interface CoreContext {
+  store: MetadataStore;
+  region: string;
+  accountId: string;
+  now: () => Date;
+  /** Starts preparing a new version's artifact in the background; settles its status when done. */
+  prepareVersion: (version: RuntimeVersionRecord) => void;
+}
+
+export function timestamp(context: CoreContext): string {
+  return context.now().toISOString();
+}

@@ -1,0 +1,75 @@
+import type { AgentArtifact, RuntimeVersionRecord } from "./model.ts";
+import type { MetadataStore } from "./store.ts";
+
+/** Checks (and later fetches or unpacks) a version's artifact; throws ArtifactProblem when unusable. */
+export type ArtifactCheck = (artifact: AgentArtifact, signal: AbortSignal) => Promise<void>;
+
+/** An artifact that cannot run, with a reason a user can act on (shown as failureReason). */
+export class ArtifactProblem extends Error {}
+
+export interface PreparationLog {
+  warn(message: string, fields: Record<string, unknown>): void;
+}
+
+/**
+ * Prepares new runtime versions in the background and records the outcome: READY, or
+ * CREATE_FAILED/UPDATE_FAILED with a failureReason. Versions left unsettled by a crash are
+ * picked up again by resumeUnsettled() at start, so none stays CREATING forever.
+ */
+export class VersionPreparer {
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly abort = new AbortController();
+  private readonly store: MetadataStore;
+  private readonly check: ArtifactCheck;
+  private readonly now: () => Date;
+  private readonly log: PreparationLog;
+
+  constructor(options: { store: MetadataStore; check: ArtifactCheck; now: () => Date; log: PreparationLog }) {
+    this.store = options.store;
+    this.check = options.check;
+    this.now = options.now;
+    this.log = options.log;
+  }
+
+  prepare(version: RuntimeVersionRecord): void {
+    const work = this.settle(version).finally(() => this.inFlight.delete(work));
+    this.inFlight.add(work);
+  }
+
+  async resumeUnsettled(): Promise<void> {
+    for (const version of await this.store.listUnsettledVersions()) this.prepare(version);
+  }
+
+  /** Resolves once every preparation started so far has settled. */
+  async idle(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+  }
+
+  /** Stops preparations; unfinished ones stay unsettled and resume at the next start. */
+  async close(): Promise<void> {
+    this.abort.abort(new Error("server shutting down"));
+    await this.idle();
+  }
+
+  private async settle(version: RuntimeVersionRecord): Promise<void> {
+    const failed = version.version === 1 ? "CREATE_FAILED" : "UPDATE_FAILED";
+    let outcome: { status: "READY" | typeof failed; failureReason: string | undefined };
+    try {
+      await this.check(version.config.artifact, this.abort.signal);
+      outcome = { status: "READY", failureReason: undefined };
+    } catch (error) {
+      if (this.abort.signal.aborted) return;
+      const reason = error instanceof ArtifactProblem ? error.message : "Berth could not prepare the artifact (see the server log)";
+      if (!(error instanceof ArtifactProblem)) {
+        this.log.warn("artifact preparation failed", { runtimeId: version.runtimeId, version: version.version, error: String(error) });
+      }
+      outcome = { status: failed, failureReason: reason };
+    }
+    await this.store.setVersionStatus({
+      runtimeId: version.runtimeId,
+      version: version.version,
+      ...outcome,
+      at: this.now().toISOString(),
+    });
+  }
+}

@@ -1,0 +1,99 @@
+import type {
+  EndpointRecord,
+  RuntimeRecord,
+  RuntimeStatus,
+  RuntimeVersionRecord,
+} from "./model.ts";
+
+/**
+ * The first answer to a request that carried a clientToken, kept so a retry gets the same
+ * answer. `scope` names the operation and its target, so one token can't cross operations.
+ */
+export interface IdempotencyRecord {
+  scope: string;
+  clientToken: string;
+  requestHash: string;
+  response: unknown;
+  createdAt: string;
+}
+
+/** A page of rows in insertion order, with the key to continue after the last one. */
+export interface Page<T> {
+  items: T[];
+  lastKey: number | undefined;
+}
+
+export interface PageRequest {
+  afterKey: number | undefined;
+  limit: number;
+}
+
+/**
+ * Metadata storage. Each mutating method is one atomic transaction, including the idempotency
+ * record it is given, so a crash never leaves a created runtime without its token (or the
+ * reverse). Implementations: SQLite (embedded default); PostgreSQL can satisfy the same contract.
+ */
+export interface MetadataStore {
+  /** Throws NameTakenError when a live runtime already has the name. */
+  createRuntime(write: {
+    runtime: RuntimeRecord;
+    version: RuntimeVersionRecord;
+    defaultEndpoint: EndpointRecord;
+    idempotency: IdempotencyRecord | undefined;
+  }): Promise<void>;
+  /** Adds the next version, makes it the latest and retargets DEFAULT at it. */
+  addRuntimeVersion(write: {
+    version: RuntimeVersionRecord;
+    idempotency: IdempotencyRecord | undefined;
+  }): Promise<void>;
+  /** Settles a version's preparation; a READY version goes live on every endpoint targeting it. */
+  setVersionStatus(change: {
+    runtimeId: string;
+    version: number;
+    status: RuntimeStatus;
+    failureReason: string | undefined;
+    at: string;
+  }): Promise<void>;
+  deleteRuntime(runtimeId: string, idempotency: IdempotencyRecord | undefined): Promise<void>;
+  deleteRuntimeVersion(
+    runtimeId: string,
+    version: number,
+    idempotency: IdempotencyRecord | undefined,
+  ): Promise<void>;
+
+  findRuntime(runtimeId: string): Promise<RuntimeRecord | undefined>;
+  findRuntimeVersion(runtimeId: string, version: number): Promise<RuntimeVersionRecord | undefined>;
+  /** Runtimes with their latest version, in creation order. */
+  listRuntimes(page: PageRequest): Promise<Page<{ runtime: RuntimeRecord; latest: RuntimeVersionRecord }>>;
+  listRuntimeVersions(runtimeId: string, page: PageRequest): Promise<Page<RuntimeVersionRecord>>;
+  /** Versions whose preparation had not finished, e.g. when the server stopped mid-way. */
+  listUnsettledVersions(): Promise<RuntimeVersionRecord[]>;
+
+  /** Throws NameTakenError when the runtime already has an endpoint of that name. */
+  createEndpoint(endpoint: EndpointRecord, idempotency: IdempotencyRecord | undefined): Promise<void>;
+  updateEndpoint(endpoint: EndpointRecord, idempotency: IdempotencyRecord | undefined): Promise<void>;
+  deleteEndpoint(
+    runtimeId: string,
+    name: string,
+    idempotency: IdempotencyRecord | undefined,
+  ): Promise<void>;
+  findEndpoint(runtimeId: string, name: string): Promise<EndpointRecord | undefined>;
+  listEndpoints(runtimeId: string, page: PageRequest): Promise<Page<EndpointRecord>>;
+
+  findIdempotency(scope: string, clientToken: string): Promise<IdempotencyRecord | undefined>;
+  /** Forgets idempotency records created before `before`. */
+  expireIdempotency(before: string): Promise<void>;
+
+  close(): Promise<void>;
+}
+
+export class NameTakenError extends Error {
+  readonly takenName: string;
+  constructor(takenName: string) {
+    super(`name ${takenName} is taken`);
+    this.takenName = takenName;
+  }
+}
+
+/** Thrown by a mutation whose idempotency record lost a race to an identical retry. */
+export class DuplicateClientTokenError extends Error {}

@@ -1,0 +1,130 @@
+import { chmodSync, mkdirSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import type { Writable } from "node:stream";
+import { localArtifactCheck } from "../adapters/artifacts/local-artifact-store.ts";
+import { SqliteMetadataStore } from "../adapters/sqlite/store.ts";
+import type { Settings } from "../config/settings.ts";
+import type { CoreContext } from "../core/context.ts";
+import type { Logger } from "../core/logger.ts";
+import { VersionPreparer } from "../core/preparation.ts";
+import { controlPlaneOperations } from "../wire/control-plane.ts";
+import { createRequestHandler } from "../wire/handler.ts";
+import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
+import { loadOrCreateCredentials } from "./credentials.ts";
+
+export interface RunningBerth {
+  url: string;
+  port: number;
+  credentials: AccessKey;
+  /** Resolves when background work started so far (artifact preparation) has settled. */
+  idle(): Promise<void>;
+  /** Stops accepting requests, lets in-flight ones finish, then closes the database. */
+  close(): Promise<void>;
+}
+
+/** The composition root: builds every part from settings and wires them together. */
+export interface BerthEnvironment {
+  log: Logger;
+  /** Where the one-time credentials text goes (a person's terminal). */
+  console: Writable;
+  now?: () => Date;
+}
+
+export async function startBerth(settings: Settings, environment: BerthEnvironment): Promise<RunningBerth> {
+  const { log, now = () => new Date() } = environment;
+  mkdirSync(settings.dataDir, { recursive: true, mode: 0o700 });
+  chmodSync(settings.dataDir, 0o700); // the data dir holds the database and the secret key
+  const artifactsDir = join(settings.dataDir, "artifacts");
+  mkdirSync(artifactsDir, { recursive: true });
+
+  const { key, generated } = loadOrCreateCredentials(settings.dataDir, settings);
+  const store = new SqliteMetadataStore(join(settings.dataDir, "berth.db"));
+  const preparer = new VersionPreparer({ store, check: localArtifactCheck(artifactsDir), now, log });
+  const context: CoreContext = {
+    store,
+    region: settings.region,
+    accountId: settings.accountId,
+    now,
+    prepareVersion: (version) => {
+      preparer.prepare(version);
+    },
+  };
+
+  if (settings.insecureNoAuth) {
+    log.warn("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach this port can run code as Berth", {
+      host: settings.host,
+    });
+  }
+  const handler = createRequestHandler({
+    operations: controlPlaneOperations(context),
+    verifier: settings.insecureNoAuth
+      ? undefined
+      : new SigV4Verifier({ keys: [key], region: settings.region, maxSkewSeconds: settings.clockSkewSeconds, now }),
+    log,
+    maxRequestBodyBytes: settings.maxRequestBodyBytes,
+  });
+  const server = createServer(handler);
+  await listen(server, settings.port, settings.host);
+  await preparer.resumeUnsettled();
+  const idempotencySweep = setInterval(() => {
+    const before = new Date(now().getTime() - settings.idempotencyWindowSeconds * 1000).toISOString();
+    store.expireIdempotency(before).catch((error: unknown) => {
+      log.warn("could not expire idempotency records", { error: String(error) });
+    });
+  }, 60_000);
+  idempotencySweep.unref();
+
+  const port = (server.address() as AddressInfo).port;
+  const url = `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${port}`;
+  if (generated) printFirstStartCredentials(environment, key, url, settings);
+  log.info("berth listening", { url, dataDir: settings.dataDir, region: settings.region });
+
+  return {
+    url,
+    port,
+    credentials: key,
+    idle: () => preparer.idle(),
+    close: async () => {
+      clearInterval(idempotencySweep);
+      await new Promise<void>((done) => {
+        server.close(() => {
+          done();
+        });
+        server.closeIdleConnections();
+      });
+      await preparer.close();
+      await store.close();
+    },
+  };
+}
+
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise((done, fail) => {
+    server.once("error", fail);
+    server.listen(port, host, () => {
+      server.off("error", fail);
+      done();
+    });
+  });
+}
+
+/** Shown once, when the key pair is generated: the lines a user pastes to use Berth. */
+function printFirstStartCredentials(environment: BerthEnvironment, key: AccessKey, url: string, settings: Settings): void {
+  environment.log.info("generated credentials", { accessKeyId: key.accessKeyId, file: join(settings.dataDir, "credentials.json") });
+  environment.console.write(
+    [
+      "",
+      "Berth generated credentials (stored in the data directory, mode 0600). Use them with:",
+      "",
+      `  export AWS_ACCESS_KEY_ID=${key.accessKeyId}`,
+      `  export AWS_SECRET_ACCESS_KEY=${key.secretAccessKey}`,
+      `  export AWS_REGION=${settings.region}`,
+      `  export BERTH_ENDPOINT=${url}`,
+      "",
+      "This is the only time the secret is printed.",
+      "",
+    ].join("\n") + "\n",
+  );
+}

@@ -1,0 +1,62 @@
+import { envName, flagName, loadSettings, settingDeclarations, SettingsError } from "../config/settings.ts";
+import { startBerth } from "./berth.ts";
+import { jsonLogger } from "./json-logger.ts";
+
+const usage = `berth — a self-hosted agent runtime, wire-compatible with Amazon Bedrock AgentCore Runtime
+
+Usage:
+  berth serve [options]     start the server (control plane and data plane on one port)
+  berth help                show this help
+
+Examples:
+  berth serve                                  # 127.0.0.1:8787, data in ~/.berth
+  berth serve --port 9000 --data-dir /var/lib/berth
+  BERTH_ACCESS_KEY_ID=... BERTH_SECRET_ACCESS_KEY=... berth serve --host 0.0.0.0
+
+serve options (each also as a BERTH_* environment variable or a key in --config FILE, a JSON object):
+${Object.entries(settingDeclarations)
+  .map(([name, declaration]) => `  ${flagName(name).padEnd(30)} ${declaration.doc} [${envName(name)}]`)
+  .join("\n")}
+  --config FILE                  JSON file of settings (lowest precedence after defaults) [BERTH_CONFIG]
+`;
+
+/** Returns the process exit code: 0 success, 2 bad usage or settings, 1 failure. */
+export async function runCli(args: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const [command, ...rest] = args;
+  if (command === undefined || command === "help" || command === "--help" || command === "-h") {
+    process.stdout.write(usage);
+    return command === undefined ? 2 : 0;
+  }
+  if (command !== "serve") {
+    process.stderr.write(`berth: unknown command "${command}"\n\n${usage}`);
+    return 2;
+  }
+  if (rest.includes("--help") || rest.includes("-h")) {
+    process.stdout.write(usage);
+    return 0;
+  }
+  return serve(rest, env);
+}
+
+async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
+  let settings;
+  try {
+    settings = loadSettings(args, env);
+  } catch (error) {
+    if (error instanceof SettingsError) {
+      process.stderr.write(`berth serve: ${error.message}\n`);
+      return 2;
+    }
+    throw error;
+  }
+  const log = jsonLogger(process.stdout);
+  const berth = await startBerth(settings, { log, console: process.stderr });
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once("SIGTERM", resolve);
+    process.once("SIGINT", resolve);
+  });
+  log.info("shutting down", { signal });
+  await berth.close();
+  log.info("stopped");
+  return 0;
+}

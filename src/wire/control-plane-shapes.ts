@@ -1,0 +1,73 @@
+import type { EndpointView } from "../core/endpoints.ts";
+import type { AgentArtifact, RuntimeView } from "../core/model.ts";
+
+/** Turns Berth's records into the AgentCore control plane's JSON members, exactly as named. */
+
+export function artifactShape(artifact: AgentArtifact): Record<string, unknown> {
+  if (artifact.kind === "container") return { containerConfiguration: { containerUri: artifact.containerUri } };
+  return {
+    codeConfiguration: {
+      code: { s3: { bucket: artifact.bucket, prefix: artifact.prefix, versionId: artifact.versionId } },
+      runtime: artifact.runtime,
+      entryPoint: artifact.entryPoint,
+    },
+  };
+}
+
+export function runtimeDetailShape({ runtime, version }: RuntimeView): Record<string, unknown> {
+  const config = version.config;
+  return {
+    agentRuntimeArn: runtime.arn,
+    agentRuntimeName: runtime.name,
+    agentRuntimeId: runtime.id,
+    agentRuntimeVersion: String(version.version),
+    createdAt: runtime.createdAt,
+    lastUpdatedAt: version.lastUpdatedAt,
+    roleArn: config.roleArn,
+    networkConfiguration: { networkMode: config.networkMode },
+    status: version.status,
+    failureReason: version.failureReason,
+    description: config.description,
+    lifecycleConfiguration: {
+      idleRuntimeSessionTimeout: config.idleRuntimeSessionTimeoutSeconds,
+      maxLifetime: config.maxLifetimeSeconds,
+    },
+    agentRuntimeArtifact: artifactShape(config.artifact),
+    protocolConfiguration: { serverProtocol: config.serverProtocol },
+    environmentVariables: config.environmentVariables,
+    requestHeaderConfiguration:
+      config.requestHeaderAllowlist.length > 0 ? { requestHeaderAllowlist: config.requestHeaderAllowlist } : undefined,
+    filesystemConfigurations: config.sessionStorageMountPaths.map((mountPath) => ({ sessionStorage: { mountPath } })),
+  };
+}
+
+export function runtimeSummaryShape({ runtime, version }: RuntimeView): Record<string, unknown> {
+  return {
+    agentRuntimeArn: runtime.arn,
+    agentRuntimeId: runtime.id,
+    agentRuntimeVersion: String(version.version),
+    agentRuntimeName: runtime.name,
+    description: version.config.description,
+    lastUpdatedAt: version.lastUpdatedAt,
+    status: version.status,
+  };
+}
+
+export function endpointShape(view: EndpointView): Record<string, unknown> {
+  const { endpoint } = view;
+  return {
+    name: endpoint.name,
+    id: `${endpoint.runtimeId}/${endpoint.name}`,
+    agentRuntimeEndpointArn: endpoint.arn,
+    agentRuntimeArn: view.runtimeArn,
+    agentRuntimeId: endpoint.runtimeId,
+    endpointName: endpoint.name,
+    liveVersion: endpoint.liveVersion === undefined ? undefined : String(endpoint.liveVersion),
+    targetVersion: String(endpoint.targetVersion),
+    status: view.status,
+    failureReason: view.failureReason,
+    description: endpoint.description,
+    createdAt: endpoint.createdAt,
+    lastUpdatedAt: endpoint.lastUpdatedAt,
+  };
+}

@@ -1,0 +1,99 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { BerthError } from "../core/errors.ts";
+import { errorShapes } from "./error-status.ts";
+
+/** A request as the operations see it: the raw path split into decoded segments, and its query. */
+export interface WireRequest {
+  method: string;
+  /** The path exactly as sent (still percent-encoded), which SigV4 signs. */
+  rawPath: string;
+  segments: string[];
+  query: URLSearchParams;
+  headers: IncomingMessage["headers"];
+  requestId: string;
+}
+
+export function parseRequestTarget(url: string): { rawPath: string; segments: string[]; query: URLSearchParams } {
+  const queryStart = url.indexOf("?");
+  const rawPath = queryStart === -1 ? url : url.slice(0, queryStart);
+  const query = new URLSearchParams(queryStart === -1 ? "" : url.slice(queryStart + 1));
+  // A full ARN arrives as one encoded segment, so split first and decode each segment after.
+  const segments = rawPath.split("/").map((segment) => {
+    try {
+      return decodeURIComponent(segment);
+    } catch {
+      throw new BerthError("ValidationException", `Path segment "${segment}" is not valid percent-encoding`, {
+        reason: "CannotParse",
+      });
+    }
+  });
+  return { rawPath, segments, query };
+}
+
+/** Reads the whole body, refusing more than `limitBytes` (a setting) without buffering the rest. */
+export async function readBody(request: IncomingMessage, limitBytes: number): Promise<Buffer> {
+  const declared = Number(request.headers["content-length"] ?? 0);
+  if (declared > limitBytes) throw bodyTooLarge(limitBytes);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of request as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limitBytes) throw bodyTooLarge(limitBytes);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+function bodyTooLarge(limitBytes: number): BerthError {
+  return new BerthError("ValidationException", `Request body is larger than ${limitBytes} bytes (maxRequestBodyBytes)`, {
+    reason: "FieldValidationFailed",
+  });
+}
+
+export function parseJsonObject(body: Buffer): Record<string, unknown> {
+  if (body.length === 0) return {};
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString("utf8"));
+  } catch (error) {
+    throw new BerthError("ValidationException", `Request body is not valid JSON: ${(error as Error).message}`, {
+      reason: "CannotParse",
+    });
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw new BerthError("ValidationException", "Request body must be a JSON object", { reason: "CannotParse" });
+  }
+  return parsed as Record<string, unknown>;
+}
+
+export function sendJson(response: ServerResponse, status: number, body: unknown, requestId: string): void {
+  const payload = Buffer.from(JSON.stringify(body));
+  response.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": payload.length,
+    "x-amzn-requestid": requestId,
+  });
+  response.end(payload);
+}
+
+/** Encodes an error as the SDK reads it: type in x-amzn-errortype, JSON body with message. */
+export function sendError(response: ServerResponse, error: BerthError, requestId: string): void {
+  const shape = errorShapes[error.code];
+  const body: Record<string, unknown> = { message: error.message };
+  if (error.reason !== undefined) body["reason"] = error.reason;
+  if (error.fieldList !== undefined) body["fieldList"] = error.fieldList;
+  const payload = Buffer.from(JSON.stringify(body));
+  if (response.headersSent) {
+    response.destroy(error);
+    return;
+  }
+  response.writeHead(shape.status, {
+    "content-type": "application/json",
+    "content-length": payload.length,
+    "x-amzn-requestid": requestId,
+    "x-amzn-errortype": error.code,
+    // The SDK corrects its clock from this header after a skew error.
+    date: new Date().toUTCString(),
+  });
+  response.end(payload);
+}

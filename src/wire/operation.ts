@@ -1,0 +1,79 @@
+import type { ServerResponse } from "node:http";
+import type { IncomingMessage } from "node:http";
+import { BerthError } from "../core/errors.ts";
+import type { WireRequest } from "./http.ts";
+
+/** What a handler gets: the parsed request, its path parameters, and its body. */
+export interface OperationInput {
+  request: WireRequest;
+  params: Record<string, string>;
+  /** The JSON body, for operations that buffer it. */
+  body: Record<string, unknown>;
+  /** The raw message, for operations that stream their body or response. */
+  raw: { incoming: IncomingMessage; outgoing: ServerResponse; signal: AbortSignal };
+}
+
+/** An operation answers with a JSON body, or has already written its own (streamed) response. */
+export type OperationResult = { json: unknown } | { streamed: true };
+
+export interface Operation {
+  name: string;
+  method: string;
+  /** Path segments after splitting on "/"; ":name" captures one segment. "" marks a trailing slash. */
+  path: readonly string[];
+  successStatus: number;
+  /** "json": body is buffered (bounded), hashed and parsed before the handler runs. */
+  body: "json" | "streamed";
+  handle(input: OperationInput): Promise<OperationResult>;
+}
+
+export function operation(
+  name: string,
+  method: string,
+  path: string,
+  successStatus: number,
+  handle: (input: OperationInput) => Promise<unknown>,
+): Operation {
+  return {
+    name,
+    method,
+    path: path.split("/"),
+    successStatus,
+    body: "json",
+    handle: async (input) => ({ json: await handle(input) }),
+  };
+}
+
+export function matchOperation(
+  operations: readonly Operation[],
+  method: string,
+  segments: readonly string[],
+): { operation: Operation; params: Record<string, string> } {
+  let pathMatched = false;
+  for (const candidate of operations) {
+    const params = matchPath(candidate.path, segments);
+    if (params === undefined) continue;
+    pathMatched = true;
+    if (candidate.method === method) return { operation: candidate, params };
+  }
+  const path = segments.join("/");
+  throw new BerthError(
+    "UnknownOperationException",
+    pathMatched ? `Method ${method} is not allowed on ${path}` : `No operation at ${method} ${path}`,
+  );
+}
+
+function matchPath(pattern: readonly string[], segments: readonly string[]): Record<string, string> | undefined {
+  if (pattern.length !== segments.length) return undefined;
+  const params: Record<string, string> = {};
+  for (const [index, part] of pattern.entries()) {
+    const segment = segments[index] ?? "";
+    if (part.startsWith(":")) {
+      if (segment === "") return undefined;
+      params[part.slice(1)] = segment;
+    } else if (part !== segment) {
+      return undefined;
+    }
+  }
+  return params;
+}

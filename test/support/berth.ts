@@ -1,0 +1,71 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
+import { BedrockAgentCoreClient } from "@aws-sdk/client-bedrock-agentcore";
+import { loadSettings, type Settings } from "../../src/config/settings.ts";
+import { startBerth, type RunningBerth } from "../../src/main/berth.ts";
+import { jsonLogger } from "../../src/main/json-logger.ts";
+
+export interface TestBerth {
+  berth: RunningBerth;
+  dataDir: string;
+  settings: Settings;
+  control: BedrockAgentCoreControlClient;
+  data: BedrockAgentCoreClient;
+  logLines: Record<string, unknown>[];
+  /** What Berth printed for a person (the first-start credentials). */
+  consoleText: string[];
+  close(): Promise<void>;
+}
+
+/** A real Berth on port 0 with a fresh data directory, and official SDK clients pointed at it. */
+export async function startTestBerth(extraArgs: string[] = [], dataDir = makeDataDir()): Promise<TestBerth> {
+  const settings = loadSettings(["--port", "0", "--data-dir", dataDir, ...extraArgs], {});
+  const logLines: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString("utf8").split("\n").filter(Boolean)) logLines.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  const consoleText: string[] = [];
+  const console = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      consoleText.push(chunk.toString("utf8"));
+      done();
+    },
+  });
+  const berth = await startBerth(settings, { log: jsonLogger(sink), console });
+  const clientConfig = {
+    endpoint: berth.url,
+    region: settings.region,
+    credentials: berth.credentials,
+    maxAttempts: 1,
+  };
+  const control = new BedrockAgentCoreControlClient(clientConfig);
+  const data = new BedrockAgentCoreClient(clientConfig);
+  return {
+    berth,
+    dataDir,
+    settings,
+    control,
+    data,
+    logLines,
+    consoleText,
+    close: async () => {
+      control.destroy();
+      data.destroy();
+      await berth.close();
+    },
+  };
+}
+
+export function makeDataDir(): string {
+  return mkdtempSync(join(tmpdir(), "berth-test-"));
+}
+
+export function removeDir(path: string): void {
+  rmSync(path, { recursive: true, force: true });
+}
