@@ -38,7 +38,11 @@ const anyText = (text: string): string => text;
 /** Every setting Berth reads, in one place. docs/configuration.md is generated from this. */
 export const settingDeclarations = {
   host: { doc: "Address the HTTP server listens on.", default: "127.0.0.1", parse: anyText },
-  port: { doc: "Port the HTTP server listens on (0 picks a free one).", default: 8787, parse: integer(0, 65_535) },
+  port: {
+    doc: "Port the HTTP server listens on (0 picks a free one).",
+    default: 8787,
+    parse: integer(0, 65_535),
+  },
   dataDir: {
     doc: "Directory for the metadata database, credentials and artifacts. Created with mode 0700.",
     default: join(homedir(), ".berth"),
@@ -117,13 +121,19 @@ export function loadSettings(args: readonly string[], env: NodeJS.ProcessEnv): S
   const flags = parseFlags(args, problems);
   const configPath = flags.get("config") ?? env["BERTH_CONFIG"];
   flags.delete("config");
-  const fileValues = configPath === undefined ? new Map<string, string>() : readConfigFile(configPath, problems);
+  const fileValues =
+    configPath === undefined ? new Map<string, string>() : readConfigFile(configPath, problems);
 
   const settings: Record<string, unknown> = {};
-  for (const [name, declaration] of Object.entries(settingDeclarations) as [SettingName, SettingDeclaration<unknown>][]) {
+  for (const [name, declaration] of Object.entries(settingDeclarations) as [
+    SettingName,
+    SettingDeclaration<unknown>,
+  ][]) {
     const fromFlag = flags.get(name);
     if (fromFlag !== undefined && declaration.secret === true) {
-      problems.push(`${flagName(name)} is a secret: pass it as ${envName(name)} or in the config file, not as a flag`);
+      problems.push(
+        `${flagName(name)} is a secret: pass it as ${envName(name)} or in the config file, not as a flag`,
+      );
     }
     const sources: [string, string | undefined][] = [
       [flagName(name), declaration.secret === true ? undefined : fromFlag],
@@ -137,17 +147,20 @@ export function loadSettings(args: readonly string[], env: NodeJS.ProcessEnv): S
     }
     const parsed = declaration.parse(chosen[1] ?? "");
     if (typeof parsed === "object" && parsed !== null && "problem" in parsed) {
-      problems.push(`${chosen[0]} ${parsed.problem}`);
+      problems.push(`${chosen[0]} ${String(parsed.problem)}`);
     } else {
       settings[name] = parsed;
     }
     flags.delete(name);
   }
   for (const unknown of flags.keys()) {
-    if (!(unknown in settingDeclarations)) problems.push(`unknown flag ${flagName(unknown)} (see berth serve --help)`);
+    if (!(unknown in settingDeclarations))
+      problems.push(`unknown flag ${flagName(unknown)} (see berth serve --help)`);
   }
   if (Boolean(settings["accessKeyId"]) !== Boolean(settings["secretAccessKey"])) {
-    problems.push("accessKeyId and secretAccessKey must be set together (or neither, to use generated credentials)");
+    problems.push(
+      "accessKeyId and secretAccessKey must be set together (or neither, to use generated credentials)",
+    );
   }
   if (problems.length > 0) throw new SettingsError(problems);
   return settings as Settings;
@@ -162,7 +175,9 @@ function parseFlags(args: readonly string[], problems: string[]): Map<string, st
       problems.push(`unexpected argument "${arg}"`);
       continue;
     }
-    const name = (match[1] ?? "").replace(/-([a-z0-9])/g, (_, letter: string) => letter.toUpperCase());
+    const name = (match[1] ?? "").replace(/-([a-z0-9])/g, (_, letter: string) =>
+      letter.toUpperCase(),
+    );
     const declaration = (settingDeclarations as Record<string, SettingDeclaration<unknown>>)[name];
     let value = match[2];
     if (value === undefined) {

@@ -3,7 +3,12 @@ import { timestamp, type CoreContext } from "./context.ts";
 import { runIdempotent } from "./idempotency.ts";
 import { endpointArn } from "./ids.ts";
 import { InputReader } from "./input-reader.ts";
-import { defaultEndpointName, type EndpointRecord, type RuntimeStatus, type RuntimeVersionRecord } from "./model.ts";
+import {
+  defaultEndpointName,
+  type EndpointRecord,
+  type RuntimeStatus,
+  type RuntimeVersionRecord,
+} from "./model.ts";
 import { parseVersion, requireRuntime } from "./runtimes.ts";
 import { inputLimits } from "./runtime-input.ts";
 import { NameTakenError, type Page, type PageRequest } from "./store.ts";
@@ -26,7 +31,10 @@ export async function createEndpoint(
     pattern: inputLimits.namePattern,
     patternHint: inputLimits.nameHint,
   });
-  const versionText = reader.string(body["agentRuntimeVersion"], "agentRuntimeVersion", { minLength: 1, maxLength: 10 });
+  const versionText = reader.string(body["agentRuntimeVersion"], "agentRuntimeVersion", {
+    minLength: 1,
+    maxLength: 10,
+  });
   const description = reader.string(body["description"], "description", inputLimits.description);
   const tags = reader.stringMap(body["tags"], "tags", inputLimits.tags);
   const clientToken = reader.string(body["clientToken"], "clientToken", inputLimits.clientToken);
@@ -41,7 +49,11 @@ export async function createEndpoint(
     now,
     mutate: async (record) => {
       const runtime = await requireRuntime(context, runtimeId);
-      const target = await requireUsableVersion(context, runtimeId, versionText ?? String(runtime.latestVersion));
+      const target = await requireUsableVersion(
+        context,
+        runtimeId,
+        versionText ?? String(runtime.latestVersion),
+      );
       const endpoint: EndpointRecord = {
         runtimeId,
         name: endpointName,
@@ -58,7 +70,9 @@ export async function createEndpoint(
         await context.store.createEndpoint(endpoint, record(view));
       } catch (error) {
         if (error instanceof NameTakenError) {
-          throw conflict(`Agent runtime ${runtimeId} already has an endpoint named ${endpointName}`);
+          throw conflict(
+            `Agent runtime ${runtimeId} already has an endpoint named ${endpointName}`,
+          );
         }
         throw error;
       }
@@ -74,7 +88,10 @@ export async function updateEndpoint(
   body: Record<string, unknown>,
 ): Promise<EndpointView> {
   const reader = new InputReader();
-  const versionText = reader.string(body["agentRuntimeVersion"], "agentRuntimeVersion", { minLength: 1, maxLength: 10 });
+  const versionText = reader.string(body["agentRuntimeVersion"], "agentRuntimeVersion", {
+    minLength: 1,
+    maxLength: 10,
+  });
   const description = reader.string(body["description"], "description", inputLimits.description);
   const clientToken = reader.string(body["clientToken"], "clientToken", inputLimits.clientToken);
   reader.throwIfProblems();
@@ -131,10 +148,18 @@ export async function deleteEndpoint(
   });
 }
 
-export async function getEndpoint(context: CoreContext, runtimeId: string, endpointName: string): Promise<EndpointView> {
+export async function getEndpoint(
+  context: CoreContext,
+  runtimeId: string,
+  endpointName: string,
+): Promise<EndpointView> {
   const runtime = await requireRuntime(context, runtimeId);
   const endpoint = await requireEndpoint(context, runtimeId, endpointName);
-  return describe(endpoint, runtime.arn, await requireVersion(context, runtimeId, endpoint.targetVersion));
+  return describe(
+    endpoint,
+    runtime.arn,
+    await requireVersion(context, runtimeId, endpoint.targetVersion),
+  );
 }
 
 export async function listEndpoints(
@@ -146,19 +171,32 @@ export async function listEndpoints(
   const { items, lastKey } = await context.store.listEndpoints(runtimeId, page);
   const views = await Promise.all(
     items.map(async (endpoint) =>
-      describe(endpoint, runtime.arn, await requireVersion(context, runtimeId, endpoint.targetVersion)),
+      describe(
+        endpoint,
+        runtime.arn,
+        await requireVersion(context, runtimeId, endpoint.targetVersion),
+      ),
     ),
   );
   return { items: views, lastKey };
 }
 
-async function requireEndpoint(context: CoreContext, runtimeId: string, name: string): Promise<EndpointRecord> {
+async function requireEndpoint(
+  context: CoreContext,
+  runtimeId: string,
+  name: string,
+): Promise<EndpointRecord> {
   const endpoint = await context.store.findEndpoint(runtimeId, name);
-  if (endpoint === undefined) throw notFound(`Agent runtime ${runtimeId} has no endpoint named ${name}`);
+  if (endpoint === undefined)
+    throw notFound(`Agent runtime ${runtimeId} has no endpoint named ${name}`);
   return endpoint;
 }
 
-async function requireVersion(context: CoreContext, runtimeId: string, version: number): Promise<RuntimeVersionRecord> {
+async function requireVersion(
+  context: CoreContext,
+  runtimeId: string,
+  version: number,
+): Promise<RuntimeVersionRecord> {
   const found = await context.store.findRuntimeVersion(runtimeId, version);
   if (found === undefined) throw notFound(`Agent runtime ${runtimeId} has no version ${version}`);
   return found;
@@ -175,7 +213,10 @@ async function requireUsableVersion(
     throw new BerthError(
       "ValidationException",
       `Version ${version.version} of ${runtimeId} failed to prepare (${version.failureReason ?? "no reason recorded"}); point the endpoint at a READY version`,
-      { reason: "FieldValidationFailed", fieldList: [{ name: "agentRuntimeVersion", message: "names a failed version" }] },
+      {
+        reason: "FieldValidationFailed",
+        fieldList: [{ name: "agentRuntimeVersion", message: "names a failed version" }],
+      },
     );
   }
   return version;
@@ -186,12 +227,19 @@ function refuseManagedEndpoint(endpointName: string, action: string): void {
     throw new BerthError(
       "ValidationException",
       `The DEFAULT endpoint always serves the latest version and cannot be ${action}; create a named endpoint to pin a version`,
-      { reason: "FieldValidationFailed", fieldList: [{ name: "endpointName", message: "DEFAULT is managed by Berth" }] },
+      {
+        reason: "FieldValidationFailed",
+        fieldList: [{ name: "endpointName", message: "DEFAULT is managed by Berth" }],
+      },
     );
   }
 }
 
-function describe(endpoint: EndpointRecord, runtimeArn: string, target: RuntimeVersionRecord): EndpointView {
+function describe(
+  endpoint: EndpointRecord,
+  runtimeArn: string,
+  target: RuntimeVersionRecord,
+): EndpointView {
   const live = endpoint.liveVersion;
   const status = endpointStatus(live, target);
   return {
@@ -202,7 +250,10 @@ function describe(endpoint: EndpointRecord, runtimeArn: string, target: RuntimeV
   };
 }
 
-function endpointStatus(liveVersion: number | undefined, target: RuntimeVersionRecord): RuntimeStatus {
+function endpointStatus(
+  liveVersion: number | undefined,
+  target: RuntimeVersionRecord,
+): RuntimeStatus {
   if (liveVersion === target.version) return "READY";
   const failed = target.status === "CREATE_FAILED" || target.status === "UPDATE_FAILED";
   if (liveVersion === undefined) return failed ? "CREATE_FAILED" : "CREATING";

@@ -43,7 +43,11 @@ export class BerthError extends Error {
   constructor(
     code: ErrorCode,
     message: string,
-    details: { reason?: ValidationReason; fieldList?: readonly FieldProblem[]; cause?: unknown } = {},
+    details: {
+      reason?: ValidationReason;
+      fieldList?: readonly FieldProblem[];
+      cause?: unknown;
+    } = {},
   ) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
     this.name = code;

@@ -33,7 +33,13 @@ export async function runIdempotent<T>(options: {
   const earlier = await replay();
   if (earlier !== undefined) return earlier;
   try {
-    return await options.mutate((response) => ({ scope, clientToken, requestHash, response, createdAt: now }));
+    return await options.mutate((response) => ({
+      scope,
+      clientToken,
+      requestHash,
+      response,
+      createdAt: now,
+    }));
   } catch (error) {
     // An identical request with the same token won the race: answer what it answered.
     if (error instanceof DuplicateClientTokenError) {
@@ -57,5 +63,5 @@ function canonicalJson(value: unknown): string {
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     return `{${entries.map(([key, member]) => `${JSON.stringify(key)}:${canonicalJson(member)}`).join(",")}}`;
   }
-  return JSON.stringify(value) ?? "null";
+  return JSON.stringify(value);
 }

@@ -5,7 +5,8 @@ const alphanumerics = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 /** AgentCore ids look like `{name}-{10 alphanumerics}`. */
 export function newRuntimeId(name: string): string {
   let suffix = "";
-  for (let index = 0; index < 10; index += 1) suffix += alphanumerics[randomInt(alphanumerics.length)];
+  for (let index = 0; index < 10; index += 1)
+    suffix += alphanumerics.charAt(randomInt(alphanumerics.length));
   return `${name}-${suffix}`;
 }
 
@@ -17,7 +18,8 @@ export function endpointArn(runtimeArnValue: string, endpointName: string): stri
   return `${runtimeArnValue}/runtime-endpoint/${endpointName}`;
 }
 
-const runtimeArnPattern = /^arn:aws[a-z-]*:bedrock-agentcore:[a-z0-9-]+:\d{12}:runtime\/([a-zA-Z][a-zA-Z0-9_]{0,47}-[a-zA-Z0-9]{10})$/;
+const runtimeArnPattern =
+  /^arn:aws[a-z-]*:bedrock-agentcore:[a-z0-9-]+:\d{12}:runtime\/([a-zA-Z][a-zA-Z0-9_]{0,47}-[a-zA-Z0-9]{10})$/;
 
 /** The data plane accepts a runtime ARN or a bare runtime id; both name the same runtime. */
 export function runtimeIdFromArnOrId(value: string): string {

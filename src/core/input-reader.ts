@@ -51,7 +51,8 @@ export class InputReader {
     }
     const { minLength = 0, maxLength = Infinity } = rule;
     if (value.length < minLength || value.length > maxLength) {
-      const range = maxLength === Infinity ? `at least ${minLength}` : `${minLength} to ${maxLength}`;
+      const range =
+        maxLength === Infinity ? `at least ${minLength}` : `${minLength} to ${maxLength}`;
       this.problem(name, `must be ${range} characters long (got ${value.length})`);
       return undefined;
     }
@@ -82,7 +83,10 @@ export class InputReader {
   integer(value: Json, name: string, min: number, max: number): number | undefined {
     if (value === undefined || value === null) return undefined;
     if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
-      this.problem(name, `must be a whole number from ${min} to ${max} (got ${JSON.stringify(value)})`);
+      this.problem(
+        name,
+        `must be a whole number from ${min} to ${max} (got ${JSON.stringify(value)})`,
+      );
       return undefined;
     }
     return value;
@@ -134,7 +138,9 @@ export class InputReader {
   ): { member: string; value: Json } | undefined {
     const object = this.requiredObject(value, name);
     if (object === undefined) return undefined;
-    const members = Object.entries(object).filter(([, member]) => member !== undefined && member !== null);
+    const members = Object.entries(object).filter(
+      ([, member]) => member !== undefined && member !== null,
+    );
     if (members.length !== 1) {
       this.problem(
         name,

@@ -9,17 +9,25 @@ export const maxPageSize = 100;
  * shifting pages already read.
  */
 export function encodePageToken(lastKey: number | undefined): string | undefined {
-  return lastKey === undefined ? undefined : Buffer.from(JSON.stringify({ v: 1, after: lastKey })).toString("base64url");
+  return lastKey === undefined
+    ? undefined
+    : Buffer.from(JSON.stringify({ v: 1, after: lastKey })).toString("base64url");
 }
 
-export function readPageRequest(query: { maxResults?: string | undefined; nextToken?: string | undefined }): PageRequest {
+export function readPageRequest(query: {
+  maxResults?: string | undefined;
+  nextToken?: string | undefined;
+}): PageRequest {
   const reader = new InputReader();
   const limit =
-    query.maxResults === undefined ? maxPageSize : reader.integer(Number(query.maxResults), "maxResults", 1, maxPageSize);
+    query.maxResults === undefined
+      ? maxPageSize
+      : reader.integer(Number(query.maxResults), "maxResults", 1, maxPageSize);
   let afterKey: number | undefined;
   if (query.nextToken !== undefined) {
     afterKey = decodeToken(query.nextToken);
-    if (afterKey === undefined) reader.problem("nextToken", "is not a token this server issued; start again without it");
+    if (afterKey === undefined)
+      reader.problem("nextToken", "is not a token this server issued; start again without it");
   }
   reader.throwIfProblems();
   return { afterKey, limit: limit ?? maxPageSize };
@@ -37,4 +45,3 @@ function decodeToken(token: string): number | undefined {
   }
   return undefined;
 }
-

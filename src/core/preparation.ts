@@ -24,7 +24,12 @@ export class VersionPreparer {
   private readonly now: () => Date;
   private readonly log: PreparationLog;
 
-  constructor(options: { store: MetadataStore; check: ArtifactCheck; now: () => Date; log: PreparationLog }) {
+  constructor(options: {
+    store: MetadataStore;
+    check: ArtifactCheck;
+    now: () => Date;
+    log: PreparationLog;
+  }) {
     this.store = options.store;
     this.check = options.check;
     this.now = options.now;
@@ -59,9 +64,16 @@ export class VersionPreparer {
       outcome = { status: "READY", failureReason: undefined };
     } catch (error) {
       if (this.abort.signal.aborted) return;
-      const reason = error instanceof ArtifactProblem ? error.message : "Berth could not prepare the artifact (see the server log)";
+      const reason =
+        error instanceof ArtifactProblem
+          ? error.message
+          : "Berth could not prepare the artifact (see the server log)";
       if (!(error instanceof ArtifactProblem)) {
-        this.log.warn("artifact preparation failed", { runtimeId: version.runtimeId, version: version.version, error: String(error) });
+        this.log.warn("artifact preparation failed", {
+          runtimeId: version.runtimeId,
+          version: version.version,
+          error: String(error),
+        });
       }
       outcome = { status: failed, failureReason: reason };
     }

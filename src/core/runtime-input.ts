@@ -32,7 +32,10 @@ export interface RuntimeInput {
 }
 
 /** Parses CreateAgentRuntime's body (and, without name and tags, UpdateAgentRuntime's). */
-export function readRuntimeInput(body: Record<string, unknown>, kind: "create" | "update"): RuntimeInput {
+export function readRuntimeInput(
+  body: Record<string, unknown>,
+  kind: "create" | "update",
+): RuntimeInput {
   const reader = new InputReader();
   const name =
     kind === "create"
@@ -52,11 +55,20 @@ export function readRuntimeInput(body: Record<string, unknown>, kind: "create" |
   readNetworkMode(reader, body["networkConfiguration"]);
   readServerProtocol(reader, body["protocolConfiguration"]);
   const lifecycle = readLifecycle(reader, body["lifecycleConfiguration"]);
-  const environmentVariables = reader.stringMap(body["environmentVariables"], "environmentVariables", {
-    maxEntries: 50,
-    key: { minLength: 1, maxLength: 100, pattern: /[a-zA-Z_][a-zA-Z0-9_]*/, patternHint: "a shell variable name" },
-    value: { minLength: 0, maxLength: 5000 },
-  });
+  const environmentVariables = reader.stringMap(
+    body["environmentVariables"],
+    "environmentVariables",
+    {
+      maxEntries: 50,
+      key: {
+        minLength: 1,
+        maxLength: 100,
+        pattern: /[a-zA-Z_][a-zA-Z0-9_]*/,
+        patternHint: "a shell variable name",
+      },
+      value: { minLength: 0, maxLength: 5000 },
+    },
+  );
   const mountPaths = readFilesystems(reader, body["filesystemConfigurations"]);
   const allowlist = readHeaderAllowlist(reader, body["requestHeaderConfiguration"]);
   refuseUnsupported(reader, body);
@@ -100,7 +112,8 @@ function readArtifact(reader: InputReader, value: unknown): AgentArtifact | unde
   const code = reader.requiredObject(chosen.value, prefix);
   if (code === undefined) return undefined;
   const source = reader.union(code["code"], `${prefix}.code`, ["s3"]);
-  const s3 = source === undefined ? undefined : reader.requiredObject(source.value, `${prefix}.code.s3`);
+  const s3 =
+    source === undefined ? undefined : reader.requiredObject(source.value, `${prefix}.code.s3`);
   const bucket = reader.requiredString(s3?.["bucket"], `${prefix}.code.s3.bucket`, {
     pattern: /[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/,
     patternHint: "an S3 bucket name (3-63 lowercase letters, digits, '.' or '-')",
@@ -129,7 +142,7 @@ function readArtifact(reader: InputReader, value: unknown): AgentArtifact | unde
 
 function readEntryPoint(reader: InputReader, value: unknown, name: string): string[] | undefined {
   if (value === undefined || value === null) {
-    reader.problem(name, "is required: the file that starts the agent, e.g. [\"main.py\"]");
+    reader.problem(name, 'is required: the file that starts the agent, e.g. ["main.py"]');
     return undefined;
   }
   const items = reader.array(value, name, 1, 2);
@@ -143,7 +156,10 @@ function readEntryPoint(reader: InputReader, value: unknown, name: string): stri
 function readNetworkMode(reader: InputReader, value: unknown): void {
   const network = reader.object(value, "networkConfiguration");
   if (network === undefined) return;
-  const mode = reader.oneOf(network["networkMode"], "networkConfiguration.networkMode", ["PUBLIC", "VPC"]);
+  const mode = reader.oneOf(network["networkMode"], "networkConfiguration.networkMode", [
+    "PUBLIC",
+    "VPC",
+  ]);
   if (mode === "VPC") {
     reader.problem(
       "networkConfiguration.networkMode",
@@ -190,11 +206,12 @@ function readFilesystems(reader: InputReader, value: unknown): string[] {
   const mountPaths: string[] = [];
   items.forEach((item, index) => {
     const itemName = `${name}[${index}]`;
-    const chosen = reader.union(item, itemName, ["sessionStorage"], [
-      "efsAccessPoint",
-      "s3FilesAccessPoint",
-      "capacityProviderVolume",
-    ]);
+    const chosen = reader.union(
+      item,
+      itemName,
+      ["sessionStorage"],
+      ["efsAccessPoint", "s3FilesAccessPoint", "capacityProviderVolume"],
+    );
     if (chosen === undefined) return;
     const storage = reader.requiredObject(chosen.value, `${itemName}.sessionStorage`);
     const mountPath = reader.requiredString(
@@ -204,7 +221,10 @@ function readFilesystems(reader: InputReader, value: unknown): string[] {
     );
     if (mountPath === undefined) return;
     if (mountPaths.includes(mountPath)) {
-      reader.problem(`${itemName}.sessionStorage.mountPath`, `duplicates another mount path (${mountPath})`);
+      reader.problem(
+        `${itemName}.sessionStorage.mountPath`,
+        `duplicates another mount path (${mountPath})`,
+      );
       return;
     }
     mountPaths.push(mountPath);
@@ -232,7 +252,8 @@ function readHeaderAllowlist(reader: InputReader, value: unknown): string[] {
 /** Members AgentCore has and Berth does not implement: refused, never silently ignored. */
 function refuseUnsupported(reader: InputReader, body: Record<string, unknown>): void {
   const unsupported: Record<string, string> = {
-    authorizerConfiguration: "inbound JWT authorizers are not supported by Berth; requests are authenticated with SigV4",
+    authorizerConfiguration:
+      "inbound JWT authorizers are not supported by Berth; requests are authenticated with SigV4",
     capacityProviderConfiguration: "capacity providers are not supported by Berth",
     metadataConfiguration: "runtime metadata configuration is not supported by Berth",
   };

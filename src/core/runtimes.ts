@@ -2,7 +2,12 @@ import { conflict, notFound, BerthError } from "./errors.ts";
 import { timestamp, type CoreContext } from "./context.ts";
 import { runIdempotent } from "./idempotency.ts";
 import { endpointArn, newRuntimeId, runtimeArn } from "./ids.ts";
-import { defaultEndpointName, type RuntimeRecord, type RuntimeVersionRecord, type RuntimeView } from "./model.ts";
+import {
+  defaultEndpointName,
+  type RuntimeRecord,
+  type RuntimeVersionRecord,
+  type RuntimeView,
+} from "./model.ts";
 import { readRuntimeInput } from "./runtime-input.ts";
 import { NameTakenError, type Page, type PageRequest } from "./store.ts";
 
@@ -16,7 +21,10 @@ export interface RuntimeChange {
   lastUpdatedAt: string;
 }
 
-export async function createRuntime(context: CoreContext, body: Record<string, unknown>): Promise<RuntimeChange> {
+export async function createRuntime(
+  context: CoreContext,
+  body: Record<string, unknown>,
+): Promise<RuntimeChange> {
   const input = readRuntimeInput(body, "create");
   const now = timestamp(context);
   return runIdempotent<RuntimeChange>({
@@ -73,7 +81,9 @@ export async function createRuntime(context: CoreContext, body: Record<string, u
         });
       } catch (error) {
         if (error instanceof NameTakenError) {
-          throw conflict(`An agent runtime named ${input.name} already exists; choose another name or update it`);
+          throw conflict(
+            `An agent runtime named ${input.name} already exists; choose another name or update it`,
+          );
         }
         throw error;
       }
@@ -128,9 +138,11 @@ export async function getRuntime(
   versionText: string | undefined,
 ): Promise<RuntimeView> {
   const runtime = await requireRuntime(context, runtimeId);
-  const versionNumber = versionText === undefined ? runtime.latestVersion : parseVersion(versionText);
+  const versionNumber =
+    versionText === undefined ? runtime.latestVersion : parseVersion(versionText);
   const version = await context.store.findRuntimeVersion(runtimeId, versionNumber);
-  if (version === undefined) throw notFound(`Agent runtime ${runtimeId} has no version ${versionText ?? ""}`);
+  if (version === undefined)
+    throw notFound(`Agent runtime ${runtimeId} has no version ${versionText ?? ""}`);
   return { runtime, version };
 }
 
@@ -167,7 +179,9 @@ export async function deleteRuntime(
         throw notFound(`Agent runtime ${runtimeId} has no version ${version}`);
       }
       if (version === runtime.latestVersion) {
-        throw conflict(`Version ${version} is the latest version of ${runtimeId}; delete the runtime instead`);
+        throw conflict(
+          `Version ${version} is the latest version of ${runtimeId}; delete the runtime instead`,
+        );
       }
       await refuseIfServed(context, runtimeId, version);
       await context.store.deleteRuntimeVersion(runtimeId, version, record(deletion));
@@ -176,7 +190,10 @@ export async function deleteRuntime(
   });
 }
 
-export async function listRuntimes(context: CoreContext, page: PageRequest): Promise<Page<RuntimeView>> {
+export async function listRuntimes(
+  context: CoreContext,
+  page: PageRequest,
+): Promise<Page<RuntimeView>> {
   const { items, lastKey } = await context.store.listRuntimes(page);
   return { items: items.map(({ runtime, latest }) => ({ runtime, version: latest })), lastKey };
 }
@@ -191,7 +208,10 @@ export async function listRuntimeVersions(
   return { items: items.map((version) => ({ runtime, version })), lastKey };
 }
 
-export async function requireRuntime(context: CoreContext, runtimeId: string): Promise<RuntimeRecord> {
+export async function requireRuntime(
+  context: CoreContext,
+  runtimeId: string,
+): Promise<RuntimeRecord> {
   const runtime = await context.store.findRuntime(runtimeId);
   if (runtime === undefined) throw notFound(`No agent runtime with id ${runtimeId}`);
   return runtime;
@@ -200,15 +220,23 @@ export async function requireRuntime(context: CoreContext, runtimeId: string): P
 export function parseVersion(text: string): number {
   const version = /^[1-9][0-9]{0,8}$/.test(text) ? Number(text) : undefined;
   if (version === undefined) {
-    throw new BerthError("ValidationException", `Version must be a positive whole number (got "${text}")`, {
-      reason: "FieldValidationFailed",
-      fieldList: [{ name: "version", message: "must be a positive whole number" }],
-    });
+    throw new BerthError(
+      "ValidationException",
+      `Version must be a positive whole number (got "${text}")`,
+      {
+        reason: "FieldValidationFailed",
+        fieldList: [{ name: "version", message: "must be a positive whole number" }],
+      },
+    );
   }
   return version;
 }
 
-async function refuseIfServed(context: CoreContext, runtimeId: string, version: number): Promise<void> {
+async function refuseIfServed(
+  context: CoreContext,
+  runtimeId: string,
+  version: number,
+): Promise<void> {
   let afterKey: number | undefined;
   do {
     const page = await context.store.listEndpoints(runtimeId, { afterKey, limit: 100 });

@@ -64,14 +64,22 @@ export interface MetadataStore {
   findRuntime(runtimeId: string): Promise<RuntimeRecord | undefined>;
   findRuntimeVersion(runtimeId: string, version: number): Promise<RuntimeVersionRecord | undefined>;
   /** Runtimes with their latest version, in creation order. */
-  listRuntimes(page: PageRequest): Promise<Page<{ runtime: RuntimeRecord; latest: RuntimeVersionRecord }>>;
+  listRuntimes(
+    page: PageRequest,
+  ): Promise<Page<{ runtime: RuntimeRecord; latest: RuntimeVersionRecord }>>;
   listRuntimeVersions(runtimeId: string, page: PageRequest): Promise<Page<RuntimeVersionRecord>>;
   /** Versions whose preparation had not finished, e.g. when the server stopped mid-way. */
   listUnsettledVersions(): Promise<RuntimeVersionRecord[]>;
 
   /** Throws NameTakenError when the runtime already has an endpoint of that name. */
-  createEndpoint(endpoint: EndpointRecord, idempotency: IdempotencyRecord | undefined): Promise<void>;
-  updateEndpoint(endpoint: EndpointRecord, idempotency: IdempotencyRecord | undefined): Promise<void>;
+  createEndpoint(
+    endpoint: EndpointRecord,
+    idempotency: IdempotencyRecord | undefined,
+  ): Promise<void>;
+  updateEndpoint(
+    endpoint: EndpointRecord,
+    idempotency: IdempotencyRecord | undefined,
+  ): Promise<void>;
   deleteEndpoint(
     runtimeId: string,
     name: string,

@@ -32,7 +32,10 @@ export interface BerthEnvironment {
   now?: () => Date;
 }
 
-export async function startBerth(settings: Settings, environment: BerthEnvironment): Promise<RunningBerth> {
+export async function startBerth(
+  settings: Settings,
+  environment: BerthEnvironment,
+): Promise<RunningBerth> {
   const { log, now = () => new Date() } = environment;
   mkdirSync(settings.dataDir, { recursive: true, mode: 0o700 });
   chmodSync(settings.dataDir, 0o700); // the data dir holds the database and the secret key
@@ -41,7 +44,12 @@ export async function startBerth(settings: Settings, environment: BerthEnvironme
 
   const { key, generated } = loadOrCreateCredentials(settings.dataDir, settings);
   const store = new SqliteMetadataStore(join(settings.dataDir, "berth.db"));
-  const preparer = new VersionPreparer({ store, check: localArtifactCheck(artifactsDir), now, log });
+  const preparer = new VersionPreparer({
+    store,
+    check: localArtifactCheck(artifactsDir),
+    now,
+    log,
+  });
   const context: CoreContext = {
     store,
     region: settings.region,
@@ -53,15 +61,23 @@ export async function startBerth(settings: Settings, environment: BerthEnvironme
   };
 
   if (settings.insecureNoAuth) {
-    log.warn("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach this port can run code as Berth", {
-      host: settings.host,
-    });
+    log.warn(
+      "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach this port can run code as Berth",
+      {
+        host: settings.host,
+      },
+    );
   }
   const handler = createRequestHandler({
     operations: controlPlaneOperations(context),
     verifier: settings.insecureNoAuth
       ? undefined
-      : new SigV4Verifier({ keys: [key], region: settings.region, maxSkewSeconds: settings.clockSkewSeconds, now }),
+      : new SigV4Verifier({
+          keys: [key],
+          region: settings.region,
+          maxSkewSeconds: settings.clockSkewSeconds,
+          now,
+        }),
     log,
     maxRequestBodyBytes: settings.maxRequestBodyBytes,
   });
@@ -69,7 +85,9 @@ export async function startBerth(settings: Settings, environment: BerthEnvironme
   await listen(server, settings.port, settings.host);
   await preparer.resumeUnsettled();
   const idempotencySweep = setInterval(() => {
-    const before = new Date(now().getTime() - settings.idempotencyWindowSeconds * 1000).toISOString();
+    const before = new Date(
+      now().getTime() - settings.idempotencyWindowSeconds * 1000,
+    ).toISOString();
     store.expireIdempotency(before).catch((error: unknown) => {
       log.warn("could not expire idempotency records", { error: String(error) });
     });
@@ -111,8 +129,16 @@ function listen(server: Server, port: number, host: string): Promise<void> {
 }
 
 /** Shown once, when the key pair is generated: the lines a user pastes to use Berth. */
-function printFirstStartCredentials(environment: BerthEnvironment, key: AccessKey, url: string, settings: Settings): void {
-  environment.log.info("generated credentials", { accessKeyId: key.accessKeyId, file: join(settings.dataDir, "credentials.json") });
+function printFirstStartCredentials(
+  environment: BerthEnvironment,
+  key: AccessKey,
+  url: string,
+  settings: Settings,
+): void {
+  environment.log.info("generated credentials", {
+    accessKeyId: key.accessKeyId,
+    file: join(settings.dataDir, "credentials.json"),
+  });
   environment.console.write(
     [
       "",

@@ -1,4 +1,10 @@
-import { envName, flagName, loadSettings, settingDeclarations, SettingsError } from "../config/settings.ts";
+import {
+  envName,
+  flagName,
+  loadSettings,
+  settingDeclarations,
+  SettingsError,
+} from "../config/settings.ts";
 import { startBerth } from "./berth.ts";
 import { jsonLogger } from "./json-logger.ts";
 
@@ -15,7 +21,9 @@ Examples:
 
 serve options (each also as a BERTH_* environment variable or a key in --config FILE, a JSON object):
 ${Object.entries(settingDeclarations)
-  .map(([name, declaration]) => `  ${flagName(name).padEnd(30)} ${declaration.doc} [${envName(name)}]`)
+  .map(
+    ([name, declaration]) => `  ${flagName(name).padEnd(30)} ${declaration.doc} [${envName(name)}]`,
+  )
   .join("\n")}
   --config FILE                  JSON file of settings (lowest precedence after defaults) [BERTH_CONFIG]
 `;

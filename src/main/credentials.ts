@@ -19,13 +19,19 @@ export function loadOrCreateCredentials(
   try {
     const stored = JSON.parse(readFileSync(path, "utf8")) as Partial<AccessKey>;
     if (typeof stored.accessKeyId === "string" && typeof stored.secretAccessKey === "string") {
-      return { key: { accessKeyId: stored.accessKeyId, secretAccessKey: stored.secretAccessKey }, generated: false };
+      return {
+        key: { accessKeyId: stored.accessKeyId, secretAccessKey: stored.secretAccessKey },
+        generated: false,
+      };
     }
     throw new Error(`${path} does not hold accessKeyId and secretAccessKey; fix or delete it`);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
   }
-  const key: AccessKey = { accessKeyId: newAccessKeyId(), secretAccessKey: randomBytes(30).toString("base64url") };
+  const key: AccessKey = {
+    accessKeyId: newAccessKeyId(),
+    secretAccessKey: randomBytes(30).toString("base64url"),
+  };
   // "wx": never overwrite a file another process wrote meanwhile.
   writeFileSync(path, `${JSON.stringify(key, null, 2)}\n`, { mode: 0o600, flag: "wx" });
   return { key, generated: true };
@@ -34,6 +40,6 @@ export function loadOrCreateCredentials(
 function newAccessKeyId(): string {
   const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
   let id = "BRTH";
-  for (let index = 0; index < 16; index += 1) id += alphabet[randomInt(alphabet.length)];
+  for (let index = 0; index < 16; index += 1) id += alphabet.charAt(randomInt(alphabet.length));
   return id;
 }

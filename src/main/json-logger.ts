@@ -7,13 +7,24 @@ const secretField = /secret|password|authorization|token/i;
 export function jsonLogger(output: Writable): Logger {
   const write = (level: string, message: string, fields: LogFields = {}): void => {
     const safe = Object.fromEntries(
-      Object.entries(fields).map(([key, value]) => [key, secretField.test(key) ? "[redacted]" : value]),
+      Object.entries(fields).map(([key, value]) => [
+        key,
+        secretField.test(key) ? "[redacted]" : value,
+      ]),
     );
-    output.write(`${JSON.stringify({ time: new Date().toISOString(), level, msg: message, ...safe })}\n`);
+    output.write(
+      `${JSON.stringify({ time: new Date().toISOString(), level, msg: message, ...safe })}\n`,
+    );
   };
   return {
-    info: (message, fields) => write("info", message, fields),
-    warn: (message, fields) => write("warn", message, fields),
-    error: (message, fields) => write("error", message, fields),
+    info: (message, fields) => {
+      write("info", message, fields);
+    },
+    warn: (message, fields) => {
+      write("warn", message, fields);
+    },
+    error: (message, fields) => {
+      write("error", message, fields);
+    },
   };
 }

@@ -4,10 +4,13 @@ import type { AgentArtifact, RuntimeView } from "../core/model.ts";
 /** Turns Berth's records into the AgentCore control plane's JSON members, exactly as named. */
 
 export function artifactShape(artifact: AgentArtifact): Record<string, unknown> {
-  if (artifact.kind === "container") return { containerConfiguration: { containerUri: artifact.containerUri } };
+  if (artifact.kind === "container")
+    return { containerConfiguration: { containerUri: artifact.containerUri } };
   return {
     codeConfiguration: {
-      code: { s3: { bucket: artifact.bucket, prefix: artifact.prefix, versionId: artifact.versionId } },
+      code: {
+        s3: { bucket: artifact.bucket, prefix: artifact.prefix, versionId: artifact.versionId },
+      },
       runtime: artifact.runtime,
       entryPoint: artifact.entryPoint,
     },
@@ -36,8 +39,12 @@ export function runtimeDetailShape({ runtime, version }: RuntimeView): Record<st
     protocolConfiguration: { serverProtocol: config.serverProtocol },
     environmentVariables: config.environmentVariables,
     requestHeaderConfiguration:
-      config.requestHeaderAllowlist.length > 0 ? { requestHeaderAllowlist: config.requestHeaderAllowlist } : undefined,
-    filesystemConfigurations: config.sessionStorageMountPaths.map((mountPath) => ({ sessionStorage: { mountPath } })),
+      config.requestHeaderAllowlist.length > 0
+        ? { requestHeaderAllowlist: config.requestHeaderAllowlist }
+        : undefined,
+    filesystemConfigurations: config.sessionStorageMountPaths.map((mountPath) => ({
+      sessionStorage: { mountPath },
+    })),
   };
 }
 

@@ -9,9 +9,13 @@ import { operation, type Operation, type OperationInput } from "./operation.ts";
 export function controlPlaneOperations(context: CoreContext): Operation[] {
   const runtimeId = (input: OperationInput): string => input.params["runtimeId"] ?? "";
   const endpointName = (input: OperationInput): string => input.params["endpointName"] ?? "";
-  const query = (input: OperationInput, name: string): string | undefined => input.request.query.get(name) ?? undefined;
+  const query = (input: OperationInput, name: string): string | undefined =>
+    input.request.query.get(name) ?? undefined;
   const page = (input: OperationInput) =>
-    readPageRequest({ maxResults: query(input, "maxResults"), nextToken: query(input, "nextToken") });
+    readPageRequest({
+      maxResults: query(input, "maxResults"),
+      nextToken: query(input, "nextToken"),
+    });
 
   return [
     operation("CreateAgentRuntime", "PUT", "/runtimes/", 202, async (input) => {
@@ -26,10 +30,15 @@ export function controlPlaneOperations(context: CoreContext): Operation[] {
     }),
     operation("ListAgentRuntimes", "POST", "/runtimes/", 200, async (input) => {
       const result = await runtimes.listRuntimes(context, page(input));
-      return { agentRuntimes: result.items.map(runtimeSummaryShape), nextToken: encodePageToken(result.lastKey) };
+      return {
+        agentRuntimes: result.items.map(runtimeSummaryShape),
+        nextToken: encodePageToken(result.lastKey),
+      };
     }),
     operation("GetAgentRuntime", "GET", "/runtimes/:runtimeId/", 200, async (input) =>
-      runtimeDetailShape(await runtimes.getRuntime(context, runtimeId(input), query(input, "version"))),
+      runtimeDetailShape(
+        await runtimes.getRuntime(context, runtimeId(input), query(input, "version")),
+      ),
     ),
     operation("UpdateAgentRuntime", "PUT", "/runtimes/:runtimeId/", 202, async (input) => {
       const change = await runtimes.updateRuntime(context, runtimeId(input), input.body);
@@ -55,29 +64,104 @@ export function controlPlaneOperations(context: CoreContext): Operation[] {
         agentRuntimeVersion: deletion.version === undefined ? undefined : String(deletion.version),
       };
     }),
-    operation("ListAgentRuntimeVersions", "POST", "/runtimes/:runtimeId/versions/", 200, async (input) => {
-      const result = await runtimes.listRuntimeVersions(context, runtimeId(input), page(input));
-      return { agentRuntimes: result.items.map(runtimeSummaryShape), nextToken: encodePageToken(result.lastKey) };
-    }),
-    operation("CreateAgentRuntimeEndpoint", "PUT", "/runtimes/:runtimeId/runtime-endpoints/", 202, async (input) => {
-      const shape = endpointShape(await endpoints.createEndpoint(context, runtimeId(input), input.body));
-      return pick(shape, ["targetVersion", "agentRuntimeEndpointArn", "agentRuntimeArn", "agentRuntimeId", "endpointName", "status", "createdAt"]);
-    }),
-    operation("ListAgentRuntimeEndpoints", "POST", "/runtimes/:runtimeId/runtime-endpoints/", 200, async (input) => {
-      const result = await endpoints.listEndpoints(context, runtimeId(input), page(input));
-      return { runtimeEndpoints: result.items.map(endpointShape), nextToken: encodePageToken(result.lastKey) };
-    }),
-    operation("GetAgentRuntimeEndpoint", "GET", "/runtimes/:runtimeId/runtime-endpoints/:endpointName/", 200, async (input) =>
-      endpointShape(await endpoints.getEndpoint(context, runtimeId(input), endpointName(input))),
+    operation(
+      "ListAgentRuntimeVersions",
+      "POST",
+      "/runtimes/:runtimeId/versions/",
+      200,
+      async (input) => {
+        const result = await runtimes.listRuntimeVersions(context, runtimeId(input), page(input));
+        return {
+          agentRuntimes: result.items.map(runtimeSummaryShape),
+          nextToken: encodePageToken(result.lastKey),
+        };
+      },
     ),
-    operation("UpdateAgentRuntimeEndpoint", "PUT", "/runtimes/:runtimeId/runtime-endpoints/:endpointName/", 202, async (input) => {
-      const shape = endpointShape(await endpoints.updateEndpoint(context, runtimeId(input), endpointName(input), input.body));
-      return pick(shape, ["liveVersion", "targetVersion", "agentRuntimeEndpointArn", "agentRuntimeArn", "status", "createdAt", "lastUpdatedAt"]);
-    }),
-    operation("DeleteAgentRuntimeEndpoint", "DELETE", "/runtimes/:runtimeId/runtime-endpoints/:endpointName/", 202, async (input) => {
-      const deletion = await endpoints.deleteEndpoint(context, runtimeId(input), endpointName(input), query(input, "clientToken"));
-      return { status: "DELETING", agentRuntimeId: deletion.runtimeId, endpointName: deletion.endpointName };
-    }),
+    operation(
+      "CreateAgentRuntimeEndpoint",
+      "PUT",
+      "/runtimes/:runtimeId/runtime-endpoints/",
+      202,
+      async (input) => {
+        const shape = endpointShape(
+          await endpoints.createEndpoint(context, runtimeId(input), input.body),
+        );
+        return pick(shape, [
+          "targetVersion",
+          "agentRuntimeEndpointArn",
+          "agentRuntimeArn",
+          "agentRuntimeId",
+          "endpointName",
+          "status",
+          "createdAt",
+        ]);
+      },
+    ),
+    operation(
+      "ListAgentRuntimeEndpoints",
+      "POST",
+      "/runtimes/:runtimeId/runtime-endpoints/",
+      200,
+      async (input) => {
+        const result = await endpoints.listEndpoints(context, runtimeId(input), page(input));
+        return {
+          runtimeEndpoints: result.items.map(endpointShape),
+          nextToken: encodePageToken(result.lastKey),
+        };
+      },
+    ),
+    operation(
+      "GetAgentRuntimeEndpoint",
+      "GET",
+      "/runtimes/:runtimeId/runtime-endpoints/:endpointName/",
+      200,
+      async (input) =>
+        endpointShape(await endpoints.getEndpoint(context, runtimeId(input), endpointName(input))),
+    ),
+    operation(
+      "UpdateAgentRuntimeEndpoint",
+      "PUT",
+      "/runtimes/:runtimeId/runtime-endpoints/:endpointName/",
+      202,
+      async (input) => {
+        const shape = endpointShape(
+          await endpoints.updateEndpoint(
+            context,
+            runtimeId(input),
+            endpointName(input),
+            input.body,
+          ),
+        );
+        return pick(shape, [
+          "liveVersion",
+          "targetVersion",
+          "agentRuntimeEndpointArn",
+          "agentRuntimeArn",
+          "status",
+          "createdAt",
+          "lastUpdatedAt",
+        ]);
+      },
+    ),
+    operation(
+      "DeleteAgentRuntimeEndpoint",
+      "DELETE",
+      "/runtimes/:runtimeId/runtime-endpoints/:endpointName/",
+      202,
+      async (input) => {
+        const deletion = await endpoints.deleteEndpoint(
+          context,
+          runtimeId(input),
+          endpointName(input),
+          query(input, "clientToken"),
+        );
+        return {
+          status: "DELETING",
+          agentRuntimeId: deletion.runtimeId,
+          endpointName: deletion.endpointName,
+        };
+      },
+    ),
   ];
 }
 

@@ -3,7 +3,14 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { BerthError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import { errorShapes } from "./error-status.ts";
-import { parseJsonObject, parseRequestTarget, readBody, sendError, sendJson, type WireRequest } from "./http.ts";
+import {
+  parseJsonObject,
+  parseRequestTarget,
+  readBody,
+  sendError,
+  sendJson,
+  type WireRequest,
+} from "./http.ts";
 import { matchOperation, type Operation } from "./operation.ts";
 import type { SigV4Verifier } from "./sigv4.ts";
 
@@ -36,15 +43,26 @@ export function createRequestHandler(options: HandlerOptions) {
         ...(outgoing.writableFinished ? {} : { disconnected: true }),
       });
     });
-    handle(options, incoming, outgoing, requestId, outcome, abort.signal).catch((error: unknown) => {
-      const known = BerthError.isInstance(error) ? error : undefined;
-      if (known === undefined || errorShapes[known.code].fault === "server") {
-        options.log.error("request failed", { requestId, operation: outcome.operation, error: describe(error) });
-      }
-      const answer = known ?? new BerthError("InternalServerException", `Berth failed to process the request; see the server log for request id ${requestId}`);
-      outcome.errorCode = answer.code;
-      sendError(outgoing, answer, requestId);
-    });
+    handle(options, incoming, outgoing, requestId, outcome, abort.signal).catch(
+      (error: unknown) => {
+        const known = BerthError.isInstance(error) ? error : undefined;
+        if (known === undefined || errorShapes[known.code].fault === "server") {
+          options.log.error("request failed", {
+            requestId,
+            operation: outcome.operation,
+            error: describe(error),
+          });
+        }
+        const answer =
+          known ??
+          new BerthError(
+            "InternalServerException",
+            `Berth failed to process the request; see the server log for request id ${requestId}`,
+          );
+        outcome.errorCode = answer.code;
+        sendError(outgoing, answer, requestId);
+      },
+    );
   };
 }
 

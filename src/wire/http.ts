@@ -13,7 +13,11 @@ export interface WireRequest {
   requestId: string;
 }
 
-export function parseRequestTarget(url: string): { rawPath: string; segments: string[]; query: URLSearchParams } {
+export function parseRequestTarget(url: string): {
+  rawPath: string;
+  segments: string[];
+  query: URLSearchParams;
+} {
   const queryStart = url.indexOf("?");
   const rawPath = queryStart === -1 ? url : url.slice(0, queryStart);
   const query = new URLSearchParams(queryStart === -1 ? "" : url.slice(queryStart + 1));
@@ -22,9 +26,13 @@ export function parseRequestTarget(url: string): { rawPath: string; segments: st
     try {
       return decodeURIComponent(segment);
     } catch {
-      throw new BerthError("ValidationException", `Path segment "${segment}" is not valid percent-encoding`, {
-        reason: "CannotParse",
-      });
+      throw new BerthError(
+        "ValidationException",
+        `Path segment "${segment}" is not valid percent-encoding`,
+        {
+          reason: "CannotParse",
+        },
+      );
     }
   });
   return { rawPath, segments, query };
@@ -45,9 +53,13 @@ export async function readBody(request: IncomingMessage, limitBytes: number): Pr
 }
 
 function bodyTooLarge(limitBytes: number): BerthError {
-  return new BerthError("ValidationException", `Request body is larger than ${limitBytes} bytes (maxRequestBodyBytes)`, {
-    reason: "FieldValidationFailed",
-  });
+  return new BerthError(
+    "ValidationException",
+    `Request body is larger than ${limitBytes} bytes (maxRequestBodyBytes)`,
+    {
+      reason: "FieldValidationFailed",
+    },
+  );
 }
 
 export function parseJsonObject(body: Buffer): Record<string, unknown> {
@@ -56,17 +68,28 @@ export function parseJsonObject(body: Buffer): Record<string, unknown> {
   try {
     parsed = JSON.parse(body.toString("utf8"));
   } catch (error) {
-    throw new BerthError("ValidationException", `Request body is not valid JSON: ${(error as Error).message}`, {
-      reason: "CannotParse",
-    });
+    throw new BerthError(
+      "ValidationException",
+      `Request body is not valid JSON: ${(error as Error).message}`,
+      {
+        reason: "CannotParse",
+      },
+    );
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-    throw new BerthError("ValidationException", "Request body must be a JSON object", { reason: "CannotParse" });
+    throw new BerthError("ValidationException", "Request body must be a JSON object", {
+      reason: "CannotParse",
+    });
   }
   return parsed as Record<string, unknown>;
 }
 
-export function sendJson(response: ServerResponse, status: number, body: unknown, requestId: string): void {
+export function sendJson(
+  response: ServerResponse,
+  status: number,
+  body: unknown,
+  requestId: string,
+): void {
   const payload = Buffer.from(JSON.stringify(body));
   response.writeHead(status, {
     "content-type": "application/json",

@@ -59,11 +59,16 @@ export function matchOperation(
   const path = segments.join("/");
   throw new BerthError(
     "UnknownOperationException",
-    pathMatched ? `Method ${method} is not allowed on ${path}` : `No operation at ${method} ${path}`,
+    pathMatched
+      ? `Method ${method} is not allowed on ${path}`
+      : `No operation at ${method} ${path}`,
   );
 }
 
-function matchPath(pattern: readonly string[], segments: readonly string[]): Record<string, string> | undefined {
+function matchPath(
+  pattern: readonly string[],
+  segments: readonly string[],
+): Record<string, string> | undefined {
   if (pattern.length !== segments.length) return undefined;
   const params: Record<string, string> = {};
   for (const [index, part] of pattern.entries()) {

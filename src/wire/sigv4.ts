@@ -33,7 +33,12 @@ export class SigV4Verifier {
   private readonly maxSkewMs: number;
   private readonly now: () => Date;
 
-  constructor(options: { keys: AccessKey[]; region: string; maxSkewSeconds: number; now: () => Date }) {
+  constructor(options: {
+    keys: AccessKey[];
+    region: string;
+    maxSkewSeconds: number;
+    now: () => Date;
+  }) {
     this.keys = new Map(options.keys.map((key) => [key.accessKeyId, key]));
     this.region = options.region;
     this.maxSkewMs = options.maxSkewSeconds * 1000;
@@ -68,8 +73,11 @@ export class SigV4Verifier {
       sha256: Hash.bind(null, "sha256"),
       uriEscapePath: true,
       applyChecksum: false,
-    }).sign(toHttpRequest(request, auth.signedHeaders, body === "streamed" ? undefined : body), { signingDate });
-    const expected = /Signature=([0-9a-f]{64})/.exec(String(resigned.headers["authorization"]))?.[1] ?? "";
+    }).sign(toHttpRequest(request, auth.signedHeaders, body === "streamed" ? undefined : body), {
+      signingDate,
+    });
+    const expected =
+      /Signature=([0-9a-f]{64})/.exec(String(resigned.headers["authorization"]))?.[1] ?? "";
     if (!constantTimeEqual(expected, auth.signature)) {
       throw authError(
         "InvalidSignatureException",
@@ -80,17 +88,27 @@ export class SigV4Verifier {
 
   private checkDate(request: WireRequest, auth: ParsedAuthorization): Date {
     const amzDate = single(request.headers["x-amz-date"]);
-    const match = amzDate === undefined ? null : /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(amzDate);
+    const match =
+      amzDate === undefined ? null : /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(amzDate);
     if (match === null || amzDate === undefined) {
-      throw authError("IncompleteSignatureException", "x-amz-date must be present and look like 20260102T030405Z");
+      throw authError(
+        "IncompleteSignatureException",
+        "x-amz-date must be present and look like 20260102T030405Z",
+      );
     }
     if (!auth.signedHeaders.includes("x-amz-date") || !auth.signedHeaders.includes("host")) {
-      throw authError("IncompleteSignatureException", "SignedHeaders must include host and x-amz-date");
+      throw authError(
+        "IncompleteSignatureException",
+        "SignedHeaders must include host and x-amz-date",
+      );
     }
     const [, year, month, day, hour, minute, second] = match;
     const signingDate = new Date(`${year}-${month}-${day}T${hour}:${minute}:${second}Z`);
     if (amzDate.slice(0, 8) !== auth.scopeDate) {
-      throw authError("IncompleteSignatureException", `Credential date ${auth.scopeDate} does not match x-amz-date ${amzDate}`);
+      throw authError(
+        "IncompleteSignatureException",
+        `Credential date ${auth.scopeDate} does not match x-amz-date ${amzDate}`,
+      );
     }
     const skewMs = Math.abs(this.now().getTime() - signingDate.getTime());
     if (Number.isNaN(signingDate.getTime()) || skewMs > this.maxSkewMs) {
@@ -104,7 +122,10 @@ export class SigV4Verifier {
 
   private checkScope(auth: ParsedAuthorization): void {
     if (auth.scopeService !== signingService) {
-      throw authError("InvalidSignatureException", `Credential scope service must be ${signingService}, not ${auth.scopeService}`);
+      throw authError(
+        "InvalidSignatureException",
+        `Credential scope service must be ${signingService}, not ${auth.scopeService}`,
+      );
     }
     if (auth.scopeRegion !== this.region) {
       throw authError(
@@ -118,16 +139,25 @@ export class SigV4Verifier {
     const declared = single(request.headers["x-amz-content-sha256"]);
     if (body === "streamed") {
       if (declared === undefined) {
-        throw authError("IncompleteSignatureException", "x-amz-content-sha256 is required (a hex SHA-256 or UNSIGNED-PAYLOAD)");
+        throw authError(
+          "IncompleteSignatureException",
+          "x-amz-content-sha256 is required (a hex SHA-256 or UNSIGNED-PAYLOAD)",
+        );
       }
       return;
     }
     if (declared === unsignedPayload) {
-      throw authError("InvalidSignatureException", "UNSIGNED-PAYLOAD is only accepted for streamed invocation payloads");
+      throw authError(
+        "InvalidSignatureException",
+        "UNSIGNED-PAYLOAD is only accepted for streamed invocation payloads",
+      );
     }
     const actual = createHash("sha256").update(body).digest("hex");
     if (declared !== undefined && declared !== actual) {
-      throw authError("InvalidSignatureException", "x-amz-content-sha256 does not match the SHA-256 of the body received");
+      throw authError(
+        "InvalidSignatureException",
+        "x-amz-content-sha256 does not match the SHA-256 of the body received",
+      );
     }
   }
 }
@@ -143,7 +173,8 @@ function parseAuthorization(header: string): ParsedAuthorization {
       "Authorization header is not an AWS4-HMAC-SHA256 signature (Credential=KEY/DATE/REGION/bedrock-agentcore/aws4_request, SignedHeaders=..., Signature=...)",
     );
   }
-  const [, accessKeyId, scopeDate, scopeRegion, scopeService, signedHeaders, signature] = match as unknown as string[];
+  const [, accessKeyId, scopeDate, scopeRegion, scopeService, signedHeaders, signature] =
+    match as unknown as string[];
   return {
     accessKeyId: accessKeyId ?? "",
     scopeDate: scopeDate ?? "",
@@ -155,7 +186,11 @@ function parseAuthorization(header: string): ParsedAuthorization {
 }
 
 /** Only the signed headers go in, so the signer's SignedHeaders list matches the client's. */
-function toHttpRequest(request: WireRequest, signedHeaders: string[], body: Buffer | undefined): HttpRequest {
+function toHttpRequest(
+  request: WireRequest,
+  signedHeaders: string[],
+  body: Buffer | undefined,
+): HttpRequest {
   const headers: Record<string, string> = {};
   for (const name of signedHeaders) {
     const value = request.headers[name];
@@ -167,7 +202,15 @@ function toHttpRequest(request: WireRequest, signedHeaders: string[], body: Buff
     query[name] = values.length === 1 ? (values[0] ?? "") : values;
   }
   // Without an x-amz-content-sha256 header the signer hashes the body itself.
-  return new HttpRequest({ method: request.method, protocol: "http:", hostname: "", path: request.rawPath, query, headers, body });
+  return new HttpRequest({
+    method: request.method,
+    protocol: "http:",
+    hostname: "",
+    path: request.rawPath,
+    query,
+    headers,
+    body,
+  });
 }
 
 function single(value: string | string[] | undefined): string | undefined {

@@ -21,12 +21,16 @@ export interface TestBerth {
 }
 
 /** A real Berth on port 0 with a fresh data directory, and official SDK clients pointed at it. */
-export async function startTestBerth(extraArgs: string[] = [], dataDir = makeDataDir()): Promise<TestBerth> {
+export async function startTestBerth(
+  extraArgs: string[] = [],
+  dataDir = makeDataDir(),
+): Promise<TestBerth> {
   const settings = loadSettings(["--port", "0", "--data-dir", dataDir, ...extraArgs], {});
   const logLines: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString("utf8").split("\n").filter(Boolean)) logLines.push(JSON.parse(line) as Record<string, unknown>);
+      for (const line of chunk.toString("utf8").split("\n").filter(Boolean))
+        logLines.push(JSON.parse(line) as Record<string, unknown>);
       done();
     },
   });

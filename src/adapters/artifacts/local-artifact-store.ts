@@ -17,10 +17,13 @@ export function localArtifactCheck(artifactsDir: string): ArtifactCheck {
     const shown = `s3://${artifact.bucket}/${artifact.prefix}`;
     const found = await stat(location).catch(() => undefined);
     if (found === undefined) {
-      throw new ArtifactProblem(`Code artifact ${shown} not found: put it at ${location} (a folder or a .zip)`);
+      throw new ArtifactProblem(
+        `Code artifact ${shown} not found: put it at ${location} (a folder or a .zip)`,
+      );
     }
     if (found.isFile()) {
-      if (!location.endsWith(".zip")) throw new ArtifactProblem(`Code artifact ${shown} is a file but not a .zip`);
+      if (!location.endsWith(".zip"))
+        throw new ArtifactProblem(`Code artifact ${shown} is a file but not a .zip`);
       return;
     }
     // The last item is the script (AgentCore allows a launcher before it, e.g. opentelemetry-instrument).

@@ -1,6 +1,11 @@
 import { chmodSync } from "node:fs";
 import { DatabaseSync, type SQLInputValue } from "node:sqlite";
-import type { EndpointRecord, RuntimeRecord, RuntimeStatus, RuntimeVersionRecord } from "../../core/model.ts";
+import type {
+  EndpointRecord,
+  RuntimeRecord,
+  RuntimeStatus,
+  RuntimeVersionRecord,
+} from "../../core/model.ts";
 import {
   DuplicateClientTokenError,
   NameTakenError,
@@ -24,7 +29,9 @@ export class SqliteMetadataStore implements MetadataStore {
   constructor(path: string) {
     this.db = new DatabaseSync(path);
     chmodSync(path, 0o600);
-    this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;");
+    this.db.exec(
+      "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+    );
     this.migrate();
   }
 
@@ -35,15 +42,16 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   private migrate(): void {
-    this.db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)");
+    this.db.exec(
+      "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+    );
     const current = this.schemaVersion();
     for (const migration of migrations.filter((candidate) => candidate.version > current)) {
       this.transaction(() => {
         this.db.exec(migration.sql);
-        this.db.prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)").run(
-          migration.version,
-          new Date().toISOString(),
-        );
+        this.db
+          .prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+          .run(migration.version, new Date().toISOString());
       });
     }
   }
@@ -65,11 +73,11 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   private get(sql: string, params: Row = {}): Row | undefined {
-    return this.db.prepare(sql).get(params) as Row | undefined;
+    return this.db.prepare(sql).get(params);
   }
 
   private all(sql: string, params: Row = {}): Row[] {
-    return this.db.prepare(sql).all(params) as Row[];
+    return this.db.prepare(sql).all(params);
   }
 
   private saveIdempotency(record: IdempotencyRecord | undefined): void {
@@ -94,7 +102,7 @@ export class SqliteMetadataStore implements MetadataStore {
 
   createRuntime(write: Parameters<MetadataStore["createRuntime"]>[0]): Promise<void> {
     const { runtime, version, defaultEndpoint, idempotency } = write;
-    return settle(() =>
+    return settle(() => {
       this.transaction(() => {
         this.saveIdempotency(idempotency);
         try {
@@ -117,28 +125,31 @@ export class SqliteMetadataStore implements MetadataStore {
         }
         this.insertVersion(version);
         this.insertEndpoint(defaultEndpoint);
-      }),
-    );
+      });
+    });
   }
 
   addRuntimeVersion(write: Parameters<MetadataStore["addRuntimeVersion"]>[0]): Promise<void> {
     const { version, idempotency } = write;
-    return settle(() =>
+    return settle(() => {
       this.transaction(() => {
         this.saveIdempotency(idempotency);
         this.insertVersion(version);
         const params = { id: version.runtimeId, version: version.version, at: version.createdAt };
-        this.run("UPDATE runtimes SET latest_version = :version, last_updated_at = :at WHERE id = :id", params);
+        this.run(
+          "UPDATE runtimes SET latest_version = :version, last_updated_at = :at WHERE id = :id",
+          params,
+        );
         this.run(
           "UPDATE endpoints SET target_version = :version, last_updated_at = :at WHERE runtime_id = :id AND name = 'DEFAULT'",
           params,
         );
-      }),
-    );
+      });
+    });
   }
 
   setVersionStatus(change: Parameters<MetadataStore["setVersionStatus"]>[0]): Promise<void> {
-    return settle(() =>
+    return settle(() => {
       this.transaction(() => {
         const params = { id: change.runtimeId, version: change.version, at: change.at };
         this.run(
@@ -153,26 +164,33 @@ export class SqliteMetadataStore implements MetadataStore {
             params,
           );
         }
-      }),
-    );
+      });
+    });
   }
 
   deleteRuntime(runtimeId: string, idempotency: IdempotencyRecord | undefined): Promise<void> {
-    return settle(() =>
+    return settle(() => {
       this.transaction(() => {
         this.saveIdempotency(idempotency);
         this.run("DELETE FROM runtimes WHERE id = :id", { id: runtimeId });
-      }),
-    );
+      });
+    });
   }
 
-  deleteRuntimeVersion(runtimeId: string, version: number, idempotency: IdempotencyRecord | undefined): Promise<void> {
-    return settle(() =>
+  deleteRuntimeVersion(
+    runtimeId: string,
+    version: number,
+    idempotency: IdempotencyRecord | undefined,
+  ): Promise<void> {
+    return settle(() => {
       this.transaction(() => {
         this.saveIdempotency(idempotency);
-        this.run("DELETE FROM runtime_versions WHERE runtime_id = :id AND version = :version", { id: runtimeId, version });
-      }),
-    );
+        this.run("DELETE FROM runtime_versions WHERE runtime_id = :id AND version = :version", {
+          id: runtimeId,
+          version,
+        });
+      });
+    });
   }
 
   findRuntime(runtimeId: string): Promise<RuntimeRecord | undefined> {
@@ -182,17 +200,25 @@ export class SqliteMetadataStore implements MetadataStore {
     });
   }
 
-  findRuntimeVersion(runtimeId: string, version: number): Promise<RuntimeVersionRecord | undefined> {
+  findRuntimeVersion(
+    runtimeId: string,
+    version: number,
+  ): Promise<RuntimeVersionRecord | undefined> {
     return settle(() => {
-      const row = this.get("SELECT * FROM runtime_versions WHERE runtime_id = :id AND version = :version", {
-        id: runtimeId,
-        version,
-      });
+      const row = this.get(
+        "SELECT * FROM runtime_versions WHERE runtime_id = :id AND version = :version",
+        {
+          id: runtimeId,
+          version,
+        },
+      );
       return row === undefined ? undefined : toVersion(row);
     });
   }
 
-  listRuntimes(page: PageRequest): Promise<Page<{ runtime: RuntimeRecord; latest: RuntimeVersionRecord }>> {
+  listRuntimes(
+    page: PageRequest,
+  ): Promise<Page<{ runtime: RuntimeRecord; latest: RuntimeVersionRecord }>> {
     return settle(() => {
       const rows = this.all(
         `SELECT r.*, v.runtime_id, v.version, v.config, v.status, v.failure_reason,
@@ -203,7 +229,11 @@ export class SqliteMetadataStore implements MetadataStore {
       );
       return paginate(rows, page.limit, "seq", (row) => ({
         runtime: toRuntime(row),
-        latest: toVersion({ ...row, created_at: row["version_created_at"], last_updated_at: row["version_last_updated_at"] } as Row),
+        latest: toVersion({
+          ...row,
+          created_at: row["version_created_at"],
+          last_updated_at: row["version_last_updated_at"],
+        } as Row),
       }));
     });
   }
@@ -220,14 +250,17 @@ export class SqliteMetadataStore implements MetadataStore {
 
   listUnsettledVersions(): Promise<RuntimeVersionRecord[]> {
     return settle(() =>
-      this.all("SELECT * FROM runtime_versions WHERE status IN ('CREATING', 'UPDATING') ORDER BY created_at").map(
-        toVersion,
-      ),
+      this.all(
+        "SELECT * FROM runtime_versions WHERE status IN ('CREATING', 'UPDATING') ORDER BY created_at",
+      ).map(toVersion),
     );
   }
 
-  createEndpoint(endpoint: EndpointRecord, idempotency: IdempotencyRecord | undefined): Promise<void> {
-    return settle(() =>
+  createEndpoint(
+    endpoint: EndpointRecord,
+    idempotency: IdempotencyRecord | undefined,
+  ): Promise<void> {
+    return settle(() => {
       this.transaction(() => {
         this.saveIdempotency(idempotency);
         try {
@@ -236,12 +269,15 @@ export class SqliteMetadataStore implements MetadataStore {
           if (isUniqueViolation(error)) throw new NameTakenError(endpoint.name);
           throw error;
         }
-      }),
-    );
+      });
+    });
   }
 
-  updateEndpoint(endpoint: EndpointRecord, idempotency: IdempotencyRecord | undefined): Promise<void> {
-    return settle(() =>
+  updateEndpoint(
+    endpoint: EndpointRecord,
+    idempotency: IdempotencyRecord | undefined,
+  ): Promise<void> {
+    return settle(() => {
       this.transaction(() => {
         this.saveIdempotency(idempotency);
         this.run(
@@ -256,22 +292,32 @@ export class SqliteMetadataStore implements MetadataStore {
             name: endpoint.name,
           },
         );
-      }),
-    );
+      });
+    });
   }
 
-  deleteEndpoint(runtimeId: string, name: string, idempotency: IdempotencyRecord | undefined): Promise<void> {
-    return settle(() =>
+  deleteEndpoint(
+    runtimeId: string,
+    name: string,
+    idempotency: IdempotencyRecord | undefined,
+  ): Promise<void> {
+    return settle(() => {
       this.transaction(() => {
         this.saveIdempotency(idempotency);
-        this.run("DELETE FROM endpoints WHERE runtime_id = :id AND name = :name", { id: runtimeId, name });
-      }),
-    );
+        this.run("DELETE FROM endpoints WHERE runtime_id = :id AND name = :name", {
+          id: runtimeId,
+          name,
+        });
+      });
+    });
   }
 
   findEndpoint(runtimeId: string, name: string): Promise<EndpointRecord | undefined> {
     return settle(() => {
-      const row = this.get("SELECT * FROM endpoints WHERE runtime_id = :id AND name = :name", { id: runtimeId, name });
+      const row = this.get("SELECT * FROM endpoints WHERE runtime_id = :id AND name = :name", {
+        id: runtimeId,
+        name,
+      });
       return row === undefined ? undefined : toEndpoint(row);
     });
   }
@@ -288,17 +334,20 @@ export class SqliteMetadataStore implements MetadataStore {
 
   findIdempotency(scope: string, clientToken: string): Promise<IdempotencyRecord | undefined> {
     return settle(() => {
-      const row = this.get("SELECT * FROM idempotency WHERE scope = :scope AND client_token = :token", {
-        scope,
-        token: clientToken,
-      });
+      const row = this.get(
+        "SELECT * FROM idempotency WHERE scope = :scope AND client_token = :token",
+        {
+          scope,
+          token: clientToken,
+        },
+      );
       if (row === undefined) return undefined;
       return {
         scope,
         clientToken,
-        requestHash: String(row["request_hash"]),
-        response: JSON.parse(String(row["response"])) as unknown,
-        createdAt: String(row["created_at"]),
+        requestHash: text(row, "request_hash"),
+        response: JSON.parse(text(row, "response")) as unknown,
+        createdAt: text(row, "created_at"),
       };
     });
   }
@@ -355,7 +404,7 @@ function settle<T>(work: () => T): Promise<T> {
   try {
     return Promise.resolve(work());
   } catch (error) {
-    return Promise.reject(error as Error);
+    return Promise.reject(error instanceof Error ? error : new Error(String(error)));
   }
 }
 
@@ -372,44 +421,52 @@ function isUniqueViolation(error: unknown): boolean {
   return error instanceof Error && error.message.includes("UNIQUE constraint failed");
 }
 
+/** A TEXT column's value; anything else means the schema and the code disagree. */
+function text(row: Row, column: string): string {
+  const value = row[column];
+  if (typeof value !== "string")
+    throw new Error(`column ${column} holds ${typeof value}, expected text`);
+  return value;
+}
+
 function optionalNumber(value: SQLInputValue | undefined): number | undefined {
   return value === null || value === undefined ? undefined : Number(value);
 }
 
 function toRuntime(row: Row): RuntimeRecord {
   return {
-    id: String(row["id"]),
-    name: String(row["name"]),
-    arn: String(row["arn"]),
+    id: text(row, "id"),
+    name: text(row, "name"),
+    arn: text(row, "arn"),
     latestVersion: Number(row["latest_version"]),
-    createdAt: String(row["created_at"]),
-    lastUpdatedAt: String(row["last_updated_at"]),
-    tags: JSON.parse(String(row["tags"])) as Record<string, string>,
+    createdAt: text(row, "created_at"),
+    lastUpdatedAt: text(row, "last_updated_at"),
+    tags: JSON.parse(text(row, "tags")) as Record<string, string>,
   };
 }
 
 function toVersion(row: Row): RuntimeVersionRecord {
   return {
-    runtimeId: String(row["runtime_id"]),
+    runtimeId: text(row, "runtime_id"),
     version: Number(row["version"]),
-    config: JSON.parse(String(row["config"])) as RuntimeVersionRecord["config"],
-    status: String(row["status"]) as RuntimeStatus,
-    failureReason: row["failure_reason"] === null ? undefined : String(row["failure_reason"]),
-    createdAt: String(row["created_at"]),
-    lastUpdatedAt: String(row["last_updated_at"]),
+    config: JSON.parse(text(row, "config")) as RuntimeVersionRecord["config"],
+    status: text(row, "status") as RuntimeStatus,
+    failureReason: row["failure_reason"] === null ? undefined : text(row, "failure_reason"),
+    createdAt: text(row, "created_at"),
+    lastUpdatedAt: text(row, "last_updated_at"),
   };
 }
 
 function toEndpoint(row: Row): EndpointRecord {
   return {
-    runtimeId: String(row["runtime_id"]),
-    name: String(row["name"]),
-    arn: String(row["arn"]),
-    description: String(row["description"]),
+    runtimeId: text(row, "runtime_id"),
+    name: text(row, "name"),
+    arn: text(row, "arn"),
+    description: text(row, "description"),
     targetVersion: Number(row["target_version"]),
     liveVersion: optionalNumber(row["live_version"]),
-    createdAt: String(row["created_at"]),
-    lastUpdatedAt: String(row["last_updated_at"]),
-    tags: JSON.parse(String(row["tags"])) as Record<string, string>,
+    createdAt: text(row, "created_at"),
+    lastUpdatedAt: text(row, "last_updated_at"),
+    tags: JSON.parse(text(row, "tags")) as Record<string, string>,
   };
 }
