@@ -66,6 +66,17 @@ export interface RuntimeVersionRecord {
   lastUpdatedAt: string;
 }
 
+/** What list operations show of one runtime version: no config, so listing stays cheap. */
+export interface RuntimeSummary {
+  runtimeId: string;
+  name: string;
+  arn: string;
+  version: number;
+  description: string;
+  status: RuntimeStatus;
+  lastUpdatedAt: string;
+}
+
 /** A runtime with the version a caller asked about (the latest when none was named). */
 export interface RuntimeView {
   runtime: RuntimeRecord;

@@ -6,6 +6,7 @@ import {
   defaultEndpointName,
   type RuntimeRecord,
   type RuntimeVersionRecord,
+  type RuntimeSummary,
   type RuntimeView,
 } from "./model.ts";
 import { readRuntimeInput } from "./runtime-input.ts";
@@ -190,22 +191,20 @@ export async function deleteRuntime(
   });
 }
 
-export async function listRuntimes(
+export function listRuntimes(
   context: CoreContext,
   page: PageRequest,
-): Promise<Page<RuntimeView>> {
-  const { items, lastKey } = await context.store.listRuntimes(page);
-  return { items: items.map(({ runtime, latest }) => ({ runtime, version: latest })), lastKey };
+): Promise<Page<RuntimeSummary>> {
+  return context.store.listRuntimes(page);
 }
 
 export async function listRuntimeVersions(
   context: CoreContext,
   runtimeId: string,
   page: PageRequest,
-): Promise<Page<RuntimeView>> {
-  const runtime = await requireRuntime(context, runtimeId);
-  const { items, lastKey } = await context.store.listRuntimeVersions(runtimeId, page);
-  return { items: items.map((version) => ({ runtime, version })), lastKey };
+): Promise<Page<RuntimeSummary>> {
+  await requireRuntime(context, runtimeId);
+  return context.store.listRuntimeVersions(runtimeId, page);
 }
 
 export async function requireRuntime(

@@ -2,6 +2,7 @@ import type {
   EndpointRecord,
   RuntimeRecord,
   RuntimeStatus,
+  RuntimeSummary,
   RuntimeVersionRecord,
 } from "./model.ts";
 
@@ -64,10 +65,8 @@ export interface MetadataStore {
   findRuntime(runtimeId: string): Promise<RuntimeRecord | undefined>;
   findRuntimeVersion(runtimeId: string, version: number): Promise<RuntimeVersionRecord | undefined>;
   /** Runtimes with their latest version, in creation order. */
-  listRuntimes(
-    page: PageRequest,
-  ): Promise<Page<{ runtime: RuntimeRecord; latest: RuntimeVersionRecord }>>;
-  listRuntimeVersions(runtimeId: string, page: PageRequest): Promise<Page<RuntimeVersionRecord>>;
+  listRuntimes(page: PageRequest): Promise<Page<RuntimeSummary>>;
+  listRuntimeVersions(runtimeId: string, page: PageRequest): Promise<Page<RuntimeSummary>>;
   /** Versions whose preparation had not finished, e.g. when the server stopped mid-way. */
   listUnsettledVersions(): Promise<RuntimeVersionRecord[]>;
 

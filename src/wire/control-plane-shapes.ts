@@ -1,5 +1,5 @@
 import type { EndpointView } from "../core/endpoints.ts";
-import type { AgentArtifact, RuntimeView } from "../core/model.ts";
+import type { AgentArtifact, RuntimeSummary, RuntimeView } from "../core/model.ts";
 
 /** Turns Berth's records into the AgentCore control plane's JSON members, exactly as named. */
 
@@ -48,15 +48,15 @@ export function runtimeDetailShape({ runtime, version }: RuntimeView): Record<st
   };
 }
 
-export function runtimeSummaryShape({ runtime, version }: RuntimeView): Record<string, unknown> {
+export function runtimeSummaryShape(summary: RuntimeSummary): Record<string, unknown> {
   return {
-    agentRuntimeArn: runtime.arn,
-    agentRuntimeId: runtime.id,
-    agentRuntimeVersion: String(version.version),
-    agentRuntimeName: runtime.name,
-    description: version.config.description,
-    lastUpdatedAt: version.lastUpdatedAt,
-    status: version.status,
+    agentRuntimeArn: summary.arn,
+    agentRuntimeId: summary.runtimeId,
+    agentRuntimeVersion: String(summary.version),
+    agentRuntimeName: summary.name,
+    description: summary.description,
+    lastUpdatedAt: summary.lastUpdatedAt,
+    status: summary.status,
   };
 }
 

@@ -28,7 +28,8 @@ interface ParsedAuthorization {
  * here too; a streamed body (UNSIGNED-PAYLOAD) is allowed only where the route streams.
  */
 export class SigV4Verifier {
-  private readonly keys: Map<string, AccessKey>;
+  /** One signer per key: each caches its derived signing key, which costs four HMACs to make. */
+  private readonly signers: Map<string, SignatureV4>;
   private readonly region: string;
   private readonly maxSkewMs: number;
   private readonly now: () => Date;
@@ -39,7 +40,19 @@ export class SigV4Verifier {
     maxSkewSeconds: number;
     now: () => Date;
   }) {
-    this.keys = new Map(options.keys.map((key) => [key.accessKeyId, key]));
+    this.signers = new Map(
+      options.keys.map((key) => [
+        key.accessKeyId,
+        new SignatureV4({
+          credentials: key,
+          region: options.region,
+          service: signingService,
+          sha256: Hash.bind(null, "sha256"),
+          uriEscapePath: true,
+          applyChecksum: false,
+        }),
+      ]),
+    );
     this.region = options.region;
     this.maxSkewMs = options.maxSkewSeconds * 1000;
     this.now = options.now;
@@ -55,8 +68,8 @@ export class SigV4Verifier {
       );
     }
     const auth = parseAuthorization(header);
-    const key = this.keys.get(auth.accessKeyId);
-    if (key === undefined) {
+    const signer = this.signers.get(auth.accessKeyId);
+    if (signer === undefined) {
       throw authError(
         "UnrecognizedClientException",
         `Unknown access key id ${auth.accessKeyId}: use the key Berth printed at first start (stored in <data-dir>/credentials.json) or BERTH_ACCESS_KEY_ID`,
@@ -66,16 +79,12 @@ export class SigV4Verifier {
     this.checkScope(auth);
     this.checkPayloadHash(request, body);
 
-    const resigned = await new SignatureV4({
-      credentials: key,
-      region: this.region,
-      service: signingService,
-      sha256: Hash.bind(null, "sha256"),
-      uriEscapePath: true,
-      applyChecksum: false,
-    }).sign(toHttpRequest(request, auth.signedHeaders, body === "streamed" ? undefined : body), {
-      signingDate,
-    });
+    const resigned = await signer.sign(
+      toHttpRequest(request, auth.signedHeaders, body === "streamed" ? undefined : body),
+      {
+        signingDate,
+      },
+    );
     const expected =
       /Signature=([0-9a-f]{64})/.exec(String(resigned.headers["authorization"]))?.[1] ?? "";
     if (!constantTimeEqual(expected, auth.signature)) {

@@ -20,6 +20,8 @@ export const migrations: readonly { version: number; sql: string }[] = [
         runtime_id TEXT NOT NULL REFERENCES runtimes(id) ON DELETE CASCADE,
         version INTEGER NOT NULL,
         config TEXT NOT NULL,
+        -- kept beside config so listing never parses configs
+        description TEXT NOT NULL,
         status TEXT NOT NULL,
         failure_reason TEXT,
         created_at TEXT NOT NULL,

@@ -1,9 +1,10 @@
 import { chmodSync } from "node:fs";
-import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
 import type {
   EndpointRecord,
   RuntimeRecord,
   RuntimeStatus,
+  RuntimeSummary,
   RuntimeVersionRecord,
 } from "../../core/model.ts";
 import {
@@ -25,6 +26,8 @@ type Row = Record<string, SQLInputValue>;
  */
 export class SqliteMetadataStore implements MetadataStore {
   private readonly db: DatabaseSync;
+  /** Compiled statements by SQL text: compiling costs more than running most of these queries. */
+  private readonly statements = new Map<string, StatementSync>();
 
   constructor(path: string) {
     this.db = new DatabaseSync(path);
@@ -68,16 +71,25 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
+  private statement(sql: string): StatementSync {
+    let statement = this.statements.get(sql);
+    if (statement === undefined) {
+      statement = this.db.prepare(sql);
+      this.statements.set(sql, statement);
+    }
+    return statement;
+  }
+
   private run(sql: string, params: Row = {}): void {
-    this.db.prepare(sql).run(params);
+    this.statement(sql).run(params);
   }
 
   private get(sql: string, params: Row = {}): Row | undefined {
-    return this.db.prepare(sql).get(params);
+    return this.statement(sql).get(params);
   }
 
   private all(sql: string, params: Row = {}): Row[] {
-    return this.db.prepare(sql).all(params);
+    return this.statement(sql).all(params);
   }
 
   private saveIdempotency(record: IdempotencyRecord | undefined): void {
@@ -216,35 +228,26 @@ export class SqliteMetadataStore implements MetadataStore {
     });
   }
 
-  listRuntimes(
-    page: PageRequest,
-  ): Promise<Page<{ runtime: RuntimeRecord; latest: RuntimeVersionRecord }>> {
+  listRuntimes(page: PageRequest): Promise<Page<RuntimeSummary>> {
     return settle(() => {
       const rows = this.all(
-        `SELECT r.*, v.runtime_id, v.version, v.config, v.status, v.failure_reason,
-                v.created_at AS version_created_at, v.last_updated_at AS version_last_updated_at
-         FROM runtimes r JOIN runtime_versions v ON v.runtime_id = r.id AND v.version = r.latest_version
+        `SELECT ${summaryColumns}, r.seq FROM runtimes r
+         JOIN runtime_versions v ON v.runtime_id = r.id AND v.version = r.latest_version
          WHERE r.seq > :after ORDER BY r.seq LIMIT :limit`,
         { after: page.afterKey ?? 0, limit: page.limit + 1 },
       );
-      return paginate(rows, page.limit, "seq", (row) => ({
-        runtime: toRuntime(row),
-        latest: toVersion({
-          ...row,
-          created_at: row["version_created_at"],
-          last_updated_at: row["version_last_updated_at"],
-        } as Row),
-      }));
+      return paginate(rows, page.limit, "seq", toSummary);
     });
   }
 
-  listRuntimeVersions(runtimeId: string, page: PageRequest): Promise<Page<RuntimeVersionRecord>> {
+  listRuntimeVersions(runtimeId: string, page: PageRequest): Promise<Page<RuntimeSummary>> {
     return settle(() => {
       const rows = this.all(
-        `SELECT * FROM runtime_versions WHERE runtime_id = :id AND version > :after ORDER BY version LIMIT :limit`,
+        `SELECT ${summaryColumns} FROM runtime_versions v JOIN runtimes r ON r.id = v.runtime_id
+         WHERE v.runtime_id = :id AND v.version > :after ORDER BY v.version LIMIT :limit`,
         { id: runtimeId, after: page.afterKey ?? 0, limit: page.limit + 1 },
       );
-      return paginate(rows, page.limit, "version", toVersion);
+      return paginate(rows, page.limit, "version", toSummary);
     });
   }
 
@@ -366,9 +369,10 @@ export class SqliteMetadataStore implements MetadataStore {
 
   private insertVersion(version: RuntimeVersionRecord): void {
     this.run(
-      `INSERT INTO runtime_versions (runtime_id, version, config, status, failure_reason, created_at, last_updated_at)
-       VALUES (:id, :version, :config, :status, :reason, :createdAt, :lastUpdatedAt)`,
+      `INSERT INTO runtime_versions (runtime_id, version, config, description, status, failure_reason, created_at, last_updated_at)
+       VALUES (:id, :version, :config, :description, :status, :reason, :createdAt, :lastUpdatedAt)`,
       {
+        description: version.config.description,
         id: version.runtimeId,
         version: version.version,
         config: JSON.stringify(version.config),
@@ -453,6 +457,20 @@ function toVersion(row: Row): RuntimeVersionRecord {
     status: text(row, "status") as RuntimeStatus,
     failureReason: row["failure_reason"] === null ? undefined : text(row, "failure_reason"),
     createdAt: text(row, "created_at"),
+    lastUpdatedAt: text(row, "last_updated_at"),
+  };
+}
+
+const summaryColumns = "r.id, r.name, r.arn, v.version, v.description, v.status, v.last_updated_at";
+
+function toSummary(row: Row): RuntimeSummary {
+  return {
+    runtimeId: text(row, "id"),
+    name: text(row, "name"),
+    arn: text(row, "arn"),
+    version: Number(row["version"]),
+    description: text(row, "description"),
+    status: text(row, "status") as RuntimeStatus,
     lastUpdatedAt: text(row, "last_updated_at"),
   };
 }

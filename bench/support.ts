@@ -1,0 +1,83 @@
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { createInterface } from "node:readline";
+
+export interface Percentiles {
+  p50: number;
+  p90: number;
+  p99: number;
+  mean: number;
+  samples: number;
+}
+
+export function percentiles(samplesMs: number[]): Percentiles {
+  const sorted = [...samplesMs].sort((a, b) => a - b);
+  const at = (fraction: number): number =>
+    round(sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))] ?? NaN);
+  return {
+    p50: at(0.5),
+    p90: at(0.9),
+    p99: at(0.99),
+    mean: round(sorted.reduce((sum, value) => sum + value, 0) / sorted.length),
+    samples: sorted.length,
+  };
+}
+
+export function round(value: number): number {
+  return Math.round(value * 1000) / 1000;
+}
+
+export async function timeEach(
+  count: number,
+  run: (index: number) => Promise<unknown>,
+): Promise<number[]> {
+  const samples: number[] = [];
+  for (let index = 0; index < count; index += 1) {
+    const started = performance.now();
+    await run(index);
+    samples.push(performance.now() - started);
+  }
+  return samples;
+}
+
+/** Alternates the two runs sample by sample, so machine noise falls on both alike. */
+export async function timeInterleaved(
+  count: number,
+  first: () => Promise<unknown>,
+  second: () => Promise<unknown>,
+): Promise<[number[], number[]]> {
+  const firstSamples: number[] = [];
+  const secondSamples: number[] = [];
+  for (let index = 0; index < count; index += 1) {
+    for (const [run, samples] of [
+      [first, firstSamples],
+      [second, secondSamples],
+    ] as const) {
+      const started = performance.now();
+      await run();
+      samples.push(performance.now() - started);
+    }
+  }
+  return [firstSamples, secondSamples];
+}
+
+/** Starts a server process and resolves with the first JSON line on stdout whose msg matches. */
+export async function startProcess(command: string, args: string[], readyMessage: string) {
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
+  const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on("line", (text) => {
+      const line = JSON.parse(text) as Record<string, unknown>;
+      if (line["msg"] === readyMessage) resolve(line);
+    });
+    child.once("exit", (code) => {
+      reject(new Error(`${command} exited (${String(code)}) before it was ready`));
+    });
+  });
+  return {
+    ready,
+    stop: async () => {
+      child.kill("SIGTERM");
+      await once(child, "exit");
+    },
+  };
+}
