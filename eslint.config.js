@@ -1,6 +1,5 @@
 // @ts-check
 import tseslint from "typescript-eslint";
-import importX from "eslint-plugin-import-x";
 
 export default tseslint.config(
   { ignores: ["node_modules/", "coverage/", "eslint.config.js"] },
@@ -9,12 +8,11 @@ export default tseslint.config(
     languageOptions: {
       parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
     },
-    plugins: { "import-x": importX },
     rules: {
       "@typescript-eslint/no-floating-promises": "error",
       "@typescript-eslint/switch-exhaustiveness-check": "error",
       "@typescript-eslint/restrict-template-expressions": ["error", { allowNumber: true }],
-      "import-x/no-cycle": "error",
+      // Import cycles and layering are checked by test/architecture.test.ts.
     },
   },
   {
