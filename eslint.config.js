@@ -2,7 +2,15 @@
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["node_modules/", "coverage/", "eslint.config.js"] },
+  {
+    ignores: [
+      "node_modules/",
+      "coverage/",
+      "eslint.config.js",
+      "examples/**/*.js",
+      "test/agents/**",
+    ],
+  },
   ...tseslint.configs.strictTypeChecked,
   {
     languageOptions: {

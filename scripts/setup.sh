@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=()
+# bubblewrap: the sandboxes; socat: the bridge to the agent's port inside a sandbox;
+# unzip: .zip code artifacts; python3-minimal: PYTHON_3_* runtimes.
+debian_packages=(bubblewrap socat unzip python3-minimal)
 if [ ${#debian_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
   export DEBIAN_FRONTEND=noninteractive
@@ -12,3 +14,5 @@ if [ ${#debian_packages[@]} -gt 0 ]; then
 fi
 
 npm ci --no-audit --no-fund
+# The example agent carries its own node_modules into its sandbox, as a deployed agent would.
+npm ci --no-audit --no-fund --prefix examples/node-agent

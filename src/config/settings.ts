@@ -27,6 +27,15 @@ const matching =
   (text: string): string | { problem: string } =>
     pattern.test(text) ? text : { problem: `must be ${hint} (got "${text}")` };
 
+const decimal =
+  (min: number, max: number) =>
+  (text: string): number | { problem: string } => {
+    const value = Number(text);
+    return /^\d+(\.\d+)?$/.test(text.trim()) && value >= min && value <= max
+      ? value
+      : { problem: `must be a number from ${min} to ${max} (got "${text}")` };
+  };
+
 const boolean = (text: string): boolean | { problem: string } => {
   if (["true", "1", "yes"].includes(text.toLowerCase())) return true;
   if (["false", "0", "no"].includes(text.toLowerCase())) return false;
@@ -44,9 +53,9 @@ export const settingDeclarations = {
     parse: integer(0, 65_535),
   },
   dataDir: {
-    doc: "Directory for the metadata database, credentials and artifacts. Created with mode 0700.",
-    default: join(homedir(), ".berth"),
-    defaultShown: "~/.berth",
+    doc: "Directory for the metadata database, credentials, artifacts and session folders. Made mode 0711: sandbox users may pass through it to their own folders but not list it; the database and credentials inside are 0600.",
+    default: process.getuid?.() === 0 ? "/var/lib/berth" : join(homedir(), ".berth"),
+    defaultShown: "/var/lib/berth (root), ~/.berth (others)",
     parse: (text: string) => resolve(text),
   },
   region: {
@@ -89,6 +98,67 @@ export const settingDeclarations = {
     doc: "How long a clientToken's first answer is kept for retries.",
     default: 28_800,
     parse: integer(60, 604_800),
+  },
+  maxPayloadBytes: {
+    doc: "Largest InvokeAgentRuntime payload accepted (AgentCore: 100 MB).",
+    default: 104_857_600,
+    parse: integer(1, 1_073_741_824),
+  },
+  maxSessions: {
+    doc: "Most sessions (sandboxes) running at once; more answer ServiceQuotaExceededException.",
+    default: 64,
+    parse: integer(1, 65_536),
+  },
+  sessionMemoryBytes: {
+    doc: "Memory limit of one session's sandbox (cgroup); the kernel OOM-kills past it.",
+    default: 2_147_483_648,
+    parse: integer(16_777_216, 1_099_511_627_776),
+  },
+  sessionPids: {
+    doc: "Most processes and threads in one session's sandbox (cgroup); fork fails past it.",
+    default: 1024,
+    parse: integer(16, 1_048_576),
+  },
+  sessionCpus: {
+    doc: "CPU time one session may use, in CPUs (cgroup quota); sessions also get equal CPU shares.",
+    default: 2,
+    parse: decimal(0.05, 1024),
+  },
+  agentStartupTimeoutSeconds: {
+    doc: "How long a new session's agent has to answer GET /ping before the invocation fails with RuntimeClientError.",
+    default: 30,
+    parse: integer(1, 600),
+  },
+  minLifecycleSeconds: {
+    doc: "Smallest idleRuntimeSessionTimeout and maxLifetime a runtime may ask for (AgentCore: 60). Lower it for tests and demos.",
+    default: 60,
+    parse: integer(1, 60),
+  },
+  sessionSweepIntervalMs: {
+    doc: "How often idle and max-lifetime deadlines are checked.",
+    default: 1000,
+    parse: integer(10, 60_000),
+  },
+  sandboxUidBase: {
+    doc: "First host uid given to sandboxes; each running session gets its own uid from [base, base + maxSessions). Must not overlap real users.",
+    default: 2_000_000,
+    parse: integer(10_000, 4_000_000_000),
+  },
+  cgroupParent: {
+    doc: "Name of the cgroup under which each session gets its own (in every v1 controller, or the v2 tree). Leftovers in it are killed at start.",
+    default: "berth",
+    parse: matching(/^[a-zA-Z0-9_.-]{1,64}$/, "letters, digits, '.', '_' or '-'"),
+  },
+  nodeBinary: {
+    doc: "Interpreter for runtime NODE_22 (any Node.js >= 22 runs NODE_22 agents; the default is the Node 24 Berth runs on).",
+    default: process.execPath,
+    defaultShown: "the Node.js running Berth",
+    parse: (text: string) => resolve(text),
+  },
+  pythonBinary: {
+    doc: "Interpreter for runtimes PYTHON_3_10 to PYTHON_3_14.",
+    default: "/usr/bin/python3",
+    parse: (text: string) => resolve(text),
   },
 } satisfies Record<string, SettingDeclaration<unknown>>;
 

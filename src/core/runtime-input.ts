@@ -35,6 +35,7 @@ export interface RuntimeInput {
 export function readRuntimeInput(
   body: Record<string, unknown>,
   kind: "create" | "update",
+  minLifecycleSeconds: number = inputLimits.sessionSeconds.min,
 ): RuntimeInput {
   const reader = new InputReader();
   const name =
@@ -54,7 +55,7 @@ export function readRuntimeInput(
   const description = reader.string(body["description"], "description", inputLimits.description);
   readNetworkMode(reader, body["networkConfiguration"]);
   readServerProtocol(reader, body["protocolConfiguration"]);
-  const lifecycle = readLifecycle(reader, body["lifecycleConfiguration"]);
+  const lifecycle = readLifecycle(reader, body["lifecycleConfiguration"], minLifecycleSeconds);
   const environmentVariables = reader.stringMap(
     body["environmentVariables"],
     "environmentVariables",
@@ -178,9 +179,13 @@ function readServerProtocol(reader: InputReader, value: unknown): void {
   }
 }
 
-function readLifecycle(reader: InputReader, value: unknown): { idle: number; maxLifetime: number } {
+function readLifecycle(
+  reader: InputReader,
+  value: unknown,
+  min: number,
+): { idle: number; maxLifetime: number } {
   const lifecycle = reader.object(value, "lifecycleConfiguration");
-  const { min, max } = inputLimits.sessionSeconds;
+  const { max } = inputLimits.sessionSeconds;
   const idle =
     reader.integer(
       lifecycle?.["idleRuntimeSessionTimeout"],

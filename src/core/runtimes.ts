@@ -26,7 +26,7 @@ export async function createRuntime(
   context: CoreContext,
   body: Record<string, unknown>,
 ): Promise<RuntimeChange> {
-  const input = readRuntimeInput(body, "create");
+  const input = readRuntimeInput(body, "create", context.minLifecycleSeconds);
   const now = timestamp(context);
   return runIdempotent<RuntimeChange>({
     store: context.store,
@@ -99,7 +99,7 @@ export async function updateRuntime(
   runtimeId: string,
   body: Record<string, unknown>,
 ): Promise<RuntimeChange> {
-  const input = readRuntimeInput(body, "update");
+  const input = readRuntimeInput(body, "update", context.minLifecycleSeconds);
   const now = timestamp(context);
   return runIdempotent<RuntimeChange>({
     store: context.store,
@@ -173,6 +173,7 @@ export async function deleteRuntime(
       const runtime = await requireRuntime(context, runtimeId);
       const deletion: RuntimeDeletion = { runtimeId, version };
       if (version === undefined) {
+        await context.endSessions(runtimeId);
         await context.store.deleteRuntime(runtimeId, record(deletion));
         return deletion;
       }

@@ -10,6 +10,12 @@ import type { CoreContext } from "../core/context.ts";
 import type { Logger } from "../core/logger.ts";
 import { VersionPreparer } from "../core/preparation.ts";
 import { controlPlaneOperations } from "../wire/control-plane.ts";
+import { dataPlaneOperations } from "../wire/data-plane.ts";
+import { pingAgent } from "../wire/agent-client.ts";
+import { SessionManager } from "../core/sessions.ts";
+import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
+import { codeLaunchPlanner } from "../adapters/artifacts/launch-plan.ts";
+import { interpreterForSandboxes, requireTraversableByOthers } from "./sandbox-host.ts";
 import { createRequestHandler } from "../wire/handler.ts";
 import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
 import { loadOrCreateCredentials } from "./credentials.ts";
@@ -20,7 +26,9 @@ export interface RunningBerth {
   credentials: AccessKey;
   /** Resolves when background work started so far (artifact preparation) has settled. */
   idle(): Promise<void>;
-  /** Stops accepting requests, lets in-flight ones finish, then closes the database. */
+  /** The live sessions, for tests and the operator API. */
+  sessions: SessionManager;
+  /** Stops every session, stops accepting requests, lets in-flight ones finish, closes the database. */
   close(): Promise<void>;
 }
 
@@ -37,10 +45,21 @@ export async function startBerth(
   environment: BerthEnvironment,
 ): Promise<RunningBerth> {
   const { log, now = () => new Date() } = environment;
-  mkdirSync(settings.dataDir, { recursive: true, mode: 0o700 });
-  chmodSync(settings.dataDir, 0o700); // the data dir holds the database and the secret key
+  if (process.getuid?.() !== 0) {
+    throw new Error(
+      "berth serve must run as root: each session's sandbox gets its own unprivileged host uid",
+    );
+  }
+  mkdirSync(settings.dataDir, { recursive: true, mode: 0o711 });
+  // Sandbox users pass through the data dir to their own folders; they cannot list it, and the
+  // database and credentials inside are 0600.
+  chmodSync(settings.dataDir, 0o711);
+  requireTraversableByOthers(
+    settings.dataDir,
+    "the data directory holds session folders and artifacts",
+  );
   const artifactsDir = join(settings.dataDir, "artifacts");
-  mkdirSync(artifactsDir, { recursive: true });
+  mkdirSync(artifactsDir, { recursive: true, mode: 0o755 });
 
   const { key, generated } = loadOrCreateCredentials(settings.dataDir, settings);
   const store = new SqliteMetadataStore(join(settings.dataDir, "berth.db"));
@@ -50,6 +69,31 @@ export async function startBerth(
     now,
     log,
   });
+  const driver = await BubblewrapDriver.create({
+    runRoot: join(settings.dataDir, "sessions"),
+    uidBase: settings.sandboxUidBase,
+    maxSandboxes: settings.maxSessions,
+    limits: {
+      memoryBytes: settings.sessionMemoryBytes,
+      pids: settings.sessionPids,
+      cpus: settings.sessionCpus,
+    },
+    interpreters: {
+      node: interpreterForSandboxes(settings.nodeBinary, join(settings.dataDir, "interpreters")),
+    },
+    cgroupParent: settings.cgroupParent,
+  });
+  const sessions = new SessionManager({
+    driver,
+    probe: pingAgent,
+    plan: codeLaunchPlanner(artifactsDir, join(settings.dataDir, "artifact-cache")),
+    log,
+    settings: {
+      agentStartupTimeoutMs: settings.agentStartupTimeoutSeconds * 1000,
+      sweepIntervalMs: settings.sessionSweepIntervalMs,
+      maxSessions: settings.maxSessions,
+    },
+  });
   const context: CoreContext = {
     store,
     region: settings.region,
@@ -58,6 +102,8 @@ export async function startBerth(
     prepareVersion: (version) => {
       preparer.prepare(version);
     },
+    endSessions: (runtimeId) => sessions.stopRuntime(runtimeId),
+    minLifecycleSeconds: settings.minLifecycleSeconds,
   };
 
   if (settings.insecureNoAuth) {
@@ -69,7 +115,10 @@ export async function startBerth(
     );
   }
   const handler = createRequestHandler({
-    operations: controlPlaneOperations(context),
+    operations: [
+      ...controlPlaneOperations(context),
+      ...dataPlaneOperations(context, sessions, { maxPayloadBytes: settings.maxPayloadBytes }),
+    ],
     verifier: settings.insecureNoAuth
       ? undefined
       : new SigV4Verifier({
@@ -97,15 +146,23 @@ export async function startBerth(
   const port = (server.address() as AddressInfo).port;
   const url = `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${port}`;
   if (generated) printFirstStartCredentials(environment, key, url, settings);
-  log.info("berth listening", { url, dataDir: settings.dataDir, region: settings.region });
+  log.info("berth listening", {
+    url,
+    dataDir: settings.dataDir,
+    region: settings.region,
+    sandbox: driver.describe(),
+  });
 
   return {
     url,
     port,
     credentials: key,
+    sessions,
     idle: () => preparer.idle(),
     close: async () => {
       clearInterval(idempotencySweep);
+      await sessions.close();
+      await driver.close();
       await new Promise<void>((done) => {
         server.close(() => {
           done();

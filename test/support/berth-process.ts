@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
+import { isolationArgs } from "./berth.ts";
 
 export const berthBin = fileURLToPath(new URL("../../bin/berth.ts", import.meta.url));
 
@@ -17,10 +18,14 @@ export async function spawnBerth(
   args: string[],
   env: NodeJS.ProcessEnv = {},
 ): Promise<BerthProcess> {
-  const child = spawn(process.execPath, [berthBin, "serve", "--port", "0", ...args], {
-    env: { PATH: process.env["PATH"], HOME: process.env["HOME"], ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawn(
+    process.execPath,
+    [berthBin, "serve", "--port", "0", ...isolationArgs(), ...args],
+    {
+      env: { PATH: process.env["PATH"], HOME: process.env["HOME"], ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   const exit = once(child, "exit").then(([code, signal]) => ({
     code: code as number | null,
     signal: signal as NodeJS.Signals | null,

@@ -25,7 +25,10 @@ export async function startTestBerth(
   extraArgs: string[] = [],
   dataDir = makeDataDir(),
 ): Promise<TestBerth> {
-  const settings = loadSettings(["--port", "0", "--data-dir", dataDir, ...extraArgs], {});
+  const settings = loadSettings(
+    ["--port", "0", "--data-dir", dataDir, ...isolationArgs(), ...extraArgs],
+    {},
+  );
   const logLines: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -64,6 +67,25 @@ export async function startTestBerth(
       await berth.close();
     },
   };
+}
+
+let servers = 0;
+
+/**
+ * A cgroup parent and a uid range of its own for each test server, so test files running at
+ * the same time never see (or clean up) each other's sandboxes.
+ */
+export function isolationArgs(): string[] {
+  servers += 1;
+  const slot = (process.pid * 16 + servers) % 60_000;
+  return [
+    "--cgroup-parent",
+    `berth-test-${process.pid}-${servers}`,
+    "--sandbox-uid-base",
+    String(3_000_000 + slot * 64),
+    "--max-sessions",
+    "64",
+  ];
 }
 
 export function makeDataDir(): string {

@@ -13,7 +13,7 @@ export function localArtifactCheck(artifactsDir: string): ArtifactCheck {
         `Container images are not supported by this Berth server yet (${artifact.containerUri}); use codeConfiguration`,
       );
     }
-    const location = insideRoot(artifactsDir, join(artifact.bucket, artifact.prefix));
+    const location = artifactLocation(artifactsDir, artifact);
     const shown = `s3://${artifact.bucket}/${artifact.prefix}`;
     const found = await stat(location).catch(() => undefined);
     if (found === undefined) {
@@ -33,6 +33,14 @@ export function localArtifactCheck(artifactsDir: string): ArtifactCheck {
       throw new ArtifactProblem(`Entry point ${entryFile} not found in code artifact ${shown}`);
     }
   };
+}
+
+/** Where a code artifact lives in the local store: `<artifacts>/<bucket>/<prefix>`. */
+export function artifactLocation(
+  artifactsDir: string,
+  artifact: { bucket: string; prefix: string },
+): string {
+  return insideRoot(artifactsDir, join(artifact.bucket, artifact.prefix));
 }
 
 /** Resolves `relative` under `root`, refusing anything (`..`, absolute paths) that escapes it. */

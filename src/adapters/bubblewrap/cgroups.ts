@@ -1,0 +1,194 @@
+import { existsSync, readdirSync, readFileSync, rmdirSync, statfsSync } from "node:fs";
+import { mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
+
+export interface CgroupLimits {
+  memoryBytes: number;
+  pids: number;
+  /** CPU time per period as a number of CPUs, e.g. 1.5. */
+  cpus: number;
+}
+
+const cgroup2Magic = 0x63677270;
+const cpuPeriodMicros = 100_000;
+
+/**
+ * One cgroup per sandbox under a parent owned by this Berth server, on either layout: cgroup v2
+ * (one unified tree) or v1 (a tree per controller, as on the project's machines, where the v2
+ * mount in hybrid mode holds no controllers).
+ */
+export class CgroupTree {
+  private readonly layout: "v1" | "v2";
+  private readonly roots: string[];
+
+  constructor(parentName: string, mountPoint = "/sys/fs/cgroup") {
+    if (isCgroup2(mountPoint)) {
+      this.layout = "v2";
+      this.roots = [join(mountPoint, parentName)];
+    } else {
+      this.layout = "v1";
+      this.roots = ["memory", "pids", "cpu"].map((controller) =>
+        join(mountPoint, controller, parentName),
+      );
+      for (const root of this.roots) {
+        if (!existsSync(join(root, "..")))
+          throw new Error(`cgroup v1 controller missing: ${join(root, "..")}`);
+      }
+    }
+  }
+
+  describe(): string {
+    return `cgroup ${this.layout} at ${this.roots.join(", ")}`;
+  }
+
+  /** Creates the parent, killing and removing sandboxes a previous run of this server left behind. */
+  async prepare(): Promise<void> {
+    for (const root of this.roots) {
+      if (existsSync(root)) {
+        for (const entry of readdirSync(root, { withFileTypes: true })) {
+          if (entry.isDirectory()) await this.removeGroup(join(root, entry.name));
+        }
+      }
+      await mkdir(root, { recursive: true });
+    }
+    if (this.layout === "v2") {
+      const root = this.roots[0] ?? "";
+      await writeFile(join(root, "..", "cgroup.subtree_control"), "+memory +pids +cpu").catch(
+        () => undefined,
+      );
+      await writeFile(join(root, "cgroup.subtree_control"), "+memory +pids +cpu");
+    }
+  }
+
+  /** Creates a sandbox's cgroup with its limits; returns the cgroup.procs files to join. */
+  async create(name: string, limits: CgroupLimits): Promise<string[]> {
+    const quota = String(Math.max(1000, Math.round(limits.cpus * cpuPeriodMicros)));
+    const settings: Record<string, string> =
+      this.layout === "v2"
+        ? {
+            "memory.max": String(limits.memoryBytes),
+            "memory.swap.max": "0",
+            "pids.max": String(limits.pids),
+            "cpu.max": `${quota} ${cpuPeriodMicros}`,
+          }
+        : {
+            "memory/memory.limit_in_bytes": String(limits.memoryBytes),
+            "pids/pids.max": String(limits.pids),
+            "cpu/cpu.cfs_period_us": String(cpuPeriodMicros),
+            "cpu/cpu.cfs_quota_us": quota,
+          };
+    const procs: string[] = [];
+    for (const root of this.roots) {
+      const group = join(root, name);
+      await mkdir(group);
+      procs.push(join(group, "cgroup.procs"));
+    }
+    for (const [file, value] of Object.entries(settings)) {
+      await writeFile(this.path(name, file), value);
+    }
+    return procs;
+  }
+
+  async usage(
+    name: string,
+  ): Promise<{ memoryBytes: number | undefined; processes: number | undefined }> {
+    const memoryFile = this.layout === "v2" ? "memory.current" : "memory/memory.usage_in_bytes";
+    const pidsFile = this.layout === "v2" ? "pids.current" : "pids/pids.current";
+    const read = async (file: string): Promise<number | undefined> => {
+      const text = await readFile(this.path(name, file), "utf8").catch(() => undefined);
+      return text === undefined ? undefined : Number(text.trim());
+    };
+    return { memoryBytes: await read(memoryFile), processes: await read(pidsFile) };
+  }
+
+  /** Whether the kernel OOM-killed something in the sandbox. */
+  async oomKilled(name: string): Promise<boolean> {
+    const file = this.layout === "v2" ? "memory.events" : "memory/memory.oom_control";
+    const text = await readFile(this.path(name, file), "utf8").catch(() => "");
+    return /oom_kill [1-9]/.test(text);
+  }
+
+  /** Kills whatever is left in the sandbox's cgroup, then removes it. */
+  async remove(name: string): Promise<void> {
+    for (const root of this.roots) await this.removeGroup(join(root, name));
+  }
+
+  /** Removes this server's parent cgroups once every sandbox in them is gone. */
+  async removeParent(): Promise<void> {
+    for (const root of this.roots) {
+      if (!existsSync(root)) continue;
+      for (const entry of readdirSync(root, { withFileTypes: true })) {
+        if (entry.isDirectory()) await this.removeGroup(join(root, entry.name));
+      }
+      await this.removeGroup(root);
+    }
+  }
+
+  /** Sync variant for process exit, when no event loop turn is left. */
+  killAllSync(): void {
+    for (const root of this.roots) {
+      if (!existsSync(root)) continue;
+      for (const entry of readdirSync(root, { withFileTypes: true })) {
+        if (!entry.isDirectory()) continue;
+        const group = join(root, entry.name);
+        killProcesses(group);
+        try {
+          rmdirSync(group);
+        } catch {
+          // best effort at exit; the next start removes it
+        }
+      }
+    }
+  }
+
+  private path(name: string, file: string): string {
+    if (this.layout === "v2") return join(this.roots[0] ?? "", name, file);
+    const [controller = "", leaf = ""] = file.split("/");
+    const root = this.roots.find((candidate) => candidate.includes(`/${controller}/`)) ?? "";
+    return join(root, name, leaf);
+  }
+
+  private async removeGroup(group: string): Promise<void> {
+    if (!existsSync(group)) return;
+    if (this.layout === "v2")
+      await writeFile(join(group, "cgroup.kill"), "1").catch(() => undefined);
+    // rmdir right after the last process exits can answer EBUSY for a few ms: retry briefly.
+    for (let attempt = 0; ; attempt += 1) {
+      killProcesses(group);
+      try {
+        await rmdir(group);
+        return;
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === "ENOENT") return;
+        if (code !== "EBUSY" || attempt >= 200) throw error;
+        await delay(5);
+      }
+    }
+  }
+}
+
+function killProcesses(group: string): void {
+  let text = "";
+  try {
+    text = readFileSync(join(group, "cgroup.procs"), "utf8");
+  } catch {
+    return;
+  }
+  for (const pid of text.split("\n").filter(Boolean)) {
+    try {
+      process.kill(Number(pid), "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+}
+
+function isCgroup2(mountPoint: string): boolean {
+  try {
+    return statfsSync(mountPoint).type === cgroup2Magic;
+  } catch {
+    return false;
+  }
+}

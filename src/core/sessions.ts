@@ -1,0 +1,375 @@
+import { BerthError } from "./errors.ts";
+import type { Logger } from "./logger.ts";
+import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
+import type {
+  AgentEndpoint,
+  Sandbox,
+  SandboxDriver,
+  SandboxExit,
+  SandboxUsage,
+} from "./sandbox.ts";
+
+export type AgentHealth = "Healthy" | "HealthyBusy";
+
+/** How the session manager talks to an agent: its /ping, as the agent contract defines. */
+export type AgentProbe = (endpoint: AgentEndpoint, timeoutMs: number) => Promise<AgentHealth>;
+
+/** How a version's artifact becomes a command in a folder. */
+export type LaunchPlanner = (
+  version: RuntimeVersionRecord,
+) => Promise<{ codeDir: string; command: string[] }>;
+
+export interface SessionSettings {
+  agentStartupTimeoutMs: number;
+  sweepIntervalMs: number;
+  maxSessions: number;
+}
+
+export type SessionState = "starting" | "running";
+
+export interface SessionInfo {
+  runtimeId: string;
+  sessionId: string;
+  version: number;
+  state: SessionState;
+  startedAt: string;
+  lastActivityAt: string;
+  activeRequests: number;
+  usage: SandboxUsage;
+}
+
+interface LiveSession {
+  key: string;
+  runtimeId: string;
+  sessionId: string;
+  version: number;
+  state: SessionState;
+  startedAtMs: number;
+  lastActivityMs: number;
+  activeRequests: number;
+  idleTimeoutMs: number;
+  maxLifetimeMs: number;
+  sandbox: Sandbox | undefined;
+  ready: Promise<Sandbox>;
+  abort: AbortController;
+  stopReason: string | undefined;
+  outputTail: string[];
+}
+
+/** Use of a running session; release() when the request is done, so idle time counts from then. */
+export interface SessionLease {
+  agentEndpoint: AgentEndpoint;
+  /** Settles when the session's sandbox is gone (stopped, timed out, or the agent crashed). */
+  ended: Promise<string>;
+  release(): void;
+  /** The agent's last output lines, for error messages. */
+  outputTail(): string[];
+}
+
+const outputTailLines = 20;
+
+/**
+ * Sessions: one sandbox per (runtime, runtimeSessionId), started on first use. Concurrent first
+ * requests share one start. A session ends on StopRuntimeSession, after its idle timeout (a
+ * HealthyBusy ping counts as activity), at its max lifetime, or when its agent exits.
+ */
+export class SessionManager {
+  private readonly sessions = new Map<string, LiveSession>();
+  private readonly sweeper: NodeJS.Timeout;
+  private readonly driver: SandboxDriver;
+  private readonly probe: AgentProbe;
+  private readonly plan: LaunchPlanner;
+  private readonly log: Logger;
+  private readonly settings: SessionSettings;
+  private readonly nowMs: () => number;
+  private closed = false;
+
+  constructor(options: {
+    driver: SandboxDriver;
+    probe: AgentProbe;
+    plan: LaunchPlanner;
+    log: Logger;
+    settings: SessionSettings;
+    nowMs?: () => number;
+  }) {
+    this.driver = options.driver;
+    this.probe = options.probe;
+    this.plan = options.plan;
+    this.log = options.log;
+    this.settings = options.settings;
+    this.nowMs = options.nowMs ?? Date.now;
+    this.sweeper = setInterval(() => {
+      void this.sweep();
+    }, options.settings.sweepIntervalMs);
+    this.sweeper.unref();
+  }
+
+  /** Gets the session running (starting it if needed) and holds it active until release(). */
+  async acquire(
+    runtime: RuntimeRecord,
+    version: RuntimeVersionRecord,
+    sessionId: string,
+  ): Promise<SessionLease> {
+    if (this.closed)
+      throw new BerthError(
+        "ThrottlingException",
+        "Berth is shutting down; retry against the new server",
+      );
+    const key = sessionKey(runtime.id, sessionId);
+    let session = this.sessions.get(key);
+    if (session !== undefined && session.version !== version.version) {
+      await this.end(session, `the endpoint now serves version ${version.version}`);
+      session = undefined;
+    }
+    if (session === undefined) session = this.begin(runtime, version, sessionId, key);
+    session.activeRequests += 1;
+    session.lastActivityMs = this.nowMs();
+    let sandbox: Sandbox;
+    try {
+      sandbox = await session.ready;
+    } catch (error) {
+      session.activeRequests -= 1;
+      throw error;
+    }
+    const live = session;
+    let released = false;
+    return {
+      agentEndpoint: sandbox.agentEndpoint,
+      ended: sandbox.exited.then(() => live.stopReason ?? "the agent exited"),
+      outputTail: () => [...live.outputTail],
+      release: () => {
+        if (released) return;
+        released = true;
+        live.activeRequests -= 1;
+        live.lastActivityMs = this.nowMs();
+      },
+    };
+  }
+
+  /** Stops a session at once, in-flight requests included. False when no such session runs. */
+  async stop(runtimeId: string, sessionId: string): Promise<boolean> {
+    const session = this.sessions.get(sessionKey(runtimeId, sessionId));
+    if (session === undefined) return false;
+    await this.end(session, "stopped by StopRuntimeSession");
+    return true;
+  }
+
+  /** Stops every session of a runtime (it is being deleted). */
+  async stopRuntime(runtimeId: string): Promise<void> {
+    const ending = [...this.sessions.values()].filter((session) => session.runtimeId === runtimeId);
+    await Promise.all(ending.map((session) => this.end(session, "runtime deleted")));
+  }
+
+  async list(runtimeId: string): Promise<SessionInfo[]> {
+    const sessions = [...this.sessions.values()].filter(
+      (session) => session.runtimeId === runtimeId,
+    );
+    return Promise.all(
+      sessions.map(async (session) => ({
+        runtimeId: session.runtimeId,
+        sessionId: session.sessionId,
+        version: session.version,
+        state: session.state,
+        startedAt: new Date(session.startedAtMs).toISOString(),
+        lastActivityAt: new Date(session.lastActivityMs).toISOString(),
+        activeRequests: session.activeRequests,
+        usage: (await session.sandbox?.usage()) ?? { memoryBytes: undefined, processes: undefined },
+      })),
+    );
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.sweeper);
+    await Promise.all(
+      [...this.sessions.values()].map((session) => this.end(session, "server shutting down")),
+    );
+  }
+
+  private begin(
+    runtime: RuntimeRecord,
+    version: RuntimeVersionRecord,
+    sessionId: string,
+    key: string,
+  ): LiveSession {
+    if (this.sessions.size >= this.settings.maxSessions) {
+      throw new BerthError(
+        "ServiceQuotaExceededException",
+        `All ${this.settings.maxSessions} session slots are in use (maxSessions); stop idle sessions or raise the limit`,
+      );
+    }
+    const now = this.nowMs();
+    const session: LiveSession = {
+      key,
+      runtimeId: runtime.id,
+      sessionId,
+      version: version.version,
+      state: "starting",
+      startedAtMs: now,
+      lastActivityMs: now,
+      activeRequests: 0,
+      idleTimeoutMs: version.config.idleRuntimeSessionTimeoutSeconds * 1000,
+      maxLifetimeMs: version.config.maxLifetimeSeconds * 1000,
+      sandbox: undefined,
+      ready: Promise.resolve(undefined as unknown as Sandbox),
+      abort: new AbortController(),
+      stopReason: undefined,
+      outputTail: [],
+    };
+    session.ready = this.boot(session, version);
+    // Callers await ready themselves; this only keeps a failed start from being unhandled.
+    session.ready.catch(() => undefined);
+    this.sessions.set(key, session);
+    this.log.info("session starting", {
+      runtimeId: runtime.id,
+      sessionId,
+      version: version.version,
+    });
+    return session;
+  }
+
+  private async boot(session: LiveSession, version: RuntimeVersionRecord): Promise<Sandbox> {
+    const startedAt = performance.now();
+    try {
+      const { codeDir, command } = await this.plan(version);
+      const sandbox = await this.driver.start(
+        {
+          name: sandboxName(session),
+          codeDir,
+          command,
+          environment: {
+            ...version.config.environmentVariables,
+            PORT: "8080",
+            AWS_REGION: process.env["AWS_REGION"] ?? "us-east-1",
+          },
+          onOutput: (stream, line) => {
+            session.outputTail.push(line);
+            if (session.outputTail.length > outputTailLines) session.outputTail.shift();
+            this.log.info("agent output", {
+              runtimeId: session.runtimeId,
+              sessionId: session.sessionId,
+              stream,
+              line,
+            });
+          },
+        },
+        session.abort.signal,
+      );
+      session.sandbox = sandbox;
+      void sandbox.exited.then((exit) => {
+        this.onSandboxExit(session, exit);
+      });
+      await this.waitUntilHealthy(session, sandbox);
+      session.state = "running";
+      this.log.info("session running", {
+        runtimeId: session.runtimeId,
+        sessionId: session.sessionId,
+        startMs: Math.round((performance.now() - startedAt) * 100) / 100,
+      });
+      return sandbox;
+    } catch (error) {
+      await this.end(session, "the agent failed to start");
+      if (BerthError.isInstance(error)) throw error;
+      throw new BerthError(
+        "RuntimeClientError",
+        `The session's sandbox could not start: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
+  }
+
+  /** Polls /ping until the agent answers, it exits, or the startup timeout passes. */
+  private async waitUntilHealthy(session: LiveSession, sandbox: Sandbox): Promise<void> {
+    const deadline = performance.now() + this.settings.agentStartupTimeoutMs;
+    let exited: SandboxExit | undefined;
+    void sandbox.exited.then((exit) => {
+      exited = exit;
+    });
+    for (let attempt = 0; ; attempt += 1) {
+      if (exited !== undefined) {
+        throw new BerthError(
+          "RuntimeClientError",
+          `The agent exited during startup (${describeExit(exited)})${tail(session)}`,
+        );
+      }
+      try {
+        await this.probe(sandbox.agentEndpoint, 1000);
+        return;
+      } catch {
+        if (performance.now() > deadline) {
+          throw new BerthError(
+            "RuntimeClientError",
+            `The agent did not answer GET /ping on port 8080 within ${this.settings.agentStartupTimeoutMs} ms (agentStartupTimeoutSeconds)${tail(session)}`,
+          );
+        }
+      }
+      // Back off from 1 ms to 5 ms: agents are typically ready in tens of milliseconds.
+      await new Promise((resolve) => setTimeout(resolve, Math.min(5, 1 + attempt)));
+    }
+  }
+
+  private onSandboxExit(session: LiveSession, exit: SandboxExit): void {
+    if (this.sessions.get(session.key) !== session) return;
+    this.sessions.delete(session.key);
+    if (session.stopReason === undefined) {
+      session.stopReason = `the agent exited (${describeExit(exit)})`;
+      this.log.warn("agent exited", {
+        runtimeId: session.runtimeId,
+        sessionId: session.sessionId,
+        exit: describeExit(exit),
+        lastOutput: session.outputTail.slice(-5),
+      });
+    }
+  }
+
+  private async end(session: LiveSession, reason: string): Promise<void> {
+    session.stopReason ??= reason;
+    if (this.sessions.get(session.key) === session) this.sessions.delete(session.key);
+    session.abort.abort(new Error(reason));
+    await session.sandbox?.kill();
+    this.log.info("session ended", {
+      runtimeId: session.runtimeId,
+      sessionId: session.sessionId,
+      reason: session.stopReason,
+    });
+  }
+
+  private async sweep(): Promise<void> {
+    const now = this.nowMs();
+    for (const session of [...this.sessions.values()]) {
+      if (session.state !== "running" || session.sandbox === undefined) continue;
+      if (now - session.startedAtMs >= session.maxLifetimeMs) {
+        await this.end(session, "max lifetime reached");
+        continue;
+      }
+      if (session.activeRequests > 0 || now - session.lastActivityMs < session.idleTimeoutMs)
+        continue;
+      // Past its idle timeout: an agent still doing background work says HealthyBusy.
+      const health = await this.probe(session.sandbox.agentEndpoint, 1000).catch(
+        () => "Unhealthy" as const,
+      );
+      if (health === "HealthyBusy") session.lastActivityMs = this.nowMs();
+      else if (this.sessions.get(session.key) === session && session.activeRequests === 0)
+        await this.end(session, "idle timeout");
+    }
+  }
+}
+
+function sessionKey(runtimeId: string, sessionId: string): string {
+  return `${runtimeId}\u0000${sessionId}`;
+}
+
+let sandboxCounter = 0;
+function sandboxName(session: LiveSession): string {
+  sandboxCounter += 1;
+  return `s${Date.now().toString(36)}${sandboxCounter.toString(36)}-${session.runtimeId.slice(-10)}`;
+}
+
+function describeExit(exit: SandboxExit): string {
+  return exit.signal !== null ? `killed by ${exit.signal}` : `exit code ${exit.code ?? "unknown"}`;
+}
+
+function tail(session: LiveSession): string {
+  const lines = session.outputTail.slice(-5);
+  return lines.length === 0 ? "" : `. Last output: ${lines.join(" | ")}`;
+}

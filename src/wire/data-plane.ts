@@ -1,0 +1,250 @@
+import { request, type IncomingHttpHeaders, type IncomingMessage } from "node:http";
+import { pipeline } from "node:stream/promises";
+import type { CoreContext } from "../core/context.ts";
+import { BerthError } from "../core/errors.ts";
+import { resolveInvocationTarget } from "../core/invocation-target.ts";
+import type { RuntimeVersionRecord } from "../core/model.ts";
+import type { SessionLease, SessionManager } from "../core/sessions.ts";
+import { agentPool, agentTarget } from "./agent-client.ts";
+import { operation, type Operation, type OperationInput } from "./operation.ts";
+
+export const sessionIdHeader = "x-amzn-bedrock-agentcore-runtime-session-id";
+const requestIdHeader = "x-amzn-bedrock-agentcore-runtime-request-id";
+/** Headers always passed to the agent, beside the session and request ids. */
+const forwardedHeaders = [
+  "content-type",
+  "accept",
+  "mcp-session-id",
+  "mcp-protocol-version",
+  "x-amzn-trace-id",
+  "traceparent",
+  "tracestate",
+  "baggage",
+];
+const echoedHeaders = ["x-amzn-trace-id", "traceparent", "tracestate", "baggage", "mcp-session-id"];
+
+export interface DataPlaneOptions {
+  maxPayloadBytes: number;
+}
+
+/** The AgentCore data plane: invocations stream through to the agent inside the session. */
+export function dataPlaneOperations(
+  context: CoreContext,
+  sessions: SessionManager,
+  options: DataPlaneOptions,
+): Operation[] {
+  return [
+    {
+      name: "InvokeAgentRuntime",
+      method: "POST",
+      path: "/runtimes/:runtimeArn/invocations".split("/"),
+      successStatus: 200,
+      body: "streamed",
+      handle: async (input) => {
+        await invoke(context, sessions, options, input);
+        return { streamed: true };
+      },
+    },
+    operation(
+      "StopRuntimeSession",
+      "POST",
+      "/runtimes/:runtimeArn/stopruntimesession",
+      200,
+      async (input) => {
+        const sessionId = requireSessionId(input.request.headers);
+        const target = await resolveInvocationTarget(
+          context,
+          input.params["runtimeArn"] ?? "",
+          input.request.query.get("qualifier") ?? undefined,
+        );
+        if (!(await sessions.stop(target.runtime.id, sessionId))) {
+          throw new BerthError(
+            "ResourceNotFoundException",
+            `No running session ${sessionId} for agent runtime ${target.runtime.id}`,
+          );
+        }
+        input.raw.outgoing.setHeader(sessionIdHeader, sessionId);
+        return {};
+      },
+    ),
+    operation(
+      "ListSessions",
+      "GET",
+      "/berth/v1/runtimes/:runtimeId/sessions",
+      200,
+      async (input) => {
+        const runtimeId = input.params["runtimeId"] ?? "";
+        if ((await context.store.findRuntime(runtimeId)) === undefined) {
+          throw new BerthError(
+            "ResourceNotFoundException",
+            `No agent runtime with id ${runtimeId}`,
+          );
+        }
+        return { sessions: await sessions.list(runtimeId) };
+      },
+    ),
+  ];
+}
+
+async function invoke(
+  context: CoreContext,
+  sessions: SessionManager,
+  options: DataPlaneOptions,
+  input: OperationInput,
+): Promise<void> {
+  const { incoming, outgoing, signal } = input.raw;
+  const sessionId = requireSessionId(input.request.headers);
+  const declaredLength = Number(incoming.headers["content-length"] ?? 0);
+  if (declaredLength > options.maxPayloadBytes) throw payloadTooLarge(options.maxPayloadBytes);
+  const target = await resolveInvocationTarget(
+    context,
+    input.params["runtimeArn"] ?? "",
+    input.request.query.get("qualifier") ?? undefined,
+  );
+  const lease = await sessions.acquire(target.runtime, target.version, sessionId);
+  try {
+    const agentResponse = await sendToAgent(
+      incoming,
+      lease,
+      agentHeaders(input, sessionId, target.version),
+      options.maxPayloadBytes,
+      signal,
+    );
+    const status = agentResponse.statusCode ?? 500;
+    if (status >= 300) {
+      const body = await readSome(agentResponse, 4096);
+      throw new BerthError(
+        "RuntimeClientError",
+        `The agent answered ${status} to POST /invocations: ${body || "(empty body)"}`,
+      );
+    }
+    const headers: Record<string, string> = {
+      "content-type": agentResponse.headers["content-type"] ?? "application/octet-stream",
+      [sessionIdHeader]: sessionId,
+      "x-amzn-requestid": input.request.requestId,
+    };
+    for (const name of echoedHeaders) {
+      const value = incoming.headers[name];
+      if (typeof value === "string") headers[name] = value;
+    }
+    outgoing.writeHead(200, headers);
+    outgoing.flushHeaders(); // the SDK's send() resolves on headers; the body streams after
+    // pipeline applies backpressure both ways and tears both sides down if either fails, so a
+    // stopped session or a departed client ends the stream at once.
+    await pipeline(agentResponse, outgoing, { signal });
+  } finally {
+    lease.release();
+  }
+}
+
+function sendToAgent(
+  incoming: IncomingMessage,
+  lease: SessionLease,
+  headers: Record<string, string>,
+  maxPayloadBytes: number,
+  signal: AbortSignal,
+): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const toAgent = request(
+      {
+        ...agentTarget(lease.agentEndpoint),
+        agent: agentPool(lease.agentEndpoint, lease.ended),
+        method: "POST",
+        path: "/invocations",
+        headers,
+        signal,
+      },
+      resolve,
+    );
+    let sent = 0;
+    incoming.on("data", (chunk: Buffer) => {
+      sent += chunk.length;
+      if (sent > maxPayloadBytes) toAgent.destroy(payloadTooLarge(maxPayloadBytes));
+    });
+    toAgent.on("error", (error) => {
+      if (BerthError.isInstance(error)) {
+        reject(error);
+        return;
+      }
+      void Promise.race([
+        lease.ended,
+        new Promise((settle) => setTimeout(settle, 50, undefined)),
+      ]).then((reason) => {
+        const why = typeof reason === "string" ? `the session ended: ${reason}` : error.message;
+        const tailLines = lease.outputTail().slice(-5);
+        reject(
+          new BerthError(
+            "RuntimeClientError",
+            `The agent did not answer the invocation (${why})${tailLines.length > 0 ? `. Last output: ${tailLines.join(" | ")}` : ""}`,
+          ),
+        );
+      });
+    });
+    incoming.pipe(toAgent);
+  });
+}
+
+function agentHeaders(
+  input: OperationInput,
+  sessionId: string,
+  version: RuntimeVersionRecord,
+): Record<string, string> {
+  const incoming = input.request.headers;
+  const headers: Record<string, string> = {
+    [sessionIdHeader]: sessionId,
+    [requestIdHeader]: input.request.requestId,
+    "content-type": "application/octet-stream",
+  };
+  if (incoming["content-length"] !== undefined)
+    headers["content-length"] = incoming["content-length"];
+  else headers["transfer-encoding"] = "chunked";
+  for (const name of forwardedHeaders) {
+    const value = incoming[name];
+    if (typeof value === "string") headers[name] = value;
+  }
+  // Custom headers (and Authorization) reach the agent only when the runtime allow-lists them.
+  const allowed = new Set(version.config.requestHeaderAllowlist.map((name) => name.toLowerCase()));
+  for (const [name, value] of Object.entries(incoming)) {
+    if (allowed.has(name) && typeof value === "string") headers[name] = value;
+  }
+  return headers;
+}
+
+function requireSessionId(headers: IncomingHttpHeaders): string {
+  const value = headers[sessionIdHeader];
+  if (typeof value !== "string" || value.length === 0) {
+    throw new BerthError("ValidationException", `Header ${sessionIdHeader} is required`, {
+      reason: "FieldValidationFailed",
+      fieldList: [{ name: "runtimeSessionId", message: "is required" }],
+    });
+  }
+  if (value.length < 33 || value.length > 256 || !/^[\x21-\x7e]+$/.test(value)) {
+    throw new BerthError(
+      "ValidationException",
+      `runtimeSessionId must be 33 to 256 printable characters (got ${value.length})`,
+      {
+        reason: "FieldValidationFailed",
+        fieldList: [
+          { name: "runtimeSessionId", message: "must be 33 to 256 printable characters" },
+        ],
+      },
+    );
+  }
+  return value;
+}
+
+function payloadTooLarge(limit: number): BerthError {
+  return new BerthError(
+    "ValidationException",
+    `The payload is larger than ${limit} bytes (maxPayloadBytes)`,
+    { reason: "FieldValidationFailed" },
+  );
+}
+
+async function readSome(stream: IncomingMessage, limit: number): Promise<string> {
+  let text = "";
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    if (text.length < limit) text += chunk.toString("utf8");
+  }
+  return text.slice(0, limit);
+}
