@@ -1,5 +1,9 @@
 import assert from "node:assert/strict";
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import {
+  BedrockAgentCoreClient,
+  InvokeAgentRuntimeCommand,
+} from "@aws-sdk/client-bedrock-agentcore";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import {
@@ -13,12 +17,31 @@ import {
 import { SqliteMetadataStore } from "../src/adapters/sqlite/store.ts";
 import { codeArtifact, placeCodeArtifact } from "./support/artifacts.ts";
 import { spawnBerth, type BerthProcess } from "./support/berth-process.ts";
-import { makeDataDir, removeDir } from "./support/berth.ts";
+import { isolationArgs, makeDataDir, removeDir } from "./support/berth.ts";
+import { agentSources, installAgent, waitFor } from "./support/agents.ts";
 
 const dataDir = makeDataDir();
+// Every start in this file is the same server configuration, as an operator's restarts would be.
+const isolation = isolationArgs();
+const cgroupParent = isolation[isolation.indexOf("--cgroup-parent") + 1] ?? "";
+const startBerth = () => spawnBerth(["--data-dir", dataDir], {}, isolation);
 after(() => {
   removeDir(dataDir);
 });
+
+function sandboxGroups(): string[] {
+  const parent = join("/sys/fs/cgroup/pids", cgroupParent);
+  if (!existsSync(parent)) return [];
+  return readdirSync(parent, { withFileTypes: true })
+    .filter((entry) => entry.isDirectory())
+    .map((entry) => join(parent, entry.name));
+}
+
+function sandboxPids(): number[] {
+  return sandboxGroups().flatMap((group) =>
+    readFileSync(join(group, "cgroup.procs"), "utf8").split("\n").filter(Boolean).map(Number),
+  );
+}
 
 function clientFor(berth: BerthProcess): BedrockAgentCoreControlClient {
   const credentials = JSON.parse(readFileSync(join(dataDir, "credentials.json"), "utf8")) as {
@@ -53,7 +76,7 @@ describe("berth serve as a process", () => {
 
   it("keeps credentials and the database private to the server", async () => {
     placeCodeArtifact(dataDir, "agents", "hello");
-    const berth = await spawnBerth(["--data-dir", dataDir]);
+    const berth = await startBerth();
     berth.child.kill("SIGTERM");
     await berth.exit;
     assert.equal(statSync(join(dataDir, "credentials.json")).mode & 0o777, 0o600);
@@ -63,7 +86,7 @@ describe("berth serve as a process", () => {
   });
 
   it("logs one structured line per request and stops cleanly on SIGTERM", async () => {
-    const berth = await spawnBerth(["--data-dir", dataDir]);
+    const berth = await startBerth();
     const client = clientFor(berth);
     const created = await client.send(
       new CreateAgentRuntimeCommand({
@@ -96,7 +119,7 @@ describe("berth serve as a process", () => {
   });
 
   it("finds everything again after a restart", async () => {
-    const berth = await spawnBerth(["--data-dir", dataDir]);
+    const berth = await startBerth();
     const client = clientFor(berth);
     const got = await client.send(new GetAgentRuntimeCommand({ agentRuntimeId: runtimeId }));
     assert.equal(got.status, "READY");
@@ -114,7 +137,7 @@ describe("berth serve as a process", () => {
   });
 
   it("loses nothing acknowledged when killed with SIGKILL", async () => {
-    const berth = await spawnBerth(["--data-dir", dataDir]);
+    const berth = await startBerth();
     const client = clientFor(berth);
     const names = ["after_kill_1", "after_kill_2", "after_kill_3"];
     for (const name of names) {
@@ -130,7 +153,7 @@ describe("berth serve as a process", () => {
     berth.child.kill("SIGKILL");
     assert.equal((await berth.exit).signal, "SIGKILL");
 
-    const restarted = await spawnBerth(["--data-dir", dataDir]);
+    const restarted = await startBerth();
     const again = clientFor(restarted);
     const listed = await again.send(new ListAgentRuntimesCommand({}));
     const listedNames = listed.agentRuntimes?.map((runtime) => runtime.agentRuntimeName);
@@ -138,6 +161,54 @@ describe("berth serve as a process", () => {
     again.destroy();
     restarted.child.kill("SIGTERM");
     await restarted.exit;
+  });
+
+  it("takes its sandboxes down with it when killed, and clears what it left at the next start", async () => {
+    installAgent(dataDir, agentSources.probe, "probe");
+    const berth = await startBerth();
+    const client = clientFor(berth);
+    const created = await client.send(
+      new CreateAgentRuntimeCommand({
+        agentRuntimeName: "crash_probe",
+        agentRuntimeArtifact: codeArtifact("agents", "probe"),
+        roleArn: undefined,
+      }),
+    );
+    await waitForStatus(client, created.agentRuntimeId ?? "", "READY");
+    const credentials = await client.config.credentials();
+    const data = new BedrockAgentCoreClient({
+      endpoint: berth.url,
+      region: "us-east-1",
+      credentials,
+      maxAttempts: 1,
+    });
+    const invoked = await data.send(
+      new InvokeAgentRuntimeCommand({
+        agentRuntimeArn: created.agentRuntimeArn,
+        runtimeSessionId: `crash-session-${"x".repeat(40)}`,
+        payload: Buffer.from("{}"),
+      }),
+    );
+    await invoked.response?.transformToString();
+    data.destroy();
+    client.destroy();
+    const pids = sandboxPids();
+    assert.ok(pids.length > 0, "the session's sandbox is running");
+
+    berth.child.kill("SIGKILL");
+    await berth.exit;
+    await waitFor("every sandbox process to die with the server", () =>
+      pids.every((pid) => !existsSync(`/proc/${pid}`)),
+    );
+
+    const restarted = await startBerth();
+    assert.deepEqual(sandboxGroups(), [], "the restarted server removed the dead server's cgroups");
+    restarted.child.kill("SIGTERM");
+    await restarted.exit;
+    assert.ok(
+      !existsSync(join("/sys/fs/cgroup/pids", cgroupParent)),
+      "a clean stop leaves no cgroup behind",
+    );
   });
 
   it("resumes preparing versions a crash left in CREATING", async () => {
@@ -171,7 +242,7 @@ describe("berth serve as a process", () => {
     });
     await store.close();
 
-    const berth = await spawnBerth(["--data-dir", dataDir]);
+    const berth = await startBerth();
     const client = clientFor(berth);
     await waitForStatus(client, id, "READY");
     const endpoint = await client.send(

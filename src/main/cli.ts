@@ -58,12 +58,13 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
     throw error;
   }
   const log = jsonLogger(process.stdout);
-  const berth = await startBerth(settings, { log, console: process.stderr });
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+  // Listen before starting, so a signal that arrives during start-up still shuts down cleanly.
+  const signal = new Promise<NodeJS.Signals>((resolve) => {
     process.once("SIGTERM", resolve);
     process.once("SIGINT", resolve);
   });
-  log.info("shutting down", { signal });
+  const berth = await startBerth(settings, { log, console: process.stderr });
+  log.info("shutting down", { signal: await signal });
   await berth.close();
   log.info("stopped");
   return 0;

@@ -17,15 +17,12 @@ export interface BerthProcess {
 export async function spawnBerth(
   args: string[],
   env: NodeJS.ProcessEnv = {},
+  isolation: string[] = isolationArgs(),
 ): Promise<BerthProcess> {
-  const child = spawn(
-    process.execPath,
-    [berthBin, "serve", "--port", "0", ...isolationArgs(), ...args],
-    {
-      env: { PATH: process.env["PATH"], HOME: process.env["HOME"], ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    },
-  );
+  const child = spawn(process.execPath, [berthBin, "serve", "--port", "0", ...isolation, ...args], {
+    env: { PATH: process.env["PATH"], HOME: process.env["HOME"], ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   const exit = once(child, "exit").then(([code, signal]) => ({
     code: code as number | null,
     signal: signal as NodeJS.Signals | null,
