@@ -5,13 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # bubblewrap: the sandboxes; socat: the bridge to the agent's port inside a sandbox;
-# unzip: .zip code artifacts; python3-minimal: PYTHON_3_* runtimes.
-debian_packages=(bubblewrap socat unzip python3-minimal)
+# slirp4netns + iptables: sandboxes' outbound network and its firewall; unzip: .zip code
+# artifacts; python3-minimal: PYTHON_3_* runtimes; iproute2: the tests' own network namespaces.
+debian_packages=(bubblewrap socat slirp4netns iptables unzip python3-minimal iproute2)
+if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
 if [ ${#debian_packages[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${debian_packages[@]}"
 fi
+
+# slirp4netns opens /dev/net/tun as each sandbox's unprivileged uid. Creating a device still
+# needs CAP_NET_ADMIN in the sandbox's own namespace, so 0666 (the kernel's usual mode) is safe.
+if [ -e /dev/net/tun ]; then $sudo chmod 0666 /dev/net/tun; fi
 
 npm ci --no-audit --no-fund
 # The example agent carries its own node_modules into its sandbox, as a deployed agent would.

@@ -44,6 +44,9 @@ const boolean = (text: string): boolean | { problem: string } => {
 
 const anyText = (text: string): string => text;
 
+type OutboundMode = "public" | "none";
+const defaultOutbound: OutboundMode = "public";
+
 /** Every setting Berth reads, in one place. docs/configuration.md is generated from this. */
 export const settingDeclarations = {
   host: { doc: "Address the HTTP server listens on.", default: "127.0.0.1", parse: anyText },
@@ -148,6 +151,29 @@ export const settingDeclarations = {
     doc: "Name of the cgroup under which each session gets its own (in every v1 controller, or the v2 tree). Leftovers in it are killed at start.",
     default: "berth",
     parse: matching(/^[a-zA-Z0-9_.-]{1,64}$/, "letters, digits, '.', '_' or '-'"),
+  },
+  sandboxOutbound: {
+    doc: "Network for sandboxes of PUBLIC runtimes: public (outbound through a user-mode network stack; the host itself, loopback, link-local and private ranges are blocked) or none (loopback only).",
+    default: defaultOutbound,
+    parse: (text: string): OutboundMode | { problem: string } =>
+      text === "public" || text === "none"
+        ? text
+        : { problem: `must be public or none (got "${text}")` },
+  },
+  sandboxAllowedNetworks: {
+    doc: "Comma-separated IPv4 CIDRs sandboxes may reach even though they are private, e.g. an internal model gateway.",
+    default: [] as string[],
+    defaultShown: "(none)",
+    parse: (text: string): string[] | { problem: string } => {
+      const networks = text
+        .split(",")
+        .map((part) => part.trim())
+        .filter(Boolean);
+      const bad = networks.filter((network) => !/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(network));
+      return bad.length === 0
+        ? networks
+        : { problem: `must be IPv4 CIDRs like 10.1.0.0/16 (bad: ${bad.join(", ")})` };
+    },
   },
   nodeBinary: {
     doc: "Interpreter for runtime NODE_22 (any Node.js >= 22 runs NODE_22 agents; the default is the Node 24 Berth runs on).",

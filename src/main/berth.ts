@@ -82,6 +82,8 @@ export async function startBerth(
       node: interpreterForSandboxes(settings.nodeBinary, join(settings.dataDir, "interpreters")),
     },
     cgroupParent: settings.cgroupParent,
+    outbound: settings.sandboxOutbound,
+    allowedNetworks: settings.sandboxAllowedNetworks,
   });
   const sessions = new SessionManager({
     driver,

@@ -1,11 +1,20 @@
-import { spawn } from "node:child_process";
-import { chownSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import type { ChildProcess } from "node:child_process";
+import { chownSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import type { Readable, Writable } from "node:stream";
 import type { Sandbox, SandboxDriver, SandboxExit, SandboxSpec } from "../../core/sandbox.ts";
 import { CgroupTree, type CgroupLimits } from "./cgroups.ts";
 import { mountArgs, sandboxPaths, sandboxUser } from "./mounts.ts";
 import { UidPool } from "./uid-pool.ts";
+import { HostFirewall } from "./host-firewall.ts";
+import {
+  mapIdentity,
+  readChildPid,
+  release,
+  spawnInCgroups,
+  startUserModeNetwork,
+} from "./launch.ts";
 
 export interface BubblewrapOptions {
   /** Per-sandbox folders (the agent socket lives here); must be reachable by sandbox uids. */
@@ -16,6 +25,10 @@ export interface BubblewrapOptions {
   /** Interpreters put on PATH inside the sandbox: name -> host binary. */
   interpreters: Record<string, string>;
   cgroupParent: string;
+  /** "public": outbound through slirp4netns, filtered by the host firewall; "none": loopback only. */
+  outbound: "public" | "none";
+  /** CIDRs sandboxes may reach although they are private (e.g. an internal model gateway). */
+  allowedNetworks: string[];
 }
 
 export class SandboxCapacityError extends Error {}
@@ -31,17 +44,31 @@ export class BubblewrapDriver implements SandboxDriver {
   private readonly uids: UidPool;
   private readonly cgroups: CgroupTree;
   private readonly live = new Set<BubblewrapSandbox>();
+  private readonly firewall: HostFirewall | undefined;
 
   private constructor(options: BubblewrapOptions) {
     this.options = options;
     this.uids = new UidPool(options.uidBase, options.maxSandboxes);
     this.cgroups = new CgroupTree(options.cgroupParent);
+    this.firewall =
+      options.outbound === "public"
+        ? new HostFirewall({
+            name: options.cgroupParent,
+            uidBase: options.uidBase,
+            uidCount: options.maxSandboxes,
+            allowedNetworks: options.allowedNetworks,
+          })
+        : undefined;
   }
 
   /** Clears what a previous run left (cgroups, run folders): nothing stale is trusted. */
   static async create(options: BubblewrapOptions): Promise<BubblewrapDriver> {
     const driver = new BubblewrapDriver(options);
     await driver.cgroups.prepare();
+    if (options.outbound === "public") {
+      requireTunDevice();
+      await driver.firewall?.install();
+    }
     rmSync(options.runRoot, { recursive: true, force: true });
     mkdirSync(options.runRoot, { recursive: true, mode: 0o711 });
     // If the server dies without running its shutdown, kill the sandboxes on the way out.
@@ -52,7 +79,7 @@ export class BubblewrapDriver implements SandboxDriver {
   }
 
   describe(): string {
-    return `bubblewrap, ${this.cgroups.describe()}`;
+    return `bubblewrap, ${this.cgroups.describe()}, outbound ${this.options.outbound}`;
   }
 
   async start(spec: SandboxSpec, signal: AbortSignal): Promise<Sandbox> {
@@ -66,7 +93,7 @@ export class BubblewrapDriver implements SandboxDriver {
       const files = writeIdentityFiles(runDir, uid);
       const procsFiles = await this.cgroups.create(spec.name, this.options.limits);
       cgroupCreated = true;
-      const sandbox = this.launch(spec, uid, runDir, procsFiles, files);
+      const sandbox = await this.launch(spec, uid, runDir, procsFiles, files);
       this.live.add(sandbox);
       void sandbox.exited.finally(async () => {
         this.live.delete(sandbox);
@@ -86,16 +113,17 @@ export class BubblewrapDriver implements SandboxDriver {
   async close(): Promise<void> {
     await Promise.all([...this.live].map((sandbox) => sandbox.kill()));
     await this.cgroups.removeParent();
+    await this.firewall?.remove();
     rmSync(this.options.runRoot, { recursive: true, force: true });
   }
 
-  private launch(
+  private async launch(
     spec: SandboxSpec,
     uid: number,
     runDir: string,
     procsFiles: string[],
-    files: { passwd: string; group: string; hosts: string },
-  ): BubblewrapSandbox {
+    files: { passwd: string; group: string; hosts: string; resolvConf: string },
+  ): Promise<BubblewrapSandbox> {
     const environment: Record<string, string> = {
       PATH: `${sandboxPaths.interpreters}:/usr/local/bin:/usr/bin:/bin`,
       HOME: sandboxPaths.home,
@@ -118,6 +146,10 @@ export class BubblewrapDriver implements SandboxDriver {
       "sandbox",
       "--die-with-parent",
       "--new-session",
+      "--info-fd",
+      "3",
+      "--userns-block-fd",
+      "4",
       ...mountArgs({
         codeDir: spec.codeDir,
         runDir,
@@ -125,6 +157,7 @@ export class BubblewrapDriver implements SandboxDriver {
         passwdFile: files.passwd,
         groupFile: files.group,
         hostsFile: files.hosts,
+        resolvConfFile: files.resolvConf,
       }),
       "--chdir",
       sandboxPaths.app,
@@ -138,29 +171,16 @@ export class BubblewrapDriver implements SandboxDriver {
       "berth-agent",
       ...spec.command,
     ];
-    // A root shell joins the cgroups (so every process bwrap starts is counted from the first),
-    // then setpriv drops to the sandbox's own uid before bwrap runs: bwrap never runs as root.
-    const child = spawn(
-      "/bin/sh",
-      [
-        "-c",
-        'for procs in $BERTH_CGROUP_PROCS; do echo $$ > "$procs" || exit 125; done; unset BERTH_CGROUP_PROCS; exec "$@"',
-        "berth-sandbox",
-        "setpriv",
-        `--reuid=${uid}`,
-        `--regid=${uid}`,
-        "--clear-groups",
-        "--no-new-privs",
-        "bwrap",
-        ...bwrapArgs,
-      ],
-      {
-        env: { PATH: "/usr/bin:/bin", BERTH_CGROUP_PROCS: procsFiles.join(" ") },
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
+    const child = spawnInCgroups({
+      uid,
+      procsFiles,
+      command: ["bwrap", ...bwrapArgs],
+      extraPipes: 2,
+    });
     for (const stream of ["stdout", "stderr"] as const) {
-      createInterface({ input: child[stream], crlfDelay: Infinity }).on("line", (line) => {
+      const output = child[stream];
+      if (output === null) continue;
+      createInterface({ input: output, crlfDelay: Infinity }).on("line", (line) => {
         spec.onOutput(stream, line.length > 4096 ? `${line.slice(0, 4096)}…` : line);
       });
     }
@@ -172,13 +192,32 @@ export class BubblewrapDriver implements SandboxDriver {
         resolve({ code: null, signal: null });
       });
     });
-    return new BubblewrapSandbox(
+    const sandbox = new BubblewrapSandbox(
       spec.name,
       join(runDir, "agent.sock"),
       child.pid,
       exited,
       this.cgroups,
     );
+    try {
+      const childPid = await readChildPid(child.stdio[3] as Readable, exited);
+      mapIdentity(childPid, sandboxUser.uid, uid);
+      release(child.stdio[4] as Writable);
+      if (this.options.outbound === "public") {
+        // The agent may already be starting; it has no route out until the network is up, and
+        // the host firewall is in place before any sandbox exists.
+        sandbox.network = await startUserModeNetwork({
+          uid,
+          procsFiles,
+          childPid,
+          timeoutMs: 5000,
+        });
+      }
+      return sandbox;
+    } catch (error) {
+      await sandbox.kill();
+      throw error;
+    }
   }
 }
 
@@ -188,6 +227,8 @@ class BubblewrapSandbox implements Sandbox {
   readonly exited: Promise<SandboxExit>;
   private readonly pid: number | undefined;
   private readonly cgroups: CgroupTree;
+  /** The sandbox's slirp4netns, when it has outbound access. */
+  network: ChildProcess | undefined;
 
   constructor(
     name: string,
@@ -206,9 +247,10 @@ class BubblewrapSandbox implements Sandbox {
   async kill(): Promise<void> {
     // SIGKILL of bwrap tears down its pid namespace: every process inside dies with it, including
     // ones that called setsid or double-forked. The cgroup sweep catches anything racing that.
-    if (this.pid !== undefined) {
+    for (const pid of [this.pid, this.network?.pid]) {
+      if (pid === undefined) continue;
       try {
-        process.kill(this.pid, "SIGKILL");
+        process.kill(pid, "SIGKILL");
       } catch {
         // already gone
       }
@@ -222,6 +264,16 @@ class BubblewrapSandbox implements Sandbox {
   }
 }
 
+/** slirp4netns opens /dev/net/tun as the sandbox's uid; creating a device still needs
+ * CAP_NET_ADMIN in the sandbox's own namespace, which is why 0666 is the kernel's usual mode. */
+function requireTunDevice(): void {
+  if ((statSync("/dev/net/tun").mode & 0o006) !== 0o006) {
+    throw new Error(
+      "sandboxOutbound=public needs /dev/net/tun readable and writable by all users (the usual mode 0666): run `chmod 0666 /dev/net/tun` (scripts/setup.sh does), or start with --sandbox-outbound none",
+    );
+  }
+}
+
 function removeRunFolder(runDir: string): void {
   rmSync(runDir, { recursive: true, force: true });
   rmSync(`${runDir}.etc`, { recursive: true, force: true });
@@ -231,7 +283,7 @@ function removeRunFolder(runDir: string): void {
 function writeIdentityFiles(
   runDir: string,
   uid: number,
-): { passwd: string; group: string; hosts: string } {
+): { passwd: string; group: string; hosts: string; resolvConf: string } {
   mkdirSync(runDir, { mode: 0o700 });
   chownSync(runDir, uid, uid);
   const etcDir = `${runDir}.etc`;
@@ -240,7 +292,10 @@ function writeIdentityFiles(
     passwd: join(etcDir, "passwd"),
     group: join(etcDir, "group"),
     hosts: join(etcDir, "hosts"),
+    resolvConf: join(etcDir, "resolv.conf"),
   };
+  // slirp4netns answers DNS at 10.0.2.3 and forwards it to the host's resolvers.
+  writeFileSync(files.resolvConf, "nameserver 10.0.2.3\n", { mode: 0o644 });
   writeFileSync(
     files.passwd,
     `root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n${sandboxUser.name}:x:${sandboxUser.uid}:${sandboxUser.gid}:agent:${sandboxPaths.home}:/bin/sh\n`,

@@ -16,7 +16,6 @@ const etcEntries = [
   "ssl",
   "ca-certificates",
   "ca-certificates.conf",
-  "resolv.conf",
   "nsswitch.conf",
   "localtime",
   "ld.so.cache",
@@ -41,6 +40,7 @@ export function mountArgs(options: {
   passwdFile: string;
   groupFile: string;
   hostsFile: string;
+  resolvConfFile: string;
 }): string[] {
   const args = ["--ro-bind", "/usr", "/usr"];
   // Debian has merged /usr: /bin, /lib... are symlinks into /usr on the host too.
@@ -58,6 +58,9 @@ export function mountArgs(options: {
     "--ro-bind",
     options.hostsFile,
     "/etc/hosts",
+    "--ro-bind",
+    options.resolvConfFile,
+    "/etc/resolv.conf",
     "--proc",
     "/proc",
     "--dev",

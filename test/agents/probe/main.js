@@ -59,6 +59,19 @@ const actions = {
       });
       socket.on("error", (error) => resolve({ connected: false, error: error.code }));
     }),
+  fetch: ({ url }) =>
+    new Promise((resolve) => {
+      http
+        .get(url, { timeout: 3000 }, (response) => {
+          let body = "";
+          response.on("data", (chunk) => (body += chunk));
+          response.on("end", () => resolve({ status: response.statusCode, body }));
+        })
+        .on("error", (error) => resolve({ error: error.code ?? String(error) }))
+        .on("timeout", function () {
+          this.destroy(Object.assign(new Error("timeout"), { code: "TIMEOUT" }));
+        });
+    }),
   forkbomb: () => {
     // Start sleepers until the pids limit refuses more; they die with the sandbox.
     let started = 0;

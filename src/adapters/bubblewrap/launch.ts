@@ -1,0 +1,121 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { writeFileSync } from "node:fs";
+import type { Readable, Writable } from "node:stream";
+
+/**
+ * Starts `command` as `uid` inside the given cgroups: a root shell joins the cgroups first (so
+ * every process that follows is counted from its first instruction), then setpriv drops to the
+ * uid before exec. Extra pipes become fds 3, 4, ... of the command.
+ */
+export function spawnInCgroups(options: {
+  uid: number;
+  procsFiles: string[];
+  command: string[];
+  extraPipes: number;
+}): ChildProcess {
+  return spawn(
+    "/bin/sh",
+    [
+      "-c",
+      'for procs in $BERTH_CGROUP_PROCS; do echo $$ > "$procs" || exit 125; done; unset BERTH_CGROUP_PROCS; exec "$@"',
+      "berth-sandbox",
+      "setpriv",
+      `--reuid=${options.uid}`,
+      `--regid=${options.uid}`,
+      "--clear-groups",
+      "--no-new-privs",
+      ...options.command,
+    ],
+    {
+      env: {
+        PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
+        BERTH_CGROUP_PROCS: options.procsFiles.join(" "),
+      },
+      stdio: [
+        "ignore",
+        "pipe",
+        "pipe",
+        ...Array.from({ length: options.extraPipes }, () => "pipe" as const),
+      ],
+    },
+  );
+}
+
+/** Reads bwrap's --info-fd JSON and returns the sandbox's first process (in the host pid space). */
+export async function readChildPid(info: Readable, exited: Promise<unknown>): Promise<number> {
+  let text = "";
+  const failed = exited.then(() => {
+    throw new Error("bwrap exited before the sandbox started");
+  });
+  const parsed = new Promise<number>((resolve) => {
+    info.on("data", (chunk: Buffer) => {
+      text += chunk.toString("utf8");
+      try {
+        const pid = (JSON.parse(text) as { "child-pid"?: unknown })["child-pid"];
+        if (typeof pid === "number") resolve(pid);
+      } catch {
+        // not complete yet
+      }
+    });
+  });
+  return Promise.race([parsed, failed]);
+}
+
+/**
+ * Maps the sandbox's uid and gid (1000 inside) to the session's host uid, while bwrap waits on
+ * --userns-block-fd. Berth writes the map itself so bwrap needs no second, nested user
+ * namespace: the network helpers can then join the namespace that owns the sandbox's network.
+ */
+export function mapIdentity(childPid: number, insideId: number, hostId: number): void {
+  writeFileSync(`/proc/${childPid}/setgroups`, "deny");
+  writeFileSync(`/proc/${childPid}/uid_map`, `${insideId} ${hostId} 1\n`);
+  writeFileSync(`/proc/${childPid}/gid_map`, `${insideId} ${hostId} 1\n`);
+}
+
+export function release(block: Writable): void {
+  block.end("1");
+}
+
+/**
+ * Gives the sandbox outbound access through slirp4netns (a user-mode TCP/IP stack) running as
+ * the sandbox's uid in its cgroup. Resolves once the sandbox's interface is configured.
+ */
+export async function startUserModeNetwork(options: {
+  uid: number;
+  procsFiles: string[];
+  childPid: number;
+  timeoutMs: number;
+}): Promise<ChildProcess> {
+  const slirp = spawnInCgroups({
+    uid: options.uid,
+    procsFiles: options.procsFiles,
+    extraPipes: 1,
+    command: [
+      "slirp4netns",
+      "--configure",
+      "--mtu=65520",
+      "--disable-host-loopback",
+      `--userns-path=/proc/${options.childPid}/ns/user`,
+      "--ready-fd=3",
+      String(options.childPid),
+      "tap0",
+    ],
+  });
+  const errors: string[] = [];
+  slirp.stderr?.on("data", (chunk: Buffer) => errors.push(chunk.toString("utf8")));
+  slirp.stdout?.resume();
+  const ready = slirp.stdio[3] as Readable;
+  const timer = setTimeout(() => slirp.kill("SIGKILL"), options.timeoutMs);
+  try {
+    await Promise.race([
+      once(ready, "data"),
+      once(slirp, "exit").then(() => {
+        throw new Error(`slirp4netns failed: ${errors.join("").trim() || "no output"}`);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+  return slirp;
+}
