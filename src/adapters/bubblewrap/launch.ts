@@ -90,7 +90,9 @@ export async function startUserModeNetwork(options: {
   const slirp = spawnInCgroups({
     uid: options.uid,
     procsFiles: options.procsFiles,
-    extraPipes: 1,
+    // fd 4 stays open in Berth and is never written: when Berth dies, however it dies, the pipe
+    // closes and slirp4netns exits (bwrap's --die-with-parent does the same for the sandbox).
+    extraPipes: 2,
     command: [
       "slirp4netns",
       "--configure",
@@ -98,6 +100,7 @@ export async function startUserModeNetwork(options: {
       "--disable-host-loopback",
       `--userns-path=/proc/${options.childPid}/ns/user`,
       "--ready-fd=3",
+      "--exit-fd=4",
       String(options.childPid),
       "tap0",
     ],
