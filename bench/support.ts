@@ -75,6 +75,7 @@ export async function startProcess(command: string, args: string[], readyMessage
   });
   return {
     ready,
+    pid: child.pid,
     stop: async () => {
       child.kill("SIGTERM");
       await once(child, "exit");

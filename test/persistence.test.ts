@@ -29,6 +29,16 @@ after(() => {
   removeDir(dataDir);
 });
 
+/** A zombie has released everything and only waits for init to reap it: it counts as gone. */
+function isRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
+
 function sandboxGroups(): string[] {
   const parent = join("/sys/fs/cgroup/pids", cgroupParent);
   if (!existsSync(parent)) return [];
@@ -198,7 +208,7 @@ describe("berth serve as a process", () => {
     berth.child.kill("SIGKILL");
     await berth.exit;
     await waitFor("every sandbox process to die with the server", () =>
-      pids.every((pid) => !existsSync(`/proc/${pid}`)),
+      pids.every((pid) => !isRunning(pid)),
     );
 
     const restarted = await startBerth();

@@ -175,6 +175,11 @@ export const settingDeclarations = {
         : { problem: `must be IPv4 CIDRs like 10.1.0.0/16 (bad: ${bad.join(", ")})` };
     },
   },
+  sandboxPrestart: {
+    doc: "Sandboxes prepared ahead (namespaces, cgroup, uid; no agent process yet) per recently used runtime version, so a new session only waits for its agent to start. 0 turns this off.",
+    default: 2,
+    parse: integer(0, 8),
+  },
   nodeBinary: {
     doc: "Interpreter for runtime NODE_22 (any Node.js >= 22 runs NODE_22 agents; the default is the Node 24 Berth runs on).",
     default: process.execPath,

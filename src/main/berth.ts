@@ -84,6 +84,7 @@ export async function startBerth(
     cgroupParent: settings.cgroupParent,
     outbound: settings.sandboxOutbound,
     allowedNetworks: settings.sandboxAllowedNetworks,
+    prestartPerVersion: settings.sandboxPrestart,
   });
   const sessions = new SessionManager({
     driver,

@@ -1,5 +1,6 @@
 import { existsSync, readdirSync, readFileSync, rmdirSync, statfsSync } from "node:fs";
 import { mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
+import { spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 
@@ -123,6 +124,25 @@ export class CgroupTree {
       }
       await this.removeGroup(root);
     }
+  }
+
+  /**
+   * A root shell, detached from Berth, that waits for EOF on its stdin (a pipe only Berth
+   * holds) and then kills every process left in this tree. Berth's death, however it happens,
+   * closes the pipe: no sandbox outlives the server, whatever state it was in.
+   */
+  startReaper(): ChildProcess {
+    const procsGlob = `${this.roots[0] ?? ""}/*/cgroup.procs`;
+    const reaper = spawn(
+      "/bin/sh",
+      [
+        "-c",
+        `cat > /dev/null; for round in 1 2 3; do cat ${procsGlob} 2>/dev/null | xargs -r kill -9 2>/dev/null; done`,
+      ],
+      { detached: true, stdio: ["pipe", "ignore", "ignore"] },
+    );
+    reaper.unref();
+    return reaper;
   }
 
   /** Sync variant for process exit, when no event loop turn is left. */

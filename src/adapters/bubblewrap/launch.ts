@@ -42,6 +42,27 @@ export function spawnInCgroups(options: {
   );
 }
 
+/**
+ * Starts bwrap as `uid`. With --userns-block-fd it stops right after creating the sandbox's
+ * first process, before that process forks anything: Berth then moves both into the cgroups and
+ * maps the ids, race-free. setpriv sets the parent-death signal after dropping to `uid` (a
+ * credential change would clear it), so bwrap dies with Berth even while it waits, when its own
+ * --die-with-parent is not yet in force.
+ */
+export function spawnBwrap(uid: number, args: string[]): ChildProcess {
+  return spawn(
+    "setpriv",
+    [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--pdeathsig", "KILL", "bwrap", ...args],
+    { env: { PATH: "/usr/bin:/bin" }, stdio: ["ignore", "pipe", "pipe", "pipe", "pipe"] },
+  );
+}
+
+export function joinCgroups(procsFiles: string[], pids: number[]): void {
+  for (const procs of procsFiles) {
+    for (const pid of pids) writeFileSync(procs, String(pid));
+  }
+}
+
 /** Reads bwrap's --info-fd JSON and returns the sandbox's first process (in the host pid space). */
 export async function readChildPid(info: Readable, exited: Promise<unknown>): Promise<number> {
   let text = "";

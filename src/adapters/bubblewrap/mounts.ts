@@ -1,4 +1,6 @@
-import { existsSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 
 /** Where things appear inside every sandbox. */
 export const sandboxPaths = {
@@ -11,8 +13,8 @@ export const sandboxPaths = {
 
 export const sandboxUser = { uid: 1000, gid: 1000, name: "agent" } as const;
 
-/** /etc entries an agent needs (TLS roots, DNS, time zone, libc config); nothing secret. */
-const etcEntries = [
+/** /etc entries an agent needs (TLS roots, time zone, libc config); nothing secret. */
+const hostEtcEntries = [
   "ssl",
   "ca-certificates",
   "ca-certificates.conf",
@@ -28,39 +30,50 @@ const etcEntries = [
 ];
 
 /**
- * The sandbox's filesystem: the host's /usr read-only (system programs and libraries), a curated
- * /etc, the agent's code read-only at /app, private /tmp and home, and the session's run folder
- * (for the agent socket). The data directory, /root, other sessions and the host's processes
- * are simply not there.
+ * Builds the /etc every sandbox sees, once per server: copies of the harmless host entries plus
+ * Berth's own passwd, group, hosts and resolv.conf. One bind mount instead of a dozen keeps
+ * sandbox start-up short.
+ */
+export function prepareSandboxEtc(etcDir: string): void {
+  rmSync(etcDir, { recursive: true, force: true });
+  mkdirSync(etcDir, { recursive: true, mode: 0o755 });
+  for (const entry of hostEtcEntries) {
+    if (existsSync(`/etc/${entry}`))
+      cpSync(`/etc/${entry}`, join(etcDir, entry), { recursive: true, verbatimSymlinks: true });
+  }
+  const files: Record<string, string> = {
+    passwd: `root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n${sandboxUser.name}:x:${sandboxUser.uid}:${sandboxUser.gid}:agent:${sandboxPaths.home}:/bin/sh\n`,
+    group: `root:x:0:\n${sandboxUser.name}:x:${sandboxUser.gid}:\n`,
+    hosts: "127.0.0.1 localhost sandbox\n::1 localhost\n",
+    // slirp4netns answers DNS at 10.0.2.3 and forwards it to the host's resolvers.
+    "resolv.conf": "nameserver 10.0.2.3\n",
+  };
+  for (const [name, content] of Object.entries(files))
+    writeFileSync(join(etcDir, name), content, { mode: 0o644 });
+  execFileSync("chmod", ["-R", "a+rX", etcDir]);
+}
+
+/**
+ * The sandbox's filesystem: the host's /usr read-only (system programs and libraries), Berth's
+ * prepared /etc, the agent's code read-only at /app, private /tmp and home, and the session's
+ * run folder (for the agent socket). The data directory, /root, other sessions and the host's
+ * processes are simply not there.
  */
 export function mountArgs(options: {
   codeDir: string;
   runDir: string;
+  etcDir: string;
   interpreters: Record<string, string>;
-  passwdFile: string;
-  groupFile: string;
-  hostsFile: string;
-  resolvConfFile: string;
 }): string[] {
   const args = ["--ro-bind", "/usr", "/usr"];
   // Debian has merged /usr: /bin, /lib... are symlinks into /usr on the host too.
   for (const top of ["bin", "sbin", "lib", "lib64", "lib32", "libx32"]) {
     if (existsSync(`/usr/${top}`)) args.push("--symlink", `usr/${top}`, `/${top}`);
   }
-  for (const entry of etcEntries) args.push("--ro-bind-try", `/etc/${entry}`, `/etc/${entry}`);
   args.push(
     "--ro-bind",
-    options.passwdFile,
-    "/etc/passwd",
-    "--ro-bind",
-    options.groupFile,
-    "/etc/group",
-    "--ro-bind",
-    options.hostsFile,
-    "/etc/hosts",
-    "--ro-bind",
-    options.resolvConfFile,
-    "/etc/resolv.conf",
+    options.etcDir,
+    "/etc",
     "--proc",
     "/proc",
     "--dev",

@@ -1,0 +1,306 @@
+// Sessions: cold start, warm invoke and per-session memory, each against a baseline measured in
+// the same run. Berth runs as its own process (`berth serve`); the client is the official SDK.
+// Prints JSON. Settings: BENCH_COLD (samples, default 30), BENCH_WARM (default 300),
+// BENCH_DENSITY (idle sessions to hold, default 40).
+import { spawn } from "node:child_process";
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { Agent, request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  BedrockAgentCoreClient,
+  InvokeAgentRuntimeCommand,
+  StopRuntimeSessionCommand,
+} from "@aws-sdk/client-bedrock-agentcore";
+import {
+  BedrockAgentCoreControlClient,
+  CreateAgentRuntimeCommand,
+  GetAgentRuntimeCommand,
+} from "@aws-sdk/client-bedrock-agentcore-control";
+import { percentiles, round, startProcess, timeInterleaved } from "./support.ts";
+
+const coldSamples = Number(process.env["BENCH_COLD"] ?? 30);
+const warmSamples = Number(process.env["BENCH_WARM"] ?? 300);
+const densitySessions = Number(process.env["BENCH_DENSITY"] ?? 40);
+const agentDir = fileURLToPath(new URL("../examples/node-agent", import.meta.url));
+const payload = JSON.stringify({ prompt: "hello" });
+const cgroupParent = `berth-bench-${process.pid}`;
+
+const dataDir = mkdtempSync(join(tmpdir(), "berth-bench-"));
+mkdirSync(join(dataDir, "artifacts", "agents"), { recursive: true });
+cpSync(agentDir, join(dataDir, "artifacts", "agents", "node-example"), { recursive: true });
+const berthBin = fileURLToPath(new URL("../bin/berth.ts", import.meta.url));
+const berth = await startProcess(
+  process.execPath,
+  [
+    berthBin,
+    "serve",
+    "--port",
+    "0",
+    "--data-dir",
+    dataDir,
+    "--cgroup-parent",
+    cgroupParent,
+    "--max-sessions",
+    String(densitySessions + 8),
+  ],
+  "berth listening",
+);
+const berthPid = Number(readFileSync(`/proc/${String(berth.pid)}/stat`, "utf8").split(" ")[0]);
+const credentials = JSON.parse(readFileSync(join(dataDir, "credentials.json"), "utf8")) as {
+  accessKeyId: string;
+  secretAccessKey: string;
+};
+const clientConfig = {
+  endpoint: String(berth.ready["url"]),
+  region: "us-east-1",
+  credentials,
+  maxAttempts: 1,
+};
+const control = new BedrockAgentCoreControlClient(clientConfig);
+const data = new BedrockAgentCoreClient(clientConfig);
+
+const created = await control.send(
+  new CreateAgentRuntimeCommand({
+    agentRuntimeName: "bench_agent",
+    agentRuntimeArtifact: {
+      codeConfiguration: {
+        code: { s3: { bucket: "agents", prefix: "node-example" } },
+        runtime: "NODE_22",
+        entryPoint: ["main.js"],
+      },
+    },
+    roleArn: undefined,
+  }),
+);
+for (;;) {
+  const got = await control.send(
+    new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
+  );
+  if (got.status === "READY") break;
+  if (got.status !== "CREATING")
+    throw new Error(`runtime ${String(got.status)}: ${String(got.failureReason)}`);
+  await new Promise((resolve) => setTimeout(resolve, 10));
+}
+const arn = created.agentRuntimeArn ?? "";
+let sessionCounter = 0;
+const newSession = () =>
+  `bench-session-${String(process.pid)}-${String((sessionCounter += 1))}-${"b".repeat(24)}`;
+
+async function invokeBerth(sessionId: string): Promise<string> {
+  const response = await data.send(
+    new InvokeAgentRuntimeCommand({
+      agentRuntimeArn: arn,
+      runtimeSessionId: sessionId,
+      payload: Buffer.from(payload),
+      contentType: "application/json",
+    }),
+  );
+  return (await response.response?.transformToString()) ?? "";
+}
+
+// --- the baseline: the same agent started directly on the host, no sandbox, plain HTTP ---
+const keepAlive = new Agent({ keepAlive: true });
+function directRequest(
+  method: string,
+  path: string,
+  body?: string,
+  agent: Agent | false = keepAlive,
+): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const outgoing = request(
+      {
+        host: "127.0.0.1",
+        port: 8080,
+        method,
+        path,
+        agent,
+        headers:
+          body === undefined
+            ? {}
+            : {
+                "content-type": "application/json",
+                "x-amzn-bedrock-agentcore-runtime-session-id": newSession(),
+              },
+      },
+      (response) => {
+        let text = "";
+        response.on("data", (chunk: Buffer) => (text += chunk.toString("utf8")));
+        response.on("end", () => {
+          resolve(text);
+        });
+      },
+    );
+    outgoing.on("error", reject);
+    outgoing.end(body);
+  });
+}
+
+async function coldDirect(): Promise<void> {
+  const child = spawn(process.execPath, ["main.js"], {
+    cwd: agentDir,
+    stdio: "ignore",
+    env: { PATH: process.env["PATH"], PORT: "8080" },
+  });
+  // The same readiness policy Berth uses: poll /ping, backing off from 1 ms to 5 ms.
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      await directRequest("GET", "/ping", undefined, false);
+      break;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, Math.min(5, 1 + attempt)));
+    }
+  }
+  await directRequest("POST", "/invocations", payload, false);
+  child.kill("SIGKILL");
+  await new Promise((resolve) => child.once("exit", resolve));
+}
+
+async function coldBerth(): Promise<void> {
+  const sessionId = newSession();
+  await invokeBerth(sessionId);
+  await data.send(
+    new StopRuntimeSessionCommand({ agentRuntimeArn: arn, runtimeSessionId: sessionId }),
+  );
+}
+
+await coldBerth(); // warm the artifact path and the SDK client once
+await coldDirect();
+const [coldBerthMs, coldDirectMs] = await timeInterleaved(coldSamples, coldBerth, coldDirect);
+
+// --- warm invoke: one long-lived session against one long-lived direct agent ---
+const warmSession = newSession();
+await invokeBerth(warmSession);
+const direct = spawn(process.execPath, ["main.js"], {
+  cwd: agentDir,
+  stdio: "ignore",
+  env: { PATH: process.env["PATH"], PORT: "8080" },
+});
+for (;;) {
+  try {
+    await directRequest("GET", "/ping");
+    break;
+  } catch {
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+for (let index = 0; index < 30; index += 1) {
+  await invokeBerth(warmSession);
+  await directRequest("POST", "/invocations", payload);
+}
+const [warmBerthMs, warmDirectMs] = await timeInterleaved(
+  warmSamples,
+  () => invokeBerth(warmSession),
+  () => directRequest("POST", "/invocations", payload),
+);
+direct.kill("SIGKILL");
+await data.send(
+  new StopRuntimeSessionCommand({ agentRuntimeArn: arn, runtimeSessionId: warmSession }),
+);
+
+// --- density: what each idle session costs beyond its agent's own process ---
+const berthRssBefore = rssBytes(berthPid);
+const idleSessions = Array.from({ length: densitySessions }, () => newSession());
+for (const sessionId of idleSessions) await invokeBerth(sessionId);
+await new Promise((resolve) => setTimeout(resolve, 500)); // let start-up garbage be collected
+const berthRssAfter = rssBytes(berthPid);
+const sandboxProcesses = sandboxPids().map((pid) => ({
+  pid,
+  command: commandOf(pid),
+  pss: pssBytes(pid),
+}));
+const agentPss = sum(
+  sandboxProcesses.filter((process) => process.command === "node").map((process) => process.pss),
+);
+const helperPss = sum(
+  sandboxProcesses.filter((process) => process.command !== "node").map((process) => process.pss),
+);
+const helperByCommand: Record<string, number> = {};
+for (const process of sandboxProcesses.filter((candidate) => candidate.command !== "node")) {
+  helperByCommand[process.command] = round(
+    ((helperByCommand[process.command] ?? 0) + process.pss / densitySessions) / 2 ** 20,
+  );
+}
+const berthAddedPerSession = (berthRssAfter - berthRssBefore) / densitySessions;
+const overheadPerSession = berthAddedPerSession + helperPss / densitySessions;
+const perSessionTotal = overheadPerSession + agentPss / densitySessions;
+const memAvailable =
+  Number(/MemAvailable:\s+(\d+)/.exec(readFileSync("/proc/meminfo", "utf8"))?.[1] ?? 0) * 1024;
+
+const coldBerthStats = percentiles(coldBerthMs);
+const coldDirectStats = percentiles(coldDirectMs);
+const warmBerthStats = percentiles(warmBerthMs);
+const warmDirectStats = percentiles(warmDirectMs);
+console.log(
+  JSON.stringify(
+    {
+      benchmark: "sessions",
+      node: process.version,
+      coldStart: {
+        berthFirstInvoke: coldBerthStats,
+        directStartAndRequest: coldDirectStats,
+        addedP50Ms: round(coldBerthStats.p50 - coldDirectStats.p50),
+        target: "at most 15 ms added at p50",
+      },
+      warmInvoke: {
+        berthSdk: warmBerthStats,
+        directHttp: warmDirectStats,
+        addedP50Ms: round(warmBerthStats.p50 - warmDirectStats.p50),
+        target: "at most 2 ms added at p50",
+      },
+      density: {
+        idleSessions: densitySessions,
+        berthRssAddedPerSessionMiB: round(berthAddedPerSession / 2 ** 20),
+        sandboxHelpersPssPerSessionMiB: round(helperPss / densitySessions / 2 ** 20),
+        helpersByCommandMiB: helperByCommand,
+        overheadPerSessionMiB: round(overheadPerSession / 2 ** 20),
+        agentPssPerSessionMiB: round(agentPss / densitySessions / 2 ** 20),
+        target: "overhead at most 8 MB per idle session",
+        memAvailableMiB: round(memAvailable / 2 ** 20),
+        idleSessionsThisMachineHoldsEstimate: Math.floor(memAvailable / perSessionTotal),
+      },
+    },
+    null,
+    2,
+  ),
+);
+
+control.destroy();
+data.destroy();
+keepAlive.destroy();
+await berth.stop();
+rmSync(dataDir, { recursive: true, force: true });
+
+function sandboxPids(): number[] {
+  const parent = join("/sys/fs/cgroup/pids", cgroupParent);
+  return readdirSync(parent, { withFileTypes: true })
+    .filter((entry) => entry.isDirectory())
+    .flatMap((entry) =>
+      readFileSync(join(parent, entry.name, "cgroup.procs"), "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map(Number),
+    );
+}
+
+function commandOf(pid: number): string {
+  return readFileSync(`/proc/${String(pid)}/comm`, "utf8").trim();
+}
+
+function pssBytes(pid: number): number {
+  const text = readFileSync(`/proc/${String(pid)}/smaps_rollup`, "utf8");
+  return Number(/^Pss:\s+(\d+) kB/m.exec(text)?.[1] ?? 0) * 1024;
+}
+
+function rssBytes(pid: number): number {
+  return (
+    Number(
+      /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${String(pid)}/status`, "utf8"))?.[1] ?? 0,
+    ) * 1024
+  );
+}
+
+function sum(values: number[]): number {
+  return values.reduce((total, value) => total + value, 0);
+}

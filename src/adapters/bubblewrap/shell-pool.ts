@@ -1,0 +1,104 @@
+import type { LaunchSpec, PreparedShell } from "./shell.ts";
+
+interface Entry {
+  shells: PreparedShell[];
+  lastUsedMs: number;
+  refilling: boolean;
+}
+
+/**
+ * Prepared shells kept ready per launch spec (a runtime version), so a new session skips the
+ * sandbox set-up and only pays for its agent's own start. A spec gets shells after its first
+ * use; specs unused for `idleMs` give theirs back. `perSpec` 0 turns the pool off.
+ */
+export class ShellPool {
+  private readonly entries = new Map<string, Entry>();
+  private readonly perSpec: number;
+  private readonly maxShells: number;
+  private readonly idleMs: number;
+  private readonly prepare: (launch: LaunchSpec) => Promise<PreparedShell | undefined>;
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(options: {
+    perSpec: number;
+    maxShells: number;
+    idleMs: number;
+    prepare: (launch: LaunchSpec) => Promise<PreparedShell | undefined>;
+  }) {
+    this.perSpec = options.perSpec;
+    this.maxShells = options.maxShells;
+    this.idleMs = options.idleMs;
+    this.prepare = options.prepare;
+    this.sweeper = setInterval(
+      () => {
+        this.evictIdle();
+      },
+      Math.min(60_000, options.idleMs),
+    );
+    this.sweeper.unref();
+  }
+
+  /** A ready shell for this spec, if one is waiting; refills in the background either way. */
+  take(launch: LaunchSpec): PreparedShell | undefined {
+    if (this.perSpec === 0) return undefined;
+    const key = keyOf(launch);
+    const entry = this.entries.get(key) ?? { shells: [], lastUsedMs: 0, refilling: false };
+    this.entries.set(key, entry);
+    entry.lastUsedMs = Date.now();
+    const shell = entry.shells.shift();
+    void this.refill(entry, launch);
+    return shell;
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+    for (const entry of this.entries.values())
+      for (const shell of entry.shells.splice(0)) shell.kill();
+    this.entries.clear();
+  }
+
+  private async refill(entry: Entry, launch: LaunchSpec): Promise<void> {
+    if (entry.refilling) return;
+    entry.refilling = true;
+    try {
+      while (
+        entry.shells.length < this.perSpec &&
+        this.size() < this.maxShells &&
+        this.entries.has(keyOf(launch))
+      ) {
+        const shell = await this.prepare(launch).catch(() => undefined);
+        if (shell === undefined) return;
+        entry.shells.push(shell);
+        void shell.exited.then(() => {
+          const index = entry.shells.indexOf(shell);
+          if (index !== -1) entry.shells.splice(index, 1);
+        });
+      }
+    } finally {
+      entry.refilling = false;
+    }
+  }
+
+  private size(): number {
+    let total = 0;
+    for (const entry of this.entries.values()) total += entry.shells.length;
+    return total;
+  }
+
+  private evictIdle(): void {
+    const now = Date.now();
+    for (const [key, entry] of this.entries) {
+      if (now - entry.lastUsedMs < this.idleMs) continue;
+      for (const shell of entry.shells.splice(0)) shell.kill();
+      this.entries.delete(key);
+    }
+  }
+}
+
+function keyOf(launch: LaunchSpec): string {
+  return JSON.stringify([
+    launch.codeDir,
+    launch.command,
+    Object.entries(launch.environment).sort(),
+  ]);
+}

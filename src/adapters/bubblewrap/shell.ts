@@ -1,0 +1,203 @@
+import type { ChildProcess } from "node:child_process";
+import { chownSync, mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import type { Readable, Writable } from "node:stream";
+import type { SandboxExit } from "../../core/sandbox.ts";
+import type { CgroupLimits, CgroupTree } from "./cgroups.ts";
+import {
+  joinCgroups,
+  mapIdentity,
+  readChildPid,
+  release,
+  spawnBwrap,
+  startUserModeNetwork,
+} from "./launch.ts";
+import { mountArgs, sandboxPaths, sandboxUser } from "./mounts.ts";
+import type { UidPool } from "./uid-pool.ts";
+
+/** What a sandbox runs: everything that shapes its bwrap command line. */
+export interface LaunchSpec {
+  codeDir: string;
+  command: string[];
+  environment: Record<string, string>;
+}
+
+export interface ShellContext {
+  uids: UidPool;
+  cgroups: CgroupTree;
+  limits: CgroupLimits;
+  runRoot: string;
+  etcDir: string;
+  interpreters: Record<string, string>;
+}
+
+type OutputHandler = (stream: "stdout" | "stderr", line: string) => void;
+
+let shellCounter = 0;
+
+/**
+ * A sandbox set up up to the moment its command would start: own uid, cgroup, namespaces and
+ * id maps, with bwrap waiting on --userns-block-fd. Preparing one costs most of a sandbox's
+ * start-up; start() then only lets it run. Nothing of the agent has run yet.
+ */
+export class PreparedShell {
+  readonly name: string;
+  readonly uid: number;
+  readonly runDir: string;
+  readonly procsFiles: string[];
+  readonly child: ChildProcess;
+  readonly childPid: number;
+  readonly exited: Promise<SandboxExit>;
+  onOutput: OutputHandler = () => undefined;
+  /** The sandbox's slirp4netns, once it has outbound access. */
+  network: ChildProcess | undefined;
+  private networkStarting: Promise<void> | undefined;
+
+  private constructor(fields: {
+    name: string;
+    uid: number;
+    runDir: string;
+    procsFiles: string[];
+    child: ChildProcess;
+    childPid: number;
+    exited: Promise<SandboxExit>;
+  }) {
+    this.name = fields.name;
+    this.uid = fields.uid;
+    this.runDir = fields.runDir;
+    this.procsFiles = fields.procsFiles;
+    this.child = fields.child;
+    this.childPid = fields.childPid;
+    this.exited = fields.exited;
+  }
+
+  /** Returns undefined when every uid is in use. */
+  static async prepare(
+    context: ShellContext,
+    launch: LaunchSpec,
+  ): Promise<PreparedShell | undefined> {
+    const uid = context.uids.take();
+    if (uid === undefined) return undefined;
+    shellCounter += 1;
+    const name = `sb${process.pid.toString(36)}-${shellCounter.toString(36)}`;
+    const runDir = join(context.runRoot, name);
+    let child: ChildProcess | undefined;
+    try {
+      mkdirSync(runDir, { mode: 0o700 });
+      chownSync(runDir, uid, uid);
+      const procsFiles = await context.cgroups.create(name, context.limits);
+      child = spawnBwrap(uid, bwrapArguments(context, launch, runDir));
+      const spawned = child;
+      const exited = new Promise<SandboxExit>((resolve) => {
+        spawned.once("exit", (code, signal) => {
+          resolve({ code, signal });
+        });
+        spawned.once("error", () => {
+          resolve({ code: null, signal: null });
+        });
+      });
+      const childPid = await readChildPid(spawned.stdio[3] as Readable, exited);
+      joinCgroups(procsFiles, [spawned.pid ?? 0, childPid]);
+      mapIdentity(childPid, sandboxUser.uid, uid);
+      const shell = new PreparedShell({
+        name,
+        uid,
+        runDir,
+        procsFiles,
+        child: spawned,
+        childPid,
+        exited,
+      });
+      for (const stream of ["stdout", "stderr"] as const) {
+        const output = spawned[stream];
+        if (output === null) continue;
+        createInterface({ input: output, crlfDelay: Infinity }).on("line", (line) => {
+          shell.onOutput(stream, line.length > 4096 ? `${line.slice(0, 4096)}…` : line);
+        });
+      }
+      void exited.finally(async () => {
+        await context.cgroups.remove(name).catch(() => undefined);
+        rmSync(runDir, { recursive: true, force: true });
+        context.uids.give(uid);
+      });
+      return shell;
+    } catch (error) {
+      child?.kill("SIGKILL");
+      await context.cgroups.remove(name).catch(() => undefined);
+      rmSync(runDir, { recursive: true, force: true });
+      context.uids.give(uid);
+      throw error;
+    }
+  }
+
+  /** Lets bwrap finish the sandbox (mounts, then the command). */
+  run(): void {
+    release(this.child.stdio[4] as Writable);
+  }
+
+  /** Attaches outbound networking (idempotent); call after run(). */
+  connectNetwork(): Promise<void> {
+    this.networkStarting ??= startUserModeNetwork({
+      uid: this.uid,
+      procsFiles: this.procsFiles,
+      childPid: this.childPid,
+      timeoutMs: 5000,
+    }).then((network) => {
+      this.network = network;
+    });
+    return this.networkStarting;
+  }
+
+  kill(): void {
+    this.child.kill("SIGKILL");
+    this.network?.kill("SIGKILL");
+  }
+}
+
+function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: string): string[] {
+  const environment: Record<string, string> = {
+    PATH: `${sandboxPaths.interpreters}:/usr/local/bin:/usr/bin:/bin`,
+    HOME: sandboxPaths.home,
+    USER: sandboxUser.name,
+    LANG: "C.UTF-8",
+    ...launch.environment,
+  };
+  return [
+    "--unshare-user",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-net",
+    "--unshare-cgroup-try",
+    "--uid",
+    String(sandboxUser.uid),
+    "--gid",
+    String(sandboxUser.gid),
+    "--hostname",
+    "sandbox",
+    "--die-with-parent",
+    "--new-session",
+    "--info-fd",
+    "3",
+    "--userns-block-fd",
+    "4",
+    ...mountArgs({
+      codeDir: launch.codeDir,
+      runDir,
+      etcDir: context.etcDir,
+      interpreters: context.interpreters,
+    }),
+    "--chdir",
+    sandboxPaths.app,
+    "--clearenv",
+    ...Object.entries(environment).flatMap(([name, value]) => ["--setenv", name, value]),
+    "--",
+    "/bin/sh",
+    "-c",
+    // socat bridges the run folder's socket to the agent's port inside this network namespace.
+    `socat UNIX-LISTEN:${sandboxPaths.agentSocket},fork,unlink-early TCP4:127.0.0.1:8080 2>/dev/null & exec "$@"`,
+    "berth-agent",
+    ...launch.command,
+  ];
+}
