@@ -1,5 +1,5 @@
 import type { ChildProcess } from "node:child_process";
-import { chownSync, mkdirSync, rmSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, rmSync, watch } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable, Writable } from "node:stream";
@@ -136,16 +136,24 @@ export class PreparedShell {
     release(this.child.stdio[4] as Writable);
   }
 
-  /** Attaches outbound networking (idempotent); call after run(). */
+  /**
+   * Attaches outbound networking (idempotent); call after run(). slirp4netns configures the
+   * namespace's loopback too, so it must wait until bwrap has finished its own set-up: the agent
+   * socket, which socat creates from inside the finished sandbox, marks that moment.
+   */
   connectNetwork(): Promise<void> {
-    this.networkStarting ??= startUserModeNetwork({
-      uid: this.uid,
-      procsFiles: this.procsFiles,
-      childPid: this.childPid,
-      timeoutMs: 5000,
-    }).then((network) => {
-      this.network = network;
-    });
+    this.networkStarting ??= waitForFile(this.runDir, "agent.sock", this.exited, 10_000)
+      .then(() =>
+        startUserModeNetwork({
+          uid: this.uid,
+          procsFiles: this.procsFiles,
+          childPid: this.childPid,
+          timeoutMs: 5000,
+        }),
+      )
+      .then((network) => {
+        this.network = network;
+      });
     return this.networkStarting;
   }
 
@@ -153,6 +161,37 @@ export class PreparedShell {
     this.child.kill("SIGKILL");
     this.network?.kill("SIGKILL");
   }
+}
+
+/** Resolves when `name` exists in `folder`; rejects if the sandbox exits or time runs out first. */
+function waitForFile(
+  folder: string,
+  name: string,
+  exited: Promise<unknown>,
+  timeoutMs: number,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const watcher = watch(folder);
+    const finish = (error?: Error) => {
+      watcher.close();
+      clearTimeout(timer);
+      if (error === undefined) resolve();
+      else reject(error);
+    };
+    const timer = setTimeout(() => {
+      finish(new Error(`the sandbox did not finish its set-up within ${timeoutMs} ms`));
+    }, timeoutMs);
+    watcher.on("change", (_event, file) => {
+      if (file === name) finish();
+    });
+    watcher.on("error", (error) => {
+      finish(error);
+    });
+    void exited.then(() => {
+      finish(new Error("the sandbox exited during its set-up"));
+    });
+    if (existsSync(join(folder, name))) finish();
+  });
 }
 
 function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: string): string[] {
