@@ -18,7 +18,13 @@ import {
   CreateAgentRuntimeCommand,
   GetAgentRuntimeCommand,
 } from "@aws-sdk/client-bedrock-agentcore-control";
-import { percentiles, round, startProcess, timeInterleaved } from "./support.ts";
+import {
+  measureInterleaved,
+  percentiles,
+  round,
+  startProcess,
+  timeInterleaved,
+} from "./support.ts";
 
 const coldSamples = Number(process.env["BENCH_COLD"] ?? 30);
 const warmSamples = Number(process.env["BENCH_WARM"] ?? 300);
@@ -137,7 +143,9 @@ function directRequest(
   });
 }
 
-async function coldDirect(): Promise<void> {
+/** Start to first answer, not counting the teardown after it. */
+async function coldDirect(): Promise<number> {
+  const startedAt = performance.now();
   const child = spawn(process.execPath, ["main.js"], {
     cwd: agentDir,
     stdio: "ignore",
@@ -153,21 +161,27 @@ async function coldDirect(): Promise<void> {
     }
   }
   await directRequest("POST", "/invocations", payload, false);
+  const elapsed = performance.now() - startedAt;
   child.kill("SIGKILL");
   await new Promise((resolve) => child.once("exit", resolve));
+  return elapsed;
 }
 
-async function coldBerth(): Promise<void> {
+/** First invoke of a new session, not counting StopRuntimeSession after it. */
+async function coldBerth(): Promise<number> {
   const sessionId = newSession();
+  const startedAt = performance.now();
   await invokeBerth(sessionId);
+  const elapsed = performance.now() - startedAt;
   await data.send(
     new StopRuntimeSessionCommand({ agentRuntimeArn: arn, runtimeSessionId: sessionId }),
   );
+  return elapsed;
 }
 
 await coldBerth(); // warm the artifact path and the SDK client once
 await coldDirect();
-const [coldBerthMs, coldDirectMs] = await timeInterleaved(coldSamples, coldBerth, coldDirect);
+const [coldBerthMs, coldDirectMs] = await measureInterleaved(coldSamples, coldBerth, coldDirect);
 
 // --- warm invoke: one long-lived session against one long-lived direct agent ---
 const warmSession = newSession();
@@ -210,18 +224,25 @@ const sandboxProcesses = sandboxPids().map((pid) => ({
   command: commandOf(pid),
   pss: pssBytes(pid),
 }));
+// Berth's own processes in a sandbox; everything else is the agent's (Node names its main thread
+// "MainThread", so the agent is recognised by not being a helper).
+const helperCommands = new Set(["bwrap", "sh", "socat", "slirp4netns"]);
+const isHelper = (process: { command: string }) => helperCommands.has(process.command);
 const agentPss = sum(
-  sandboxProcesses.filter((process) => process.command === "node").map((process) => process.pss),
+  sandboxProcesses.filter((process) => !isHelper(process)).map((process) => process.pss),
 );
-const helperPss = sum(
-  sandboxProcesses.filter((process) => process.command !== "node").map((process) => process.pss),
-);
-const helperByCommand: Record<string, number> = {};
-for (const process of sandboxProcesses.filter((candidate) => candidate.command !== "node")) {
-  helperByCommand[process.command] = round(
-    ((helperByCommand[process.command] ?? 0) + process.pss / densitySessions) / 2 ** 20,
-  );
+const helperPss = sum(sandboxProcesses.filter(isHelper).map((process) => process.pss));
+const helperBytesByCommand: Record<string, number> = {};
+for (const process of sandboxProcesses.filter(isHelper)) {
+  helperBytesByCommand[process.command] =
+    (helperBytesByCommand[process.command] ?? 0) + process.pss;
 }
+const helperByCommand = Object.fromEntries(
+  Object.entries(helperBytesByCommand).map(([command, bytes]) => [
+    command,
+    round(bytes / densitySessions / 2 ** 20),
+  ]),
+);
 const berthAddedPerSession = (berthRssAfter - berthRssBefore) / densitySessions;
 const overheadPerSession = berthAddedPerSession + helperPss / densitySessions;
 const perSessionTotal = overheadPerSession + agentPss / densitySessions;

@@ -61,6 +61,24 @@ export async function timeInterleaved(
   return [firstSamples, secondSamples];
 }
 
+/**
+ * Like timeInterleaved, for runs that time only part of their work (e.g. not their teardown):
+ * each run returns the milliseconds that count.
+ */
+export async function measureInterleaved(
+  count: number,
+  first: () => Promise<number>,
+  second: () => Promise<number>,
+): Promise<[number[], number[]]> {
+  const firstSamples: number[] = [];
+  const secondSamples: number[] = [];
+  for (let index = 0; index < count; index += 1) {
+    firstSamples.push(await first());
+    secondSamples.push(await second());
+  }
+  return [firstSamples, secondSamples];
+}
+
 /** Starts a server process and resolves with the first JSON line on stdout whose msg matches. */
 export async function startProcess(command: string, args: string[], readyMessage: string) {
   const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
