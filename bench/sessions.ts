@@ -3,7 +3,8 @@
 // Prints JSON. Settings: BENCH_COLD (samples, default 30), BENCH_WARM (default 300),
 // BENCH_DENSITY (idle sessions to hold, default 40).
 import { spawn } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { sandboxPids } from "../test/support/cgroups.ts";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -219,7 +220,7 @@ const idleSessions = Array.from({ length: densitySessions }, () => newSession())
 for (const sessionId of idleSessions) await invokeBerth(sessionId);
 await new Promise((resolve) => setTimeout(resolve, 500)); // let start-up garbage be collected
 const berthRssAfter = rssBytes(berthPid);
-const sandboxProcesses = sandboxPids().map((pid) => ({
+const sandboxProcesses = sandboxPids(cgroupParent).map((pid) => ({
   pid,
   command: commandOf(pid),
   pss: pssBytes(pid),
@@ -292,18 +293,6 @@ data.destroy();
 keepAlive.destroy();
 await berth.stop();
 rmSync(dataDir, { recursive: true, force: true });
-
-function sandboxPids(): number[] {
-  const parent = join("/sys/fs/cgroup/pids", cgroupParent);
-  return readdirSync(parent, { withFileTypes: true })
-    .filter((entry) => entry.isDirectory())
-    .flatMap((entry) =>
-      readFileSync(join(parent, entry.name, "cgroup.procs"), "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map(Number),
-    );
-}
 
 function commandOf(pid: number): string {
   return readFileSync(`/proc/${String(pid)}/comm`, "utf8").trim();

@@ -41,24 +41,17 @@ export async function timeEach(
 }
 
 /** Alternates the two runs sample by sample, so machine noise falls on both alike. */
-export async function timeInterleaved(
+export function timeInterleaved(
   count: number,
   first: () => Promise<unknown>,
   second: () => Promise<unknown>,
 ): Promise<[number[], number[]]> {
-  const firstSamples: number[] = [];
-  const secondSamples: number[] = [];
-  for (let index = 0; index < count; index += 1) {
-    for (const [run, samples] of [
-      [first, firstSamples],
-      [second, secondSamples],
-    ] as const) {
-      const started = performance.now();
-      await run();
-      samples.push(performance.now() - started);
-    }
-  }
-  return [firstSamples, secondSamples];
+  const timed = (run: () => Promise<unknown>) => async () => {
+    const started = performance.now();
+    await run();
+    return performance.now() - started;
+  };
+  return measureInterleaved(count, timed(first), timed(second));
 }
 
 /**

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import {
   BedrockAgentCoreControlClient,
   ListAgentRuntimesCommand,
@@ -8,27 +8,18 @@ import {
   BedrockAgentCoreClient,
   InvokeAgentRuntimeCommand,
 } from "@aws-sdk/client-bedrock-agentcore";
-import { removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
+import { removeDir, startTestBerth, useTestBerth } from "./support/berth.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
-let harness: TestBerth;
-
-before(async () => {
-  harness = await startTestBerth();
-});
-
-after(async () => {
-  await harness.close();
-  removeDir(harness.dataDir);
-});
+const harness = useTestBerth();
 
 function controlClient(
   overrides: Partial<ConstructorParameters<typeof BedrockAgentCoreControlClient>[0]> = {},
 ) {
   return new BedrockAgentCoreControlClient({
-    endpoint: harness.berth.url,
+    endpoint: harness().berth.url,
     region: "us-east-1",
-    credentials: harness.berth.credentials,
+    credentials: harness().berth.credentials,
     maxAttempts: 1,
     ...overrides,
   });
@@ -36,14 +27,14 @@ function controlClient(
 
 describe("SigV4 authentication", () => {
   it("accepts requests the official SDK signs", async () => {
-    const listed = await harness.control.send(new ListAgentRuntimesCommand({}));
+    const listed = await harness().control.send(new ListAgentRuntimesCommand({}));
     assert.deepEqual(listed.agentRuntimes, []);
   });
 
   it("refuses a wrong secret with InvalidSignatureException", async () => {
     const client = controlClient({
       credentials: {
-        accessKeyId: harness.berth.credentials.accessKeyId,
+        accessKeyId: harness().berth.credentials.accessKeyId,
         secretAccessKey: "wrong-secret-0123456789",
       },
     });
@@ -80,7 +71,7 @@ describe("SigV4 authentication", () => {
   });
 
   it("refuses an unsigned request with MissingAuthenticationTokenException", async () => {
-    const response = await sendRaw(harness.berth.url, {
+    const response = await sendRaw(harness().berth.url, {
       method: "POST",
       path: "/runtimes/",
       unsigned: true,
@@ -91,11 +82,11 @@ describe("SigV4 authentication", () => {
   });
 
   it("refuses a body changed after signing (the body hash is checked)", async () => {
-    const response = await sendRaw(harness.berth.url, {
+    const response = await sendRaw(harness().berth.url, {
       method: "PUT",
       path: "/runtimes/",
       body: JSON.stringify({ agentRuntimeName: "original" }),
-      credentials: harness.berth.credentials,
+      credentials: harness().berth.credentials,
       afterSigning: (request) => {
         request.body = JSON.stringify({ agentRuntimeName: "tampered" });
         request.headers["content-length"] = String(Buffer.byteLength(request.body as string));
@@ -107,10 +98,10 @@ describe("SigV4 authentication", () => {
   });
 
   it("refuses a query changed after signing", async () => {
-    const response = await sendRaw(harness.berth.url, {
+    const response = await sendRaw(harness().berth.url, {
       method: "POST",
       path: "/runtimes/?maxResults=5",
-      credentials: harness.berth.credentials,
+      credentials: harness().berth.credentials,
       afterSigning: (request) => {
         request.query = { maxResults: "50" };
       },
@@ -120,10 +111,10 @@ describe("SigV4 authentication", () => {
   });
 
   it("refuses a request signed too long ago, with the server's Date for clock correction", async () => {
-    const response = await sendRaw(harness.berth.url, {
+    const response = await sendRaw(harness().berth.url, {
       method: "POST",
       path: "/runtimes/",
-      credentials: harness.berth.credentials,
+      credentials: harness().berth.credentials,
       signingDate: new Date(Date.now() - 3600_000),
     });
     assert.equal(response.status, 403);
@@ -145,10 +136,10 @@ describe("SigV4 authentication", () => {
 
   it("authenticates the data plane too", async () => {
     const client = new BedrockAgentCoreClient({
-      endpoint: harness.berth.url,
+      endpoint: harness().berth.url,
       region: "us-east-1",
       credentials: {
-        accessKeyId: harness.berth.credentials.accessKeyId,
+        accessKeyId: harness().berth.credentials.accessKeyId,
         secretAccessKey: "wrong-secret-0123456789",
       },
       maxAttempts: 1,
@@ -168,18 +159,18 @@ describe("SigV4 authentication", () => {
 
 describe("generated credentials", () => {
   it("prints the key pair once, with the lines a user pastes", () => {
-    const text = harness.consoleText.join("");
+    const text = harness().consoleText.join("");
     assert.match(
       text,
-      new RegExp(`export AWS_ACCESS_KEY_ID=${harness.berth.credentials.accessKeyId}`),
+      new RegExp(`export AWS_ACCESS_KEY_ID=${harness().berth.credentials.accessKeyId}`),
     );
     assert.match(
       text,
-      new RegExp(`export AWS_SECRET_ACCESS_KEY=${harness.berth.credentials.secretAccessKey}`),
+      new RegExp(`export AWS_SECRET_ACCESS_KEY=${harness().berth.credentials.secretAccessKey}`),
     );
-    const logged = JSON.stringify(harness.logLines);
+    const logged = JSON.stringify(harness().logLines);
     assert.ok(
-      !logged.includes(harness.berth.credentials.secretAccessKey),
+      !logged.includes(harness().berth.credentials.secretAccessKey),
       "the secret never reaches the log",
     );
   });

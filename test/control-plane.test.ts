@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import {
   CreateAgentRuntimeCommand,
   CreateAgentRuntimeEndpointCommand,
@@ -15,9 +15,12 @@ import {
   type CreateAgentRuntimeCommandInput,
 } from "@aws-sdk/client-bedrock-agentcore-control";
 import { codeArtifact, placeCodeArtifact } from "./support/artifacts.ts";
-import { removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
+import { useTestBerth } from "./support/berth.ts";
 
-let harness: TestBerth;
+const harness = useTestBerth([], (berth) => {
+  placeCodeArtifact(berth.dataDir, "agents", "hello");
+  placeCodeArtifact(berth.dataDir, "agents", "hello-v2");
+});
 let counter = 0;
 
 const uniqueName = (base = "agent"): string => `${base}_${process.pid}_${(counter += 1)}`;
@@ -35,23 +38,12 @@ function runtimeInput(
 }
 
 async function createReady(overrides: Partial<CreateAgentRuntimeCommandInput> = {}) {
-  const created = await harness.control.send(
+  const created = await harness().control.send(
     new CreateAgentRuntimeCommand(runtimeInput(overrides)),
   );
-  await harness.berth.idle();
+  await harness().berth.idle();
   return created;
 }
-
-before(async () => {
-  harness = await startTestBerth();
-  placeCodeArtifact(harness.dataDir, "agents", "hello");
-  placeCodeArtifact(harness.dataDir, "agents", "hello-v2");
-});
-
-after(async () => {
-  await harness.close();
-  removeDir(harness.dataDir);
-});
 
 describe("CreateAgentRuntime and GetAgentRuntime", () => {
   it("creates version 1 in CREATING, then READY once the artifact is checked", async () => {
@@ -64,7 +56,7 @@ describe("CreateAgentRuntime and GetAgentRuntime", () => {
         requestHeaderAllowlist: ["X-Amzn-Bedrock-AgentCore-Runtime-Custom-Team"],
       },
     });
-    const created = await harness.control.send(new CreateAgentRuntimeCommand(input));
+    const created = await harness().control.send(new CreateAgentRuntimeCommand(input));
     assert.equal(created.status, "CREATING");
     assert.equal(created.agentRuntimeVersion, "1");
     assert.match(
@@ -77,8 +69,8 @@ describe("CreateAgentRuntime and GetAgentRuntime", () => {
     );
     assert.ok(created.createdAt instanceof Date && !Number.isNaN(created.createdAt.getTime()));
 
-    await harness.berth.idle();
-    const got = await harness.control.send(
+    await harness().berth.idle();
+    const got = await harness().control.send(
       new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
     );
     assert.equal(got.status, "READY");
@@ -100,7 +92,7 @@ describe("CreateAgentRuntime and GetAgentRuntime", () => {
 
   it("applies AgentCore's lifecycle defaults (900 s idle, 28800 s lifetime)", async () => {
     const created = await createReady();
-    const got = await harness.control.send(
+    const got = await harness().control.send(
       new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
     );
     assert.deepEqual(got.lifecycleConfiguration, {
@@ -111,7 +103,7 @@ describe("CreateAgentRuntime and GetAgentRuntime", () => {
 
   it("reports CREATE_FAILED with a failureReason when the artifact is missing", async () => {
     const created = await createReady({ agentRuntimeArtifact: codeArtifact("agents", "nowhere") });
-    const got = await harness.control.send(
+    const got = await harness().control.send(
       new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
     );
     assert.equal(got.status, "CREATE_FAILED");
@@ -122,7 +114,7 @@ describe("CreateAgentRuntime and GetAgentRuntime", () => {
     const created = await createReady({
       agentRuntimeArtifact: codeArtifact("agents", "hello", "missing.js"),
     });
-    const got = await harness.control.send(
+    const got = await harness().control.send(
       new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
     );
     assert.equal(got.status, "CREATE_FAILED");
@@ -131,9 +123,9 @@ describe("CreateAgentRuntime and GetAgentRuntime", () => {
 
   it("answers ConflictException for a name already in use", async () => {
     const input = runtimeInput();
-    await harness.control.send(new CreateAgentRuntimeCommand(input));
+    await harness().control.send(new CreateAgentRuntimeCommand(input));
     await assert.rejects(
-      harness.control.send(new CreateAgentRuntimeCommand({ ...input, clientToken: undefined })),
+      harness().control.send(new CreateAgentRuntimeCommand({ ...input, clientToken: undefined })),
       {
         name: "ConflictException",
         message: /already exists/,
@@ -143,14 +135,14 @@ describe("CreateAgentRuntime and GetAgentRuntime", () => {
 
   it("answers ResourceNotFoundException for an unknown id or version", async () => {
     await assert.rejects(
-      harness.control.send(new GetAgentRuntimeCommand({ agentRuntimeId: "nope-0123456789" })),
+      harness().control.send(new GetAgentRuntimeCommand({ agentRuntimeId: "nope-0123456789" })),
       {
         name: "ResourceNotFoundException",
       },
     );
     const created = await createReady();
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new GetAgentRuntimeCommand({
           agentRuntimeId: created.agentRuntimeId,
           agentRuntimeVersion: "7",
@@ -165,7 +157,7 @@ describe("versions", () => {
   it("makes a new version per update; old versions stay readable; DEFAULT follows the latest", async () => {
     const created = await createReady({ description: "first" });
     const id = created.agentRuntimeId;
-    const updated = await harness.control.send(
+    const updated = await harness().control.send(
       new UpdateAgentRuntimeCommand({
         agentRuntimeId: id,
         agentRuntimeArtifact: codeArtifact("agents", "hello-v2"),
@@ -175,19 +167,19 @@ describe("versions", () => {
     );
     assert.equal(updated.agentRuntimeVersion, "2");
     assert.equal(updated.status, "UPDATING");
-    await harness.berth.idle();
+    await harness().berth.idle();
 
-    const latest = await harness.control.send(new GetAgentRuntimeCommand({ agentRuntimeId: id }));
+    const latest = await harness().control.send(new GetAgentRuntimeCommand({ agentRuntimeId: id }));
     assert.equal(latest.agentRuntimeVersion, "2");
     assert.equal(latest.status, "READY");
     assert.equal(latest.description, "second");
-    const first = await harness.control.send(
+    const first = await harness().control.send(
       new GetAgentRuntimeCommand({ agentRuntimeId: id, agentRuntimeVersion: "1" }),
     );
     assert.equal(first.description, "first");
     assert.deepEqual(first.agentRuntimeArtifact, codeArtifact());
 
-    const versions = await harness.control.send(
+    const versions = await harness().control.send(
       new ListAgentRuntimeVersionsCommand({ agentRuntimeId: id }),
     );
     assert.deepEqual(
@@ -195,7 +187,7 @@ describe("versions", () => {
       ["1", "2"],
     );
 
-    const defaultEndpoint = await harness.control.send(
+    const defaultEndpoint = await harness().control.send(
       new GetAgentRuntimeEndpointCommand({ agentRuntimeId: id, endpointName: "DEFAULT" }),
     );
     assert.equal(defaultEndpoint.targetVersion, "2");
@@ -206,18 +198,18 @@ describe("versions", () => {
   it("a failed update shows UPDATE_FAILED while DEFAULT keeps serving the last good version", async () => {
     const created = await createReady();
     const id = created.agentRuntimeId;
-    await harness.control.send(
+    await harness().control.send(
       new UpdateAgentRuntimeCommand({
         agentRuntimeId: id,
         agentRuntimeArtifact: codeArtifact("agents", "gone"),
         roleArn: "arn:aws:iam::123456789012:role/agent",
       }),
     );
-    await harness.berth.idle();
-    const latest = await harness.control.send(new GetAgentRuntimeCommand({ agentRuntimeId: id }));
+    await harness().berth.idle();
+    const latest = await harness().control.send(new GetAgentRuntimeCommand({ agentRuntimeId: id }));
     assert.equal(latest.status, "UPDATE_FAILED");
     assert.match(latest.failureReason ?? "", /not found/);
-    const endpoint = await harness.control.send(
+    const endpoint = await harness().control.send(
       new GetAgentRuntimeEndpointCommand({ agentRuntimeId: id, endpointName: "DEFAULT" }),
     );
     assert.equal(endpoint.liveVersion, "1");
@@ -229,7 +221,7 @@ describe("versions", () => {
     const created = await createReady();
     const id = created.agentRuntimeId;
     const update = () =>
-      harness.control.send(
+      harness().control.send(
         new UpdateAgentRuntimeCommand({
           agentRuntimeId: id,
           agentRuntimeArtifact: codeArtifact(),
@@ -238,8 +230,8 @@ describe("versions", () => {
       );
     await update();
     await update();
-    await harness.berth.idle();
-    await harness.control.send(
+    await harness().berth.idle();
+    await harness().control.send(
       new CreateAgentRuntimeEndpointCommand({
         agentRuntimeId: id,
         name: "pinned",
@@ -248,7 +240,7 @@ describe("versions", () => {
     );
 
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new DeleteAgentRuntimeCommand({ agentRuntimeId: id, agentRuntimeVersion: "3" }),
       ),
       {
@@ -257,7 +249,7 @@ describe("versions", () => {
       },
     );
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new DeleteAgentRuntimeCommand({ agentRuntimeId: id, agentRuntimeVersion: "2" }),
       ),
       {
@@ -265,17 +257,17 @@ describe("versions", () => {
         message: /served by endpoint pinned/,
       },
     );
-    const deleted = await harness.control.send(
+    const deleted = await harness().control.send(
       new DeleteAgentRuntimeCommand({ agentRuntimeId: id, agentRuntimeVersion: "1" }),
     );
     assert.equal(deleted.agentRuntimeVersion, "1");
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new GetAgentRuntimeCommand({ agentRuntimeId: id, agentRuntimeVersion: "1" }),
       ),
       { name: "ResourceNotFoundException" },
     );
-    const versions = await harness.control.send(
+    const versions = await harness().control.send(
       new ListAgentRuntimeVersionsCommand({ agentRuntimeId: id }),
     );
     assert.deepEqual(
@@ -289,16 +281,16 @@ describe("endpoints", () => {
   it("creates, pins, moves, lists and deletes named endpoints", async () => {
     const created = await createReady();
     const id = created.agentRuntimeId;
-    await harness.control.send(
+    await harness().control.send(
       new UpdateAgentRuntimeCommand({
         agentRuntimeId: id,
         agentRuntimeArtifact: codeArtifact(),
         roleArn: "arn:aws:iam::123456789012:role/agent",
       }),
     );
-    await harness.berth.idle();
+    await harness().berth.idle();
 
-    const prod = await harness.control.send(
+    const prod = await harness().control.send(
       new CreateAgentRuntimeEndpointCommand({
         agentRuntimeId: id,
         name: "prod",
@@ -311,7 +303,7 @@ describe("endpoints", () => {
     assert.equal(prod.endpointName, "prod");
     assert.equal(prod.agentRuntimeEndpointArn, `${created.agentRuntimeArn}/runtime-endpoint/prod`);
 
-    const moved = await harness.control.send(
+    const moved = await harness().control.send(
       new UpdateAgentRuntimeEndpointCommand({
         agentRuntimeId: id,
         endpointName: "prod",
@@ -321,19 +313,19 @@ describe("endpoints", () => {
     assert.equal(moved.targetVersion, "2");
     assert.equal(moved.liveVersion, "2");
 
-    const got = await harness.control.send(
+    const got = await harness().control.send(
       new GetAgentRuntimeEndpointCommand({ agentRuntimeId: id, endpointName: "prod" }),
     );
     assert.equal(got.description, "stable");
     assert.equal(got.name, "prod");
     assert.ok(got.lastUpdatedAt instanceof Date);
 
-    const latest = await harness.control.send(
+    const latest = await harness().control.send(
       new CreateAgentRuntimeEndpointCommand({ agentRuntimeId: id, name: "canary" }),
     );
     assert.equal(latest.targetVersion, "2", "without a version an endpoint targets the latest");
 
-    const listed = await harness.control.send(
+    const listed = await harness().control.send(
       new ListAgentRuntimeEndpointsCommand({ agentRuntimeId: id }),
     );
     assert.deepEqual(
@@ -341,12 +333,12 @@ describe("endpoints", () => {
       ["DEFAULT", "prod", "canary"],
     );
 
-    const deleted = await harness.control.send(
+    const deleted = await harness().control.send(
       new DeleteAgentRuntimeEndpointCommand({ agentRuntimeId: id, endpointName: "prod" }),
     );
     assert.equal(deleted.status, "DELETING");
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new GetAgentRuntimeEndpointCommand({ agentRuntimeId: id, endpointName: "prod" }),
       ),
       {
@@ -358,11 +350,11 @@ describe("endpoints", () => {
   it("refuses duplicate names, unknown versions, failed versions and changes to DEFAULT", async () => {
     const created = await createReady();
     const id = created.agentRuntimeId;
-    await harness.control.send(
+    await harness().control.send(
       new CreateAgentRuntimeEndpointCommand({ agentRuntimeId: id, name: "one" }),
     );
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new CreateAgentRuntimeEndpointCommand({ agentRuntimeId: id, name: "one" }),
       ),
       {
@@ -370,7 +362,7 @@ describe("endpoints", () => {
       },
     );
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new CreateAgentRuntimeEndpointCommand({
           agentRuntimeId: id,
           name: "two",
@@ -380,7 +372,7 @@ describe("endpoints", () => {
       { name: "ResourceNotFoundException" },
     );
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new UpdateAgentRuntimeEndpointCommand({
           agentRuntimeId: id,
           endpointName: "DEFAULT",
@@ -393,7 +385,7 @@ describe("endpoints", () => {
       },
     );
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new DeleteAgentRuntimeEndpointCommand({ agentRuntimeId: id, endpointName: "DEFAULT" }),
       ),
       {
@@ -402,7 +394,7 @@ describe("endpoints", () => {
     );
     const failed = await createReady({ agentRuntimeArtifact: codeArtifact("agents", "absent") });
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new CreateAgentRuntimeEndpointCommand({
           agentRuntimeId: failed.agentRuntimeId,
           name: "x",
@@ -418,24 +410,26 @@ describe("DeleteAgentRuntime", () => {
   it("deletes the runtime with its versions and endpoints, and frees the name", async () => {
     const input = runtimeInput();
     const created = await createReady(input);
-    const deleted = await harness.control.send(
+    const deleted = await harness().control.send(
       new DeleteAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
     );
     assert.equal(deleted.status, "DELETING");
     assert.equal(deleted.agentRuntimeId, created.agentRuntimeId);
     await assert.rejects(
-      harness.control.send(new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId })),
+      harness().control.send(
+        new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
+      ),
       {
         name: "ResourceNotFoundException",
       },
     );
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new ListAgentRuntimeEndpointsCommand({ agentRuntimeId: created.agentRuntimeId }),
       ),
       { name: "ResourceNotFoundException" },
     );
-    const again = await harness.control.send(
+    const again = await harness().control.send(
       new CreateAgentRuntimeCommand({ ...input, clientToken: undefined }),
     );
     assert.notEqual(again.agentRuntimeId, created.agentRuntimeId);
@@ -445,11 +439,11 @@ describe("DeleteAgentRuntime", () => {
 describe("idempotency", () => {
   it("returns the first answer for a retry with the same clientToken and request", async () => {
     const input = runtimeInput({ clientToken: "token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" });
-    const first = await harness.control.send(new CreateAgentRuntimeCommand(input));
-    const retry = await harness.control.send(new CreateAgentRuntimeCommand(input));
+    const first = await harness().control.send(new CreateAgentRuntimeCommand(input));
+    const retry = await harness().control.send(new CreateAgentRuntimeCommand(input));
     assert.equal(retry.agentRuntimeId, first.agentRuntimeId);
     assert.equal(retry.createdAt?.getTime(), first.createdAt?.getTime());
-    const listed = await harness.control.send(new ListAgentRuntimesCommand({}));
+    const listed = await harness().control.send(new ListAgentRuntimesCommand({}));
     assert.equal(
       listed.agentRuntimes?.filter((runtime) => runtime.agentRuntimeName === input.agentRuntimeName)
         .length,
@@ -459,9 +453,11 @@ describe("idempotency", () => {
 
   it("refuses the same clientToken with a different request", async () => {
     const token = "token-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-    await harness.control.send(new CreateAgentRuntimeCommand(runtimeInput({ clientToken: token })));
+    await harness().control.send(
+      new CreateAgentRuntimeCommand(runtimeInput({ clientToken: token })),
+    );
     await assert.rejects(
-      harness.control.send(new CreateAgentRuntimeCommand(runtimeInput({ clientToken: token }))),
+      harness().control.send(new CreateAgentRuntimeCommand(runtimeInput({ clientToken: token }))),
       {
         name: "ValidationException",
         reason: "IdempotentParameterMismatchException",
@@ -477,11 +473,11 @@ describe("idempotency", () => {
       roleArn: "arn:aws:iam::123456789012:role/agent",
       clientToken: "token-cccccccccccccccccccccccccccccccccc",
     });
-    const first = await harness.control.send(update);
-    const retry = await harness.control.send(update);
+    const first = await harness().control.send(update);
+    const retry = await harness().control.send(update);
     assert.equal(first.agentRuntimeVersion, "2");
     assert.equal(retry.agentRuntimeVersion, "2");
-    const versions = await harness.control.send(
+    const versions = await harness().control.send(
       new ListAgentRuntimeVersionsCommand({ agentRuntimeId: created.agentRuntimeId }),
     );
     assert.equal(versions.agentRuntimes?.length, 2);
@@ -490,8 +486,8 @@ describe("idempotency", () => {
   it("the SDK fills clientToken itself, so concurrent identical sends are distinct requests", async () => {
     const base = runtimeInput();
     const results = await Promise.allSettled([
-      harness.control.send(new CreateAgentRuntimeCommand(base)),
-      harness.control.send(new CreateAgentRuntimeCommand(base)),
+      harness().control.send(new CreateAgentRuntimeCommand(base)),
+      harness().control.send(new CreateAgentRuntimeCommand(base)),
     ]);
     assert.equal(results.filter((result) => result.status === "fulfilled").length, 1);
     const rejected = results.find((result) => result.status === "rejected");
@@ -505,13 +501,13 @@ describe("pagination", () => {
     for (let index = 0; index < 7; index += 1) {
       const input = runtimeInput();
       names.add(input.agentRuntimeName ?? "");
-      await harness.control.send(new CreateAgentRuntimeCommand(input));
+      await harness().control.send(new CreateAgentRuntimeCommand(input));
     }
     const seen: string[] = [];
     let nextToken: string | undefined;
     let pages = 0;
     do {
-      const page = await harness.control.send(
+      const page = await harness().control.send(
         new ListAgentRuntimesCommand({ maxResults: 3, nextToken }),
       );
       assert.ok((page.agentRuntimes?.length ?? 0) <= 3);
@@ -522,12 +518,12 @@ describe("pagination", () => {
       if (pages === 1) {
         const late = runtimeInput();
         names.add(late.agentRuntimeName ?? "");
-        await harness.control.send(new CreateAgentRuntimeCommand(late));
+        await harness().control.send(new CreateAgentRuntimeCommand(late));
       }
     } while (nextToken !== undefined);
     assert.equal(new Set(seen).size, seen.length, "no runtime is listed twice");
     for (const name of names) assert.ok(seen.includes(name), `${name} is listed`);
-    for (const runtime of (await harness.control.send(new ListAgentRuntimesCommand({})))
+    for (const runtime of (await harness().control.send(new ListAgentRuntimesCommand({})))
       .agentRuntimes ?? []) {
       assert.equal(
         typeof runtime.description,
@@ -539,15 +535,18 @@ describe("pagination", () => {
 
   it("refuses a nextToken it did not issue and maxResults out of range", async () => {
     await assert.rejects(
-      harness.control.send(new ListAgentRuntimesCommand({ nextToken: "garbage" })),
+      harness().control.send(new ListAgentRuntimesCommand({ nextToken: "garbage" })),
       {
         name: "ValidationException",
         message: /nextToken/,
       },
     );
-    await assert.rejects(harness.control.send(new ListAgentRuntimesCommand({ maxResults: 1000 })), {
-      name: "ValidationException",
-      message: /maxResults/,
-    });
+    await assert.rejects(
+      harness().control.send(new ListAgentRuntimesCommand({ maxResults: 1000 })),
+      {
+        name: "ValidationException",
+        message: /maxResults/,
+      },
+    );
   });
 });

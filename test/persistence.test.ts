@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { sandboxGroups, sandboxPids } from "./support/cgroups.ts";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import {
   BedrockAgentCoreClient,
   InvokeAgentRuntimeCommand,
@@ -37,20 +38,6 @@ function isRunning(pid: number): boolean {
   } catch {
     return false;
   }
-}
-
-function sandboxGroups(): string[] {
-  const parent = join("/sys/fs/cgroup/pids", cgroupParent);
-  if (!existsSync(parent)) return [];
-  return readdirSync(parent, { withFileTypes: true })
-    .filter((entry) => entry.isDirectory())
-    .map((entry) => join(parent, entry.name));
-}
-
-function sandboxPids(): number[] {
-  return sandboxGroups().flatMap((group) =>
-    readFileSync(join(group, "cgroup.procs"), "utf8").split("\n").filter(Boolean).map(Number),
-  );
 }
 
 function clientFor(berth: BerthProcess): BedrockAgentCoreControlClient {
@@ -202,7 +189,7 @@ describe("berth serve as a process", () => {
     await invoked.response?.transformToString();
     data.destroy();
     client.destroy();
-    const pids = sandboxPids();
+    const pids = sandboxPids(cgroupParent);
     assert.ok(pids.length > 0, "the session's sandbox is running");
 
     berth.child.kill("SIGKILL");
@@ -212,7 +199,11 @@ describe("berth serve as a process", () => {
     );
 
     const restarted = await startBerth();
-    assert.deepEqual(sandboxGroups(), [], "the restarted server removed the dead server's cgroups");
+    assert.deepEqual(
+      sandboxGroups(cgroupParent),
+      [],
+      "the restarted server removed the dead server's cgroups",
+    );
     restarted.child.kill("SIGTERM");
     await restarted.exit;
     assert.ok(

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { sandboxPids } from "./support/cgroups.ts";
+import { statSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import {
   InvokeAgentRuntimeCommand,
   StopRuntimeSessionCommand,
@@ -14,17 +15,11 @@ import {
   type CreateAgentRuntimeCommandInput,
 } from "@aws-sdk/client-bedrock-agentcore-control";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
-import { removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
+import { useTestBerth } from "./support/berth.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
-let harness: TestBerth;
-let counter = 0;
-
-const newSessionId = (label = "s"): string =>
-  `${label}-${process.pid}-${(counter += 1)}-${"x".repeat(33)}`;
-
-before(async () => {
-  harness = await startTestBerth([
+const harness = useTestBerth(
+  [
     "--min-lifecycle-seconds",
     "1",
     "--session-sweep-interval-ms",
@@ -35,23 +30,24 @@ before(async () => {
     "64",
     "--session-memory-bytes",
     String(256 * 2 ** 20),
-  ]);
-  installAgent(harness.dataDir, agentSources.probe, "probe");
-  installAgent(harness.dataDir, agentSources.nodeExample, "node-example");
-  installAgent(harness.dataDir, agentSources.pythonExample, "python-example");
-});
+  ],
+  (berth) => {
+    installAgent(berth.dataDir, agentSources.probe, "probe");
+    installAgent(berth.dataDir, agentSources.nodeExample, "node-example");
+    installAgent(berth.dataDir, agentSources.pythonExample, "python-example");
+  },
+);
+let counter = 0;
 
-after(async () => {
-  await harness.close();
-  removeDir(harness.dataDir);
-});
+const newSessionId = (label = "s"): string =>
+  `${label}-${process.pid}-${(counter += 1)}-${"x".repeat(33)}`;
 
 async function createRuntime(
   prefix: string,
   overrides: Partial<CreateAgentRuntimeCommandInput> = {},
   entry = "main.js",
 ) {
-  const created = await harness.control.send(
+  const created = await harness().control.send(
     new CreateAgentRuntimeCommand({
       agentRuntimeName: `${prefix.replace(/-/g, "_")}_${process.pid}_${(counter += 1)}`,
       agentRuntimeArtifact: {
@@ -65,8 +61,8 @@ async function createRuntime(
       ...overrides,
     }),
   );
-  await harness.berth.idle();
-  const got = await harness.control.send(
+  await harness().berth.idle();
+  const got = await harness().control.send(
     new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
   );
   assert.equal(got.status, "READY", got.failureReason);
@@ -79,7 +75,7 @@ async function invoke(
   payload: unknown,
   extra: Partial<ConstructorParameters<typeof InvokeAgentRuntimeCommand>[0]> = {},
 ) {
-  return harness.data.send(
+  return harness().data.send(
     new InvokeAgentRuntimeCommand({
       agentRuntimeArn: arn,
       runtimeSessionId: sessionId,
@@ -104,20 +100,7 @@ async function readBody(response: InvokeAgentRuntimeCommandOutput): Promise<stri
 }
 
 async function sessionsOf(runtimeId: string) {
-  return harness.berth.sessions.list(runtimeId);
-}
-
-/** Host pids of a runtime's sandboxes, from this server's cgroups. */
-function sandboxPids(): number[] {
-  const parent = join("/sys/fs/cgroup/pids", harness.settings.cgroupParent);
-  return readdirSync(parent, { withFileTypes: true })
-    .filter((entry) => entry.isDirectory())
-    .flatMap((entry) =>
-      readFileSync(join(parent, entry.name, "cgroup.procs"), "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map(Number),
-    );
+  return harness().berth.sessions.list(runtimeId);
 }
 
 describe("invoking agents", () => {
@@ -237,7 +220,7 @@ describe("isolation", () => {
     assert.equal(who.uid, 1000);
     assert.equal(who.hostname, "sandbox");
     assert.equal(who.cwd, "/app");
-    const hostPids = sandboxPids();
+    const hostPids = sandboxPids(harness().settings.cgroupParent);
     assert.ok(hostPids.length > 0);
     for (const pid of hostPids) {
       const uid = statSync(`/proc/${pid}`).uid;
@@ -264,12 +247,12 @@ describe("isolation", () => {
     const session = newSessionId();
     const dataDir = (await invokeJson(runtime.arn, session, {
       action: "list",
-      path: harness.dataDir,
+      path: harness().dataDir,
     })) as { error?: string };
     assert.equal(dataDir.error, "ENOENT");
     const database = (await invokeJson(runtime.arn, session, {
       action: "read",
-      path: join(harness.dataDir, "berth.db"),
+      path: join(harness().dataDir, "berth.db"),
     })) as { error?: string };
     assert.equal(database.error, "ENOENT");
     const root = (await invokeJson(runtime.arn, session, { action: "list", path: "/root" })) as {
@@ -320,7 +303,7 @@ describe("isolation", () => {
   });
 
   it("cannot reach the server's port or other host services", async () => {
-    const berthPort = harness.berth.port;
+    const berthPort = harness().berth.port;
     const reply = (await invokeJson(runtime.arn, newSessionId(), {
       action: "connect",
       host: "127.0.0.1",
@@ -362,7 +345,7 @@ describe("lifecycle", () => {
     await invokeJson(runtime.arn, session, { action: "remember", value: "x" });
     assert.equal((await sessionsOf(runtime.id)).length, 1);
     await waitFor("the idle session to end", () =>
-      harness.logLines.some(
+      harness().logLines.some(
         (line) =>
           line["msg"] === "session ended" &&
           line["reason"] === "idle timeout" &&
@@ -401,7 +384,7 @@ describe("lifecycle", () => {
     const session = newSessionId();
     await invokeJson(runtime.arn, session, { action: "busy", on: true });
     await waitFor("max lifetime", () =>
-      harness.logLines.some(
+      harness().logLines.some(
         (line) =>
           line["msg"] === "session ended" &&
           line["reason"] === "max lifetime reached" &&
@@ -424,7 +407,7 @@ describe("lifecycle", () => {
       () => "completed",
       (error: unknown) => `failed: ${String(error)}`,
     );
-    const stopped = await harness.data.send(
+    const stopped = await harness().data.send(
       new StopRuntimeSessionCommand({ agentRuntimeArn: runtime.arn, runtimeSessionId: session }),
     );
     assert.equal(stopped.runtimeSessionId, session);
@@ -439,7 +422,7 @@ describe("lifecycle", () => {
   it("answers ResourceNotFoundException when stopping a session that is not running", async () => {
     const runtime = await createRuntime("probe");
     await assert.rejects(
-      harness.data.send(
+      harness().data.send(
         new StopRuntimeSessionCommand({
           agentRuntimeArn: runtime.arn,
           runtimeSessionId: newSessionId(),
@@ -452,7 +435,7 @@ describe("lifecycle", () => {
   it("deleting a runtime stops its sessions", async () => {
     const runtime = await createRuntime("probe");
     await invokeJson(runtime.arn, newSessionId(), { action: "recall" });
-    await harness.control.send(new DeleteAgentRuntimeCommand({ agentRuntimeId: runtime.id }));
+    await harness().control.send(new DeleteAgentRuntimeCommand({ agentRuntimeId: runtime.id }));
     assert.equal((await sessionsOf(runtime.id)).length, 0);
   });
 });
@@ -530,7 +513,7 @@ describe("data-plane validation", () => {
   });
 
   it("answers ConflictException while the endpoint has no READY version", async () => {
-    const created = await harness.control.send(
+    const created = await harness().control.send(
       new CreateAgentRuntimeCommand({
         agentRuntimeName: `broken_${process.pid}_${(counter += 1)}`,
         agentRuntimeArtifact: {
@@ -543,7 +526,7 @@ describe("data-plane validation", () => {
         roleArn: undefined,
       }),
     );
-    await harness.berth.idle();
+    await harness().berth.idle();
     await assert.rejects(invoke(created.agentRuntimeArn ?? "", newSessionId(), {}), {
       name: "ConflictException",
       message: /no READY version.*CREATE_FAILED/,
@@ -554,10 +537,10 @@ describe("data-plane validation", () => {
     const runtime = await createRuntime("probe");
     const session = newSessionId();
     await invokeJson(runtime.arn, session, { action: "recall" });
-    const response = await sendRaw(harness.berth.url, {
+    const response = await sendRaw(harness().berth.url, {
       method: "GET",
       path: `/berth/v1/runtimes/${runtime.id}/sessions`,
-      credentials: harness.berth.credentials,
+      credentials: harness().berth.credentials,
     });
     assert.equal(response.status, 200);
     const listed = JSON.parse(response.body) as {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import {
   CreateAgentRuntimeCommand,
   CreateAgentRuntimeEndpointCommand,
@@ -7,19 +7,10 @@ import {
   type CreateAgentRuntimeCommandInput,
 } from "@aws-sdk/client-bedrock-agentcore-control";
 import { codeArtifact } from "./support/artifacts.ts";
-import { removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
+import { useTestBerth } from "./support/berth.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
-let harness: TestBerth;
-
-before(async () => {
-  harness = await startTestBerth();
-});
-
-after(async () => {
-  await harness.close();
-  removeDir(harness.dataDir);
-});
+const harness = useTestBerth();
 
 const valid: CreateAgentRuntimeCommandInput = {
   agentRuntimeName: "valid_agent",
@@ -33,7 +24,7 @@ async function rejectedFields(
   input: Record<string, unknown>,
 ): Promise<{ fields: string[]; error: ValidationException }> {
   try {
-    await harness.control.send(new CreateAgentRuntimeCommand({ ...valid, ...input }));
+    await harness().control.send(new CreateAgentRuntimeCommand({ ...valid, ...input }));
   } catch (error) {
     assert.ok(
       error instanceof ValidationException,
@@ -197,11 +188,11 @@ describe("CreateAgentRuntime validation", () => {
   });
 
   it("refuses an endpoint name that breaks the pattern", async () => {
-    const created = await harness.control.send(
+    const created = await harness().control.send(
       new CreateAgentRuntimeCommand({ ...valid, agentRuntimeName: "endpoint_rules" }),
     );
     await assert.rejects(
-      harness.control.send(
+      harness().control.send(
         new CreateAgentRuntimeEndpointCommand({
           agentRuntimeId: created.agentRuntimeId,
           name: "bad-name",
@@ -214,11 +205,11 @@ describe("CreateAgentRuntime validation", () => {
 
 describe("malformed requests", () => {
   it("answers ValidationException with reason CannotParse for a body that is not JSON", async () => {
-    const response = await sendRaw(harness.berth.url, {
+    const response = await sendRaw(harness().berth.url, {
       method: "PUT",
       path: "/runtimes/",
       body: "{not json",
-      credentials: harness.berth.credentials,
+      credentials: harness().berth.credentials,
     });
     assert.equal(response.status, 400);
     assert.equal(response.headers["x-amzn-errortype"], "ValidationException");
@@ -229,21 +220,21 @@ describe("malformed requests", () => {
   });
 
   it("answers UnknownOperationException for a path no operation serves", async () => {
-    const response = await sendRaw(harness.berth.url, {
+    const response = await sendRaw(harness().berth.url, {
       method: "GET",
       path: "/nothing/here",
-      credentials: harness.berth.credentials,
+      credentials: harness().berth.credentials,
     });
     assert.equal(response.status, 404);
     assert.equal(response.headers["x-amzn-errortype"], "UnknownOperationException");
   });
 
   it("refuses a body larger than maxRequestBodyBytes", async () => {
-    const response = await sendRaw(harness.berth.url, {
+    const response = await sendRaw(harness().berth.url, {
       method: "PUT",
       path: "/runtimes/",
       body: JSON.stringify({ description: "x".repeat(2_000_000) }),
-      credentials: harness.berth.credentials,
+      credentials: harness().berth.credentials,
     });
     assert.equal(response.status, 400);
     assert.match(response.body, /larger than 1048576 bytes/);

@@ -1,4 +1,5 @@
 import { mkdtempSync, rmSync } from "node:fs";
+import { after, before } from "node:test";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -66,6 +67,30 @@ export async function startTestBerth(
       data.destroy();
       await berth.close();
     },
+  };
+}
+
+/**
+ * Starts a test server before the file's tests and stops it (removing its data) after them.
+ * Returns a getter, since the server exists only once `before` has run.
+ */
+export function useTestBerth(
+  extraArgs: string[] = [],
+  setUp?: (berth: TestBerth) => void,
+): () => TestBerth {
+  let harness: TestBerth | undefined;
+  before(async () => {
+    harness = await startTestBerth(extraArgs);
+    setUp?.(harness);
+  });
+  after(async () => {
+    if (harness === undefined) return;
+    await harness.close();
+    removeDir(harness.dataDir);
+  });
+  return () => {
+    if (harness === undefined) throw new Error("the test server starts in before()");
+    return harness;
   };
 }
 

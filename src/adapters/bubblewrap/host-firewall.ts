@@ -69,37 +69,21 @@ export class HostFirewall {
     await iptables("iptables", ["-N", this.chain]);
     for (const rule of rules) await iptables("iptables", ["-A", this.chain, ...rule]);
     await iptables("iptables", ["-I", "OUTPUT", ...this.jump()]);
-    // Sandboxes get no IPv6; refuse it outright in case the host has it.
-    await iptables("ip6tables", [
-      "-I",
-      "OUTPUT",
-      "-m",
-      "owner",
-      "--uid-owner",
-      this.uidRange,
-      "-j",
-      "REJECT",
-    ]).catch(() => undefined);
+    await iptables("ip6tables", ["-I", "OUTPUT", ...this.ipv6Refusal()]).catch(() => undefined);
   }
 
   async remove(): Promise<void> {
     const quietly = (command: string, args: string[]) =>
       iptables(command, args).catch(() => undefined);
     while ((await quietly("iptables", ["-D", "OUTPUT", ...this.jump()])) !== undefined);
-    while (
-      (await quietly("ip6tables", [
-        "-D",
-        "OUTPUT",
-        "-m",
-        "owner",
-        "--uid-owner",
-        this.uidRange,
-        "-j",
-        "REJECT",
-      ])) !== undefined
-    );
+    while ((await quietly("ip6tables", ["-D", "OUTPUT", ...this.ipv6Refusal()])) !== undefined);
     await quietly("iptables", ["-F", this.chain]);
     await quietly("iptables", ["-X", this.chain]);
+  }
+
+  /** Sandboxes get no IPv6; refuse it outright in case the host has it. */
+  private ipv6Refusal(): string[] {
+    return ["-m", "owner", "--uid-owner", this.uidRange, "-j", "REJECT"];
   }
 
   private jump(): string[] {
