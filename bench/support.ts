@@ -75,8 +75,9 @@ export async function measureInterleaved(
 /** Starts a server process and resolves with the first JSON line on stdout whose msg matches. */
 export async function startProcess(command: string, args: string[], readyMessage: string) {
   const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
+  const lines = createInterface({ input: child.stdout });
   const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    createInterface({ input: child.stdout }).on("line", (text) => {
+    lines.on("line", (text) => {
       const line = JSON.parse(text) as Record<string, unknown>;
       if (line["msg"] === readyMessage) resolve(line);
     });
@@ -84,6 +85,9 @@ export async function startProcess(command: string, args: string[], readyMessage
       reject(new Error(`${command} exited (${String(code)}) before it was ready`));
     });
   });
+  // Once ready, only drain the server's log: parsing it would cost the measuring process CPU.
+  lines.close();
+  child.stdout.resume();
   return {
     ready,
     pid: child.pid,

@@ -14,7 +14,7 @@ import {
   GetAgentRuntimeCommand,
   type CreateAgentRuntimeCommandInput,
 } from "@aws-sdk/client-bedrock-agentcore-control";
-import { agentSources, installAgent, waitFor } from "./support/agents.ts";
+import { agentSources, installAgent, installAgentZip, waitFor } from "./support/agents.ts";
 import { useTestBerth } from "./support/berth.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
@@ -49,7 +49,7 @@ async function createRuntime(
 ) {
   const created = await harness().control.send(
     new CreateAgentRuntimeCommand({
-      agentRuntimeName: `${prefix.replace(/-/g, "_")}_${process.pid}_${(counter += 1)}`,
+      agentRuntimeName: `${prefix.replace(/[^a-zA-Z0-9]/g, "_")}_${process.pid}_${(counter += 1)}`,
       agentRuntimeArtifact: {
         codeConfiguration: {
           code: { s3: { bucket: "agents", prefix } },
@@ -191,6 +191,45 @@ describe("invoking agents", () => {
     );
     assert.deepEqual(counts.map((reply) => reply["count"]).sort(), [1, 2, 3, 4]);
     assert.equal((await sessionsOf(runtime.id)).length, 1);
+  });
+
+  it("runs an agent shipped as a .zip code artifact", async () => {
+    installAgentZip(harness().dataDir, agentSources.probe, "probe-zipped");
+    const runtime = await createRuntime("probe-zipped.zip");
+    const who = (await invokeJson(runtime.arn, newSessionId(), { action: "whoami" })) as {
+      cwd: string;
+    };
+    assert.equal(who.cwd, "/app");
+  });
+
+  it("passes allow-listed custom headers to the agent, and no others", async () => {
+    const runtime = await createRuntime("probe", {
+      requestHeaderConfiguration: {
+        requestHeaderAllowlist: ["X-Amzn-Bedrock-AgentCore-Runtime-Custom-Team"],
+      },
+    });
+    const command = new InvokeAgentRuntimeCommand({
+      agentRuntimeArn: runtime.arn,
+      runtimeSessionId: newSessionId(),
+      payload: Buffer.from(JSON.stringify({ action: "headers" })),
+      contentType: "application/json",
+    });
+    // The SDK has no member for custom headers; callers add them as AgentCore's docs show.
+    command.middlewareStack.add(
+      (next) => async (args) => {
+        const request = args.request as { headers: Record<string, string> };
+        request.headers["x-amzn-bedrock-agentcore-runtime-custom-team"] = "blue";
+        request.headers["x-amzn-bedrock-agentcore-runtime-custom-other"] = "hidden";
+        return next(args);
+      },
+      { step: "build", name: "customHeaders" },
+    );
+    const response = await harness().data.send(command);
+    const echoed = JSON.parse((await response.response?.transformToString()) ?? "{}") as {
+      headers: Record<string, string>;
+    };
+    assert.equal(echoed.headers["x-amzn-bedrock-agentcore-runtime-custom-team"], "blue");
+    assert.equal(echoed.headers["x-amzn-bedrock-agentcore-runtime-custom-other"], undefined);
   });
 
   it("reaches a runtime by bare id as well as by ARN, and by a named endpoint", async () => {

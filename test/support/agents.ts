@@ -1,4 +1,5 @@
-import { cpSync, mkdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { cpSync, mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -13,6 +14,15 @@ export function installAgent(dataDir: string, source: string, prefix: string): v
   const target = join(dataDir, "artifacts", "agents", prefix);
   mkdirSync(join(target, ".."), { recursive: true });
   cpSync(source, target, { recursive: true });
+}
+
+/** Packs an agent folder as s3://agents/<name>.zip with Python's zipfile (no zip tool needed). */
+export function installAgentZip(dataDir: string, source: string, name: string): void {
+  const target = join(dataDir, "artifacts", "agents", `${name}.zip`);
+  mkdirSync(join(target, ".."), { recursive: true });
+  execFileSync("/usr/bin/python3", ["-m", "zipfile", "-c", target, ...readdirSync(source)], {
+    cwd: source,
+  });
 }
 
 /** Waits for a condition by re-checking it, for state that has no event to wait on. */
