@@ -123,13 +123,30 @@ export class BubblewrapDriver implements SandboxDriver {
     }
   }
 
+  /** Every step runs even if an earlier one fails, so nothing is left behind for lack of trying. */
   async close(): Promise<void> {
-    this.pool.close();
-    await Promise.all([...this.live].map((sandbox) => sandbox.kill()));
-    this.reaper?.stdin?.end();
-    await this.cgroups.removeParent();
-    await this.firewall?.remove();
-    rmSync(this.options.runRoot, { recursive: true, force: true });
+    const steps: (() => unknown)[] = [
+      () => {
+        this.pool.close();
+      },
+      () => Promise.all([...this.live].map((sandbox) => sandbox.kill())),
+      () => this.cgroups.removeParent(),
+      () => this.firewall?.remove(),
+      () => {
+        rmSync(this.options.runRoot, { recursive: true, force: true });
+      },
+      () => this.reaper?.stdin?.end(),
+    ];
+    const failures: unknown[] = [];
+    for (const step of steps) {
+      try {
+        await step();
+      } catch (error) {
+        failures.push(error);
+      }
+    }
+    if (failures.length > 0)
+      throw new AggregateError(failures, "the sandbox driver did not shut down cleanly");
   }
 }
 
