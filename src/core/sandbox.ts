@@ -10,8 +10,6 @@ export interface SandboxDriver {
 }
 
 export interface SandboxSpec {
-  /** Unique and stable for the sandbox's life; used in logs and host resource names. */
-  name: string;
   /** Host folder with the agent's code, mounted read-only at `/app` (the working directory). */
   codeDir: string;
   /** Command run inside the sandbox, e.g. ["node", "main.js"]; interpreters are on PATH. */

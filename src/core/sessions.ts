@@ -20,6 +20,8 @@ export type LaunchPlanner = (
 ) => Promise<{ codeDir: string; command: string[] }>;
 
 export interface SessionSettings {
+  /** The region Berth answers as; agents see it as AWS_REGION, as on AgentCore. */
+  region: string;
   agentStartupTimeoutMs: number;
   sweepIntervalMs: number;
   maxSessions: number;
@@ -234,13 +236,12 @@ export class SessionManager {
       const { codeDir, command } = await this.plan(version);
       const sandbox = await this.driver.start(
         {
-          name: sandboxName(session),
           codeDir,
           command,
           environment: {
             ...version.config.environmentVariables,
             PORT: "8080",
-            AWS_REGION: process.env["AWS_REGION"] ?? "us-east-1",
+            AWS_REGION: this.settings.region,
           },
           onOutput: (stream, line) => {
             session.outputTail.push(line);
@@ -357,12 +358,6 @@ export class SessionManager {
 
 function sessionKey(runtimeId: string, sessionId: string): string {
   return `${runtimeId}\u0000${sessionId}`;
-}
-
-let sandboxCounter = 0;
-function sandboxName(session: LiveSession): string {
-  sandboxCounter += 1;
-  return `s${Date.now().toString(36)}${sandboxCounter.toString(36)}-${session.runtimeId.slice(-10)}`;
 }
 
 function describeExit(exit: SandboxExit): string {

@@ -92,6 +92,7 @@ export async function startBerth(
     plan: codeLaunchPlanner(artifactsDir, join(settings.dataDir, "artifact-cache")),
     log,
     settings: {
+      region: settings.region,
       agentStartupTimeoutMs: settings.agentStartupTimeoutSeconds * 1000,
       sweepIntervalMs: settings.sessionSweepIntervalMs,
       maxSessions: settings.maxSessions,
