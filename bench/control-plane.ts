@@ -1,7 +1,6 @@
 // Control-plane latency through the official SDK: Berth against a bare node:http server that
 // replays Berth's own responses (same bytes to parse), both in their own processes. Prints JSON.
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
@@ -10,12 +9,17 @@ import {
   GetAgentRuntimeCommand,
   ListAgentRuntimesCommand,
 } from "@aws-sdk/client-bedrock-agentcore-control";
-import { percentiles, round, startProcess, timeEach, timeInterleaved } from "./support.ts";
+import {
+  percentiles,
+  round,
+  startBenchBerth,
+  startProcess,
+  timeEach,
+  timeInterleaved,
+} from "./support.ts";
 
 const runtimeCount = Number(process.env["BENCH_RUNTIMES"] ?? 1000);
 const samples = Number(process.env["BENCH_SAMPLES"] ?? 300);
-const berthBin = fileURLToPath(new URL("../bin/berth.ts", import.meta.url));
-const dataDir = mkdtempSync(join(tmpdir(), "berth-bench-"));
 
 const artifact = {
   codeConfiguration: {
@@ -30,18 +34,17 @@ const createInput = (name: string) => ({
   roleArn: undefined,
 });
 
-const berth = await startProcess(
-  process.execPath,
-  [berthBin, "serve", "--port", "0", "--data-dir", dataDir],
-  "berth listening",
-);
-const credentials = JSON.parse(readFileSync(join(dataDir, "credentials.json"), "utf8")) as {
-  accessKeyId: string;
-  secretAccessKey: string;
-};
+// The artifact exists, so created runtimes go READY as in real use.
+const berth = await startBenchBerth({
+  prepare: (dataDir) => {
+    mkdirSync(join(dataDir, "artifacts", "agents", "bench"), { recursive: true });
+    writeFileSync(join(dataDir, "artifacts", "agents", "bench", "main.js"), "// agent\n");
+  },
+});
+const { credentials } = berth;
 const clientFor = (endpoint: string) =>
   new BedrockAgentCoreControlClient({ endpoint, region: "us-east-1", credentials, maxAttempts: 1 });
-const berthClient = clientFor(String(berth.ready["url"]));
+const berthClient = clientFor(berth.url);
 
 // Fill Berth with the runtimes the List measurement pages over (creates are measured as they go).
 const createSamples = await timeEach(runtimeCount, (index) =>
@@ -59,7 +62,7 @@ const operations = {
 };
 
 // Record Berth's real responses so the echo server answers with the same bytes.
-const recorded = await recordResponses(String(berth.ready["url"]));
+const recorded = await recordResponses(berth.url);
 const echo = await startProcess(
   process.execPath,
   [fileURLToPath(new URL("./echo-server.ts", import.meta.url)), JSON.stringify(recorded)],
@@ -119,7 +122,6 @@ console.log(
 berthClient.destroy();
 echoClient.destroy();
 await Promise.all([berth.stop(), echo.stop()]);
-rmSync(dataDir, { recursive: true, force: true });
 
 async function recordResponses(
   url: string,

@@ -4,9 +4,8 @@
 // BENCH_DENSITY (idle sessions to hold, default 40).
 import { spawn } from "node:child_process";
 import { sandboxPids } from "../test/support/cgroups.ts";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { cpSync, mkdirSync, readFileSync } from "node:fs";
 import { Agent, request } from "node:http";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
@@ -23,7 +22,7 @@ import {
   measureInterleaved,
   percentiles,
   round,
-  startProcess,
+  startBenchBerth,
   timeInterleaved,
 } from "./support.ts";
 
@@ -32,35 +31,17 @@ const warmSamples = Number(process.env["BENCH_WARM"] ?? 300);
 const densitySessions = Number(process.env["BENCH_DENSITY"] ?? 40);
 const agentDir = fileURLToPath(new URL("../examples/node-agent", import.meta.url));
 const payload = JSON.stringify({ prompt: "hello" });
-const cgroupParent = `berth-bench-${process.pid}`;
 
-const dataDir = mkdtempSync(join(tmpdir(), "berth-bench-"));
-mkdirSync(join(dataDir, "artifacts", "agents"), { recursive: true });
-cpSync(agentDir, join(dataDir, "artifacts", "agents", "node-example"), { recursive: true });
-const berthBin = fileURLToPath(new URL("../bin/berth.ts", import.meta.url));
-const berth = await startProcess(
-  process.execPath,
-  [
-    berthBin,
-    "serve",
-    "--port",
-    "0",
-    "--data-dir",
-    dataDir,
-    "--cgroup-parent",
-    cgroupParent,
-    "--max-sessions",
-    String(densitySessions + 8),
-  ],
-  "berth listening",
-);
-const berthPid = Number(readFileSync(`/proc/${String(berth.pid)}/stat`, "utf8").split(" ")[0]);
-const credentials = JSON.parse(readFileSync(join(dataDir, "credentials.json"), "utf8")) as {
-  accessKeyId: string;
-  secretAccessKey: string;
-};
+const berth = await startBenchBerth({
+  args: ["--max-sessions", String(densitySessions + 8)],
+  prepare: (dataDir) => {
+    mkdirSync(join(dataDir, "artifacts", "agents"), { recursive: true });
+    cpSync(agentDir, join(dataDir, "artifacts", "agents", "node-example"), { recursive: true });
+  },
+});
+const { cgroupParent, credentials } = berth;
 const clientConfig = {
-  endpoint: String(berth.ready["url"]),
+  endpoint: berth.url,
   region: "us-east-1",
   credentials,
   maxAttempts: 1,
@@ -215,11 +196,11 @@ await data.send(
 );
 
 // --- density: what each idle session costs beyond its agent's own process ---
-const berthRssBefore = rssBytes(berthPid);
+const berthRssBefore = rssBytes(berth.pid);
 const idleSessions = Array.from({ length: densitySessions }, () => newSession());
 for (const sessionId of idleSessions) await invokeBerth(sessionId);
 await new Promise((resolve) => setTimeout(resolve, 500)); // let start-up garbage be collected
-const berthRssAfter = rssBytes(berthPid);
+const berthRssAfter = rssBytes(berth.pid);
 const sandboxProcesses = sandboxPids(cgroupParent).map((pid) => ({
   pid,
   command: commandOf(pid),
@@ -292,7 +273,6 @@ control.destroy();
 data.destroy();
 keepAlive.destroy();
 await berth.stop();
-rmSync(dataDir, { recursive: true, force: true });
 
 function commandOf(pid: number): string {
   return readFileSync(`/proc/${String(pid)}/comm`, "utf8").trim();

@@ -1,4 +1,8 @@
 import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
 
@@ -94,6 +98,62 @@ export async function startProcess(command: string, args: string[], readyMessage
     stop: async () => {
       child.kill("SIGTERM");
       await once(child, "exit");
+    },
+  };
+}
+
+export interface BenchBerth {
+  url: string;
+  pid: number;
+  dataDir: string;
+  /** The cgroup parent its sandboxes live under, for per-process measurements. */
+  cgroupParent: string;
+  credentials: { accessKeyId: string; secretAccessKey: string };
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs `berth serve` as its own process on a fresh data directory, with a cgroup parent and uid
+ * range of its own so it never touches another server on the host. `prepare` fills the data
+ * directory (artifacts) before start.
+ */
+export async function startBenchBerth(
+  options: { args?: string[]; prepare?: (dataDir: string) => void } = {},
+): Promise<BenchBerth> {
+  const dataDir = mkdtempSync(join(tmpdir(), "berth-bench-"));
+  options.prepare?.(dataDir);
+  const cgroupParent = `berth-bench-${String(process.pid)}`;
+  const uidBase = 5_000_000 + (process.pid % 1000) * 128;
+  const berthBin = fileURLToPath(new URL("../bin/berth.ts", import.meta.url));
+  const server = await startProcess(
+    process.execPath,
+    [
+      berthBin,
+      "serve",
+      "--port",
+      "0",
+      "--data-dir",
+      dataDir,
+      "--cgroup-parent",
+      cgroupParent,
+      "--sandbox-uid-base",
+      String(uidBase),
+      ...(options.args ?? []),
+    ],
+    "berth listening",
+  );
+  const credentials = JSON.parse(
+    readFileSync(join(dataDir, "credentials.json"), "utf8"),
+  ) as BenchBerth["credentials"];
+  return {
+    url: String(server.ready["url"]),
+    pid: server.pid ?? 0,
+    dataDir,
+    cgroupParent,
+    credentials,
+    stop: async () => {
+      await server.stop();
+      rmSync(dataDir, { recursive: true, force: true });
     },
   };
 }

@@ -46,6 +46,7 @@ async function createRuntime(
   prefix: string,
   overrides: Partial<CreateAgentRuntimeCommandInput> = {},
   entry = "main.js",
+  expectedStatus = "READY",
 ) {
   const created = await harness().control.send(
     new CreateAgentRuntimeCommand({
@@ -65,8 +66,12 @@ async function createRuntime(
   const got = await harness().control.send(
     new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
   );
-  assert.equal(got.status, "READY", got.failureReason);
-  return { arn: created.agentRuntimeArn ?? "", id: created.agentRuntimeId ?? "" };
+  assert.equal(got.status, expectedStatus, got.failureReason);
+  return {
+    arn: created.agentRuntimeArn ?? "",
+    id: created.agentRuntimeId ?? "",
+    failureReason: got.failureReason,
+  };
 }
 
 async function invoke(
@@ -200,6 +205,12 @@ describe("invoking agents", () => {
       cwd: string;
     };
     assert.equal(who.cwd, "/app");
+  });
+
+  it("unpacks a .zip when the runtime is created, so a missing entry point fails creation", async () => {
+    installAgentZip(harness().dataDir, agentSources.pythonExample, "no-node-entry");
+    const runtime = await createRuntime("no-node-entry.zip", {}, "main.js", "CREATE_FAILED");
+    assert.match(runtime.failureReason ?? "", /Entry point main\.js not found/);
   });
 
   it("passes allow-listed custom headers to the agent, and no others", async () => {
@@ -405,9 +416,13 @@ describe("lifecycle", () => {
     });
     const session = newSessionId();
     await invokeJson(runtime.arn, session, { action: "busy", on: true });
-    const startedAt = Date.now();
-    // Wait for two idle deadlines to pass while the agent reports background work.
-    await waitFor("two idle periods", () => (Date.now() - startedAt > 2500 ? true : undefined));
+    // Berth polls /ping only once a session is past its idle deadline; each HealthyBusy answer
+    // restarts the idle clock. Two such polls mean two idle deadlines passed while busy.
+    const busyPolls = () =>
+      harness().logLines.filter(
+        (line) => line["sessionId"] === session && line["line"] === "probe: pinged while busy",
+      ).length;
+    await waitFor("two polls answered HealthyBusy", () => busyPolls() >= 2);
     assert.equal((await sessionsOf(runtime.id)).length, 1, "a HealthyBusy agent is not idle");
     await invokeJson(runtime.arn, session, { action: "busy", on: false });
     await waitFor(
@@ -450,7 +465,7 @@ describe("lifecycle", () => {
       new StopRuntimeSessionCommand({ agentRuntimeArn: runtime.arn, runtimeSessionId: session }),
     );
     assert.equal(stopped.runtimeSessionId, session);
-    assert.match(await streamDone, /failed|completed/);
+    assert.match(await streamDone, /^failed/, "the open stream is cut, not completed");
     assert.equal((await sessionsOf(runtime.id)).length, 0);
     const fresh = (await invokeJson(runtime.arn, session, { action: "recall" })) as {
       memory: string[];
@@ -552,21 +567,8 @@ describe("data-plane validation", () => {
   });
 
   it("answers ConflictException while the endpoint has no READY version", async () => {
-    const created = await harness().control.send(
-      new CreateAgentRuntimeCommand({
-        agentRuntimeName: `broken_${process.pid}_${(counter += 1)}`,
-        agentRuntimeArtifact: {
-          codeConfiguration: {
-            code: { s3: { bucket: "agents", prefix: "missing" } },
-            runtime: "NODE_22",
-            entryPoint: ["main.js"],
-          },
-        },
-        roleArn: undefined,
-      }),
-    );
-    await harness().berth.idle();
-    await assert.rejects(invoke(created.agentRuntimeArn ?? "", newSessionId(), {}), {
+    const broken = await createRuntime("missing", {}, "main.js", "CREATE_FAILED");
+    await assert.rejects(invoke(broken.arn, newSessionId(), {}), {
       name: "ConflictException",
       message: /no READY version.*CREATE_FAILED/,
     });

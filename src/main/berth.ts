@@ -15,6 +15,7 @@ import { pingAgent } from "../wire/agent-client.ts";
 import { SessionManager } from "../core/sessions.ts";
 import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
 import { codeLaunchPlanner } from "../adapters/artifacts/launch-plan.ts";
+import { CodeFolders } from "../adapters/artifacts/code-folders.ts";
 import { interpreterForSandboxes, requireTraversableByOthers } from "./sandbox-host.ts";
 import { createRequestHandler } from "../wire/handler.ts";
 import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
@@ -61,11 +62,12 @@ export async function startBerth(
   const artifactsDir = join(settings.dataDir, "artifacts");
   mkdirSync(artifactsDir, { recursive: true, mode: 0o755 });
 
+  const codeFolders = new CodeFolders(artifactsDir, join(settings.dataDir, "artifact-cache"));
   const { key, generated } = loadOrCreateCredentials(settings.dataDir, settings);
   const store = new SqliteMetadataStore(join(settings.dataDir, "berth.db"));
   const preparer = new VersionPreparer({
     store,
-    check: localArtifactCheck(artifactsDir),
+    check: localArtifactCheck(codeFolders),
     now,
     log,
   });
@@ -89,7 +91,7 @@ export async function startBerth(
   const sessions = new SessionManager({
     driver,
     probe: pingAgent,
-    plan: codeLaunchPlanner(artifactsDir, join(settings.dataDir, "artifact-cache")),
+    plan: codeLaunchPlanner(codeFolders),
     log,
     settings: {
       region: settings.region,

@@ -166,6 +166,8 @@ function sendToAgent(
         reject(error);
         return;
       }
+      // The connection usually breaks a moment before the sandbox's exit is seen; waiting briefly
+      // for it lets the error say why (stopped, timed out, crashed) instead of "socket hang up".
       void Promise.race([
         lease.ended,
         new Promise((settle) => setTimeout(settle, 50, undefined)),

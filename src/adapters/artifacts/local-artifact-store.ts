@@ -1,54 +1,43 @@
 import { stat } from "node:fs/promises";
-import { join, resolve, sep } from "node:path";
 import { ArtifactProblem, type ArtifactCheck } from "../../core/preparation.ts";
+import { insideRoot, type CodeFolders } from "./code-folders.ts";
 
 /**
- * Code artifacts live in `<data-dir>/artifacts/<bucket>/<prefix>`: a folder holding the entry
- * point, or a .zip. This mirrors the S3 location AgentCore reads, on local disk.
+ * Checks a version's artifact when the runtime is created or updated: the code exists (a .zip is
+ * unpacked now, not at the first invoke) and holds the entry point.
  */
-export function localArtifactCheck(artifactsDir: string): ArtifactCheck {
+export function localArtifactCheck(folders: CodeFolders): ArtifactCheck {
   return async (artifact) => {
     if (artifact.kind === "container") {
       throw new ArtifactProblem(
         `Container images are not supported by this Berth server yet (${artifact.containerUri}); use codeConfiguration`,
       );
     }
-    const location = artifactLocation(artifactsDir, artifact);
     const shown = `s3://${artifact.bucket}/${artifact.prefix}`;
-    const found = await stat(location).catch(() => undefined);
-    if (found === undefined) {
+    const location = asProblem(() => folders.location(artifact), shown);
+    const folder = await folders.folder(artifact).catch((error: unknown) => {
+      throw new ArtifactProblem(
+        `Code artifact ${shown} could not be used: ${(error as Error).message}`,
+      );
+    });
+    if (folder === undefined) {
       throw new ArtifactProblem(
         `Code artifact ${shown} not found: put it at ${location} (a folder or a .zip)`,
       );
     }
-    if (found.isFile()) {
-      if (!location.endsWith(".zip"))
-        throw new ArtifactProblem(`Code artifact ${shown} is a file but not a .zip`);
-      return;
-    }
     // The last item is the script (AgentCore allows a launcher before it, e.g. opentelemetry-instrument).
     const entryFile = artifact.entryPoint.at(-1) ?? "";
-    const entry = await stat(insideRoot(location, entryFile)).catch(() => undefined);
-    if (entry?.isFile() !== true) {
+    const entryPath = asProblem(() => insideRoot(folder, entryFile), shown);
+    if ((await stat(entryPath).catch(() => undefined))?.isFile() !== true) {
       throw new ArtifactProblem(`Entry point ${entryFile} not found in code artifact ${shown}`);
     }
   };
 }
 
-/** Where a code artifact lives in the local store: `<artifacts>/<bucket>/<prefix>`. */
-export function artifactLocation(
-  artifactsDir: string,
-  artifact: { bucket: string; prefix: string },
-): string {
-  return insideRoot(artifactsDir, join(artifact.bucket, artifact.prefix));
-}
-
-/** Resolves `relative` under `root`, refusing anything (`..`, absolute paths) that escapes it. */
-function insideRoot(root: string, relative: string): string {
-  const base = resolve(root);
-  const target = resolve(base, relative);
-  if (target !== base && !target.startsWith(base + sep)) {
-    throw new ArtifactProblem(`Artifact path ${relative} leaves the artifact store`);
+function asProblem<T>(work: () => T, shown: string): T {
+  try {
+    return work();
+  } catch (error) {
+    throw new ArtifactProblem(`Code artifact ${shown}: ${(error as Error).message}`);
   }
-  return target;
 }

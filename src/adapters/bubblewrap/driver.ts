@@ -45,6 +45,9 @@ export class BubblewrapDriver implements SandboxDriver {
   private readonly live = new Set<BubblewrapSandbox>();
   private readonly firewall: HostFirewall | undefined;
   private reaper: ChildProcess | undefined;
+  private readonly killOnExit = (): void => {
+    this.cgroups.killAllSync();
+  };
 
   private constructor(options: BubblewrapOptions) {
     this.options = options;
@@ -88,9 +91,7 @@ export class BubblewrapDriver implements SandboxDriver {
     prepareSandboxEtc(driver.context.etcDir);
     // If the server dies without running its shutdown, its sandboxes die too: at once on an
     // ordinary exit, and through the reaper when the process is killed outright.
-    process.once("exit", () => {
-      driver.cgroups.killAllSync();
-    });
+    process.once("exit", driver.killOnExit);
     driver.reaper = driver.cgroups.startReaper();
     return driver;
   }
@@ -127,6 +128,7 @@ export class BubblewrapDriver implements SandboxDriver {
   async close(): Promise<void> {
     const steps: (() => unknown)[] = [
       () => {
+        process.off("exit", this.killOnExit);
         this.pool.close();
       },
       () => Promise.all([...this.live].map((sandbox) => sandbox.kill())),
