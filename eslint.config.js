@@ -5,6 +5,8 @@ export default tseslint.config(
   {
     ignores: [
       "node_modules/",
+      "scratch/",
+      "native/",
       "coverage/",
       "eslint.config.js",
       "examples/**/*.js",

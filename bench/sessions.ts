@@ -13,12 +13,9 @@ import {
   InvokeAgentRuntimeCommand,
   StopRuntimeSessionCommand,
 } from "@aws-sdk/client-bedrock-agentcore";
+import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
 import {
-  BedrockAgentCoreControlClient,
-  CreateAgentRuntimeCommand,
-  GetAgentRuntimeCommand,
-} from "@aws-sdk/client-bedrock-agentcore-control";
-import {
+  createReadyRuntime,
   measureInterleaved,
   percentiles,
   round,
@@ -49,29 +46,7 @@ const clientConfig = {
 const control = new BedrockAgentCoreControlClient(clientConfig);
 const data = new BedrockAgentCoreClient(clientConfig);
 
-const created = await control.send(
-  new CreateAgentRuntimeCommand({
-    agentRuntimeName: "bench_agent",
-    agentRuntimeArtifact: {
-      codeConfiguration: {
-        code: { s3: { bucket: "agents", prefix: "node-example" } },
-        runtime: "NODE_22",
-        entryPoint: ["main.js"],
-      },
-    },
-    roleArn: undefined,
-  }),
-);
-for (;;) {
-  const got = await control.send(
-    new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
-  );
-  if (got.status === "READY") break;
-  if (got.status !== "CREATING")
-    throw new Error(`runtime ${String(got.status)}: ${String(got.failureReason)}`);
-  await new Promise((resolve) => setTimeout(resolve, 10));
-}
-const arn = created.agentRuntimeArn ?? "";
+const arn = await createReadyRuntime(control, "bench_agent", "node-example");
 let sessionCounter = 0;
 const newSession = () =>
   `bench-session-${String(process.pid)}-${String((sessionCounter += 1))}-${"b".repeat(24)}`;

@@ -5,6 +5,11 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
+import {
+  CreateAgentRuntimeCommand,
+  GetAgentRuntimeCommand,
+  type BedrockAgentCoreControlClient,
+} from "@aws-sdk/client-bedrock-agentcore-control";
 
 export interface Percentiles {
   p50: number;
@@ -156,4 +161,34 @@ export async function startBenchBerth(
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/** Creates a NODE_22 runtime from s3://agents/<prefix> and waits until it is READY; its ARN. */
+export async function createReadyRuntime(
+  control: BedrockAgentCoreControlClient,
+  name: string,
+  prefix: string,
+): Promise<string> {
+  const created = await control.send(
+    new CreateAgentRuntimeCommand({
+      agentRuntimeName: name,
+      agentRuntimeArtifact: {
+        codeConfiguration: {
+          code: { s3: { bucket: "agents", prefix } },
+          runtime: "NODE_22",
+          entryPoint: ["main.js"],
+        },
+      },
+      roleArn: undefined,
+    }),
+  );
+  for (;;) {
+    const got = await control.send(
+      new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
+    );
+    if (got.status === "READY") return created.agentRuntimeArn ?? "";
+    if (got.status !== "CREATING")
+      throw new Error(`runtime ${String(got.status)}: ${String(got.failureReason)}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # bubblewrap: the sandboxes; socat: the bridge to the agent's port inside a sandbox;
 # slirp4netns + iptables: sandboxes' outbound network and its firewall; unzip: .zip code
-# artifacts; python3-minimal: PYTHON_3_* runtimes; iproute2: the tests' own network namespaces.
-debian_packages=(bubblewrap socat slirp4netns iptables unzip python3-minimal iproute2)
+# artifacts; python3-minimal: PYTHON_3_* runtimes; iproute2: the tests' own network namespaces;
+# gcc + libc6-dev: build native/berth-exec, which runs commands inside sandboxes.
+debian_packages=(bubblewrap socat slirp4netns iptables unzip python3-minimal iproute2 gcc libc6-dev)
 if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
 if [ ${#debian_packages[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -17,6 +18,8 @@ fi
 # slirp4netns opens /dev/net/tun as each sandbox's unprivileged uid. Creating a device still
 # needs CAP_NET_ADMIN in the sandbox's own namespace, so 0666 (the kernel's usual mode) is safe.
 if [ -e /dev/net/tun ]; then $sudo chmod 0666 /dev/net/tun; fi
+
+bash scripts/build-native.sh
 
 npm ci --no-audit --no-fund
 # The example agent carries its own node_modules into its sandbox, as a deployed agent would.

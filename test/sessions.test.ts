@@ -8,14 +8,10 @@ import {
   StopRuntimeSessionCommand,
   type InvokeAgentRuntimeCommandOutput,
 } from "@aws-sdk/client-bedrock-agentcore";
-import {
-  CreateAgentRuntimeCommand,
-  DeleteAgentRuntimeCommand,
-  GetAgentRuntimeCommand,
-  type CreateAgentRuntimeCommandInput,
-} from "@aws-sdk/client-bedrock-agentcore-control";
+import { DeleteAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore-control";
 import { agentSources, installAgent, installAgentZip, waitFor } from "./support/agents.ts";
 import { useTestBerth } from "./support/berth.ts";
+import { createRuntime as createRuntimeIn, newSessionId } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
 const harness = useTestBerth(
@@ -37,42 +33,9 @@ const harness = useTestBerth(
     installAgent(berth.dataDir, agentSources.pythonExample, "python-example");
   },
 );
-let counter = 0;
-
-const newSessionId = (label = "s"): string =>
-  `${label}-${process.pid}-${(counter += 1)}-${"x".repeat(33)}`;
-
-async function createRuntime(
-  prefix: string,
-  overrides: Partial<CreateAgentRuntimeCommandInput> = {},
-  entry = "main.js",
-  expectedStatus = "READY",
-) {
-  const created = await harness().control.send(
-    new CreateAgentRuntimeCommand({
-      agentRuntimeName: `${prefix.replace(/[^a-zA-Z0-9]/g, "_")}_${process.pid}_${(counter += 1)}`,
-      agentRuntimeArtifact: {
-        codeConfiguration: {
-          code: { s3: { bucket: "agents", prefix } },
-          runtime: entry.endsWith(".py") ? "PYTHON_3_12" : "NODE_22",
-          entryPoint: [entry],
-        },
-      },
-      roleArn: undefined,
-      ...overrides,
-    }),
-  );
-  await harness().berth.idle();
-  const got = await harness().control.send(
-    new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
-  );
-  assert.equal(got.status, expectedStatus, got.failureReason);
-  return {
-    arn: created.agentRuntimeArn ?? "",
-    id: created.agentRuntimeId ?? "",
-    failureReason: got.failureReason,
-  };
-}
+const createRuntime = (
+  ...args: Parameters<typeof createRuntimeIn> extends [unknown, ...infer Rest] ? Rest : never
+) => createRuntimeIn(harness(), ...args);
 
 async function invoke(
   arn: string,

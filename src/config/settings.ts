@@ -92,6 +92,11 @@ export const settingDeclarations = {
     default: 300,
     parse: integer(1, 3600),
   },
+  commandKillGraceMs: {
+    doc: "After a command's timeout, how long its processes get between SIGTERM and SIGKILL.",
+    default: 2000,
+    parse: integer(0, 60_000),
+  },
   maxRequestBodyBytes: {
     doc: "Largest control-plane request body accepted.",
     default: 1_048_576,

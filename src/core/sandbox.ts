@@ -1,3 +1,5 @@
+import type { Readable } from "node:stream";
+
 /**
  * What the core needs from an isolation technology. A driver (bubblewrap today; runc, a microVM
  * or a Kubernetes pod later) starts one sandbox per session and hands back how to reach the
@@ -41,4 +43,30 @@ export interface Sandbox {
   /** Kills every process in the sandbox at once (no grace period) and waits until they are gone. */
   kill(): Promise<void>;
   usage(): Promise<SandboxUsage>;
+  /**
+   * Starts a program beside the agent: same namespaces, filesystem, uid, limits, environment and
+   * working directory. Rejects if it cannot start.
+   */
+  exec(argv: string[]): Promise<SandboxCommand>;
+}
+
+export interface CommandOutput {
+  stream: "stdout" | "stderr";
+  data: Buffer;
+}
+
+/** A program started with Sandbox.exec. */
+export interface SandboxCommand {
+  /**
+   * Its stdout and stderr chunks (object mode) in the order they were read. Not reading holds the
+   * program at its next write once the pipe is full: output never piles up in memory.
+   */
+  readonly output: Readable;
+  /** Settles when the program's own process has exited (with what it had written by then read). */
+  readonly exited: Promise<SandboxExit>;
+  /**
+   * Ends every process the program started, including ones that left its session or tree:
+   * SIGTERM, then SIGKILL to whatever is left after graceMs. Resolves when none is left.
+   */
+  terminate(graceMs: number): Promise<void>;
 }

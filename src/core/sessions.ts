@@ -4,6 +4,7 @@ import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
 import type {
   AgentEndpoint,
   Sandbox,
+  SandboxCommand,
   SandboxDriver,
   SandboxExit,
   SandboxUsage,
@@ -66,6 +67,8 @@ export interface SessionLease {
   release(): void;
   /** The agent's last output lines, for error messages. */
   outputTail(): string[];
+  /** Starts a program in the session's sandbox, beside the agent. */
+  exec(argv: string[]): Promise<SandboxCommand>;
 }
 
 const outputTailLines = 20;
@@ -139,6 +142,7 @@ export class SessionManager {
       agentEndpoint: sandbox.agentEndpoint,
       ended: sandbox.exited.then(() => live.stopReason ?? "the agent exited"),
       outputTail: () => [...live.outputTail],
+      exec: (argv) => sandbox.exec(argv),
       release: () => {
         if (released) return;
         released = true;

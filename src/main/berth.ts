@@ -11,6 +11,7 @@ import type { Logger } from "../core/logger.ts";
 import { VersionPreparer } from "../core/preparation.ts";
 import { controlPlaneOperations } from "../wire/control-plane.ts";
 import { dataPlaneOperations } from "../wire/data-plane.ts";
+import { commandOperation } from "../wire/commands.ts";
 import { pingAgent } from "../wire/agent-client.ts";
 import { SessionManager } from "../core/sessions.ts";
 import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
@@ -124,6 +125,7 @@ export async function startBerth(
     operations: [
       ...controlPlaneOperations(context),
       ...dataPlaneOperations(context, sessions, { maxPayloadBytes: settings.maxPayloadBytes }),
+      commandOperation(context, sessions, { killGraceMs: settings.commandKillGraceMs, log }),
     ],
     verifier: settings.insecureNoAuth
       ? undefined

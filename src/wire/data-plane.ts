@@ -1,4 +1,4 @@
-import { request, type IncomingHttpHeaders, type IncomingMessage } from "node:http";
+import { request, type IncomingMessage } from "node:http";
 import { pipeline } from "node:stream/promises";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
@@ -7,8 +7,8 @@ import type { RuntimeVersionRecord } from "../core/model.ts";
 import type { SessionLease, SessionManager } from "../core/sessions.ts";
 import { agentPool, agentTarget } from "./agent-client.ts";
 import { operation, type Operation, type OperationInput } from "./operation.ts";
+import { requireSessionId, sessionIdHeader, sessionResponseHeaders } from "./session-headers.ts";
 
-export const sessionIdHeader = "x-amzn-bedrock-agentcore-runtime-session-id";
 const requestIdHeader = "x-amzn-bedrock-agentcore-runtime-request-id";
 /** Headers always passed to the agent, beside the session and request ids. */
 const forwardedHeaders = [
@@ -21,7 +21,6 @@ const forwardedHeaders = [
   "tracestate",
   "baggage",
 ];
-const echoedHeaders = ["x-amzn-trace-id", "traceparent", "tracestate", "baggage", "mcp-session-id"];
 
 export interface DataPlaneOptions {
   maxPayloadBytes: number;
@@ -118,16 +117,10 @@ async function invoke(
         `The agent answered ${status} to POST /invocations: ${body || "(empty body)"}`,
       );
     }
-    const headers: Record<string, string> = {
+    outgoing.writeHead(200, {
       "content-type": agentResponse.headers["content-type"] ?? "application/octet-stream",
-      [sessionIdHeader]: sessionId,
-      "x-amzn-requestid": input.request.requestId,
-    };
-    for (const name of echoedHeaders) {
-      const value = incoming.headers[name];
-      if (typeof value === "string") headers[name] = value;
-    }
-    outgoing.writeHead(200, headers);
+      ...sessionResponseHeaders(incoming.headers, sessionId, input.request.requestId),
+    });
     outgoing.flushHeaders(); // the SDK's send() resolves on headers; the body streams after
     // pipeline applies backpressure both ways and tears both sides down if either fails, so a
     // stopped session or a departed client ends the stream at once.
@@ -210,29 +203,6 @@ function agentHeaders(
     if (allowed.has(name) && typeof value === "string") headers[name] = value;
   }
   return headers;
-}
-
-function requireSessionId(headers: IncomingHttpHeaders): string {
-  const value = headers[sessionIdHeader];
-  if (typeof value !== "string" || value.length === 0) {
-    throw new BerthError("ValidationException", `Header ${sessionIdHeader} is required`, {
-      reason: "FieldValidationFailed",
-      fieldList: [{ name: "runtimeSessionId", message: "is required" }],
-    });
-  }
-  if (value.length < 33 || value.length > 256 || !/^[\x21-\x7e]+$/.test(value)) {
-    throw new BerthError(
-      "ValidationException",
-      `runtimeSessionId must be 33 to 256 printable characters (got ${value.length})`,
-      {
-        reason: "FieldValidationFailed",
-        fieldList: [
-          { name: "runtimeSessionId", message: "must be 33 to 256 printable characters" },
-        ],
-      },
-    );
-  }
-  return value;
 }
 
 function payloadTooLarge(limit: number): BerthError {

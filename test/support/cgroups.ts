@@ -10,9 +10,15 @@ export function sandboxGroups(cgroupParent: string): string[] {
     .map((entry) => join(parent, entry.name));
 }
 
-/** Host pids of every process in a server's sandboxes (including prepared ones). */
+/** Host pids of every process in a server's sandboxes (including prepared ones and commands). */
 export function sandboxPids(cgroupParent: string): number[] {
-  return sandboxGroups(cgroupParent).flatMap((group) =>
-    readFileSync(join(group, "cgroup.procs"), "utf8").split("\n").filter(Boolean).map(Number),
-  );
+  return sandboxGroups(cgroupParent).flatMap(pidsBelow);
+}
+
+function pidsBelow(group: string): number[] {
+  const own = readFileSync(join(group, "cgroup.procs"), "utf8").split("\n").filter(Boolean);
+  const children = readdirSync(group, { withFileTypes: true })
+    .filter((entry) => entry.isDirectory())
+    .flatMap((entry) => pidsBelow(join(group, entry.name)));
+  return [...own.map(Number), ...children];
 }

@@ -19,6 +19,8 @@ export interface RawRequest {
   /** Change the request after signing, to tamper with it. */
   afterSigning?: (request: HttpRequest) => void;
   unsigned?: boolean;
+  /** Extra headers, signed like the rest. */
+  headers?: Record<string, string>;
 }
 
 /** Sends one request signed as the SDK signs it, for cases the SDK itself never produces. */
@@ -33,7 +35,7 @@ export async function sendRaw(baseUrl: string, options: RawRequest): Promise<Raw
     port: Number(url.port),
     path,
     query,
-    headers: { host: url.host, "content-type": "application/json" },
+    headers: { host: url.host, "content-type": "application/json", ...options.headers },
     body: options.body ?? "",
   });
   if (options.unsigned !== true && options.credentials !== undefined) {

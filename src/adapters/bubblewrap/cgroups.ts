@@ -91,6 +91,57 @@ export class CgroupTree {
     return procs;
   }
 
+  /**
+   * A group inside a sandbox's cgroup for one command, so that everything the command starts can
+   * be found and signalled, wherever it went in the process tree. It stays under the sandbox's
+   * limits: on v1 only the pids hierarchy gets the child group (it tracks membership), the
+   * command joins the sandbox's own memory and cpu groups. Returns the cgroup.procs files to join.
+   */
+  async createChild(sandbox: string, child: string): Promise<string[]> {
+    const trackingGroup = join(this.trackingRoot(), sandbox, child);
+    await mkdir(trackingGroup);
+    return this.roots.map((root) =>
+      root === this.trackingRoot()
+        ? join(trackingGroup, "cgroup.procs")
+        : join(root, sandbox, "cgroup.procs"),
+    );
+  }
+
+  /**
+   * Ends every process in a command's group: SIGTERM, then SIGKILL to whatever is left after
+   * graceMs. Resolves when the group is empty.
+   */
+  async terminateChild(sandbox: string, child: string, graceMs: number): Promise<void> {
+    const group = join(this.trackingRoot(), sandbox, child);
+    const deadline = performance.now() + graceMs;
+    // Nothing announces a v1 group becoming empty: look every 10 ms during the grace period.
+    for (let left = signalProcesses(group, "SIGTERM"); left > 0 && performance.now() < deadline;) {
+      await delay(10);
+      left = countProcesses(group);
+    }
+    if (this.layout === "v2")
+      await writeFile(join(group, "cgroup.kill"), "1").catch(() => undefined);
+    // A process forking while it is being killed lands in the group too: sweep until empty.
+    for (let round = 0; round < 1000 && signalProcesses(group, "SIGKILL") > 0; round += 1) {
+      await delay(1);
+    }
+  }
+
+  /** Removes a command's group if nothing is left in it (processes it left running keep it). */
+  async removeChild(sandbox: string, child: string): Promise<void> {
+    const group = join(this.trackingRoot(), sandbox, child);
+    // rmdir right after the last process exits can answer EBUSY for a few ms: retry briefly.
+    for (let attempt = 0; countProcesses(group) === 0; attempt += 1) {
+      try {
+        await rmdir(group);
+        return;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "EBUSY" || attempt >= 200) return;
+        await delay(1);
+      }
+    }
+  }
+
   async usage(
     name: string,
   ): Promise<{ memoryBytes: number | undefined; processes: number | undefined }> {
@@ -132,7 +183,9 @@ export class CgroupTree {
    * closes the pipe: no sandbox outlives the server, whatever state it was in.
    */
   startReaper(): ChildProcess {
-    const procsGlob = `${this.roots[0] ?? ""}/*/cgroup.procs`;
+    // Sandboxes' groups, and on v2 their commands' groups one level down.
+    const root = this.roots[0] ?? "";
+    const procsGlob = `${root}/*/cgroup.procs ${root}/*/*/cgroup.procs`;
     const reaper = spawn(
       "/bin/sh",
       [
@@ -151,15 +204,15 @@ export class CgroupTree {
       if (!existsSync(root)) continue;
       for (const entry of readdirSync(root, { withFileTypes: true })) {
         if (!entry.isDirectory()) continue;
-        const group = join(root, entry.name);
-        killProcesses(group);
-        try {
-          rmdirSync(group);
-        } catch {
-          // best effort at exit; the next start removes it
-        }
+        removeGroupSync(join(root, entry.name));
       }
     }
+  }
+
+  /** Where command groups live: the unified tree on v2, the pids hierarchy on v1. */
+  private trackingRoot(): string {
+    if (this.layout === "v2") return this.roots[0] ?? "";
+    return this.roots.find((root) => root.includes("/pids/")) ?? "";
   }
 
   private path(name: string, file: string): string {
@@ -171,6 +224,9 @@ export class CgroupTree {
 
   private async removeGroup(group: string): Promise<void> {
     if (!existsSync(group)) return;
+    for (const entry of readdirSync(group, { withFileTypes: true })) {
+      if (entry.isDirectory()) await this.removeGroup(join(group, entry.name));
+    }
     if (this.layout === "v2")
       await writeFile(join(group, "cgroup.kill"), "1").catch(() => undefined);
     // rmdir right after the last process exits can answer EBUSY for a few ms: retry briefly.
@@ -190,18 +246,44 @@ export class CgroupTree {
 }
 
 function killProcesses(group: string): void {
-  let text = "";
+  signalProcesses(group, "SIGKILL");
+}
+
+function readProcesses(group: string): string[] {
   try {
-    text = readFileSync(join(group, "cgroup.procs"), "utf8");
+    return readFileSync(join(group, "cgroup.procs"), "utf8").split("\n").filter(Boolean);
   } catch {
-    return;
+    return [];
   }
-  for (const pid of text.split("\n").filter(Boolean)) {
+}
+
+function countProcesses(group: string): number {
+  return readProcesses(group).length;
+}
+
+/** Signals the processes in one group (not its children); returns how many there were. */
+function signalProcesses(group: string, signal: NodeJS.Signals): number {
+  const pids = readProcesses(group);
+  for (const pid of pids) {
     try {
-      process.kill(Number(pid), "SIGKILL");
+      process.kill(Number(pid), signal);
     } catch {
       // already gone
     }
+  }
+  return pids.length;
+}
+
+/** Best effort at exit, children first; the next start removes whatever is left. */
+function removeGroupSync(group: string): void {
+  try {
+    for (const entry of readdirSync(group, { withFileTypes: true })) {
+      if (entry.isDirectory()) removeGroupSync(join(group, entry.name));
+    }
+    killProcesses(group);
+    rmdirSync(group);
+  } catch {
+    // see above
   }
 }
 

@@ -1,10 +1,17 @@
 import type { ChildProcess } from "node:child_process";
 import { mkdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
-import type { Sandbox, SandboxDriver, SandboxExit, SandboxSpec } from "../../core/sandbox.ts";
+import type {
+  Sandbox,
+  SandboxCommand,
+  SandboxDriver,
+  SandboxExit,
+  SandboxSpec,
+} from "../../core/sandbox.ts";
 import { CgroupTree, type CgroupLimits } from "./cgroups.ts";
+import { ExecServer } from "./exec-server.ts";
 import { HostFirewall } from "./host-firewall.ts";
-import { prepareSandboxEtc } from "./mounts.ts";
+import { prepareSandboxEtc, sandboxPaths, sandboxUser } from "./mounts.ts";
 import { PreparedShell, type ShellContext } from "./shell.ts";
 import { ShellPool } from "./shell-pool.ts";
 import { UidPool } from "./uid-pool.ts";
@@ -45,6 +52,7 @@ export class BubblewrapDriver implements SandboxDriver {
   private readonly live = new Set<BubblewrapSandbox>();
   private readonly firewall: HostFirewall | undefined;
   private reaper: ChildProcess | undefined;
+  private execServer: ExecServer | undefined;
   private readonly killOnExit = (): void => {
     this.cgroups.killAllSync();
   };
@@ -89,6 +97,9 @@ export class BubblewrapDriver implements SandboxDriver {
     rmSync(options.runRoot, { recursive: true, force: true });
     mkdirSync(options.runRoot, { recursive: true, mode: 0o711 });
     prepareSandboxEtc(driver.context.etcDir);
+    const execDir = join(options.runRoot, "exec");
+    mkdirSync(execDir, { mode: 0o700 });
+    driver.execServer = await ExecServer.start(join(execDir, "berth-exec.sock"));
     // If the server dies without running its shutdown, its sandboxes die too: at once on an
     // ordinary exit, and through the reaper when the process is killed outright.
     process.once("exit", driver.killOnExit);
@@ -108,7 +119,7 @@ export class BubblewrapDriver implements SandboxDriver {
       throw new SandboxCapacityError(`all ${this.options.maxSandboxes} sandbox slots are in use`);
     }
     shell.onOutput = spec.onOutput;
-    const sandbox = new BubblewrapSandbox(shell, this.cgroups);
+    const sandbox = new BubblewrapSandbox(shell, this.cgroups, this.requireExecServer());
     this.live.add(sandbox);
     void sandbox.exited.finally(() => this.live.delete(sandbox));
     try {
@@ -132,6 +143,7 @@ export class BubblewrapDriver implements SandboxDriver {
         this.pool.close();
       },
       () => Promise.all([...this.live].map((sandbox) => sandbox.kill())),
+      () => this.execServer?.close(),
       () => this.cgroups.removeParent(),
       () => this.firewall?.remove(),
       () => {
@@ -150,6 +162,11 @@ export class BubblewrapDriver implements SandboxDriver {
     if (failures.length > 0)
       throw new AggregateError(failures, "the sandbox driver did not shut down cleanly");
   }
+
+  private requireExecServer(): ExecServer {
+    if (this.execServer === undefined) throw new Error("the sandbox driver is not started");
+    return this.execServer;
+  }
 }
 
 class BubblewrapSandbox implements Sandbox {
@@ -158,13 +175,44 @@ class BubblewrapSandbox implements Sandbox {
   readonly exited: Promise<SandboxExit>;
   private readonly shell: PreparedShell;
   private readonly cgroups: CgroupTree;
+  private readonly execServer: ExecServer;
+  private commandCounter = 0;
 
-  constructor(shell: PreparedShell, cgroups: CgroupTree) {
+  constructor(shell: PreparedShell, cgroups: CgroupTree, execServer: ExecServer) {
     this.shell = shell;
     this.name = shell.name;
     this.agentEndpoint = { socketPath: join(shell.runDir, "agent.sock") };
     this.exited = shell.exited;
     this.cgroups = cgroups;
+    this.execServer = execServer;
+  }
+
+  async exec(argv: string[]): Promise<SandboxCommand> {
+    this.commandCounter += 1;
+    const group = `command-${this.commandCounter}`;
+    const cgroupProcsFiles = await this.cgroups.createChild(this.name, group);
+    try {
+      const handle = await this.execServer.run({
+        targetPid: this.shell.childPid,
+        uid: sandboxUser.uid,
+        gid: sandboxUser.gid,
+        cwd: sandboxPaths.app,
+        cgroupProcsFiles,
+        environment: this.shell.environment,
+        argv,
+      });
+      return {
+        output: handle.output,
+        exited: handle.exited.then(async (exit) => {
+          await this.cgroups.removeChild(this.name, group);
+          return exit;
+        }),
+        terminate: (graceMs) => this.cgroups.terminateChild(this.name, group, graceMs),
+      };
+    } catch (error) {
+      await this.cgroups.removeChild(this.name, group);
+      throw error;
+    }
   }
 
   async kill(): Promise<void> {

@@ -49,6 +49,8 @@ export class PreparedShell {
   readonly child: ChildProcess;
   readonly childPid: number;
   readonly exited: Promise<SandboxExit>;
+  /** The environment the agent starts with; commands run with the same. */
+  readonly environment: Record<string, string>;
   onOutput: OutputHandler = () => undefined;
   /** The sandbox's slirp4netns, once it has outbound access. */
   network: ChildProcess | undefined;
@@ -62,6 +64,7 @@ export class PreparedShell {
     child: ChildProcess;
     childPid: number;
     exited: Promise<SandboxExit>;
+    environment: Record<string, string>;
   }) {
     this.name = fields.name;
     this.uid = fields.uid;
@@ -70,6 +73,7 @@ export class PreparedShell {
     this.child = fields.child;
     this.childPid = fields.childPid;
     this.exited = fields.exited;
+    this.environment = fields.environment;
   }
 
   /** Returns undefined when every uid is in use. */
@@ -108,6 +112,7 @@ export class PreparedShell {
         child: spawned,
         childPid,
         exited,
+        environment: sandboxEnvironment(launch),
       });
       for (const stream of ["stdout", "stderr"] as const) {
         const output = spawned[stream];
@@ -194,14 +199,19 @@ function waitForFile(
   });
 }
 
-function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: string): string[] {
-  const environment: Record<string, string> = {
+/** What a process in the sandbox sees: the basics a program expects, then the runtime's own. */
+function sandboxEnvironment(launch: LaunchSpec): Record<string, string> {
+  return {
     PATH: `${sandboxPaths.interpreters}:/usr/local/bin:/usr/bin:/bin`,
     HOME: sandboxPaths.home,
     USER: sandboxUser.name,
     LANG: "C.UTF-8",
     ...launch.environment,
   };
+}
+
+function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: string): string[] {
+  const environment = sandboxEnvironment(launch);
   return [
     "--unshare-user",
     "--unshare-pid",

@@ -1,0 +1,130 @@
+// Execute command: warm round trip and output throughput, each against a baseline measured in
+// the same run. Berth runs as its own process (`berth serve`); the client is the official SDK.
+// Prints JSON. Settings: BENCH_SAMPLES (round trips, default 300), BENCH_MEGABYTES (size of the
+// file streamed, default 256), BENCH_ROUNDS (throughput runs each, default 3).
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { cpSync, mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  BedrockAgentCoreClient,
+  InvokeAgentRuntimeCommandCommand,
+} from "@aws-sdk/client-bedrock-agentcore";
+import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
+import {
+  createReadyRuntime,
+  percentiles,
+  round,
+  startBenchBerth,
+  timeInterleaved,
+} from "./support.ts";
+
+const samples = Number(process.env["BENCH_SAMPLES"] ?? 300);
+const megabytes = Number(process.env["BENCH_MEGABYTES"] ?? 256);
+const rounds = Number(process.env["BENCH_ROUNDS"] ?? 3);
+const agentDir = fileURLToPath(new URL("../examples/node-agent", import.meta.url));
+const bigFile = "stream.txt";
+
+let hostFile = "";
+const berth = await startBenchBerth({
+  prepare: (dataDir) => {
+    const target = join(dataDir, "artifacts", "agents", "node-example");
+    mkdirSync(join(target, ".."), { recursive: true });
+    cpSync(agentDir, target, { recursive: true });
+    // The file both sides stream: in the agent's code folder, which the sandbox sees at /app.
+    // Printable text, so neither side pays for escaping bytes that are not UTF-8.
+    hostFile = join(target, bigFile);
+    const line = `${"0123456789abcdef".repeat(63)}\n`;
+    writeFileSync(hostFile, line.repeat(Math.ceil((megabytes * 2 ** 20) / line.length)));
+  },
+});
+const clientConfig = {
+  endpoint: berth.url,
+  region: "us-east-1",
+  credentials: berth.credentials,
+  maxAttempts: 1,
+};
+const control = new BedrockAgentCoreControlClient(clientConfig);
+const data = new BedrockAgentCoreClient(clientConfig);
+const arn = await createReadyRuntime(control, "bench_commands", "node-example");
+const sessionId = `bench-commands-${String(process.pid)}-${"c".repeat(24)}`;
+
+/** Runs a command through the SDK, reading every event; returns the stdout characters seen. */
+async function commandThroughBerth(command: string): Promise<number> {
+  const response = await data.send(
+    new InvokeAgentRuntimeCommandCommand({
+      agentRuntimeArn: arn,
+      runtimeSessionId: sessionId,
+      body: { command },
+    }),
+  );
+  let characters = 0;
+  for await (const event of response.stream ?? []) {
+    characters += event.chunk?.contentDelta?.stdout?.length ?? 0;
+  }
+  return characters;
+}
+
+/** The baseline: the same shell started from Node on the host, its output read from a pipe. */
+async function commandDirect(args: string[]): Promise<number> {
+  const child = spawn(args[0] ?? "", args.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+  let bytes = 0;
+  child.stdout.on("data", (chunk: Buffer) => (bytes += chunk.length));
+  child.stderr.resume();
+  await once(child, "close");
+  return bytes;
+}
+
+await commandThroughBerth("true"); // starts the session: not measured
+
+const [berthTrue, directTrue] = await timeInterleaved(
+  samples,
+  () => commandThroughBerth("true"),
+  () => commandDirect(["bash", "-c", "true"]),
+);
+
+const throughput = { berth: [] as number[], direct: [] as number[] };
+const fileBytes = (await commandDirect(["cat", hostFile])) || 1; // also warms the page cache
+for (let run = 0; run < rounds; run += 1) {
+  let started = performance.now();
+  const streamed = await commandThroughBerth(`cat /app/${bigFile}`);
+  if (streamed !== fileBytes) throw new Error(`streamed ${streamed} of ${fileBytes} bytes`);
+  throughput.berth.push(fileBytes / 2 ** 20 / ((performance.now() - started) / 1000));
+  started = performance.now();
+  await commandDirect(["cat", hostFile]);
+  throughput.direct.push(fileBytes / 2 ** 20 / ((performance.now() - started) / 1000));
+}
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.length >> 1] ?? 0;
+
+const berthRoundTrip = percentiles(berthTrue);
+const directRoundTrip = percentiles(directTrue);
+const berthMBps = median(throughput.berth);
+const directMBps = median(throughput.direct);
+console.log(
+  JSON.stringify(
+    {
+      warmRoundTrip: {
+        command: "true",
+        berthSdkMs: berthRoundTrip,
+        spawnBashMs: directRoundTrip,
+        ratioP50: round(berthRoundTrip.p50 / directRoundTrip.p50),
+        target: "p50 <= 5 ms and <= 4x the spawn baseline",
+        met: berthRoundTrip.p50 <= 5 && berthRoundTrip.p50 <= 4 * directRoundTrip.p50,
+      },
+      throughput: {
+        megabytes: round(fileBytes / 2 ** 20),
+        berthSdkMBps: round(berthMBps),
+        pipeMBps: round(directMBps),
+        fraction: round(berthMBps / directMBps),
+        target: ">= 40% of the pipe baseline",
+        met: berthMBps >= 0.4 * directMBps,
+      },
+    },
+    null,
+    2,
+  ),
+);
+control.destroy();
+data.destroy();
+await berth.stop();

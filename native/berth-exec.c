@@ -1,0 +1,368 @@
+/*
+ * berth-exec: runs commands inside running Berth sandboxes, as `docker exec` does for containers.
+ *
+ *   berth-exec serve SOCKET
+ *
+ * Berth starts one of these as root and connects to SOCKET (a root-only path) once per command.
+ * Why a server rather than a program per command: forking this small process costs a tenth of
+ * a millisecond, where Node forking itself and exec'ing a helper costs several. It exits when
+ * its stdin (a pipe Berth holds) closes, so it never outlives Berth.
+ *
+ * Frames, both ways: [type: u8][length: u32 big-endian][payload].
+ *   Berth -> here, once: 'r' with NUL-terminated key=value entries: target=PID (the sandbox's
+ *     first process), uid=N, gid=N, cwd=DIR, cgroup=PROCS_FILE (repeated), env=NAME=VALUE
+ *     (repeated), arg=WORD (repeated; the first is an absolute program path).
+ *   here -> Berth: either 'f' with a message (the program could not start), or 's' (it started),
+ *     then 'o' stdout bytes and 'e' stderr bytes as they come, then 'x' "exit N" or "signal N".
+ *
+ * Per connection a keeper process (root, outside the sandbox) enters the sandbox's pid namespace
+ * for its children and forks the command. The command joins the given cgroups, drops
+ * supplementary groups, enters every other namespace of the sandbox at once through a pidfd,
+ * takes the sandbox's root, drops the capability bounding set, becomes uid/gid N, sets
+ * no_new_privs and a new session, then execs. The keeper relays stdout and stderr as they come,
+ * writing with blocking writes: when Berth stops reading, the keeper stops reading the pipes and
+ * the command blocks on a full pipe, so output never piles up in memory. When the command's own
+ * process exits, what is already in the pipes is relayed, then its exit; output written later by
+ * processes it left running is not.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_REQUEST (4u << 20)
+#define MAX_CGROUPS 8
+#define MAX_ENTRIES 4096
+#define CHUNK 65536
+
+struct request {
+  long target, uid, gid;
+  const char *cwd;
+  const char *cgroups[MAX_CGROUPS];
+  int cgroup_count;
+  char *env[MAX_ENTRIES + 1];
+  int env_count;
+  char *argv[MAX_ENTRIES + 1];
+  int argc;
+};
+
+static int write_all(int fd, const void *data, size_t length) {
+  const char *cursor = data;
+  while (length > 0) {
+    ssize_t written = write(fd, cursor, length);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    cursor += written;
+    length -= (size_t)written;
+  }
+  return 0;
+}
+
+static int read_all(int fd, void *data, size_t length) {
+  char *cursor = data;
+  while (length > 0) {
+    ssize_t got = read(fd, cursor, length);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return -1;
+    cursor += got;
+    length -= (size_t)got;
+  }
+  return 0;
+}
+
+static int send_frame(int socket_fd, char type, const void *payload, uint32_t length) {
+  unsigned char header[5] = {(unsigned char)type, length >> 24, length >> 16, length >> 8, length};
+  if (write_all(socket_fd, header, sizeof header) < 0) return -1;
+  return write_all(socket_fd, payload, length);
+}
+
+static void send_text(int socket_fd, char type, const char *format, ...) {
+  char text[512];
+  va_list args;
+  va_start(args, format);
+  int length = vsnprintf(text, sizeof text, format, args);
+  va_end(args);
+  if (length < 0) length = 0;
+  if (length >= (int)sizeof text) length = sizeof text - 1;
+  send_frame(socket_fd, type, text, (uint32_t)length);
+}
+
+/* In the command, before exec: the reason goes to the keeper through the status pipe. */
+static void die_in_child(int status_fd, const char *format, ...) {
+  char text[512];
+  va_list args;
+  va_start(args, format);
+  int length = vsnprintf(text, sizeof text, format, args);
+  va_end(args);
+  if (length < 0) length = 0;
+  if (length >= (int)sizeof text) length = sizeof text - 1;
+  write_all(status_fd, text, (size_t)length);
+  _exit(127);
+}
+
+static int parse_number(const char *text, long *value) {
+  char *end = NULL;
+  errno = 0;
+  *value = strtol(text, &end, 10);
+  return errno == 0 && end != text && *end == '\0' && *value >= 0 ? 0 : -1;
+}
+
+/* Splits the request payload in place; returns NULL or what is wrong with it. */
+static const char *parse_request(char *payload, uint32_t length, struct request *request) {
+  memset(request, 0, sizeof *request);
+  request->target = request->uid = request->gid = -1;
+  if (length == 0 || payload[length - 1] != '\0') return "the request is not NUL-terminated";
+  for (char *entry = payload, *next; entry < payload + length; entry = next) {
+    next = entry + strlen(entry) + 1;
+    char *value = strchr(entry, '=');
+    if (value == NULL) return "an entry has no '='";
+    *value++ = '\0';
+    if (strcmp(entry, "target") == 0) {
+      if (parse_number(value, &request->target) < 0) return "bad target";
+    } else if (strcmp(entry, "uid") == 0) {
+      if (parse_number(value, &request->uid) < 0) return "bad uid";
+    } else if (strcmp(entry, "gid") == 0) {
+      if (parse_number(value, &request->gid) < 0) return "bad gid";
+    } else if (strcmp(entry, "cwd") == 0) {
+      request->cwd = value;
+    } else if (strcmp(entry, "cgroup") == 0) {
+      if (request->cgroup_count == MAX_CGROUPS) return "too many cgroups";
+      request->cgroups[request->cgroup_count++] = value;
+    } else if (strcmp(entry, "env") == 0) {
+      if (request->env_count == MAX_ENTRIES) return "too many environment variables";
+      request->env[request->env_count++] = value;
+    } else if (strcmp(entry, "arg") == 0) {
+      if (request->argc == MAX_ENTRIES) return "too many arguments";
+      request->argv[request->argc++] = value;
+    } else {
+      return "unknown entry";
+    }
+  }
+  if (request->target <= 0 || request->uid < 0 || request->gid < 0 || request->cwd == NULL)
+    return "target, uid, gid and cwd are required";
+  if (request->argc == 0 || request->argv[0][0] != '/') return "an absolute program path is required";
+  return NULL;
+}
+
+static void drop_bounding_set(int status_fd) {
+  for (int cap = 0; cap < 64; cap++) {
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+      if (errno == EINVAL) return; /* past the kernel's last capability */
+      die_in_child(status_fd, "cannot drop capability %d: %s", cap, strerror(errno));
+    }
+  }
+}
+
+/* The command's side of the fork: never returns. */
+static void become_command(const struct request *request, int pidfd, int root, int out, int err,
+                           int status_fd) {
+  int null_fd = open("/dev/null", O_RDONLY);
+  if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
+    die_in_child(status_fd, "cannot set up stdio: %s", strerror(errno));
+  for (int i = 0; i < request->cgroup_count; i++) {
+    int fd = open(request->cgroups[i], O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write_all(fd, "0", 1) < 0)
+      die_in_child(status_fd, "cannot join cgroup %s: %s", request->cgroups[i], strerror(errno));
+    close(fd);
+  }
+  /* Root's supplementary groups would otherwise follow the command into the sandbox. */
+  if (setgroups(0, NULL) < 0) die_in_child(status_fd, "setgroups: %s", strerror(errno));
+  int namespaces = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
+                   CLONE_NEWCGROUP;
+  if (setns(pidfd, namespaces) < 0)
+    die_in_child(status_fd, "cannot enter the sandbox: %s", strerror(errno));
+  if (fchdir(root) < 0 || chroot(".") < 0)
+    die_in_child(status_fd, "cannot enter the sandbox's root: %s", strerror(errno));
+  if (chdir(request->cwd) < 0)
+    die_in_child(status_fd, "cannot change to %s: %s", request->cwd, strerror(errno));
+  drop_bounding_set(status_fd);
+  if (setresgid(request->gid, request->gid, request->gid) < 0 ||
+      setresuid(request->uid, request->uid, request->uid) < 0)
+    die_in_child(status_fd, "cannot become uid %ld: %s", request->uid, strerror(errno));
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+    die_in_child(status_fd, "no_new_privs: %s", strerror(errno));
+  setsid();
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  for (int signal_number = 1; signal_number < NSIG; signal_number++) signal(signal_number, SIG_DFL);
+  execve(request->argv[0], request->argv, request->env);
+  die_in_child(status_fd, "cannot run %s: %s", request->argv[0], strerror(errno));
+}
+
+enum relayed { BERTH_GONE = -1, END_OF_FILE = 0, RELAYED = 1, NOTHING_YET = 2 };
+
+/* Relays one read's worth of a pipe. */
+static enum relayed relay(int from, int socket_fd, char type, char *buffer) {
+  for (;;) {
+    ssize_t got = read(from, buffer, CHUNK);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0 && errno == EAGAIN) return NOTHING_YET;
+    if (got <= 0) return END_OF_FILE;
+    if (send_frame(socket_fd, type, buffer, (uint32_t)got) < 0) return BERTH_GONE;
+    return RELAYED;
+  }
+}
+
+static void keep(int socket_fd) {
+  unsigned char header[5];
+  if (read_all(socket_fd, header, sizeof header) < 0 || header[0] != 'r') return;
+  uint32_t length = (uint32_t)header[1] << 24 | header[2] << 16 | header[3] << 8 | header[4];
+  if (length > MAX_REQUEST) return send_text(socket_fd, 'f', "the request is too large");
+  char *payload = malloc(length + 1);
+  if (payload == NULL || read_all(socket_fd, payload, length) < 0) return;
+  struct request request;
+  const char *problem = parse_request(payload, length, &request);
+  if (problem != NULL) return send_text(socket_fd, 'f', "bad request: %s", problem);
+
+  int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)request.target, 0);
+  if (pidfd < 0) return send_text(socket_fd, 'f', "the sandbox is gone");
+  char root_path[64];
+  snprintf(root_path, sizeof root_path, "/proc/%ld/root", request.target);
+  int root = open(root_path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  /* Still alive after its root was opened: the pid was not reused in between. */
+  if (root < 0 || syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
+    return send_text(socket_fd, 'f', "the sandbox is gone");
+  /* Entering a pid namespace places only later children in it: the command. */
+  if (setns(pidfd, CLONE_NEWPID) < 0)
+    return send_text(socket_fd, 'f', "cannot enter the sandbox's pid namespace: %s", strerror(errno));
+
+  int out[2], err[2], status[2];
+  if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(status, O_CLOEXEC) < 0)
+    return send_text(socket_fd, 'f', "pipe: %s", strerror(errno));
+  pid_t child = fork();
+  if (child < 0) return send_text(socket_fd, 'f', "fork: %s", strerror(errno));
+  if (child == 0) {
+    close(socket_fd);
+    become_command(&request, pidfd, root, out[1], err[1], status[1]);
+  }
+  close(out[1]);
+  close(err[1]);
+  close(status[1]);
+  char reason[512];
+  ssize_t reason_length = read(status[0], reason, sizeof reason - 1);
+  if (reason_length > 0) {
+    waitpid(child, NULL, 0);
+    return send_frame(socket_fd, 'f', reason, (uint32_t)reason_length), (void)0;
+  }
+
+  if (send_frame(socket_fd, 's', "", 0) < 0) return;
+  int child_fd = (int)syscall(SYS_pidfd_open, child, 0);
+  fcntl(out[0], F_SETFL, O_NONBLOCK);
+  fcntl(err[0], F_SETFL, O_NONBLOCK);
+  char *buffer = malloc(CHUNK);
+  if (buffer == NULL || child_fd < 0) return send_text(socket_fd, 'f', "out of resources");
+  int open_pipes[2] = {1, 1};
+  int exited = 0;
+  while ((open_pipes[0] || open_pipes[1]) && !exited) {
+    struct pollfd fds[3] = {
+        {open_pipes[0] ? out[0] : -1, POLLIN, 0},
+        {open_pipes[1] ? err[0] : -1, POLLIN, 0},
+        {child_fd, POLLIN, 0},
+    };
+    if (poll(fds, 3, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (int i = 0; i < 2; i++) {
+      if (fds[i].revents == 0) continue;
+      enum relayed result = relay(i == 0 ? out[0] : err[0], socket_fd, i == 0 ? 'o' : 'e', buffer);
+      if (result == BERTH_GONE) return; /* nobody to report to */
+      if (result == END_OF_FILE) open_pipes[i] = 0;
+    }
+    if (fds[2].revents != 0) exited = 1;
+  }
+  /* The command's process has exited: relay what is already written, not what comes later. */
+  for (int progress = 1; progress;) {
+    progress = 0;
+    for (int i = 0; i < 2; i++) {
+      if (!open_pipes[i]) continue;
+      enum relayed result = relay(i == 0 ? out[0] : err[0], socket_fd, i == 0 ? 'o' : 'e', buffer);
+      if (result == BERTH_GONE) return;
+      if (result == END_OF_FILE) open_pipes[i] = 0;
+      if (result == RELAYED) progress = 1;
+    }
+  }
+  int wait_status = 0;
+  while (waitpid(child, &wait_status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFSIGNALED(wait_status)) send_text(socket_fd, 'x', "signal %d", WTERMSIG(wait_status));
+  else send_text(socket_fd, 'x', "exit %d", WEXITSTATUS(wait_status));
+}
+
+static int listen_on(const char *path) {
+  struct sockaddr_un address = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof address.sun_path) return -1;
+  strcpy(address.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  unlink(path);
+  mode_t previous = umask(077); /* root only: this socket runs anything in any sandbox */
+  int bound = bind(fd, (struct sockaddr *)&address, sizeof address);
+  umask(previous);
+  if (bound < 0 || listen(fd, 256) < 0) return -1;
+  return fd;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 3 || strcmp(argv[1], "serve") != 0) {
+    fprintf(stderr, "usage: berth-exec serve SOCKET\n");
+    return 2;
+  }
+  if (geteuid() != 0) {
+    fprintf(stderr, "berth-exec: must run as root (it enters sandboxes)\n");
+    return 2;
+  }
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  int listener = listen_on(argv[2]);
+  if (listener < 0) {
+    fprintf(stderr, "berth-exec: cannot listen on %s: %s\n", argv[2], strerror(errno));
+    return 1;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  signal(SIGCHLD, SIG_IGN); /* keepers are reaped by the kernel */
+  /* Tell Berth we are listening. */
+  if (write_all(1, "ready\n", 6) < 0) return 1;
+  for (;;) {
+    struct pollfd fds[2] = {{listener, POLLIN, 0}, {0, POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return 1;
+    }
+    if (fds[1].revents != 0) {
+      unlink(argv[2]);
+      return 0; /* stdin closed: Berth is gone */
+    }
+    if (fds[0].revents == 0) continue;
+    int connection = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+    if (connection < 0) continue;
+    pid_t keeper = fork();
+    if (keeper == 0) {
+      signal(SIGCHLD, SIG_DFL);
+      close(listener);
+      /* Not Berth's pipe any more, but keep fds 0-2 taken: the command's set-up dup2()s onto them. */
+      int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (null_fd < 0 || dup3(null_fd, 0, O_CLOEXEC) < 0) _exit(1);
+      keep(connection);
+      _exit(0);
+    }
+    close(connection);
+  }
+}

@@ -1,0 +1,178 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { existsSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { constants } from "node:os";
+import { Readable } from "node:stream";
+import { fileURLToPath } from "node:url";
+import type { CommandOutput, SandboxExit } from "../../core/sandbox.ts";
+
+export const execHelperPath = fileURLToPath(
+  new URL("../../../native/bin/berth-exec", import.meta.url),
+);
+
+/** What native/berth-exec needs to start a program inside a sandbox. */
+export interface ExecRequest {
+  /** The sandbox's first process, in the host's pid namespace. */
+  targetPid: number;
+  uid: number;
+  gid: number;
+  cwd: string;
+  cgroupProcsFiles: string[];
+  environment: Record<string, string>;
+  argv: string[];
+}
+
+export interface ExecHandle {
+  output: Readable;
+  exited: Promise<SandboxExit>;
+}
+
+/** Output chunks buffered ahead of the reader (each at most 64 KiB) before the socket pauses. */
+const outputHighWaterMark = 16;
+
+/**
+ * The root helper that starts programs inside sandboxes (native/berth-exec; its header comment
+ * has the protocol). One runs per driver; each command is one connection to it.
+ */
+export class ExecServer {
+  private readonly helper: ChildProcess;
+  private readonly socketPath: string;
+
+  private constructor(helper: ChildProcess, socketPath: string) {
+    this.helper = helper;
+    this.socketPath = socketPath;
+  }
+
+  static async start(socketPath: string): Promise<ExecServer> {
+    if (!existsSync(execHelperPath)) {
+      throw new Error(
+        `${execHelperPath} is missing: build it with \`bash scripts/build-native.sh\` (scripts/setup.sh does)`,
+      );
+    }
+    // stdin stays an open pipe that Berth never writes: its end tells the helper Berth is gone.
+    const helper = spawn(execHelperPath, ["serve", socketPath], {
+      stdio: ["pipe", "pipe", "pipe"],
+      env: {},
+    });
+    const errors: string[] = [];
+    helper.stderr.on("data", (chunk: Buffer) => errors.push(chunk.toString("utf8")));
+    const exited = once(helper, "exit").then(() => {
+      throw new Error(`berth-exec failed to start: ${errors.join("").trim() || "no output"}`);
+    });
+    await Promise.race([once(helper.stdout, "data"), exited]);
+    helper.stdout.resume();
+    exited.catch(() => undefined);
+    return new ExecServer(helper, socketPath);
+  }
+
+  /** Starts a program; rejects with the helper's reason if it could not start. */
+  async run(request: ExecRequest): Promise<ExecHandle> {
+    const socket = connect(this.socketPath);
+    socket.write(encodeFrame("r", encodeRequest(request)));
+    const reader = new FrameReader(socket);
+    return reader.started;
+  }
+
+  async close(): Promise<void> {
+    if (this.helper.exitCode !== null || this.helper.signalCode !== null) return;
+    const exited = once(this.helper, "exit");
+    this.helper.stdin?.end();
+    await exited;
+  }
+}
+
+function encodeRequest(request: ExecRequest): Buffer {
+  const entries = [
+    `target=${request.targetPid}`,
+    `uid=${request.uid}`,
+    `gid=${request.gid}`,
+    `cwd=${request.cwd}`,
+    ...request.cgroupProcsFiles.map((file) => `cgroup=${file}`),
+    ...Object.entries(request.environment).map(([name, value]) => `env=${name}=${value}`),
+    ...request.argv.map((word) => `arg=${word}`),
+  ];
+  for (const entry of entries) {
+    if (entry.includes("\0")) throw new Error("a NUL character cannot be passed to a program");
+  }
+  return Buffer.from(`${entries.join("\0")}\0`);
+}
+
+function encodeFrame(type: string, payload: Buffer): Buffer {
+  const header = Buffer.alloc(5);
+  header.write(type, 0, "latin1");
+  header.writeUInt32BE(payload.length, 1);
+  return Buffer.concat([header, payload]);
+}
+
+/** Turns the helper's frames into a started promise, an output stream and an exit. */
+class FrameReader {
+  readonly started: Promise<ExecHandle>;
+  private readonly socket: Socket;
+  private readonly output: Readable;
+  private pending: Buffer = Buffer.alloc(0);
+  private settleStart: { resolve: (handle: ExecHandle) => void; reject: (error: Error) => void };
+  private resolveExit: (exit: SandboxExit) => void = () => undefined;
+  private exit: SandboxExit | undefined;
+
+  constructor(socket: Socket) {
+    this.socket = socket;
+    this.output = new Readable({
+      objectMode: true,
+      highWaterMark: outputHighWaterMark,
+      read: () => {
+        socket.resume();
+      },
+    });
+    const exited = new Promise<SandboxExit>((resolve) => {
+      this.resolveExit = resolve;
+    });
+    let settle: FrameReader["settleStart"] = { resolve: () => undefined, reject: () => undefined };
+    this.started = new Promise<ExecHandle>((resolve, reject) => {
+      settle = { resolve, reject };
+    });
+    this.settleStart = settle;
+    const handle = { output: this.output, exited };
+    socket.on("data", (chunk: Buffer) => {
+      this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+      this.readFrames(handle);
+    });
+    socket.on("error", (error) => {
+      this.settleStart.reject(new Error(`berth-exec connection failed: ${error.message}`));
+    });
+    socket.on("close", () => {
+      this.settleStart.reject(new Error("berth-exec closed the connection before the start"));
+      this.finish(this.exit ?? { code: null, signal: null });
+    });
+  }
+
+  private readFrames(handle: ExecHandle): void {
+    while (this.pending.length >= 5) {
+      const length = this.pending.readUInt32BE(1);
+      if (this.pending.length < 5 + length) return;
+      const type = String.fromCharCode(this.pending[0] ?? 0);
+      const payload = this.pending.subarray(5, 5 + length);
+      this.pending = this.pending.subarray(5 + length);
+      if (type === "s") this.settleStart.resolve(handle);
+      else if (type === "f") this.settleStart.reject(new Error(payload.toString("utf8")));
+      else if (type === "x") this.exit = parseExit(payload.toString("latin1"));
+      else if (type === "o" || type === "e") {
+        const output: CommandOutput = { stream: type === "o" ? "stdout" : "stderr", data: payload };
+        if (!this.output.push(output)) this.socket.pause();
+      }
+    }
+  }
+
+  private finish(exit: SandboxExit): void {
+    this.output.push(null);
+    this.resolveExit(exit);
+  }
+}
+
+function parseExit(text: string): SandboxExit {
+  const [kind, number = ""] = text.split(" ");
+  const value = Number(number);
+  if (kind === "exit") return { code: value, signal: null };
+  const name = Object.entries(constants.signals).find(([, signal]) => signal === value)?.[0];
+  return { code: null, signal: name ?? `SIG${value}` };
+}

@@ -1,0 +1,213 @@
+import { constants } from "node:os";
+import type { Readable } from "node:stream";
+import { BerthError } from "./errors.ts";
+import { InputReader } from "./input-reader.ts";
+import { OutputTextDecoder } from "./output-text.ts";
+import type { CommandOutput, SandboxCommand, SandboxExit } from "./sandbox.ts";
+import type { SessionLease } from "./sessions.ts";
+
+export const commandLimits = {
+  maxCommandLength: 65_536,
+  minTimeoutSeconds: 1,
+  maxTimeoutSeconds: 3600,
+  defaultTimeoutSeconds: 300,
+} as const;
+
+export interface CommandRequest {
+  command: string;
+  timeoutSeconds: number;
+}
+
+/** The events of InvokeAgentRuntimeCommand's stream, as the SDK models them. */
+export type CommandEvent =
+  | { contentStart: Record<string, never> }
+  | { contentDelta: { stdout: string } | { stderr: string } }
+  | { contentStop: { exitCode: number; status: "COMPLETED" | "TIMED_OUT" } };
+
+/** Where a command's events go; the wire layer encodes them. */
+export interface CommandEventSink {
+  /** False when the receiver is full: wait for drained() before sending more. */
+  send(event: CommandEvent): boolean;
+  drained(): Promise<void>;
+}
+
+export interface CommandOutcome {
+  exitCode: number;
+  status: "COMPLETED" | "TIMED_OUT";
+  durationMs: number;
+}
+
+/** Reads `{command, timeout}`, reporting every problem at once. */
+export function readCommandRequest(body: Record<string, unknown>): CommandRequest {
+  const reader = new InputReader();
+  const command = reader.requiredString(body["command"], "command", {
+    minLength: 1,
+    maxLength: commandLimits.maxCommandLength,
+  });
+  if (command?.includes("\0")) reader.problem("command", "must not contain a NUL character");
+  const timeoutSeconds = reader.integer(
+    body["timeout"],
+    "timeout",
+    commandLimits.minTimeoutSeconds,
+    commandLimits.maxTimeoutSeconds,
+  );
+  reader.throwIfProblems();
+  return {
+    command: command ?? "",
+    timeoutSeconds: timeoutSeconds ?? commandLimits.defaultTimeoutSeconds,
+  };
+}
+
+/**
+ * One InvokeAgentRuntimeCommand: `bash -c` in the session's sandbox, its output streamed as
+ * events while it runs, ended by its exit or its timeout. On timeout every process it started
+ * gets SIGTERM, then SIGKILL after the grace period, and the stream ends once all are gone. A receiver that has gone does not stop it:
+ * the command runs to its end (or timeout) with its output discarded.
+ */
+export class CommandRun {
+  private readonly lease: SessionLease;
+  private readonly command: SandboxCommand;
+  private readonly request: CommandRequest;
+  private readonly killGraceMs: number;
+  private readonly startedAt = performance.now();
+
+  private constructor(
+    lease: SessionLease,
+    command: SandboxCommand,
+    request: CommandRequest,
+    killGraceMs: number,
+  ) {
+    this.lease = lease;
+    this.command = command;
+    this.request = request;
+    this.killGraceMs = killGraceMs;
+  }
+
+  static async start(
+    lease: SessionLease,
+    request: CommandRequest,
+    options: { killGraceMs: number },
+  ): Promise<CommandRun> {
+    let command: SandboxCommand;
+    try {
+      command = await lease.exec(["/bin/bash", "-c", request.command]);
+    } catch (error) {
+      throw new BerthError(
+        "RuntimeClientError",
+        `The command could not start in the session: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
+    return new CommandRun(lease, command, request, options.killGraceMs);
+  }
+
+  async streamTo(sink: CommandEventSink): Promise<CommandOutcome> {
+    let sessionEnded: string | undefined;
+    void this.lease.ended.then((reason) => {
+      sessionEnded = reason;
+    });
+    let terminated: Promise<void> | undefined;
+    const timeoutTimer = setTimeout(() => {
+      terminated = this.command.terminate(this.killGraceMs);
+    }, this.request.timeoutSeconds * 1000);
+    try {
+      await send(sink, { contentStart: {} });
+      await relayOutput(this.command.output, sink);
+      const exit = await this.command.exited;
+      const timedOut = terminated !== undefined;
+      // The stream ends only once every process the command started is gone.
+      await terminated;
+      if (!timedOut && exit.signal === "SIGKILL") {
+        // A stopped session kills its commands a moment before the session's end is seen.
+        sessionEnded ??= await Promise.race([
+          this.lease.ended,
+          new Promise<undefined>((resolve) => setTimeout(resolve, 50, undefined)),
+        ]);
+      }
+      if (sessionEnded !== undefined && !timedOut) {
+        throw new BerthError(
+          "RuntimeClientError",
+          `The session ended while the command ran: ${sessionEnded}`,
+        );
+      }
+      const outcome: CommandOutcome = {
+        exitCode: exitCode(exit),
+        status: timedOut ? "TIMED_OUT" : "COMPLETED",
+        durationMs: Math.round(performance.now() - this.startedAt),
+      };
+      await send(sink, { contentStop: { exitCode: outcome.exitCode, status: outcome.status } });
+      return outcome;
+    } finally {
+      clearTimeout(timeoutTimer);
+    }
+  }
+}
+
+/** The process's own exit code, or 128+N when signal N killed it, as shells report it. */
+function exitCode(exit: SandboxExit): number {
+  if (exit.code !== null) return exit.code;
+  const signalNumber =
+    exit.signal === null ? undefined : constants.signals[exit.signal as NodeJS.Signals];
+  return 128 + (signalNumber ?? 0);
+}
+
+async function send(sink: CommandEventSink, event: CommandEvent): Promise<void> {
+  if (!sink.send(event)) await sink.drained();
+}
+
+/**
+ * Sends output as it is read. Whatever has arrived by the time the receiver can take more goes
+ * out together, consecutive chunks of one stream as one event: small writes are coalesced
+ * without a timer, so no latency is added, and stdout and stderr keep the order they were read.
+ */
+async function relayOutput(output: Readable, sink: CommandEventSink): Promise<void> {
+  const decoders = { stdout: new OutputTextDecoder(), stderr: new OutputTextDecoder() };
+  for await (const batch of batches(output)) {
+    let stream: CommandOutput["stream"] | undefined;
+    let text = "";
+    for (const chunk of batch) {
+      if (chunk.stream !== stream && text !== "" && stream !== undefined) {
+        await send(sink, delta(stream, text));
+        text = "";
+      }
+      stream = chunk.stream;
+      text += decoders[chunk.stream].decode(chunk.data);
+    }
+    if (text !== "" && stream !== undefined) await send(sink, delta(stream, text));
+  }
+  for (const stream of ["stdout", "stderr"] as const) {
+    const rest = decoders[stream].end();
+    if (rest !== "") await send(sink, delta(stream, rest));
+  }
+}
+
+function delta(stream: CommandOutput["stream"], text: string): CommandEvent {
+  return { contentDelta: stream === "stdout" ? { stdout: text } : { stderr: text } };
+}
+
+/** Everything readable at each moment, until the stream ends. */
+async function* batches(output: Readable): AsyncGenerator<CommandOutput[]> {
+  for (;;) {
+    const batch: CommandOutput[] = [];
+    for (let chunk = output.read() as CommandOutput | null; chunk !== null;) {
+      batch.push(chunk);
+      chunk = output.read() as CommandOutput | null;
+    }
+    if (batch.length > 0) {
+      yield batch;
+      continue;
+    }
+    if (output.readableEnded || output.destroyed) return;
+    await new Promise<void>((resolve) => {
+      const wake = () => {
+        output.off("readable", wake);
+        output.off("end", wake);
+        output.off("close", wake);
+        resolve();
+      };
+      output.on("readable", wake);
+      output.on("end", wake);
+      output.on("close", wake);
+    });
+  }
+}

@@ -1,0 +1,129 @@
+import type { ServerResponse } from "node:http";
+import { CommandRun, readCommandRequest, type CommandEvent } from "../core/commands.ts";
+import type { CoreContext } from "../core/context.ts";
+import { BerthError } from "../core/errors.ts";
+import { resolveInvocationTarget } from "../core/invocation-target.ts";
+import type { Logger } from "../core/logger.ts";
+import type { SessionManager } from "../core/sessions.ts";
+import { encodeChunkEvent, encodeExceptionEvent } from "./event-stream.ts";
+import type { Operation, OperationInput } from "./operation.ts";
+import { requireSessionId, sessionResponseHeaders } from "./session-headers.ts";
+
+export interface CommandOptions {
+  /** After a command's timeout, how long its processes get between SIGTERM and SIGKILL. */
+  killGraceMs: number;
+  log: Logger;
+}
+
+/** InvokeAgentRuntimeCommand: a shell command in the session's sandbox, streamed as events. */
+export function commandOperation(
+  context: CoreContext,
+  sessions: SessionManager,
+  options: CommandOptions,
+): Operation {
+  return {
+    name: "InvokeAgentRuntimeCommand",
+    method: "POST",
+    path: "/runtimes/:runtimeArn/commands".split("/"),
+    successStatus: 200,
+    body: "json",
+    handle: async (input) => {
+      await executeCommand(context, sessions, options, input);
+      return { streamed: true };
+    },
+  };
+}
+
+async function executeCommand(
+  context: CoreContext,
+  sessions: SessionManager,
+  options: CommandOptions,
+  input: OperationInput,
+): Promise<void> {
+  const { incoming, outgoing } = input.raw;
+  const sessionId = requireSessionId(input.request.headers);
+  const request = readCommandRequest(input.body);
+  const target = await resolveInvocationTarget(
+    context,
+    input.params["runtimeArn"] ?? "",
+    input.request.query.get("qualifier") ?? undefined,
+  );
+  const lease = await sessions.acquire(target.runtime, target.version, sessionId);
+  try {
+    // Until here failures are ordinary error answers; from the first event on they are in-stream.
+    const run = await CommandRun.start(lease, request, { killGraceMs: options.killGraceMs });
+    outgoing.writeHead(200, {
+      "content-type": "application/vnd.amazon.eventstream",
+      ...sessionResponseHeaders(incoming.headers, sessionId, input.request.requestId),
+    });
+    outgoing.flushHeaders();
+    const sink = new EventStreamResponse(outgoing);
+    try {
+      const outcome = await run.streamTo(sink);
+      options.log.info("command finished", {
+        runtimeId: target.runtime.id,
+        sessionId,
+        requestId: input.request.requestId,
+        ...outcome,
+        callerGone: sink.gone,
+      });
+    } catch (error) {
+      sink.fail(inStreamError(error, input.request.requestId, options.log));
+    } finally {
+      sink.end();
+    }
+  } finally {
+    lease.release();
+  }
+}
+
+function inStreamError(error: unknown, requestId: string, log: Logger): BerthError {
+  if (BerthError.isInstance(error)) return error;
+  log.error("command failed", { requestId, error: String((error as Error).stack ?? error) });
+  return new BerthError(
+    "InternalServerException",
+    `Berth failed while running the command; see the server log for request id ${requestId}`,
+  );
+}
+
+/**
+ * The HTTP response as an event sink. Writes report backpressure; once the caller has gone,
+ * events are dropped so the command can run to its end.
+ */
+class EventStreamResponse {
+  gone = false;
+  private readonly outgoing: ServerResponse;
+
+  constructor(outgoing: ServerResponse) {
+    this.outgoing = outgoing;
+    outgoing.once("close", () => {
+      if (!outgoing.writableFinished) this.gone = true;
+    });
+  }
+
+  send(event: CommandEvent): boolean {
+    if (this.gone) return true;
+    return this.outgoing.write(encodeChunkEvent(event));
+  }
+
+  drained(): Promise<void> {
+    if (this.gone) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.outgoing.off("drain", done);
+        this.outgoing.off("close", done);
+        resolve();
+      };
+      this.outgoing.on("drain", done);
+      this.outgoing.on("close", done);
+    });
+  }
+
+  fail(error: BerthError): void {
+    if (!this.gone) this.outgoing.write(encodeExceptionEvent(error));
+  }
+
+  end(): void {
+    if (!this.gone) this.outgoing.end();
+  }
+}

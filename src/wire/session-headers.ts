@@ -1,0 +1,52 @@
+import type { IncomingHttpHeaders } from "node:http";
+import { BerthError } from "../core/errors.ts";
+
+export const sessionIdHeader = "x-amzn-bedrock-agentcore-runtime-session-id";
+/** Trace headers a data-plane answer echoes back, as AgentCore does. */
+export const echoedHeaders = [
+  "x-amzn-trace-id",
+  "traceparent",
+  "tracestate",
+  "baggage",
+  "mcp-session-id",
+];
+
+export function requireSessionId(headers: IncomingHttpHeaders): string {
+  const value = headers[sessionIdHeader];
+  if (typeof value !== "string" || value.length === 0) {
+    throw new BerthError("ValidationException", `Header ${sessionIdHeader} is required`, {
+      reason: "FieldValidationFailed",
+      fieldList: [{ name: "runtimeSessionId", message: "is required" }],
+    });
+  }
+  if (value.length < 33 || value.length > 256 || !/^[\x21-\x7e]+$/.test(value)) {
+    throw new BerthError(
+      "ValidationException",
+      `runtimeSessionId must be 33 to 256 printable characters (got ${value.length})`,
+      {
+        reason: "FieldValidationFailed",
+        fieldList: [
+          { name: "runtimeSessionId", message: "must be 33 to 256 printable characters" },
+        ],
+      },
+    );
+  }
+  return value;
+}
+
+/** The response headers every data-plane answer carries. */
+export function sessionResponseHeaders(
+  incoming: IncomingHttpHeaders,
+  sessionId: string,
+  requestId: string,
+): Record<string, string> {
+  const headers: Record<string, string> = {
+    [sessionIdHeader]: sessionId,
+    "x-amzn-requestid": requestId,
+  };
+  for (const name of echoedHeaders) {
+    const value = incoming[name];
+    if (typeof value === "string") headers[name] = value;
+  }
+  return headers;
+}

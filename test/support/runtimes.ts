@@ -1,0 +1,50 @@
+import assert from "node:assert/strict";
+import {
+  CreateAgentRuntimeCommand,
+  GetAgentRuntimeCommand,
+  type CreateAgentRuntimeCommandInput,
+} from "@aws-sdk/client-bedrock-agentcore-control";
+import type { TestBerth } from "./berth.ts";
+
+let counter = 0;
+
+/** A session id unique in this test process (AgentCore wants 33 to 256 characters). */
+export const newSessionId = (label = "s"): string =>
+  `${label}-${process.pid}-${(counter += 1)}-${"x".repeat(33)}`;
+
+/**
+ * Creates a runtime from the agent installed at s3://agents/<prefix> and waits until its
+ * preparation settled with the expected status.
+ */
+export async function createRuntime(
+  berth: TestBerth,
+  prefix: string,
+  overrides: Partial<CreateAgentRuntimeCommandInput> = {},
+  entry = "main.js",
+  expectedStatus = "READY",
+) {
+  const created = await berth.control.send(
+    new CreateAgentRuntimeCommand({
+      agentRuntimeName: `${prefix.replace(/[^a-zA-Z0-9]/g, "_")}_${process.pid}_${(counter += 1)}`,
+      agentRuntimeArtifact: {
+        codeConfiguration: {
+          code: { s3: { bucket: "agents", prefix } },
+          runtime: entry.endsWith(".py") ? "PYTHON_3_12" : "NODE_22",
+          entryPoint: [entry],
+        },
+      },
+      roleArn: undefined,
+      ...overrides,
+    }),
+  );
+  await berth.berth.idle();
+  const got = await berth.control.send(
+    new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
+  );
+  assert.equal(got.status, expectedStatus, got.failureReason);
+  return {
+    arn: created.agentRuntimeArn ?? "",
+    id: created.agentRuntimeId ?? "",
+    failureReason: got.failureReason,
+  };
+}
