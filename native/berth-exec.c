@@ -9,7 +9,7 @@
  * its stdin (a pipe Berth holds) closes, so it never outlives Berth.
  *
  * Frames, both ways: [type: u8][length: u32 big-endian][payload].
- *   Berth -> here, once: 'r' with NUL-terminated key=value entries: target=PID (the sandbox's
+ *   Berth -> here, once: 'm' (see idmap_mount), or 'r' with NUL-terminated key=value entries: target=PID (the sandbox's
  *     first process), uid=N, gid=N, cwd=DIR, cgroup=PROCS_FILE (repeated), env=NAME=VALUE
  *     (repeated), arg=WORD (repeated; the first is an absolute program path).
  *   here -> Berth: either 'f' with a message (the program could not start), or 's' (it started),
@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -221,13 +222,47 @@ static enum relayed relay(int from, int socket_fd, char type, char *buffer) {
   }
 }
 
+/*
+ * 'm': source=DIR, target=DIR, userns=FILE. Mounts a copy of the mount at DIR on TARGET with its
+ * ids mapped through the user namespace FILE (an idmapped mount): files stored as uid/gid N
+ * appear as whatever N maps to there. Session storage keeps one fixed owner on disk this way,
+ * whichever host uid the session's sandbox gets.
+ */
+static void idmap_mount(int socket_fd, char *payload, uint32_t length) {
+  const char *source = NULL, *target = NULL, *userns = NULL;
+  if (length == 0 || payload[length - 1] != '\0') return send_text(socket_fd, 'f', "bad request");
+  for (char *entry = payload, *next; entry < payload + length; entry = next) {
+    next = entry + strlen(entry) + 1;
+    char *value = strchr(entry, '=');
+    if (value == NULL) return send_text(socket_fd, 'f', "bad request");
+    *value++ = '\0';
+    if (strcmp(entry, "source") == 0) source = value;
+    else if (strcmp(entry, "target") == 0) target = value;
+    else if (strcmp(entry, "userns") == 0) userns = value;
+  }
+  if (source == NULL || target == NULL || userns == NULL)
+    return send_text(socket_fd, 'f', "source, target and userns are required");
+  int userns_fd = open(userns, O_RDONLY | O_CLOEXEC);
+  if (userns_fd < 0) return send_text(socket_fd, 'f', "cannot open %s: %s", userns, strerror(errno));
+  int tree = (int)syscall(SYS_open_tree, AT_FDCWD, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+  if (tree < 0) return send_text(socket_fd, 'f', "open_tree %s: %s", source, strerror(errno));
+  struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (uint64_t)userns_fd};
+  if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+    return send_text(socket_fd, 'f', "idmapping %s: %s", source, strerror(errno));
+  if (syscall(SYS_move_mount, tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+    return send_text(socket_fd, 'f', "mounting on %s: %s", target, strerror(errno));
+  send_text(socket_fd, 'x', "exit 0");
+}
+
 static void keep(int socket_fd) {
   unsigned char header[5];
-  if (read_all(socket_fd, header, sizeof header) < 0 || header[0] != 'r') return;
+  if (read_all(socket_fd, header, sizeof header) < 0) return;
+  if (header[0] != 'r' && header[0] != 'm') return;
   uint32_t length = (uint32_t)header[1] << 24 | header[2] << 16 | header[3] << 8 | header[4];
   if (length > MAX_REQUEST) return send_text(socket_fd, 'f', "the request is too large");
   char *payload = malloc(length + 1);
   if (payload == NULL || read_all(socket_fd, payload, length) < 0) return;
+  if (header[0] == 'm') return idmap_mount(socket_fd, payload, length);
   struct request request;
   const char *problem = parse_request(payload, length, &request);
   if (problem != NULL) return send_text(socket_fd, 'f', "bad request: %s", problem);

@@ -92,6 +92,21 @@ export const settingDeclarations = {
     default: 300,
     parse: integer(1, 3600),
   },
+  sessionStorageBytes: {
+    doc: "Size of each session storage volume (a filesystem of its own: writing past it gives ENOSPC).",
+    default: 1_073_741_824,
+    parse: integer(16_777_216, 1_099_511_627_776),
+  },
+  sessionStorageRetentionSeconds: {
+    doc: "Session storage unused for this long is deleted (AgentCore: 14 days).",
+    default: 1_209_600,
+    parse: integer(1, 315_360_000),
+  },
+  sessionStorageSweepIntervalMs: {
+    doc: "How often storage past its retention is looked for.",
+    default: 60_000,
+    parse: integer(50, 86_400_000),
+  },
   commandKillGraceMs: {
     doc: "After a command's timeout, how long its processes get between SIGTERM and SIGKILL.",
     default: 2000,

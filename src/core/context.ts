@@ -9,7 +9,7 @@ export interface CoreContext {
   now: () => Date;
   /** Starts preparing a new version's artifact in the background; settles its status when done. */
   prepareVersion: (version: RuntimeVersionRecord) => void;
-  /** Ends every session of a runtime that is being deleted. */
+  /** Ends every session of a runtime that is being deleted and deletes their storage. */
   endSessions: (runtimeId: string) => Promise<void>;
   /** Smallest lifecycle timeout a runtime may ask for (AgentCore: 60 s; lower for tests). */
   minLifecycleSeconds: number;

@@ -225,6 +225,10 @@ function readFilesystems(reader: InputReader, value: unknown): string[] {
       inputLimits.mountPath,
     );
     if (mountPath === undefined) return;
+    if (mountPath === "/mnt/." || mountPath === "/mnt/..") {
+      reader.problem(`${itemName}.sessionStorage.mountPath`, `must name a folder under /mnt`);
+      return;
+    }
     if (mountPaths.includes(mountPath)) {
       reader.problem(
         `${itemName}.sessionStorage.mountPath`,

@@ -18,6 +18,8 @@ export interface SandboxSpec {
   command: string[];
   /** The runtime's environmentVariables plus what an agent expects (PORT, ...). Nothing else. */
   environment: Record<string, string>;
+  /** Host directories to mount read-write at their mountPath (under /mnt) before the agent starts. */
+  volumes: { mountPath: string; hostPath: string }[];
   /** Called with each line the agent writes to stdout or stderr. */
   onOutput: (stream: "stdout" | "stderr", line: string) => void;
 }

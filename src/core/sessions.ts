@@ -1,5 +1,6 @@
 import { BerthError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
+import type { AttachedVolume, SessionStorage } from "./session-storage.ts";
 import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
 import type {
   AgentEndpoint,
@@ -57,6 +58,8 @@ interface LiveSession {
   abort: AbortController;
   stopReason: string | undefined;
   outputTail: string[];
+  /** Settles once the sandbox is gone and the session's storage is flushed and detached. */
+  released: Promise<void>;
 }
 
 /** Use of a running session; release() when the request is done, so idle time counts from then. */
@@ -80,10 +83,13 @@ const outputTailLines = 20;
  */
 export class SessionManager {
   private readonly sessions = new Map<string, LiveSession>();
+  /** Storage still being flushed and detached for sandboxes that are gone or going. */
+  private readonly releases = new Set<Promise<void>>();
   private readonly sweeper: NodeJS.Timeout;
   private readonly driver: SandboxDriver;
   private readonly probe: AgentProbe;
   private readonly plan: LaunchPlanner;
+  private readonly storage: SessionStorage;
   private readonly log: Logger;
   private readonly settings: SessionSettings;
   private readonly nowMs: () => number;
@@ -93,6 +99,7 @@ export class SessionManager {
     driver: SandboxDriver;
     probe: AgentProbe;
     plan: LaunchPlanner;
+    storage: SessionStorage;
     log: Logger;
     settings: SessionSettings;
     nowMs?: () => number;
@@ -100,6 +107,7 @@ export class SessionManager {
     this.driver = options.driver;
     this.probe = options.probe;
     this.plan = options.plan;
+    this.storage = options.storage;
     this.log = options.log;
     this.settings = options.settings;
     this.nowMs = options.nowMs ?? Date.now;
@@ -190,6 +198,7 @@ export class SessionManager {
     await Promise.all(
       [...this.sessions.values()].map((session) => this.end(session, "server shutting down")),
     );
+    await Promise.all(this.releases);
   }
 
   private begin(
@@ -221,8 +230,9 @@ export class SessionManager {
       abort: new AbortController(),
       stopReason: undefined,
       outputTail: [],
+      released: Promise.resolve(),
     };
-    session.ready = this.boot(session, version);
+    session.ready = this.boot(session, runtime, version);
     // Callers await ready themselves; this only keeps a failed start from being unhandled.
     session.ready.catch(() => undefined);
     this.sessions.set(key, session);
@@ -234,33 +244,21 @@ export class SessionManager {
     return session;
   }
 
-  private async boot(session: LiveSession, version: RuntimeVersionRecord): Promise<Sandbox> {
+  private async boot(
+    session: LiveSession,
+    runtime: RuntimeRecord,
+    version: RuntimeVersionRecord,
+  ): Promise<Sandbox> {
     const startedAt = performance.now();
     try {
       const { codeDir, command } = await this.plan(version);
-      const sandbox = await this.driver.start(
-        {
-          codeDir,
-          command,
-          environment: {
-            ...version.config.environmentVariables,
-            PORT: "8080",
-            AWS_REGION: this.settings.region,
-          },
-          onOutput: (stream, line) => {
-            session.outputTail.push(line);
-            if (session.outputTail.length > outputTailLines) session.outputTail.shift();
-            this.log.info("agent output", {
-              runtimeId: session.runtimeId,
-              sessionId: session.sessionId,
-              stream,
-              line,
-            });
-          },
-        },
-        session.abort.signal,
-      );
+      const volumes = await this.storage.attach(runtime, version, session.sessionId);
+      const sandbox = await this.startSandbox(session, codeDir, command, version, volumes);
       session.sandbox = sandbox;
+      const released = sandbox.exited.then(() => this.storage.detach(volumes));
+      session.released = released;
+      this.releases.add(released);
+      void released.finally(() => this.releases.delete(released));
       void sandbox.exited.then((exit) => {
         this.onSandboxExit(session, exit);
       });
@@ -280,6 +278,43 @@ export class SessionManager {
         `The session's sandbox could not start: ${(error as Error).message}`,
         { cause: error },
       );
+    }
+  }
+
+  private async startSandbox(
+    session: LiveSession,
+    codeDir: string,
+    command: string[],
+    version: RuntimeVersionRecord,
+    volumes: AttachedVolume[],
+  ): Promise<Sandbox> {
+    try {
+      return await this.driver.start(
+        {
+          codeDir,
+          command,
+          volumes: volumes.map(({ mountPath, hostPath }) => ({ mountPath, hostPath })),
+          environment: {
+            ...version.config.environmentVariables,
+            PORT: "8080",
+            AWS_REGION: this.settings.region,
+          },
+          onOutput: (stream, line) => {
+            session.outputTail.push(line);
+            if (session.outputTail.length > outputTailLines) session.outputTail.shift();
+            this.log.info("agent output", {
+              runtimeId: session.runtimeId,
+              sessionId: session.sessionId,
+              stream,
+              line,
+            });
+          },
+        },
+        session.abort.signal,
+      );
+    } catch (error) {
+      await this.storage.detach(volumes);
+      throw error;
     }
   }
 
@@ -332,6 +367,7 @@ export class SessionManager {
     if (this.sessions.get(session.key) === session) this.sessions.delete(session.key);
     session.abort.abort(new Error(reason));
     await session.sandbox?.kill();
+    await session.released;
     this.log.info("session ended", {
       runtimeId: session.runtimeId,
       sessionId: session.sessionId,

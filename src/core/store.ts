@@ -18,6 +18,21 @@ export interface IdempotencyRecord {
   createdAt: string;
 }
 
+/** One session storage volume: the storage of (runtime, session id, mount path). */
+export interface SessionStorageRecord {
+  runtimeId: string;
+  sessionId: string;
+  mountPath: string;
+  volumeId: string;
+  /** The runtime version it was created for (or kept for, see keepOnVersionChangeTag). */
+  version: number;
+  sizeBytes: number;
+  /** Bytes in use when it was last detached. */
+  usedBytes: number | undefined;
+  createdAt: string;
+  lastUsedAt: string;
+}
+
 /** A page of rows in insertion order, with the key to continue after the last one. */
 export interface Page<T> {
   items: T[];
@@ -90,6 +105,23 @@ export interface MetadataStore {
   findIdempotency(scope: string, clientToken: string): Promise<IdempotencyRecord | undefined>;
   /** Forgets idempotency records created before `before`. */
   expireIdempotency(before: string): Promise<void>;
+
+  findSessionStorage(
+    runtimeId: string,
+    sessionId: string,
+    mountPath: string,
+  ): Promise<SessionStorageRecord | undefined>;
+  /** Every volume, or a runtime's, oldest first. */
+  listSessionStorage(runtimeId?: string): Promise<SessionStorageRecord[]>;
+  putSessionStorage(record: SessionStorageRecord): Promise<void>;
+  /** Records a use; usedBytes undefined keeps the last measurement. */
+  touchSessionStorage(
+    volumeId: string,
+    lastUsedAt: string,
+    usedBytes: number | undefined,
+  ): Promise<void>;
+  setSessionStorageVersion(volumeId: string, version: number): Promise<void>;
+  deleteSessionStorage(volumeId: string): Promise<void>;
 
   close(): Promise<void>;
 }

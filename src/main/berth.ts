@@ -12,8 +12,12 @@ import { VersionPreparer } from "../core/preparation.ts";
 import { controlPlaneOperations } from "../wire/control-plane.ts";
 import { dataPlaneOperations } from "../wire/data-plane.ts";
 import { commandOperation } from "../wire/commands.ts";
+import { storageOperations } from "../wire/storage-api.ts";
 import { pingAgent } from "../wire/agent-client.ts";
 import { SessionManager } from "../core/sessions.ts";
+import { SessionStorage } from "../core/session-storage.ts";
+import { LoopVolumes } from "../adapters/volumes/loop-volumes.ts";
+import { sandboxUser } from "../adapters/bubblewrap/mounts.ts";
 import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
 import { codeLaunchPlanner } from "../adapters/artifacts/launch-plan.ts";
 import { CodeFolders } from "../adapters/artifacts/code-folders.ts";
@@ -89,8 +93,27 @@ export async function startBerth(
     allowedNetworks: settings.sandboxAllowedNetworks,
     prestartPerVersion: settings.sandboxPrestart,
   });
+  const storage = new SessionStorage({
+    store,
+    // Files are stored as the sandbox's own user; each sandbox sees them through an idmapping.
+    volumes: new LoopVolumes(join(settings.dataDir, "storage"), sandboxUser.uid),
+    settings: {
+      sizeBytes: settings.sessionStorageBytes,
+      retentionMs: settings.sessionStorageRetentionSeconds * 1000,
+    },
+    log,
+    now,
+  });
+  await storage.recover();
+  const storageSweep = setInterval(() => {
+    storage.sweep().catch((error: unknown) => {
+      log.warn("could not sweep session storage", { error: String(error) });
+    });
+  }, settings.sessionStorageSweepIntervalMs);
+  storageSweep.unref();
   const sessions = new SessionManager({
     driver,
+    storage,
     probe: pingAgent,
     plan: codeLaunchPlanner(codeFolders),
     log,
@@ -109,7 +132,10 @@ export async function startBerth(
     prepareVersion: (version) => {
       preparer.prepare(version);
     },
-    endSessions: (runtimeId) => sessions.stopRuntime(runtimeId),
+    endSessions: async (runtimeId) => {
+      await sessions.stopRuntime(runtimeId);
+      await storage.removeRuntime(runtimeId);
+    },
     minLifecycleSeconds: settings.minLifecycleSeconds,
   };
 
@@ -126,6 +152,7 @@ export async function startBerth(
       ...controlPlaneOperations(context),
       ...dataPlaneOperations(context, sessions, { maxPayloadBytes: settings.maxPayloadBytes }),
       commandOperation(context, sessions, { killGraceMs: settings.commandKillGraceMs, log }),
+      ...storageOperations(context, storage),
     ],
     verifier: settings.insecureNoAuth
       ? undefined
@@ -169,6 +196,7 @@ export async function startBerth(
     idle: () => preparer.idle(),
     close: async () => {
       clearInterval(idempotencySweep);
+      clearInterval(storageSweep);
       await sessions.close();
       await driver.close();
       await new Promise<void>((done) => {

@@ -1,5 +1,5 @@
 import type { ChildProcess } from "node:child_process";
-import { mkdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type {
   Sandbox,
@@ -11,7 +11,7 @@ import type {
 import { CgroupTree, type CgroupLimits } from "./cgroups.ts";
 import { ExecServer } from "./exec-server.ts";
 import { HostFirewall } from "./host-firewall.ts";
-import { prepareSandboxEtc, sandboxPaths, sandboxUser } from "./mounts.ts";
+import { prepareSandboxEtc, sandboxPaths, sandboxUser, unmountAllUnder } from "./mounts.ts";
 import { PreparedShell, type ShellContext } from "./shell.ts";
 import { ShellPool } from "./shell-pool.ts";
 import { UidPool } from "./uid-pool.ts";
@@ -94,6 +94,8 @@ export class BubblewrapDriver implements SandboxDriver {
       requireTunDevice();
       await driver.firewall?.install();
     }
+    // A crashed server can leave volumes mounted in run folders: unmount before removing.
+    if (existsSync(options.runRoot)) unmountAllUnder(options.runRoot);
     rmSync(options.runRoot, { recursive: true, force: true });
     mkdirSync(options.runRoot, { recursive: true, mode: 0o711 });
     prepareSandboxEtc(driver.context.etcDir);
@@ -123,6 +125,7 @@ export class BubblewrapDriver implements SandboxDriver {
     this.live.add(sandbox);
     void sandbox.exited.finally(() => this.live.delete(sandbox));
     try {
+      await this.mountVolumes(shell, spec.volumes);
       shell.run();
       // Only after run(): bwrap configures the sandbox's loopback itself once released. The
       // agent starts meanwhile; it has no route out until the network is up, and the host
@@ -147,6 +150,7 @@ export class BubblewrapDriver implements SandboxDriver {
       () => this.cgroups.removeParent(),
       () => this.firewall?.remove(),
       () => {
+        unmountAllUnder(this.options.runRoot);
         rmSync(this.options.runRoot, { recursive: true, force: true });
       },
       () => this.reaper?.stdin?.end(),
@@ -161,6 +165,27 @@ export class BubblewrapDriver implements SandboxDriver {
     }
     if (failures.length > 0)
       throw new AggregateError(failures, "the sandbox driver did not shut down cleanly");
+  }
+
+  /**
+   * Mounts each volume in the sandbox's run folder, where bwrap's bind of /mnt picks it up, as an
+   * idmapped mount through the sandbox's own user namespace: files stored as the sandbox user
+   * belong to whichever host uid this sandbox has. Done before the sandbox runs, so the agent
+   * starts with its storage in place.
+   */
+  private async mountVolumes(shell: PreparedShell, volumes: SandboxSpec["volumes"]): Promise<void> {
+    for (const volume of volumes) {
+      const name = volume.mountPath.slice(`${sandboxPaths.volumes}/`.length);
+      if (!/^[a-zA-Z0-9._-]+$/.test(name) || name === "." || name === "..")
+        throw new Error(`mount path ${volume.mountPath} is not a folder directly under /mnt`);
+      const target = join(shell.runDir, "mnt", name);
+      mkdirSync(target);
+      await this.requireExecServer().idmapMount(
+        volume.hostPath,
+        target,
+        `/proc/${String(shell.childPid)}/ns/user`,
+      );
+    }
   }
 
   private requireExecServer(): ExecServer {
@@ -182,7 +207,7 @@ class BubblewrapSandbox implements Sandbox {
     this.shell = shell;
     this.name = shell.name;
     this.agentEndpoint = { socketPath: join(shell.runDir, "agent.sock") };
-    this.exited = shell.exited;
+    this.exited = shell.finished;
     this.cgroups = cgroups;
     this.execServer = execServer;
   }

@@ -74,6 +74,23 @@ export class ExecServer {
     return reader.started;
   }
 
+  /**
+   * Mounts a copy of the mount at `source` on `target`, its ids mapped through the user namespace
+   * `usernsFile` (see idmap_mount in native/berth-exec.c).
+   */
+  async idmapMount(source: string, target: string, usernsFile: string): Promise<void> {
+    const socket = connect(this.socketPath);
+    const payload = Buffer.from(`source=${source}\0target=${target}\0userns=${usernsFile}\0`);
+    socket.end(encodeFrame("m", payload));
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    await once(socket, "close");
+    const answer = Buffer.concat(chunks);
+    const message = answer.subarray(5).toString("utf8");
+    if (answer.subarray(0, 1).toString("latin1") !== "x" || message !== "exit 0")
+      throw new Error(`idmapped mount of ${source} failed: ${message || "no answer"}`);
+  }
+
   async close(): Promise<void> {
     if (this.helper.exitCode !== null || this.helper.signalCode !== null) return;
     const exited = once(this.helper, "exit");

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 /** Where things appear inside every sandbox. */
@@ -9,6 +9,7 @@ export const sandboxPaths = {
   run: "/run/berth",
   interpreters: "/opt/berth/bin",
   agentSocket: "/run/berth/agent.sock",
+  volumes: "/mnt",
 } as const;
 
 export const sandboxUser = { uid: 1000, gid: 1000, name: "agent" } as const;
@@ -90,9 +91,28 @@ export function mountArgs(options: {
     "--bind",
     options.runDir,
     sandboxPaths.run,
+    // Session storage is mounted here on the host before the sandbox starts; the recursive bind
+    // brings it in. The folder itself belongs to root: the agent cannot add to /mnt.
+    "--bind",
+    join(options.runDir, "mnt"),
+    sandboxPaths.volumes,
   );
   for (const [name, hostPath] of Object.entries(options.interpreters)) {
     args.push("--ro-bind", hostPath, `${sandboxPaths.interpreters}/${name}`);
   }
   return args;
+}
+
+/**
+ * Unmounts everything at or below `directory` (deepest first, lazily: a sandbox still holding a
+ * copy keeps its own), so that removing the folder afterwards can never reach into a mounted
+ * volume and delete a session's data.
+ */
+export function unmountAllUnder(directory: string): void {
+  const mountPoints = readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .map((line) => (line.split(" ")[4] ?? "").replace(/\\040/g, " "))
+    .filter((point) => point.startsWith(`${directory}/`))
+    .sort((a, b) => b.length - a.length);
+  for (const point of mountPoints) execFileSync("umount", ["--lazy", point]);
 }

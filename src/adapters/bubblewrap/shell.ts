@@ -13,7 +13,7 @@ import {
   spawnBwrap,
   startUserModeNetwork,
 } from "./launch.ts";
-import { mountArgs, sandboxPaths, sandboxUser } from "./mounts.ts";
+import { mountArgs, sandboxPaths, sandboxUser, unmountAllUnder } from "./mounts.ts";
 import type { UidPool } from "./uid-pool.ts";
 
 /** What a sandbox runs: everything that shapes its bwrap command line. */
@@ -49,6 +49,8 @@ export class PreparedShell {
   readonly child: ChildProcess;
   readonly childPid: number;
   readonly exited: Promise<SandboxExit>;
+  /** Settles after exited, once the sandbox's host resources (mounts, cgroup, uid) are released. */
+  finished: Promise<SandboxExit>;
   /** The environment the agent starts with; commands run with the same. */
   readonly environment: Record<string, string>;
   onOutput: OutputHandler = () => undefined;
@@ -73,6 +75,7 @@ export class PreparedShell {
     this.child = fields.child;
     this.childPid = fields.childPid;
     this.exited = fields.exited;
+    this.finished = fields.exited;
     this.environment = fields.environment;
   }
 
@@ -90,6 +93,7 @@ export class PreparedShell {
     try {
       mkdirSync(runDir, { mode: 0o700 });
       chownSync(runDir, uid, uid);
+      mkdirSync(join(runDir, "mnt"), { mode: 0o755 });
       const procsFiles = await context.cgroups.create(name, context.limits);
       child = spawnBwrap(uid, bwrapArguments(context, launch, runDir));
       const spawned = child;
@@ -121,16 +125,17 @@ export class PreparedShell {
           shell.onOutput(stream, line.length > 4096 ? `${line.slice(0, 4096)}…` : line);
         });
       }
-      void exited.finally(async () => {
+      shell.finished = exited.then(async (exit) => {
         await context.cgroups.remove(name).catch(() => undefined);
-        rmSync(runDir, { recursive: true, force: true });
+        removeRunDir(runDir);
         context.uids.give(uid);
+        return exit;
       });
       return shell;
     } catch (error) {
       child?.kill("SIGKILL");
       await context.cgroups.remove(name).catch(() => undefined);
-      rmSync(runDir, { recursive: true, force: true });
+      removeRunDir(runDir);
       context.uids.give(uid);
       throw error;
     }
@@ -166,6 +171,12 @@ export class PreparedShell {
     this.child.kill("SIGKILL");
     this.network?.kill("SIGKILL");
   }
+}
+
+/** Volumes mounted in the run folder go first: removing the folder must never reach into one. */
+function removeRunDir(runDir: string): void {
+  unmountAllUnder(runDir);
+  rmSync(runDir, { recursive: true, force: true });
 }
 
 /** Resolves when `name` exists in `folder`; rejects if the sandbox exits or time runs out first. */

@@ -53,4 +53,21 @@ export const migrations: readonly { version: number; sql: string }[] = [
       CREATE INDEX idempotency_created_at ON idempotency(created_at);
     `,
   },
+  {
+    version: 2,
+    sql: `
+      CREATE TABLE session_storage (
+        volume_id TEXT PRIMARY KEY,
+        runtime_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        mount_path TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        used_bytes INTEGER,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT NOT NULL,
+        UNIQUE (runtime_id, session_id, mount_path)
+      );
+    `,
+  },
 ];

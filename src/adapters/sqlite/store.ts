@@ -11,6 +11,7 @@ import {
   DuplicateClientTokenError,
   NameTakenError,
   type IdempotencyRecord,
+  type SessionStorageRecord,
   type MetadataStore,
   type Page,
   type PageRequest,
@@ -361,6 +362,74 @@ export class SqliteMetadataStore implements MetadataStore {
     });
   }
 
+  findSessionStorage(
+    runtimeId: string,
+    sessionId: string,
+    mountPath: string,
+  ): Promise<SessionStorageRecord | undefined> {
+    return settle(() => {
+      const row = this.get(
+        `SELECT * FROM session_storage
+         WHERE runtime_id = :runtimeId AND session_id = :sessionId AND mount_path = :mountPath`,
+        { runtimeId, sessionId, mountPath },
+      );
+      return row === undefined ? undefined : toSessionStorage(row);
+    });
+  }
+
+  listSessionStorage(runtimeId?: string): Promise<SessionStorageRecord[]> {
+    return settle(() =>
+      (runtimeId === undefined
+        ? this.all("SELECT * FROM session_storage ORDER BY created_at")
+        : this.all(
+            "SELECT * FROM session_storage WHERE runtime_id = :runtimeId ORDER BY created_at",
+            { runtimeId },
+          )
+      ).map(toSessionStorage),
+    );
+  }
+
+  putSessionStorage(record: SessionStorageRecord): Promise<void> {
+    return settle(() => {
+      this.run(
+        `INSERT INTO session_storage (volume_id, runtime_id, session_id, mount_path, version,
+           size_bytes, used_bytes, created_at, last_used_at)
+         VALUES (:volumeId, :runtimeId, :sessionId, :mountPath, :version, :sizeBytes, :usedBytes,
+           :createdAt, :lastUsedAt)`,
+        { ...record, usedBytes: record.usedBytes ?? null },
+      );
+    });
+  }
+
+  touchSessionStorage(
+    volumeId: string,
+    lastUsedAt: string,
+    usedBytes: number | undefined,
+  ): Promise<void> {
+    return settle(() => {
+      this.run(
+        `UPDATE session_storage SET last_used_at = :lastUsedAt,
+           used_bytes = COALESCE(:usedBytes, used_bytes) WHERE volume_id = :volumeId`,
+        { volumeId, lastUsedAt, usedBytes: usedBytes ?? null },
+      );
+    });
+  }
+
+  setSessionStorageVersion(volumeId: string, version: number): Promise<void> {
+    return settle(() => {
+      this.run("UPDATE session_storage SET version = :version WHERE volume_id = :volumeId", {
+        volumeId,
+        version,
+      });
+    });
+  }
+
+  deleteSessionStorage(volumeId: string): Promise<void> {
+    return settle(() => {
+      this.run("DELETE FROM session_storage WHERE volume_id = :volumeId", { volumeId });
+    });
+  }
+
   close(): Promise<void> {
     return settle(() => {
       if (this.db.isOpen) this.db.close();
@@ -404,6 +473,20 @@ export class SqliteMetadataStore implements MetadataStore {
 }
 
 /** Runs synchronous database work and reports its outcome as a promise, as the interface asks. */
+function toSessionStorage(row: Row): SessionStorageRecord {
+  return {
+    runtimeId: text(row, "runtime_id"),
+    sessionId: text(row, "session_id"),
+    mountPath: text(row, "mount_path"),
+    volumeId: text(row, "volume_id"),
+    version: Number(row["version"]),
+    sizeBytes: Number(row["size_bytes"]),
+    usedBytes: row["used_bytes"] === null ? undefined : Number(row["used_bytes"]),
+    createdAt: text(row, "created_at"),
+    lastUsedAt: text(row, "last_used_at"),
+  };
+}
+
 function settle<T>(work: () => T): Promise<T> {
   try {
     return Promise.resolve(work());

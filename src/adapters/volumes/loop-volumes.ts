@@ -1,0 +1,178 @@
+import { execFile } from "node:child_process";
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+} from "node:fs";
+import { readdir, rm, rmdir, stat, statfs } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import type { VolumeStore, VolumeUsage } from "../../core/session-storage.ts";
+
+const run = promisify(execFile);
+
+/**
+ * Session storage volumes as sparse ext4 images on local disk, loop-mounted while a session
+ * runs. Each is a real filesystem (hard links, FIFOs, sockets, xattrs, fallocate all work) with
+ * a hard size limit: writing past it gives ENOSPC inside that volume only. An image takes host
+ * disk only for what was written; `discard` returns deleted blocks to the host file.
+ */
+export class LoopVolumes implements VolumeStore {
+  private readonly imageDir: string;
+  private readonly mountDir: string;
+  private readonly ownerId: number;
+
+  /** ownerId: the uid and gid files are stored with (the sandbox's own user, via idmapping). */
+  constructor(root: string, ownerId: number) {
+    this.imageDir = join(root, "images");
+    this.mountDir = join(root, "mounts");
+    this.ownerId = ownerId;
+    mkdirSync(this.imageDir, { recursive: true, mode: 0o700 });
+    mkdirSync(this.mountDir, { recursive: true, mode: 0o700 });
+  }
+
+  async create(volumeId: string, sizeBytes: number): Promise<void> {
+    const image = this.imagePath(volumeId);
+    const descriptor = openSync(image, "wx", 0o600);
+    try {
+      ftruncateSync(descriptor, sizeBytes); // sparse: nothing is written yet
+      await run("mkfs.ext4", [
+        "-q",
+        "-F",
+        "-m",
+        "0",
+        "-E",
+        `lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=${this.ownerId}:${this.ownerId}`,
+        image,
+      ]);
+      fsyncSync(descriptor);
+    } catch (error) {
+      await rm(image, { force: true });
+      throw error;
+    } finally {
+      closeSync(descriptor);
+    }
+    syncDirectory(this.imageDir);
+  }
+
+  async attach(volumeId: string): Promise<string> {
+    const image = this.imagePath(volumeId);
+    if (!existsSync(image)) throw new Error(`its image ${image} is missing`);
+    const target = this.mountPath(volumeId);
+    mkdirSync(target, { recursive: true, mode: 0o700 });
+    try {
+      await run("mount", [
+        "-t",
+        "ext4",
+        "-o",
+        "loop,discard,nosuid,nodev,errors=remount-ro",
+        image,
+        target,
+      ]);
+    } catch (error) {
+      await rmdir(target).catch(() => undefined);
+      throw new Error(commandError(error));
+    }
+    return target;
+  }
+
+  async detach(volumeId: string): Promise<number | undefined> {
+    const target = this.mountPath(volumeId);
+    if (!isMountPoint(target)) return undefined;
+    const usedBytes = await usedBytesOf(target);
+    // syncfs first: the superblock may outlive this mount point (a sandbox's copy of it) and
+    // must not hold unwritten data when the session is reported stopped.
+    await run("sync", ["--file-system", target]);
+    await run("umount", [target]).catch(async () => run("umount", ["--lazy", target]));
+    await rmdir(target).catch(() => undefined);
+    return usedBytes;
+  }
+
+  async remove(volumeId: string): Promise<void> {
+    await this.detach(volumeId);
+    await rm(this.imagePath(volumeId), { force: true });
+  }
+
+  async usage(volumeId: string): Promise<VolumeUsage> {
+    const image = await stat(this.imagePath(volumeId)).catch(() => undefined);
+    const target = this.mountPath(volumeId);
+    const attached = isMountPoint(target);
+    return {
+      exists: image !== undefined,
+      attached,
+      usedBytes: attached ? await usedBytesOf(target) : undefined,
+      allocatedBytes: image === undefined ? 0 : image.blocks * 512,
+    };
+  }
+
+  async list(): Promise<string[]> {
+    return (await readdir(this.imageDir))
+      .filter((name) => name.endsWith(".img"))
+      .map((name) => name.slice(0, -".img".length));
+  }
+
+  async recover(): Promise<void> {
+    for (const mountPoint of mountPointsUnder(this.mountDir)) {
+      await run("umount", ["--lazy", mountPoint]).catch(() => undefined);
+    }
+    for (const name of await readdir(this.mountDir)) {
+      await rmdir(join(this.mountDir, name)).catch(() => undefined);
+    }
+  }
+
+  private imagePath(volumeId: string): string {
+    return join(this.imageDir, `${safeName(volumeId)}.img`);
+  }
+
+  private mountPath(volumeId: string): string {
+    return join(this.mountDir, safeName(volumeId));
+  }
+}
+
+function safeName(volumeId: string): string {
+  if (!/^[a-zA-Z0-9-]+$/.test(volumeId)) throw new Error(`bad volume id ${volumeId}`);
+  return volumeId;
+}
+
+async function usedBytesOf(directory: string): Promise<number> {
+  const info = await statfs(directory);
+  return (info.blocks - info.bfree) * info.bsize;
+}
+
+function syncDirectory(directory: string): void {
+  const descriptor = openSync(directory, "r");
+  try {
+    fsyncSync(descriptor);
+  } finally {
+    closeSync(descriptor);
+  }
+}
+
+/** Mount points at or below `directory`, deepest first (from the kernel's own table). */
+export function mountPointsUnder(directory: string): string[] {
+  return readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .map((line) => unescapeMountPath(line.split(" ")[4] ?? ""))
+    .filter((point) => point === directory || point.startsWith(`${directory}/`))
+    .sort((a, b) => b.length - a.length);
+}
+
+function isMountPoint(directory: string): boolean {
+  return mountPointsUnder(directory).includes(directory);
+}
+
+function unescapeMountPath(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_match, octal: string) =>
+    String.fromCharCode(parseInt(octal, 8)),
+  );
+}
+
+function commandError(error: unknown): string {
+  const stderr = (error as { stderr?: unknown }).stderr;
+  const text = typeof stderr === "string" ? stderr.trim() : "";
+  return text || (error as Error).message;
+}
