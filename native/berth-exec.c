@@ -223,13 +223,14 @@ static enum relayed relay(int from, int socket_fd, char type, char *buffer) {
 }
 
 /*
- * 'm': source=DIR, target=DIR, userns=FILE. Mounts a copy of the mount at DIR on TARGET with its
+ * 'm' with share=DIR: makes DIR a shared mount point (see below).
+ * 'm' with source=DIR, target=DIR, userns=FILE: mounts a copy of the mount at DIR on TARGET with its
  * ids mapped through the user namespace FILE (an idmapped mount): files stored as uid/gid N
  * appear as whatever N maps to there. Session storage keeps one fixed owner on disk this way,
  * whichever host uid the session's sandbox gets.
  */
 static void idmap_mount(int socket_fd, char *payload, uint32_t length) {
-  const char *source = NULL, *target = NULL, *userns = NULL;
+  const char *source = NULL, *target = NULL, *userns = NULL, *share = NULL;
   if (length == 0 || payload[length - 1] != '\0') return send_text(socket_fd, 'f', "bad request");
   for (char *entry = payload, *next; entry < payload + length; entry = next) {
     next = entry + strlen(entry) + 1;
@@ -239,6 +240,14 @@ static void idmap_mount(int socket_fd, char *payload, uint32_t length) {
     if (strcmp(entry, "source") == 0) source = value;
     else if (strcmp(entry, "target") == 0) target = value;
     else if (strcmp(entry, "userns") == 0) userns = value;
+    else if (strcmp(entry, "share") == 0) share = value;
+  }
+  if (share != NULL) {
+    /* A mount point of its own in a shared peer group: a sandbox whose mount namespace is copied
+     * from the host's after this receives what is mounted below it later. */
+    if (mount(share, share, NULL, MS_BIND, NULL) < 0 || mount(NULL, share, NULL, MS_SHARED, NULL) < 0)
+      return send_text(socket_fd, 'f', "sharing %s: %s", share, strerror(errno));
+    return send_text(socket_fd, 'x', "exit 0");
   }
   if (source == NULL || target == NULL || userns == NULL)
     return send_text(socket_fd, 'f', "source, target and userns are required");

@@ -223,10 +223,8 @@ export class CgroupTree {
   }
 
   private async removeGroup(group: string): Promise<void> {
+    for (const child of childGroups(group)) await this.removeGroup(child);
     if (!existsSync(group)) return;
-    for (const entry of readdirSync(group, { withFileTypes: true })) {
-      if (entry.isDirectory()) await this.removeGroup(join(group, entry.name));
-    }
     if (this.layout === "v2")
       await writeFile(join(group, "cgroup.kill"), "1").catch(() => undefined);
     // rmdir right after the last process exits can answer EBUSY for a few ms: retry briefly.
@@ -247,6 +245,17 @@ export class CgroupTree {
 
 function killProcesses(group: string): void {
   signalProcesses(group, "SIGKILL");
+}
+
+/** Child groups; none once the group is gone (another removal may have got there first). */
+function childGroups(group: string): string[] {
+  try {
+    return readdirSync(group, { withFileTypes: true })
+      .filter((entry) => entry.isDirectory())
+      .map((entry) => join(group, entry.name));
+  } catch {
+    return [];
+  }
 }
 
 function readProcesses(group: string): string[] {
@@ -276,10 +285,8 @@ function signalProcesses(group: string, signal: NodeJS.Signals): number {
 
 /** Best effort at exit, children first; the next start removes whatever is left. */
 function removeGroupSync(group: string): void {
+  for (const child of childGroups(group)) removeGroupSync(child);
   try {
-    for (const entry of readdirSync(group, { withFileTypes: true })) {
-      if (entry.isDirectory()) removeGroupSync(join(group, entry.name));
-    }
     killProcesses(group);
     rmdirSync(group);
   } catch {

@@ -68,6 +68,7 @@ export class BubblewrapDriver implements SandboxDriver {
       runRoot: options.runRoot,
       etcDir: join(options.runRoot, "etc"),
       interpreters: options.interpreters,
+      shareMountPoint: (directory) => this.requireExecServer().shareMountPoint(directory),
     };
     this.pool = new ShellPool({
       perSpec: options.prestartPerVersion,

@@ -78,17 +78,28 @@ export class ExecServer {
    * Mounts a copy of the mount at `source` on `target`, its ids mapped through the user namespace
    * `usernsFile` (see idmap_mount in native/berth-exec.c).
    */
-  async idmapMount(source: string, target: string, usernsFile: string): Promise<void> {
+  idmapMount(source: string, target: string, usernsFile: string): Promise<void> {
+    return this.mountRequest(`source=${source}\0target=${target}\0userns=${usernsFile}\0`);
+  }
+
+  /**
+   * Makes `directory` a shared mount point: a sandbox whose mount namespace is copied from the
+   * host's after this receives what is mounted below it later (its volumes).
+   */
+  shareMountPoint(directory: string): Promise<void> {
+    return this.mountRequest(`share=${directory}\0`);
+  }
+
+  private async mountRequest(payloadText: string): Promise<void> {
     const socket = connect(this.socketPath);
-    const payload = Buffer.from(`source=${source}\0target=${target}\0userns=${usernsFile}\0`);
-    socket.end(encodeFrame("m", payload));
+    socket.end(encodeFrame("m", Buffer.from(payloadText)));
     const chunks: Buffer[] = [];
     socket.on("data", (chunk: Buffer) => chunks.push(chunk));
     await once(socket, "close");
     const answer = Buffer.concat(chunks);
     const message = answer.subarray(5).toString("utf8");
     if (answer.subarray(0, 1).toString("latin1") !== "x" || message !== "exit 0")
-      throw new Error(`idmapped mount of ${source} failed: ${message || "no answer"}`);
+      throw new Error(`berth-exec: ${message || "no answer"}`);
   }
 
   async close(): Promise<void> {

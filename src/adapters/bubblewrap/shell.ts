@@ -30,6 +30,8 @@ export interface ShellContext {
   runRoot: string;
   etcDir: string;
   interpreters: Record<string, string>;
+  /** Makes a folder a shared mount point (see ExecServer.shareMountPoint). */
+  shareMountPoint: (directory: string) => Promise<void>;
 }
 
 type OutputHandler = (stream: "stdout" | "stderr", line: string) => void;
@@ -94,6 +96,8 @@ export class PreparedShell {
       mkdirSync(runDir, { mode: 0o700 });
       chownSync(runDir, uid, uid);
       mkdirSync(join(runDir, "mnt"), { mode: 0o755 });
+      // Before bwrap copies the host's mounts: volumes mounted here later reach the sandbox.
+      await context.shareMountPoint(join(runDir, "mnt"));
       const procsFiles = await context.cgroups.create(name, context.limits);
       child = spawnBwrap(uid, bwrapArguments(context, launch, runDir));
       const spawned = child;
