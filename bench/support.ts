@@ -9,6 +9,7 @@ import {
   CreateAgentRuntimeCommand,
   GetAgentRuntimeCommand,
   type BedrockAgentCoreControlClient,
+  type CreateAgentRuntimeCommandInput,
 } from "@aws-sdk/client-bedrock-agentcore-control";
 
 export interface Percentiles {
@@ -168,6 +169,7 @@ export async function createReadyRuntime(
   control: BedrockAgentCoreControlClient,
   name: string,
   prefix: string,
+  overrides: Partial<CreateAgentRuntimeCommandInput> = {},
 ): Promise<string> {
   const created = await control.send(
     new CreateAgentRuntimeCommand({
@@ -180,6 +182,7 @@ export async function createReadyRuntime(
         },
       },
       roleArn: undefined,
+      ...overrides,
     }),
   );
   for (;;) {

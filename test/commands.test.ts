@@ -15,6 +15,7 @@ import { useTestBerth } from "./support/berth.ts";
 import { sandboxGroups } from "./support/cgroups.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
+import { collect, invokeProbe as invokeProbeIn } from "./support/commands.ts";
 
 const harness = useTestBerth(
   [
@@ -55,28 +56,6 @@ async function startCommand(
   );
 }
 
-interface Finished {
-  events: InvokeAgentRuntimeCommandStreamOutput[];
-  stdout: string;
-  stderr: string;
-  exitCode: number | undefined;
-  status: string | undefined;
-}
-
-async function collect(response: InvokeAgentRuntimeCommandCommandOutput): Promise<Finished> {
-  const events: InvokeAgentRuntimeCommandStreamOutput[] = [];
-  for await (const event of response.stream ?? []) events.push(event);
-  const deltas = events.flatMap((event) => event.chunk?.contentDelta ?? []);
-  const stop = events.at(-1)?.chunk?.contentStop;
-  return {
-    events,
-    stdout: deltas.map((delta) => delta.stdout ?? "").join(""),
-    stderr: deltas.map((delta) => delta.stderr ?? "").join(""),
-    exitCode: stop?.exitCode,
-    status: stop?.status,
-  };
-}
-
 function eventsOf(
   response: InvokeAgentRuntimeCommandCommandOutput,
 ): AsyncIterator<InvokeAgentRuntimeCommandStreamOutput, undefined> {
@@ -93,23 +72,12 @@ async function nextEvent(
   return (await iterator.next()).value;
 }
 
-async function run(sessionId: string, command: string, timeout?: number): Promise<Finished> {
+async function run(sessionId: string, command: string, timeout?: number) {
   return collect(await startCommand(sessionId, command, timeout));
 }
 
-async function invokeProbe(sessionId: string, payload: unknown): Promise<Record<string, unknown>> {
-  const runtime = await probeRuntime();
-  const response = await harness().data.send(
-    new InvokeAgentRuntimeCommand({
-      agentRuntimeArn: runtime.arn,
-      runtimeSessionId: sessionId,
-      payload: Buffer.from(JSON.stringify(payload)),
-    }),
-  );
-  return JSON.parse((await response.response?.transformToString()) ?? "{}") as Record<
-    string,
-    unknown
-  >;
+async function invokeProbe(sessionId: string, payload: unknown) {
+  return invokeProbeIn(harness().data, (await probeRuntime()).arn, sessionId, payload);
 }
 
 describe("InvokeAgentRuntimeCommand", () => {

@@ -83,8 +83,11 @@ const outputTailLines = 20;
  */
 export class SessionManager {
   private readonly sessions = new Map<string, LiveSession>();
-  /** Storage still being flushed and detached for sandboxes that are gone or going. */
-  private readonly releases = new Set<Promise<void>>();
+  /**
+   * Per session key, storage still being flushed and detached for a sandbox that is gone or
+   * going: the next sandbox of that session waits for it before attaching the same volumes.
+   */
+  private readonly releases = new Map<string, Promise<void>>();
   private readonly sweeper: NodeJS.Timeout;
   private readonly driver: SandboxDriver;
   private readonly probe: AgentProbe;
@@ -198,7 +201,7 @@ export class SessionManager {
     await Promise.all(
       [...this.sessions.values()].map((session) => this.end(session, "server shutting down")),
     );
-    await Promise.all(this.releases);
+    await Promise.all(this.releases.values());
   }
 
   private begin(
@@ -252,13 +255,16 @@ export class SessionManager {
     const startedAt = performance.now();
     try {
       const { codeDir, command } = await this.plan(version);
+      await this.releases.get(session.key);
       const volumes = await this.storage.attach(runtime, version, session.sessionId);
       const sandbox = await this.startSandbox(session, codeDir, command, version, volumes);
       session.sandbox = sandbox;
       const released = sandbox.exited.then(() => this.storage.detach(volumes));
       session.released = released;
-      this.releases.add(released);
-      void released.finally(() => this.releases.delete(released));
+      this.releases.set(session.key, released);
+      void released.finally(() => {
+        if (this.releases.get(session.key) === released) this.releases.delete(session.key);
+      });
       void sandbox.exited.then((exit) => {
         this.onSandboxExit(session, exit);
       });

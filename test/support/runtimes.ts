@@ -4,7 +4,8 @@ import {
   GetAgentRuntimeCommand,
   type CreateAgentRuntimeCommandInput,
 } from "@aws-sdk/client-bedrock-agentcore-control";
-import type { TestBerth } from "./berth.ts";
+import type { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
+import { waitFor } from "./agents.ts";
 
 let counter = 0;
 
@@ -17,7 +18,7 @@ export const newSessionId = (label = "s"): string =>
  * preparation settled with the expected status.
  */
 export async function createRuntime(
-  berth: TestBerth,
+  berth: { control: BedrockAgentCoreControlClient },
   prefix: string,
   overrides: Partial<CreateAgentRuntimeCommandInput> = {},
   entry = "main.js",
@@ -37,10 +38,12 @@ export async function createRuntime(
       ...overrides,
     }),
   );
-  await berth.berth.idle();
-  const got = await berth.control.send(
-    new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
-  );
+  const got = await waitFor("the runtime's preparation", async () => {
+    const runtime = await berth.control.send(
+      new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
+    );
+    return runtime.status === "CREATING" ? undefined : runtime;
+  });
   assert.equal(got.status, expectedStatus, got.failureReason);
   return {
     arn: created.agentRuntimeArn ?? "",

@@ -14,6 +14,8 @@ if (process.env.PROBE_START === "never") {
   setInterval(() => {}, 1000);
 }
 
+// What the agent saw as it started: session storage must be mounted before that.
+const atStartup = { workspace: attempt(() => fs.readdirSync("/mnt/workspace").sort()) };
 const memory = [];
 const releases = new Map();
 let busy = false;
@@ -39,6 +41,7 @@ const actions = {
   list: ({ path }) => attempt(() => fs.readdirSync(path)),
   write: ({ path, content }) => attempt(() => fs.writeFileSync(path, content)),
   remember: ({ value }) => ({ count: memory.push(value) }),
+  startup: () => atStartup,
   recall: () => ({ memory }),
   processes: () => ({ pids: fs.readdirSync("/proc").filter((name) => /^\d+$/.test(name)) }),
   busy: ({ on }) => ({ busy: (busy = on) }),

