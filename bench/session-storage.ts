@@ -3,7 +3,7 @@
 // Settings: BENCH_SAMPLES (default 20).
 //
 // The workspace is the seed article's: a project after `npm install` (this repository's own
-// node_modules, without the Node binary) plus a git repository with 150 commits and a 40 MB
+// node_modules, without the Node binary) plus a git repository with 150 commits and a 20 MB
 // object, about 130 MB and 6,000+ files, built inside the session.
 import { execFileSync } from "node:child_process";
 import { cpSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
@@ -51,6 +51,7 @@ const withStorage = await createReadyRuntime(control, "bench_storage", "node-exa
 });
 const withoutStorage = await createReadyRuntime(control, "bench_plain", "node-example");
 
+/** Runs a command and returns its stdout; throws with its output if it fails. */
 async function command(arn: string, sessionId: string, text: string): Promise<string> {
   const response = await data.send(
     new InvokeAgentRuntimeCommandCommand({
@@ -59,13 +60,15 @@ async function command(arn: string, sessionId: string, text: string): Promise<st
       body: { command: text, timeout: 600 },
     }),
   );
-  let output = "";
+  let stdout = "";
+  let stderr = "";
   for await (const event of response.stream ?? []) {
-    output += event.chunk?.contentDelta?.stdout ?? event.chunk?.contentDelta?.stderr ?? "";
+    stdout += event.chunk?.contentDelta?.stdout ?? "";
+    stderr += event.chunk?.contentDelta?.stderr ?? "";
     if (event.chunk?.contentStop !== undefined && event.chunk.contentStop.exitCode !== 0)
-      throw new Error(`${text} failed: ${output}`);
+      throw new Error(`${text} failed: ${stdout}${stderr}`);
   }
-  return output;
+  return stdout;
 }
 
 async function stop(arn: string, sessionId: string): Promise<void> {
@@ -88,12 +91,12 @@ const size = await command(
     "set -e; mkdir -p /mnt/workspace/project && cd /mnt/workspace/project",
     "tar -xf /app/workspace.tar",
     "git init -q && git config user.email bench@berth && git config user.name bench",
-    "head -c 40000000 /dev/urandom > assets.bin && git add -A && git commit -q -m initial",
+    "head -c 20000000 /dev/urandom > assets.bin && git add -A && git commit -q -m initial",
     'for i in $(seq 2 150); do echo "change $i" >> CHANGELOG && echo $i > src-$((i % 20)).txt && git add -A && git commit -q -m "commit $i"; done',
     "sync; du -sm /mnt/workspace | cut -f1; find /mnt/workspace | wc -l",
   ].join("; "),
 );
-const [megabytes = "0", entries = "0"] = size.trim().split("\n");
+const [megabytes = "0", entries = "0"] = size.trim().split("\n").slice(-2);
 
 const resume: number[] = [];
 const fresh: number[] = [];

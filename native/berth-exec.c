@@ -37,6 +37,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/loop.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -224,13 +226,47 @@ static enum relayed relay(int from, int socket_fd, char type, char *buffer) {
 
 /*
  * 'm' with share=DIR: makes DIR a shared mount point (see below).
+ * 'm' with image=FILE, target=DIR: mounts an ext4 image through a loop device (see below).
  * 'm' with source=DIR, target=DIR, userns=FILE: mounts a copy of the mount at DIR on TARGET with its
  * ids mapped through the user namespace FILE (an idmapped mount): files stored as uid/gid N
  * appear as whatever N maps to there. Session storage keeps one fixed owner on disk this way,
  * whichever host uid the session's sandbox gets.
  */
+/* Attaches IMAGE to a free loop device that detaches itself at the last unmount; returns its fd. */
+static int attach_loop(const char *image, char *device, size_t device_size) {
+  int backing = open(image, O_RDWR | O_CLOEXEC);
+  if (backing < 0) return -1;
+  int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+  if (control < 0) return -1;
+  for (int attempt = 0; attempt < 16; attempt++) {
+    int number = ioctl(control, LOOP_CTL_GET_FREE);
+    if (number < 0) break;
+    snprintf(device, device_size, "/dev/loop%d", number);
+    int loop = open(device, O_RDWR | O_CLOEXEC);
+    if (loop < 0) continue;
+    struct loop_config config = {.fd = (uint32_t)backing};
+    config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+    if (ioctl(loop, LOOP_CONFIGURE, &config) == 0) {
+      close(control);
+      close(backing);
+      return loop;
+    }
+    int failure = errno;
+    close(loop);
+    if (failure != EBUSY) {
+      errno = failure;
+      break; /* another process took it first only explains EBUSY */
+    }
+  }
+  int failure = errno;
+  close(control);
+  close(backing);
+  errno = failure;
+  return -1;
+}
+
 static void idmap_mount(int socket_fd, char *payload, uint32_t length) {
-  const char *source = NULL, *target = NULL, *userns = NULL, *share = NULL;
+  const char *source = NULL, *target = NULL, *userns = NULL, *share = NULL, *image = NULL;
   if (length == 0 || payload[length - 1] != '\0') return send_text(socket_fd, 'f', "bad request");
   for (char *entry = payload, *next; entry < payload + length; entry = next) {
     next = entry + strlen(entry) + 1;
@@ -241,6 +277,18 @@ static void idmap_mount(int socket_fd, char *payload, uint32_t length) {
     else if (strcmp(entry, "target") == 0) target = value;
     else if (strcmp(entry, "userns") == 0) userns = value;
     else if (strcmp(entry, "share") == 0) share = value;
+    else if (strcmp(entry, "image") == 0) image = value;
+  }
+  if (image != NULL && target != NULL) {
+    /* 'm' with image=FILE, target=DIR: mounts the ext4 image on DIR through a loop device. */
+    char device[64];
+    int loop = attach_loop(image, device, sizeof device);
+    if (loop < 0) return send_text(socket_fd, 'f', "cannot attach %s to a loop device: %s", image, strerror(errno));
+    int mounted = mount(device, target, "ext4", MS_NOSUID | MS_NODEV, "discard,errors=remount-ro");
+    int failure = errno;
+    close(loop); /* with autoclear, the device goes when the filesystem is unmounted (or now) */
+    if (mounted < 0) return send_text(socket_fd, 'f', "cannot mount %s: %s", image, strerror(failure));
+    return send_text(socket_fd, 'x', "exit 0");
   }
   if (share != NULL) {
     /* A mount point of its own in a shared peer group: a sandbox whose mount namespace is copied

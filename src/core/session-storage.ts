@@ -211,9 +211,8 @@ export class SessionStorage {
   private async attachVolume(record: SessionStorageRecord): Promise<string> {
     this.inUse.add(record.volumeId);
     try {
-      const hostPath = await this.volumes.attach(record.volumeId);
-      await this.store.touchSessionStorage(record.volumeId, this.now().toISOString(), undefined);
-      return hostPath;
+      // lastUsedAt is recorded at detach; while attached, inUse keeps the sweeper away.
+      return await this.volumes.attach(record.volumeId);
     } catch (error) {
       this.inUse.delete(record.volumeId);
       throw new BerthError(

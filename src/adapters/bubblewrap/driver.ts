@@ -169,6 +169,14 @@ export class BubblewrapDriver implements SandboxDriver {
   }
 
   /**
+   * Mounts an ext4 image on a host folder through the driver's root helper (no process to spawn:
+   * session storage attaches in milliseconds).
+   */
+  mountImage(image: string, target: string): Promise<void> {
+    return this.requireExecServer().mountImage(image, target);
+  }
+
+  /**
    * Mounts each volume in the sandbox's run folder, where bwrap's bind of /mnt picks it up, as an
    * idmapped mount through the sandbox's own user namespace: files stored as the sandbox user
    * belong to whichever host uid this sandbox has. Done before the sandbox runs, so the agent

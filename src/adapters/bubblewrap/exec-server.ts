@@ -90,6 +90,11 @@ export class ExecServer {
     return this.mountRequest(`share=${directory}\0`);
   }
 
+  /** Mounts an ext4 image on `target` through a loop device that detaches itself at unmount. */
+  mountImage(image: string, target: string): Promise<void> {
+    return this.mountRequest(`image=${image}\0target=${target}\0`);
+  }
+
   private async mountRequest(payloadText: string): Promise<void> {
     const socket = connect(this.socketPath);
     socket.end(encodeFrame("m", Buffer.from(payloadText)));

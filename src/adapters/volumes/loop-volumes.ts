@@ -15,6 +15,24 @@ import type { VolumeStore, VolumeUsage } from "../../core/session-storage.ts";
 
 const run = promisify(execFile);
 
+/** Mounts an ext4 image file on a folder (loop device, nosuid, nodev, discard). */
+export type ImageMounter = (image: string, target: string) => Promise<void>;
+
+const mountWithCommand: ImageMounter = async (image, target) => {
+  try {
+    await run("mount", [
+      "-t",
+      "ext4",
+      "-o",
+      "loop,discard,nosuid,nodev,errors=remount-ro",
+      image,
+      target,
+    ]);
+  } catch (error) {
+    throw new Error(commandError(error));
+  }
+};
+
 /**
  * Session storage volumes as sparse ext4 images on local disk, loop-mounted while a session
  * runs. Each is a real filesystem (hard links, FIFOs, sockets, xattrs, fallocate all work) with
@@ -25,12 +43,17 @@ export class LoopVolumes implements VolumeStore {
   private readonly imageDir: string;
   private readonly mountDir: string;
   private readonly ownerId: number;
+  private readonly mountImage: ImageMounter;
 
-  /** ownerId: the uid and gid files are stored with (the sandbox's own user, via idmapping). */
-  constructor(root: string, ownerId: number) {
+  /**
+   * ownerId: the uid and gid files are stored with (the sandbox's own user, via idmapping).
+   * mountImage: how to loop-mount an image; by default the `mount` command.
+   */
+  constructor(root: string, ownerId: number, mountImage: ImageMounter = mountWithCommand) {
     this.imageDir = join(root, "images");
     this.mountDir = join(root, "mounts");
     this.ownerId = ownerId;
+    this.mountImage = mountImage;
     mkdirSync(this.imageDir, { recursive: true, mode: 0o700 });
     mkdirSync(this.mountDir, { recursive: true, mode: 0o700 });
   }
@@ -65,17 +88,10 @@ export class LoopVolumes implements VolumeStore {
     const target = this.mountPath(volumeId);
     mkdirSync(target, { recursive: true, mode: 0o700 });
     try {
-      await run("mount", [
-        "-t",
-        "ext4",
-        "-o",
-        "loop,discard,nosuid,nodev,errors=remount-ro",
-        image,
-        target,
-      ]);
+      await this.mountImage(image, target);
     } catch (error) {
       await rmdir(target).catch(() => undefined);
-      throw new Error(commandError(error));
+      throw error;
     }
     return target;
   }
