@@ -17,6 +17,7 @@ import {
   percentiles,
   round,
   startBenchBerth,
+  startProcess,
   timeInterleaved,
 } from "./support.ts";
 
@@ -95,6 +96,35 @@ for (let run = 0; run < rounds; run += 1) {
   await commandDirect(["cat", hostFile]);
   throughput.direct.push(fileBytes / 2 ** 20 / ((performance.now() - started) / 1000));
 }
+// The official SDK's own ceiling on this machine: the same bytes as ready-made events from a
+// server that does nothing else (bench/event-stream-server.ts), read by the same client code.
+const ceilingServer = await startProcess(
+  process.execPath,
+  [fileURLToPath(new URL("event-stream-server.ts", import.meta.url)), String(fileBytes)],
+  "listening",
+);
+const ceilingClient = new BedrockAgentCoreClient({
+  ...clientConfig,
+  endpoint: `http://127.0.0.1:${String(ceilingServer.ready["port"])}`,
+});
+const ceiling: number[] = [];
+for (let run = 0; run < rounds; run += 1) {
+  const started = performance.now();
+  const response = await ceilingClient.send(
+    new InvokeAgentRuntimeCommandCommand({
+      agentRuntimeArn: arn,
+      runtimeSessionId: sessionId,
+      body: { command: "cat" },
+    }),
+  );
+  let characters = 0;
+  for await (const event of response.stream ?? [])
+    characters += event.chunk?.contentDelta?.stdout?.length ?? 0;
+  ceiling.push(characters / 2 ** 20 / ((performance.now() - started) / 1000));
+}
+ceilingClient.destroy();
+await ceilingServer.stop();
+
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.length >> 1] ?? 0;
 
 const berthRoundTrip = percentiles(berthTrue);
@@ -117,6 +147,8 @@ console.log(
         berthSdkMBps: round(berthMBps),
         pipeMBps: round(directMBps),
         fraction: round(berthMBps / directMBps),
+        sdkCeilingMBps: round(median(ceiling)),
+        sdkCeilingFraction: round(median(ceiling) / directMBps),
         target: ">= 40% of the pipe baseline",
         met: berthMBps >= 0.4 * directMBps,
       },
