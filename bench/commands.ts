@@ -4,35 +4,33 @@
 // file streamed, default 256), BENCH_ROUNDS (throughput runs each, default 3).
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { cpSync, mkdirSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
   BedrockAgentCoreClient,
   InvokeAgentRuntimeCommandCommand,
 } from "@aws-sdk/client-bedrock-agentcore";
-import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
 import {
   createReadyRuntime,
+  installExampleAgent,
   percentiles,
   round,
   startBenchBerth,
   startProcess,
+  sdkClients,
   timeInterleaved,
 } from "./support.ts";
 
 const samples = Number(process.env["BENCH_SAMPLES"] ?? 300);
 const megabytes = Number(process.env["BENCH_MEGABYTES"] ?? 256);
 const rounds = Number(process.env["BENCH_ROUNDS"] ?? 3);
-const agentDir = fileURLToPath(new URL("../examples/node-agent", import.meta.url));
 const bigFile = "stream.txt";
 
 let hostFile = "";
 const berth = await startBenchBerth({
   prepare: (dataDir) => {
-    const target = join(dataDir, "artifacts", "agents", "node-example");
-    mkdirSync(join(target, ".."), { recursive: true });
-    cpSync(agentDir, target, { recursive: true });
+    const target = installExampleAgent(dataDir);
     // The file both sides stream: in the agent's code folder, which the sandbox sees at /app.
     // Printable text, so neither side pays for escaping bytes that are not UTF-8.
     hostFile = join(target, bigFile);
@@ -40,14 +38,7 @@ const berth = await startBenchBerth({
     writeFileSync(hostFile, line.repeat(Math.ceil((megabytes * 2 ** 20) / line.length)));
   },
 });
-const clientConfig = {
-  endpoint: berth.url,
-  region: "us-east-1",
-  credentials: berth.credentials,
-  maxAttempts: 1,
-};
-const control = new BedrockAgentCoreControlClient(clientConfig);
-const data = new BedrockAgentCoreClient(clientConfig);
+const { config: clientConfig, control, data } = sdkClients(berth);
 const arn = await createReadyRuntime(control, "bench_commands", "node-example");
 const sessionId = `bench-commands-${String(process.pid)}-${"c".repeat(24)}`;
 

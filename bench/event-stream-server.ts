@@ -14,14 +14,15 @@ const count = Math.ceil(totalBytes / eventBytes);
 
 const server = createServer((request, response) => {
   request.resume();
-  request.on("end", async () => {
+  request.on("end", () => void answer());
+  const answer = async () => {
     response.writeHead(200, { "content-type": "application/vnd.amazon.eventstream" });
     response.write(encodeChunkEvent({ contentStart: {} }));
     for (let index = 0; index < count; index += 1) {
       if (!response.write(delta)) await new Promise((resolve) => response.once("drain", resolve));
     }
     response.end(encodeChunkEvent({ contentStop: { exitCode: 0, status: "COMPLETED" } }));
-  });
+  };
 });
 server.listen(0, "127.0.0.1", () => {
   console.log(JSON.stringify({ msg: "listening", port: (server.address() as AddressInfo).port }));

@@ -6,28 +6,30 @@
 // node_modules, without the Node binary) plus a git repository with 150 commits and a 20 MB
 // object, about 130 MB and 6,000+ files, built inside the session.
 import { execFileSync } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
-  BedrockAgentCoreClient,
   InvokeAgentRuntimeCommandCommand,
   StopRuntimeSessionCommand,
 } from "@aws-sdk/client-bedrock-agentcore";
-import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
 import { LoopVolumes } from "../src/adapters/volumes/loop-volumes.ts";
-import { createReadyRuntime, percentiles, round, startBenchBerth } from "./support.ts";
+import {
+  createReadyRuntime,
+  installExampleAgent,
+  percentiles,
+  round,
+  sdkClients,
+  startBenchBerth,
+} from "./support.ts";
 
 const samples = Number(process.env["BENCH_SAMPLES"] ?? 20);
 const repositoryRoot = fileURLToPath(new URL("..", import.meta.url));
-const agentDir = join(repositoryRoot, "examples", "node-agent");
 
 const berth = await startBenchBerth({
   prepare: (dataDir) => {
-    const target = join(dataDir, "artifacts", "agents", "node-example");
-    mkdirSync(join(target, ".."), { recursive: true });
-    cpSync(agentDir, target, { recursive: true });
+    const target = installExampleAgent(dataDir);
     execFileSync("tar", [
       "-cf",
       join(target, "workspace.tar"),
@@ -38,14 +40,7 @@ const berth = await startBenchBerth({
     ]);
   },
 });
-const clientConfig = {
-  endpoint: berth.url,
-  region: "us-east-1",
-  credentials: berth.credentials,
-  maxAttempts: 1,
-};
-const control = new BedrockAgentCoreControlClient(clientConfig);
-const data = new BedrockAgentCoreClient(clientConfig);
+const { control, data } = sdkClients(berth);
 const withStorage = await createReadyRuntime(control, "bench_storage", "node-example", {
   filesystemConfigurations: [{ sessionStorage: { mountPath: "/mnt/workspace" } }],
 });

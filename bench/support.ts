@@ -1,14 +1,15 @@
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
+import { BedrockAgentCoreClient } from "@aws-sdk/client-bedrock-agentcore";
 import {
+  BedrockAgentCoreControlClient,
   CreateAgentRuntimeCommand,
   GetAgentRuntimeCommand,
-  type BedrockAgentCoreControlClient,
   type CreateAgentRuntimeCommandInput,
 } from "@aws-sdk/client-bedrock-agentcore-control";
 
@@ -162,6 +163,31 @@ export async function startBenchBerth(
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/** Official SDK clients for a bench server, one attempt per call (no retries to hide costs). */
+export function sdkClients(berth: BenchBerth) {
+  const config = {
+    endpoint: berth.url,
+    region: "us-east-1",
+    credentials: berth.credentials,
+    maxAttempts: 1,
+  };
+  return {
+    config,
+    control: new BedrockAgentCoreControlClient(config),
+    data: new BedrockAgentCoreClient(config),
+  };
+}
+
+/** Copies examples/node-agent into a data directory's artifact store as s3://agents/node-example. */
+export function installExampleAgent(dataDir: string): string {
+  const target = join(dataDir, "artifacts", "agents", "node-example");
+  mkdirSync(join(target, ".."), { recursive: true });
+  cpSync(fileURLToPath(new URL("../examples/node-agent", import.meta.url)), target, {
+    recursive: true,
+  });
+  return target;
 }
 
 /** Creates a NODE_22 runtime from s3://agents/<prefix> and waits until it is READY; its ARN. */

@@ -96,14 +96,19 @@ static int send_frame(int socket_fd, char type, const void *payload, uint32_t le
   return write_all(socket_fd, payload, length);
 }
 
+/* printf into a message buffer, cut to fit; returns the length. */
+static size_t format_message(char *text, size_t size, const char *format, va_list args) {
+  int length = vsnprintf(text, size, format, args);
+  if (length < 0) return 0;
+  return (size_t)length >= size ? size - 1 : (size_t)length;
+}
+
 static void send_text(int socket_fd, char type, const char *format, ...) {
   char text[512];
   va_list args;
   va_start(args, format);
-  int length = vsnprintf(text, sizeof text, format, args);
+  size_t length = format_message(text, sizeof text, format, args);
   va_end(args);
-  if (length < 0) length = 0;
-  if (length >= (int)sizeof text) length = sizeof text - 1;
   send_frame(socket_fd, type, text, (uint32_t)length);
 }
 
@@ -112,11 +117,9 @@ static void die_in_child(int status_fd, const char *format, ...) {
   char text[512];
   va_list args;
   va_start(args, format);
-  int length = vsnprintf(text, sizeof text, format, args);
+  size_t length = format_message(text, sizeof text, format, args);
   va_end(args);
-  if (length < 0) length = 0;
-  if (length >= (int)sizeof text) length = sizeof text - 1;
-  write_all(status_fd, text, (size_t)length);
+  write_all(status_fd, text, length);
   _exit(127);
 }
 

@@ -11,23 +11,14 @@ import {
 } from "@aws-sdk/client-bedrock-agentcore";
 import { outputTextToBytes } from "../src/core/output-text.ts";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
-import { useTestBerth } from "./support/berth.ts";
+import { quickLifecycleArgs, useTestBerth } from "./support/berth.ts";
 import { sandboxGroups } from "./support/cgroups.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
 import { collect, invokeProbe as invokeProbeIn } from "./support/commands.ts";
 
 const harness = useTestBerth(
-  [
-    "--min-lifecycle-seconds",
-    "1",
-    "--session-sweep-interval-ms",
-    "50",
-    "--command-kill-grace-ms",
-    "300",
-    "--sandbox-outbound",
-    "none",
-  ],
+  [...quickLifecycleArgs, "--command-kill-grace-ms", "300", "--sandbox-outbound", "none"],
   (berth) => {
     installAgent(berth.dataDir, agentSources.probe, "probe");
   },

@@ -6,6 +6,7 @@ import { CreateAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore-con
 import { agentSources, installAgent } from "./support/agents.ts";
 import { removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
 import { TestHost } from "./support/test-host.ts";
+import { probeArtifact } from "./support/runtimes.ts";
 
 const testHost = new TestHost(process.pid);
 let counter = 0;
@@ -23,13 +24,7 @@ async function probeRuntime(harness: TestBerth): Promise<string> {
   const created = await harness.control.send(
     new CreateAgentRuntimeCommand({
       agentRuntimeName: `net_probe_${(counter += 1)}`,
-      agentRuntimeArtifact: {
-        codeConfiguration: {
-          code: { s3: { bucket: "agents", prefix: "probe" } },
-          runtime: "NODE_22",
-          entryPoint: ["main.js"],
-        },
-      },
+      agentRuntimeArtifact: probeArtifact,
       roleArn: undefined,
       networkConfiguration: { networkMode: "PUBLIC" },
     }),

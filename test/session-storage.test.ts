@@ -18,10 +18,11 @@ import {
   makeDataDir,
   removeDir,
   startTestBerth,
+  quickLifecycleArgs,
   useTestBerth,
 } from "./support/berth.ts";
 import { invokeProbe, runCommand } from "./support/commands.ts";
-import { createRuntime, newSessionId } from "./support/runtimes.ts";
+import { createRuntime, newSessionId, probeArtifact } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
 const workspace = {
@@ -30,10 +31,7 @@ const workspace = {
 
 const harness = useTestBerth(
   [
-    "--min-lifecycle-seconds",
-    "1",
-    "--session-sweep-interval-ms",
-    "50",
+    ...quickLifecycleArgs,
     "--sandbox-outbound",
     "none",
     "--session-storage-bytes",
@@ -226,13 +224,7 @@ cat file hard`,
       await harness().control.send(
         new UpdateAgentRuntimeCommand({
           agentRuntimeId: runtime.id,
-          agentRuntimeArtifact: {
-            codeConfiguration: {
-              code: { s3: { bucket: "agents", prefix: "probe" } },
-              runtime: "NODE_22",
-              entryPoint: ["main.js"],
-            },
-          },
+          agentRuntimeArtifact: probeArtifact,
           roleArn: undefined,
           networkConfiguration: { networkMode: "PUBLIC" },
           ...workspace,

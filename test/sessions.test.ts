@@ -10,16 +10,13 @@ import {
 } from "@aws-sdk/client-bedrock-agentcore";
 import { DeleteAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore-control";
 import { agentSources, installAgent, installAgentZip, waitFor } from "./support/agents.ts";
-import { useTestBerth } from "./support/berth.ts";
+import { quickLifecycleArgs, useTestBerth } from "./support/berth.ts";
 import { createRuntime as createRuntimeIn, newSessionId } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
 const harness = useTestBerth(
   [
-    "--min-lifecycle-seconds",
-    "1",
-    "--session-sweep-interval-ms",
-    "50",
+    ...quickLifecycleArgs,
     "--agent-startup-timeout-seconds",
     "4",
     "--session-pids",

@@ -2,12 +2,15 @@ import type { ServerResponse } from "node:http";
 import { CommandRun, readCommandRequest, type CommandEvent } from "../core/commands.ts";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
-import { resolveInvocationTarget } from "../core/invocation-target.ts";
 import type { Logger } from "../core/logger.ts";
 import type { SessionManager } from "../core/sessions.ts";
 import { encodeChunkEvent, encodeExceptionEvent } from "./event-stream.ts";
-import type { Operation, OperationInput } from "./operation.ts";
-import { requireSessionId, sessionResponseHeaders } from "./session-headers.ts";
+import { streamingOperation, type Operation, type OperationInput } from "./operation.ts";
+import {
+  invocationTargetOf,
+  requireSessionId,
+  sessionResponseHeaders,
+} from "./data-plane-request.ts";
 
 export interface CommandOptions {
   /** After a command's timeout, how long its processes get between SIGTERM and SIGKILL. */
@@ -21,17 +24,12 @@ export function commandOperation(
   sessions: SessionManager,
   options: CommandOptions,
 ): Operation {
-  return {
-    name: "InvokeAgentRuntimeCommand",
-    method: "POST",
-    path: "/runtimes/:runtimeArn/commands".split("/"),
-    successStatus: 200,
-    body: "json",
-    handle: async (input) => {
-      await executeCommand(context, sessions, options, input);
-      return { streamed: true };
-    },
-  };
+  return streamingOperation(
+    "InvokeAgentRuntimeCommand",
+    "/runtimes/:runtimeArn/commands",
+    "json",
+    (input) => executeCommand(context, sessions, options, input),
+  );
 }
 
 async function executeCommand(
@@ -43,11 +41,7 @@ async function executeCommand(
   const { incoming, outgoing } = input.raw;
   const sessionId = requireSessionId(input.request.headers);
   const request = readCommandRequest(input.body);
-  const target = await resolveInvocationTarget(
-    context,
-    input.params["runtimeArn"] ?? "",
-    input.request.query.get("qualifier") ?? undefined,
-  );
+  const target = await invocationTargetOf(context, input);
   const lease = await sessions.acquire(target.runtime, target.version, sessionId);
   try {
     // Until here failures are ordinary error answers; from the first event on they are in-stream.

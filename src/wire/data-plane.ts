@@ -2,12 +2,16 @@ import { request, type IncomingMessage } from "node:http";
 import { pipeline } from "node:stream/promises";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
-import { resolveInvocationTarget } from "../core/invocation-target.ts";
 import type { RuntimeVersionRecord } from "../core/model.ts";
 import type { SessionLease, SessionManager } from "../core/sessions.ts";
 import { agentPool, agentTarget } from "./agent-client.ts";
-import { operation, type Operation, type OperationInput } from "./operation.ts";
-import { requireSessionId, sessionIdHeader, sessionResponseHeaders } from "./session-headers.ts";
+import { operation, streamingOperation, type Operation, type OperationInput } from "./operation.ts";
+import {
+  invocationTargetOf,
+  requireSessionId,
+  sessionIdHeader,
+  sessionResponseHeaders,
+} from "./data-plane-request.ts";
 
 const requestIdHeader = "x-amzn-bedrock-agentcore-runtime-request-id";
 /** Headers always passed to the agent, beside the session and request ids. */
@@ -33,17 +37,12 @@ export function dataPlaneOperations(
   options: DataPlaneOptions,
 ): Operation[] {
   return [
-    {
-      name: "InvokeAgentRuntime",
-      method: "POST",
-      path: "/runtimes/:runtimeArn/invocations".split("/"),
-      successStatus: 200,
-      body: "streamed",
-      handle: async (input) => {
-        await invoke(context, sessions, options, input);
-        return { streamed: true };
-      },
-    },
+    streamingOperation(
+      "InvokeAgentRuntime",
+      "/runtimes/:runtimeArn/invocations",
+      "streamed",
+      (input) => invoke(context, sessions, options, input),
+    ),
     operation(
       "StopRuntimeSession",
       "POST",
@@ -51,11 +50,7 @@ export function dataPlaneOperations(
       200,
       async (input) => {
         const sessionId = requireSessionId(input.request.headers);
-        const target = await resolveInvocationTarget(
-          context,
-          input.params["runtimeArn"] ?? "",
-          input.request.query.get("qualifier") ?? undefined,
-        );
+        const target = await invocationTargetOf(context, input);
         if (!(await sessions.stop(target.runtime.id, sessionId))) {
           throw new BerthError(
             "ResourceNotFoundException",
@@ -95,11 +90,7 @@ async function invoke(
   const sessionId = requireSessionId(input.request.headers);
   const declaredLength = Number(incoming.headers["content-length"] ?? 0);
   if (declaredLength > options.maxPayloadBytes) throw payloadTooLarge(options.maxPayloadBytes);
-  const target = await resolveInvocationTarget(
-    context,
-    input.params["runtimeArn"] ?? "",
-    input.request.query.get("qualifier") ?? undefined,
-  );
+  const target = await invocationTargetOf(context, input);
   const lease = await sessions.acquire(target.runtime, target.version, sessionId);
   try {
     const agentResponse = await sendToAgent(

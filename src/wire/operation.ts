@@ -44,6 +44,26 @@ export function operation(
   };
 }
 
+/** An operation that writes its own (streamed) response; `body` says how its request arrives. */
+export function streamingOperation(
+  name: string,
+  path: string,
+  body: Operation["body"],
+  handle: (input: OperationInput) => Promise<void>,
+): Operation {
+  return {
+    name,
+    method: "POST",
+    path: path.split("/"),
+    successStatus: 200,
+    body,
+    handle: async (input) => {
+      await handle(input);
+      return { streamed: true };
+    },
+  };
+}
+
 export function matchOperation(
   operations: readonly Operation[],
   method: string,

@@ -21,6 +21,14 @@ export interface TestBerth {
   close(): Promise<void>;
 }
 
+/** Settings that let tests see idle timeouts and lifetimes end within a second or two. */
+export const quickLifecycleArgs = [
+  "--min-lifecycle-seconds",
+  "1",
+  "--session-sweep-interval-ms",
+  "50",
+] as const;
+
 /** A real Berth on port 0 with a fresh data directory, and official SDK clients pointed at it. */
 export async function startTestBerth(
   extraArgs: string[] = [],

@@ -9,6 +9,15 @@ import { waitFor } from "./agents.ts";
 
 let counter = 0;
 
+/** The probe agent (test/agents/probe), installed as s3://agents/probe. */
+export const probeArtifact = {
+  codeConfiguration: {
+    code: { s3: { bucket: "agents", prefix: "probe" } },
+    runtime: "NODE_22" as const,
+    entryPoint: ["main.js"],
+  },
+};
+
 /** A session id unique in this test process (AgentCore wants 33 to 256 characters). */
 export const newSessionId = (label = "s"): string =>
   `${label}-${process.pid}-${(counter += 1)}-${"x".repeat(33)}`;

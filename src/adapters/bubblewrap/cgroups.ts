@@ -127,6 +127,12 @@ export class CgroupTree {
     }
   }
 
+  async removeEmptyChildren(sandbox: string): Promise<void> {
+    for (const group of childGroups(join(this.trackingRoot(), sandbox))) {
+      if (countProcesses(group) === 0) await rmdir(group).catch(() => undefined);
+    }
+  }
+
   /** Removes a command's group if nothing is left in it (processes it left running keep it). */
   async removeChild(sandbox: string, child: string): Promise<void> {
     const group = join(this.trackingRoot(), sandbox, child);

@@ -224,6 +224,8 @@ class BubblewrapSandbox implements Sandbox {
   async exec(argv: string[]): Promise<SandboxCommand> {
     this.commandCounter += 1;
     const group = `command-${this.commandCounter}`;
+    // Groups of earlier commands whose background processes have since ended go now.
+    await this.cgroups.removeEmptyChildren(this.name);
     const cgroupProcsFiles = await this.cgroups.createChild(this.name, group);
     try {
       const handle = await this.execServer.run({
@@ -241,7 +243,10 @@ class BubblewrapSandbox implements Sandbox {
           await this.cgroups.removeChild(this.name, group);
           return exit;
         }),
-        terminate: (graceMs) => this.cgroups.terminateChild(this.name, group, graceMs),
+        terminate: async (graceMs) => {
+          await this.cgroups.terminateChild(this.name, group, graceMs);
+          await this.cgroups.removeChild(this.name, group);
+        },
       };
     } catch (error) {
       await this.cgroups.removeChild(this.name, group);

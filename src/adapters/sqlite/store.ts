@@ -472,7 +472,6 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 }
 
-/** Runs synchronous database work and reports its outcome as a promise, as the interface asks. */
 function toSessionStorage(row: Row): SessionStorageRecord {
   return {
     runtimeId: text(row, "runtime_id"),
@@ -487,6 +486,7 @@ function toSessionStorage(row: Row): SessionStorageRecord {
   };
 }
 
+/** Runs synchronous database work and reports its outcome as a promise, as the interface asks. */
 function settle<T>(work: () => T): Promise<T> {
   try {
     return Promise.resolve(work());

@@ -1,5 +1,9 @@
+/** What every data-plane request carries: the session id, the target runtime, trace headers. */
 import type { IncomingHttpHeaders } from "node:http";
+import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
+import { resolveInvocationTarget } from "../core/invocation-target.ts";
+import type { OperationInput } from "./operation.ts";
 
 export const sessionIdHeader = "x-amzn-bedrock-agentcore-runtime-session-id";
 /** Trace headers a data-plane answer echoes back, as AgentCore does. */
@@ -49,4 +53,13 @@ export function sessionResponseHeaders(
     if (typeof value === "string") headers[name] = value;
   }
   return headers;
+}
+
+/** The runtime and version a data-plane request addresses: its ARN (or id) and `?qualifier=`. */
+export function invocationTargetOf(context: CoreContext, input: OperationInput) {
+  return resolveInvocationTarget(
+    context,
+    input.params["runtimeArn"] ?? "",
+    input.request.query.get("qualifier") ?? undefined,
+  );
 }
