@@ -107,6 +107,11 @@ export const settingDeclarations = {
     default: 60_000,
     parse: integer(50, 86_400_000),
   },
+  maxArtifactBytes: {
+    doc: "Largest code upload (PUT /berth/v1/artifacts/..., what `berth runtimes create --code` sends).",
+    default: 1_073_741_824,
+    parse: integer(1024, 1_099_511_627_776),
+  },
   commandKillGraceMs: {
     doc: "After a command's timeout, how long its processes get between SIGTERM and SIGKILL.",
     default: 2000,

@@ -13,6 +13,8 @@ import { controlPlaneOperations } from "../wire/control-plane.ts";
 import { dataPlaneOperations } from "../wire/data-plane.ts";
 import { commandOperation } from "../wire/commands.ts";
 import { storageOperations } from "../wire/storage-api.ts";
+import { artifactOperations } from "../wire/artifacts-api.ts";
+import { ArchiveUploads } from "../adapters/artifacts/archive-uploads.ts";
 import { pingAgent } from "../wire/agent-client.ts";
 import { SessionManager } from "../core/sessions.ts";
 import { SessionStorage } from "../core/session-storage.ts";
@@ -155,6 +157,7 @@ export async function startBerth(
       ...dataPlaneOperations(context, sessions, { maxPayloadBytes: settings.maxPayloadBytes }),
       commandOperation(context, sessions, { killGraceMs: settings.commandKillGraceMs, log }),
       ...storageOperations(context, storage),
+      ...artifactOperations(new ArchiveUploads(artifactsDir, settings.maxArtifactBytes)),
     ],
     verifier: settings.insecureNoAuth
       ? undefined

@@ -5,6 +5,7 @@ import {
   settingDeclarations,
   SettingsError,
 } from "../config/settings.ts";
+import { clientUsage, runClientCommand } from "../cli/main.ts";
 import { startBerth } from "./berth.ts";
 import { jsonLogger } from "./json-logger.ts";
 
@@ -12,11 +13,12 @@ const usage = `berth — a self-hosted agent runtime, wire-compatible with Amazo
 
 Usage:
   berth serve [options]     start the server (control plane and data plane on one port)
+${clientUsage()}
   berth help                show this help
 
 Examples:
-  berth serve                                  # 127.0.0.1:8787, data in ~/.berth
-  berth serve --port 9000 --data-dir /var/lib/berth
+  berth serve                                  # 127.0.0.1:8787, data in /var/lib/berth
+  berth serve --port 9000 --data-dir /srv/berth
   BERTH_ACCESS_KEY_ID=... BERTH_SECRET_ACCESS_KEY=... berth serve --host 0.0.0.0
 
 serve options (each also as a BERTH_* environment variable or a key in --config FILE, a JSON object):
@@ -36,6 +38,9 @@ export async function runCli(args: readonly string[], env: NodeJS.ProcessEnv): P
     return command === undefined ? 2 : 0;
   }
   if (command !== "serve") {
+    const io = { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin, env };
+    const code = await runClientCommand(args, io);
+    if (code !== undefined) return code;
     process.stderr.write(`berth: unknown command "${command}"\n\n${usage}`);
     return 2;
   }

@@ -1,0 +1,43 @@
+import type { Readable } from "node:stream";
+import { BerthError } from "./errors.ts";
+
+/** Where uploaded code goes: unpacked into the local artifact store as s3://bucket/prefix. */
+export interface ArtifactUploader {
+  /** Unpacks a .tar.gz stream; throws if the location is taken or the archive is too large. */
+  unpack(
+    location: { bucket: string; prefix: string },
+    archive: Readable,
+  ): Promise<{ files: number; bytes: number }>;
+}
+
+const bucketPattern = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+const prefixPattern = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,199}$/;
+
+/** Checks an upload's target; a prefix is one folder name, so uploads never nest or escape. */
+export function readUploadLocation(
+  bucket: string,
+  prefix: string,
+): {
+  bucket: string;
+  prefix: string;
+} {
+  const problems: { name: string; message: string }[] = [];
+  if (!bucketPattern.test(bucket))
+    problems.push({
+      name: "bucket",
+      message: "must be 3-63 lowercase letters, digits, '.' or '-'",
+    });
+  if (!prefixPattern.test(prefix))
+    problems.push({
+      name: "prefix",
+      message: "must be 1-200 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    });
+  if (problems.length > 0) {
+    throw new BerthError(
+      "ValidationException",
+      `Invalid upload location: ${problems.map((problem) => `${problem.name} ${problem.message}`).join("; ")}`,
+      { reason: "FieldValidationFailed", fieldList: problems },
+    );
+  }
+  return { bucket, prefix };
+}

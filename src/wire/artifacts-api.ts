@@ -1,0 +1,27 @@
+import { readUploadLocation, type ArtifactUploader } from "../core/artifact-upload.ts";
+import type { Operation } from "./operation.ts";
+
+/**
+ * Berth's own upload of code: `PUT /berth/v1/artifacts/{bucket}/{prefix}` with a .tar.gz body
+ * (signed with UNSIGNED-PAYLOAD, as it streams). The code is then s3://bucket/prefix for
+ * CreateAgentRuntime, as if it had been put in the artifact store by hand.
+ */
+export function artifactOperations(uploader: ArtifactUploader): Operation[] {
+  return [
+    {
+      name: "UploadArtifact",
+      method: "PUT",
+      path: "/berth/v1/artifacts/:bucket/:prefix".split("/"),
+      successStatus: 200,
+      body: "streamed",
+      handle: async (input) => {
+        const location = readUploadLocation(
+          input.params["bucket"] ?? "",
+          input.params["prefix"] ?? "",
+        );
+        const unpacked = await uploader.unpack(location, input.raw.incoming);
+        return { json: { ...location, ...unpacked } };
+      },
+    },
+  ];
+}
