@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 # bubblewrap: the sandboxes; socat: the bridge to the agent's port inside a sandbox;
 # slirp4netns + iptables: sandboxes' outbound network and its firewall; unzip: .zip code
 # artifacts; python3-minimal: PYTHON_3_* runtimes; iproute2: the tests' own network namespaces;
-# gcc + libc6-dev: build native/berth-exec, which runs commands inside sandboxes.
-debian_packages=(bubblewrap socat slirp4netns iptables unzip python3-minimal iproute2 gcc libc6-dev)
+# gcc + libc6-dev: build native/berth-exec (commands inside sandboxes, storage mounts);
+# e2fsprogs: session storage volumes; git: the quick start and tests use it inside sessions.
+debian_packages=(bubblewrap socat slirp4netns iptables unzip python3-minimal iproute2 gcc libc6-dev e2fsprogs git)
 if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
 if [ ${#debian_packages[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

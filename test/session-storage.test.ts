@@ -62,7 +62,7 @@ async function stop(sessionId: string, arn?: string): Promise<void> {
 
 /** Every entry under the workspace with type, mode, size, links, mtime and content hash. */
 const describeTree =
-  "cd /mnt/workspace && find . -path ./lost+found -prune -o -printf '%p %y %m %s %n %T@ %l\\n' | sort && find . -type f -not -path './lost+found/*' -exec sha256sum {} + | sort";
+  "cd /mnt/workspace && find . -printf '%p %y %m %s %n %T@ %l\\n' | sort && find . -type f -exec sha256sum {} + | sort";
 
 async function operatorRequest(method: string, path: string) {
   const berth = harness();
@@ -114,7 +114,7 @@ describe("session storage", () => {
     await run(session, "touch /mnt/workspace/early-bird");
     await stop(session);
     const seen = await invokeProbe(harness().data, runtime.arn, session, { action: "startup" });
-    assert.deepEqual(seen, { workspace: { ok: ["early-bird", "lost+found"] } });
+    assert.deepEqual(seen, { workspace: { ok: ["early-bird"] } });
     const owner = await run(
       session,
       "stat -c '%u:%g' /mnt/workspace /mnt/workspace/early-bird; id -u",
@@ -204,7 +204,7 @@ cat file hard`,
     const second = newSessionId();
     await run(first, "echo secret > /mnt/workspace/private");
     const seen = await run(second, "ls -A /mnt/workspace; ls -A /mnt");
-    assert.equal(seen.stdout, "lost+found\nworkspace\n");
+    assert.equal(seen.stdout, "workspace\n");
     const devices = await Promise.all(
       [first, second].map(
         async (session) => (await run(session, "stat -c %d /mnt/workspace")).stdout,
@@ -260,7 +260,7 @@ cat file hard`,
     await stop(session);
     assert.equal((await operatorRequest("DELETE", path)).status, 200);
     assert.equal((await operatorRequest("DELETE", path)).status, 404);
-    assert.equal((await run(session, "ls -A /mnt/workspace")).stdout, "lost+found\n");
+    assert.equal((await run(session, "ls -A /mnt/workspace")).stdout, "");
   });
 
   it("fails loudly, never starting empty, when the storage cannot be attached", async () => {

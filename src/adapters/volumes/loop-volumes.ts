@@ -72,6 +72,9 @@ export class LoopVolumes implements VolumeStore {
         `lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=${this.ownerId}:${this.ownerId}`,
         image,
       ]);
+      // The agent's workspace starts empty: lost+found (root's, unreadable to the agent) would
+      // show up in every listing and warn in every `git add -A`. e2fsck recreates it if needed.
+      await run("debugfs", ["-w", "-R", "rmdir lost+found", image]);
       fsyncSync(descriptor);
     } catch (error) {
       await rm(image, { force: true });
