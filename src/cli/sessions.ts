@@ -11,7 +11,7 @@ import { outputTextToBytes } from "../core/output-text.ts";
 import { UsageError, integerOption, optionValue, requirePositionals } from "./args.ts";
 import type { CliCommand, CommandContext } from "./command.ts";
 import { BerthApiError, describeFailure } from "./errors.ts";
-import { exitCodes, formatBytes, printJson, table } from "./output.ts";
+import { exitCodes, formatBytes, printJson, table, type Row } from "./output.ts";
 import { resolveRuntime } from "./runtimes.ts";
 
 const sessionOptions = {
@@ -120,33 +120,32 @@ export const sessionCommands: CliCommand[] = [
     usage: "sessions list RUNTIME",
     options: {},
     examples: ["berth sessions list my_agent"],
-    run: async (context) => {
-      const { RUNTIME } = requirePositionals(context.args, ["RUNTIME"]);
-      const runtime = await resolveRuntime(context.connection, RUNTIME);
-      const answer = await berthApi(context, "GET", `/berth/v1/runtimes/${runtime.id}/sessions`);
-      const sessions = (answer["sessions"] ?? []) as Record<string, unknown>[];
-      if (context.json) printJson(context.io, { sessions });
-      else
-        context.io.stdout.write(
-          table(
-            sessions.map((session) => {
-              const usage = (session["usage"] ?? {}) as Record<string, number | undefined>;
-              return {
-                sessionId: String(session["sessionId"]),
-                state: String(session["state"]),
-                version: Number(session["version"]),
-                started: String(session["startedAt"]),
-                lastActivity: String(session["lastActivityAt"]),
-                memory: formatBytes(usage["memoryBytes"]),
-                processes: usage["processes"],
-              };
-            }),
-            ["sessionId", "state", "version", "started", "lastActivity", "memory", "processes"],
-            "No running sessions.",
-          ),
-        );
-      return exitCodes.ok;
-    },
+    run: (context) =>
+      showRuntimeList(context, {
+        resource: "sessions",
+        columns: [
+          "sessionId",
+          "state",
+          "version",
+          "started",
+          "lastActivity",
+          "memory",
+          "processes",
+        ],
+        empty: "No running sessions.",
+        row: (session) => {
+          const usage = (session["usage"] ?? {}) as Record<string, number | undefined>;
+          return {
+            sessionId: String(session["sessionId"]),
+            state: String(session["state"]),
+            version: Number(session["version"]),
+            started: String(session["startedAt"]),
+            lastActivity: String(session["lastActivityAt"]),
+            memory: formatBytes(usage["memoryBytes"]),
+            processes: usage["processes"],
+          };
+        },
+      }),
   },
   {
     name: "storage list",
@@ -154,30 +153,21 @@ export const sessionCommands: CliCommand[] = [
     usage: "storage list RUNTIME",
     options: {},
     examples: ["berth storage list my_agent", "berth storage list my_agent --json"],
-    run: async (context) => {
-      const { RUNTIME } = requirePositionals(context.args, ["RUNTIME"]);
-      const runtime = await resolveRuntime(context.connection, RUNTIME);
-      const answer = await berthApi(context, "GET", `/berth/v1/runtimes/${runtime.id}/storage`);
-      const volumes = (answer["storage"] ?? []) as Record<string, unknown>[];
-      if (context.json) printJson(context.io, { storage: volumes });
-      else
-        context.io.stdout.write(
-          table(
-            volumes.map((volume) => ({
-              sessionId: String(volume["sessionId"]),
-              mountPath: String(volume["mountPath"]),
-              used: formatBytes(volume["usedBytes"] as number | undefined),
-              size: formatBytes(volume["sizeBytes"] as number | undefined),
-              onDisk: formatBytes(volume["allocatedBytes"] as number | undefined),
-              attached: volume["attached"] === true ? "yes" : "no",
-              lastUsed: String(volume["lastUsedAt"]),
-            })),
-            ["sessionId", "mountPath", "used", "size", "onDisk", "attached", "lastUsed"],
-            "No session storage.",
-          ),
-        );
-      return exitCodes.ok;
-    },
+    run: (context) =>
+      showRuntimeList(context, {
+        resource: "storage",
+        columns: ["sessionId", "mountPath", "used", "size", "onDisk", "attached", "lastUsed"],
+        empty: "No session storage.",
+        row: (volume) => ({
+          sessionId: String(volume["sessionId"]),
+          mountPath: String(volume["mountPath"]),
+          used: formatBytes(volume["usedBytes"] as number | undefined),
+          size: formatBytes(volume["sizeBytes"] as number | undefined),
+          onDisk: formatBytes(volume["allocatedBytes"] as number | undefined),
+          attached: volume["attached"] === true ? "yes" : "no",
+          lastUsed: String(volume["lastUsedAt"]),
+        }),
+      }),
   },
   {
     name: "storage delete",
@@ -276,6 +266,29 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
 
 async function write(stream: Writable, data: Uint8Array): Promise<void> {
   if (!stream.write(data)) await once(stream, "drain");
+}
+
+/** GET /berth/v1/runtimes/{id}/{resource}: the JSON as it is, or a table of its rows. */
+async function showRuntimeList(
+  context: CommandContext,
+  list: {
+    resource: string;
+    columns: string[];
+    empty: string;
+    row: (item: Record<string, unknown>) => Row;
+  },
+): Promise<number> {
+  const { RUNTIME } = requirePositionals(context.args, ["RUNTIME"]);
+  const runtime = await resolveRuntime(context.connection, RUNTIME);
+  const answer = await berthApi(
+    context,
+    "GET",
+    `/berth/v1/runtimes/${runtime.id}/${list.resource}`,
+  );
+  const items = (answer[list.resource] ?? []) as Record<string, unknown>[];
+  if (context.json) printJson(context.io, { [list.resource]: items });
+  else context.io.stdout.write(table(items.map(list.row), list.columns, list.empty));
+  return exitCodes.ok;
 }
 
 async function berthApi(context: CommandContext, method: string, path: string) {
