@@ -148,10 +148,16 @@ describe("the berth CLI", () => {
       { cwd: repositoryRoot, env: userEnv(), stdio: ["ignore", "pipe", "pipe"] },
     );
     let seen = "";
-    await new Promise<void>((resolve) => {
+    let errors = "";
+    child.stderr.on("data", (chunk: Buffer) => (errors += chunk.toString("utf8")));
+    const closed = once(child, "close") as Promise<[number | null]>;
+    await new Promise<void>((resolve, reject) => {
       child.stdout.on("data", (chunk: Buffer) => {
         seen += chunk.toString("utf8");
         if (seen.includes("first")) resolve();
+      });
+      void closed.then(([code]) => {
+        reject(new Error(`berth exec ended (${String(code)}) before its first line: ${errors}`));
       });
     });
     assert.equal(seen, "first\n", "the first line arrived while the command still ran");
@@ -159,8 +165,8 @@ describe("the berth CLI", () => {
       (await berth(["exec", "cli_probe", "--session", session, "--", "touch /tmp/go"])).code,
       0,
     );
-    const [code] = (await once(child, "close")) as [number];
-    assert.equal(code, 0);
+    const [code] = await closed;
+    assert.equal(code, 0, errors);
     assert.equal(seen, "first\nsecond\n");
   });
 

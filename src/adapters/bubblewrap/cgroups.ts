@@ -1,7 +1,7 @@
 import { existsSync, readdirSync, readFileSync, rmdirSync, statfsSync } from "node:fs";
 import { mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { spawn, type ChildProcess } from "node:child_process";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 
 export interface CgroupLimits {
@@ -127,9 +127,11 @@ export class CgroupTree {
     }
   }
 
-  async removeEmptyChildren(sandbox: string): Promise<void> {
+  /** Removes a sandbox's empty command groups, except those named in `keep`. */
+  async removeEmptyChildren(sandbox: string, keep: ReadonlySet<string>): Promise<void> {
     for (const group of childGroups(join(this.trackingRoot(), sandbox))) {
-      if (countProcesses(group) === 0) await rmdir(group).catch(() => undefined);
+      if (keep.has(basename(group)) || countProcesses(group) > 0) continue;
+      await rmdir(group).catch(() => undefined);
     }
   }
 

@@ -1,5 +1,6 @@
 import type { ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type {
   Sandbox,
@@ -211,6 +212,8 @@ class BubblewrapSandbox implements Sandbox {
   private readonly cgroups: CgroupTree;
   private readonly execServer: ExecServer;
   private commandCounter = 0;
+  /** Command groups whose command has not exited: never pruned, even while still empty. */
+  private readonly runningGroups = new Set<string>();
 
   constructor(shell: PreparedShell, cgroups: CgroupTree, execServer: ExecServer) {
     this.shell = shell;
@@ -224,8 +227,9 @@ class BubblewrapSandbox implements Sandbox {
   async exec(argv: string[]): Promise<SandboxCommand> {
     this.commandCounter += 1;
     const group = `command-${this.commandCounter}`;
-    // Groups of earlier commands whose background processes have since ended go now.
-    await this.cgroups.removeEmptyChildren(this.name);
+    this.runningGroups.add(group);
+    // Groups of finished commands whose background processes have since ended go now.
+    await this.cgroups.removeEmptyChildren(this.name, this.runningGroups);
     const cgroupProcsFiles = await this.cgroups.createChild(this.name, group);
     try {
       const handle = await this.execServer.run({
@@ -240,6 +244,7 @@ class BubblewrapSandbox implements Sandbox {
       return {
         output: handle.output,
         exited: handle.exited.then(async (exit) => {
+          this.runningGroups.delete(group);
           await this.cgroups.removeChild(this.name, group);
           return exit;
         }),
@@ -249,6 +254,7 @@ class BubblewrapSandbox implements Sandbox {
         },
       };
     } catch (error) {
+      this.runningGroups.delete(group);
       await this.cgroups.removeChild(this.name, group);
       throw error;
     }
@@ -264,6 +270,18 @@ class BubblewrapSandbox implements Sandbox {
 
   usage() {
     return this.cgroups.usage(this.name);
+  }
+
+  /** Reads the sandbox's own TCP table (its network namespace) for a listener on port 8080. */
+  async agentListening(): Promise<boolean> {
+    for (const table of ["tcp", "tcp6"]) {
+      const text = await readFile(`/proc/${String(this.shell.childPid)}/net/${table}`, "utf8").catch(
+        () => "",
+      );
+      // local_address ends in :1F90 (8080) and state 0A is LISTEN.
+      if (/^\s*\d+: [0-9A-F]+:1F90 [0-9A-F]+:[0-9A-F]+ 0A /m.test(text)) return true;
+    }
+    return false;
   }
 }
 
