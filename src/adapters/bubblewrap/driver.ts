@@ -275,9 +275,10 @@ class BubblewrapSandbox implements Sandbox {
   /** Reads the sandbox's own TCP table (its network namespace) for a listener on port 8080. */
   async agentListening(): Promise<boolean> {
     for (const table of ["tcp", "tcp6"]) {
-      const text = await readFile(`/proc/${String(this.shell.childPid)}/net/${table}`, "utf8").catch(
-        () => "",
-      );
+      const text = await readFile(
+        `/proc/${String(this.shell.childPid)}/net/${table}`,
+        "utf8",
+      ).catch(() => "");
       // local_address ends in :1F90 (8080) and state 0A is LISTEN.
       if (/^\s*\d+: [0-9A-F]+:1F90 [0-9A-F]+:[0-9A-F]+ 0A /m.test(text)) return true;
     }
