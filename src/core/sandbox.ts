@@ -46,11 +46,6 @@ export interface Sandbox {
   kill(): Promise<void>;
   usage(): Promise<SandboxUsage>;
   /**
-   * Whether something listens on the agent's port yet, if the driver can tell without touching
-   * the agent. Lets start-up polling skip connection attempts that cannot succeed.
-   */
-  agentListening?(): Promise<boolean>;
-  /**
    * Starts a program beside the agent: same namespaces, filesystem, uid, limits, environment and
    * working directory. Rejects if it cannot start.
    */

@@ -339,9 +339,6 @@ export class SessionManager {
         );
       }
       try {
-        // Until the agent listens, a ping only costs CPU the agent needs to start.
-        if (sandbox.agentListening !== undefined && !(await sandbox.agentListening()))
-          throw new Error("not listening yet");
         await this.probe(sandbox.agentEndpoint, 1000);
         return;
       } catch {

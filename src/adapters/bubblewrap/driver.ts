@@ -1,6 +1,5 @@
 import type { ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type {
   Sandbox,
@@ -91,19 +90,25 @@ export class BubblewrapDriver implements SandboxDriver {
   /** Clears what a previous run left (cgroups, run folders, firewall rules): nothing stale is trusted. */
   static async create(options: BubblewrapOptions): Promise<BubblewrapDriver> {
     const driver = new BubblewrapDriver(options);
-    await driver.cgroups.prepare();
-    if (options.outbound === "public") {
-      requireTunDevice();
-      await driver.firewall?.install();
+    try {
+      await driver.cgroups.prepare();
+      if (options.outbound === "public") {
+        requireTunDevice();
+        await driver.firewall?.install();
+      }
+      // A crashed server can leave volumes mounted in run folders: unmount before removing.
+      if (existsSync(options.runRoot)) unmountAllUnder(options.runRoot);
+      rmSync(options.runRoot, { recursive: true, force: true });
+      mkdirSync(options.runRoot, { recursive: true, mode: 0o711 });
+      prepareSandboxEtc(driver.context.etcDir);
+      const execDir = join(options.runRoot, "exec");
+      mkdirSync(execDir, { mode: 0o700 });
+      driver.execServer = await ExecServer.start(join(execDir, "berth-exec.sock"));
+    } catch (error) {
+      // Undo what was set up (firewall chain, cgroups), so a failed start leaves nothing behind.
+      await driver.close().catch(() => undefined);
+      throw error;
     }
-    // A crashed server can leave volumes mounted in run folders: unmount before removing.
-    if (existsSync(options.runRoot)) unmountAllUnder(options.runRoot);
-    rmSync(options.runRoot, { recursive: true, force: true });
-    mkdirSync(options.runRoot, { recursive: true, mode: 0o711 });
-    prepareSandboxEtc(driver.context.etcDir);
-    const execDir = join(options.runRoot, "exec");
-    mkdirSync(execDir, { mode: 0o700 });
-    driver.execServer = await ExecServer.start(join(execDir, "berth-exec.sock"));
     // If the server dies without running its shutdown, its sandboxes die too: at once on an
     // ordinary exit, and through the reaper when the process is killed outright.
     process.once("exit", driver.killOnExit);
@@ -270,19 +275,6 @@ class BubblewrapSandbox implements Sandbox {
 
   usage() {
     return this.cgroups.usage(this.name);
-  }
-
-  /** Reads the sandbox's own TCP table (its network namespace) for a listener on port 8080. */
-  async agentListening(): Promise<boolean> {
-    for (const table of ["tcp", "tcp6"]) {
-      const text = await readFile(
-        `/proc/${String(this.shell.childPid)}/net/${table}`,
-        "utf8",
-      ).catch(() => "");
-      // local_address ends in :1F90 (8080) and state 0A is LISTEN.
-      if (/^\s*\d+: [0-9A-F]+:1F90 [0-9A-F]+:[0-9A-F]+ 0A /m.test(text)) return true;
-    }
-    return false;
   }
 }
 
