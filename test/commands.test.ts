@@ -363,6 +363,19 @@ function hostProcesses(pattern: RegExp): number[] {
     .map(Number);
 }
 
+describe("the exec helper", () => {
+  it("is started again when it dies, so commands keep working", async () => {
+    const socket = join(harness().dataDir, "sessions", "exec", "berth-exec.sock");
+    const helpers = hostProcesses(new RegExp(`berth-exec\0serve\0${socket}`));
+    assert.equal(helpers.length, 1, "one helper per server");
+    process.kill(helpers[0] ?? 0, "SIGKILL");
+    await waitFor("the helper to be gone", () =>
+      hostProcesses(new RegExp(`berth-exec\0serve\0${socket}`)).length === 0 ? true : undefined,
+    );
+    assert.equal((await run(newSessionId(), "echo still working")).stdout, "still working\n");
+  });
+});
+
 describe("InvokeAgentRuntimeCommand validation", () => {
   const expectValidation = async (body: Record<string, unknown>, pattern: RegExp) => {
     const runtime = await probeRuntime();

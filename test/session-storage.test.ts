@@ -11,6 +11,7 @@ import {
   DeleteAgentRuntimeCommand,
   UpdateAgentRuntimeCommand,
 } from "@aws-sdk/client-bedrock-agentcore-control";
+import { LoopVolumes } from "../src/adapters/volumes/loop-volumes.ts";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
 import { spawnBerth } from "./support/berth-process.ts";
 import {
@@ -333,6 +334,26 @@ cat file hard`,
     const before = images();
     await harness().control.send(new DeleteAgentRuntimeCommand({ agentRuntimeId: runtime.id }));
     assert.equal(images(), before - 1, "deleting the runtime deleted its volume");
+  });
+});
+
+describe("session storage volumes", () => {
+  it("refuses to attach a volume a loop device still holds, rather than mount it twice", async () => {
+    const root = makeDataDir();
+    const volumes = new LoopVolumes(root, 1000);
+    try {
+      await volumes.create("twice", 32 * 2 ** 20);
+      const mounted = await volumes.attach("twice");
+      assert.equal((await volumes.usage("twice")).attached, true);
+      await assert.rejects(volumes.attach("twice"), /still attached to \/dev\/loop\d+/);
+      assert.equal((await volumes.detach("twice")) !== undefined, true);
+      assert.equal(readdirSync(join(root, "mounts")).length, 0, `${mounted} is gone`);
+      await volumes.attach("twice");
+      await volumes.remove("twice");
+    } finally {
+      await volumes.recover();
+      removeDir(root);
+    }
   });
 });
 

@@ -36,8 +36,11 @@ const outputHighWaterMark = 16;
  * has the protocol). One runs per driver; each command is one connection to it.
  */
 export class ExecServer {
-  private readonly helper: ChildProcess;
+  private helper: ChildProcess;
   private readonly socketPath: string;
+  private closed = false;
+  /** A restart in progress: concurrent callers share it rather than start helpers of their own. */
+  private restarting: Promise<void> | undefined;
 
   private constructor(helper: ChildProcess, socketPath: string) {
     this.helper = helper;
@@ -50,25 +53,12 @@ export class ExecServer {
         `${execHelperPath} is missing: build it with \`bash scripts/build-native.sh\` (scripts/setup.sh does)`,
       );
     }
-    // stdin stays an open pipe that Berth never writes: its end tells the helper Berth is gone.
-    const helper = spawn(execHelperPath, ["serve", socketPath], {
-      stdio: ["pipe", "pipe", "pipe"],
-      env: {},
-    });
-    const errors: string[] = [];
-    helper.stderr.on("data", (chunk: Buffer) => errors.push(chunk.toString("utf8")));
-    const exited = once(helper, "exit").then(() => {
-      throw new Error(`berth-exec failed to start: ${errors.join("").trim() || "no output"}`);
-    });
-    await Promise.race([once(helper.stdout, "data"), exited]);
-    helper.stdout.resume();
-    exited.catch(() => undefined);
-    return new ExecServer(helper, socketPath);
+    return new ExecServer(await startHelper(socketPath), socketPath);
   }
 
   /** Starts a program; rejects with the helper's reason if it could not start. */
   async run(request: ExecRequest): Promise<ExecHandle> {
-    const socket = connect(this.socketPath);
+    const socket = await this.connect();
     socket.write(encodeFrame("r", encodeRequest(request)));
     const reader = new FrameReader(socket);
     return reader.started;
@@ -96,7 +86,7 @@ export class ExecServer {
   }
 
   private async mountRequest(payloadText: string): Promise<void> {
-    const socket = connect(this.socketPath);
+    const socket = await this.connect();
     socket.end(encodeFrame("m", Buffer.from(payloadText)));
     const chunks: Buffer[] = [];
     socket.on("data", (chunk: Buffer) => chunks.push(chunk));
@@ -107,12 +97,49 @@ export class ExecServer {
       throw new Error(`berth-exec: ${message || "no answer"}`);
   }
 
+  /** A connection to the helper, starting a new one first if the last one died. */
+  private async connect(): Promise<Socket> {
+    if (this.closed) throw new Error("the sandbox driver is shut down");
+    if (this.helper.exitCode !== null || this.helper.signalCode !== null) {
+      this.restarting ??= startHelper(this.socketPath)
+        .then((helper) => {
+          this.helper = helper;
+        })
+        .finally(() => {
+          this.restarting = undefined;
+        });
+      await this.restarting;
+    }
+    return connect(this.socketPath);
+  }
+
   async close(): Promise<void> {
+    this.closed = true;
+    await this.restarting?.catch(() => undefined);
     if (this.helper.exitCode !== null || this.helper.signalCode !== null) return;
     const exited = once(this.helper, "exit");
     this.helper.stdin?.end();
     await exited;
   }
+}
+
+async function startHelper(socketPath: string): Promise<ChildProcess> {
+  // stdin stays an open pipe that Berth never writes: its end tells the helper Berth is gone.
+  const helper = spawn(execHelperPath, ["serve", socketPath], {
+    stdio: ["pipe", "pipe", "pipe"],
+    env: {},
+  });
+  const errors: string[] = [];
+  helper.stderr.on("data", (chunk: Buffer) => errors.push(chunk.toString("utf8")));
+  // A dead helper's pipe would keep Berth's event loop alive for nothing.
+  helper.once("exit", () => helper.stdin.destroy());
+  const exited = once(helper, "exit").then(() => {
+    throw new Error(`berth-exec failed to start: ${errors.join("").trim() || "no output"}`);
+  });
+  await Promise.race([once(helper.stdout, "data"), exited]);
+  helper.stdout.resume();
+  exited.catch(() => undefined);
+  return helper;
 }
 
 function encodeRequest(request: ExecRequest): Buffer {

@@ -6,7 +6,9 @@ import {
   ftruncateSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
+  realpathSync,
 } from "node:fs";
 import { readdir, rm, rmdir, stat, statfs } from "node:fs/promises";
 import { join } from "node:path";
@@ -88,6 +90,11 @@ export class LoopVolumes implements VolumeStore {
   async attach(volumeId: string): Promise<string> {
     const image = this.imagePath(volumeId);
     if (!existsSync(image)) throw new Error(`its image ${image} is missing`);
+    // Mounted twice, one ext4 would be written through two superblocks: never attach an image
+    // a loop device still holds (a previous detach that has not let go yet).
+    const holders = loopDevicesBacking(realpathSync(image));
+    if (holders.length > 0)
+      throw new Error(`its image ${image} is still attached to ${holders.join(", ")}`);
     const target = this.mountPath(volumeId);
     mkdirSync(target, { recursive: true, mode: 0o700 });
     try {
@@ -178,6 +185,20 @@ export function mountPointsUnder(directory: string): string[] {
     .map((line) => unescapeMountPath(line.split(" ")[4] ?? ""))
     .filter((point) => point === directory || point.startsWith(`${directory}/`))
     .sort((a, b) => b.length - a.length);
+}
+
+/** Loop devices whose backing file is `image` (the kernel lists them under /sys/block). */
+function loopDevicesBacking(image: string): string[] {
+  return readdirSync("/sys/block")
+    .filter((name) => name.startsWith("loop"))
+    .filter((name) => {
+      try {
+        return readFileSync(`/sys/block/${name}/loop/backing_file`, "utf8").trim() === image;
+      } catch {
+        return false; // not attached
+      }
+    })
+    .map((name) => `/dev/${name}`);
 }
 
 function isMountPoint(directory: string): boolean {
