@@ -1,5 +1,8 @@
 import type { LaunchSpec, PreparedShell } from "./shell.ts";
 
+/** How long after a shell is taken its replacement is prepared. */
+const refillDelayMs = 1000;
+
 interface Entry {
   shells: PreparedShell[];
   lastUsedMs: number;
@@ -46,7 +49,13 @@ export class ShellPool {
     this.entries.set(key, entry);
     entry.lastUsedMs = Date.now();
     const shell = entry.shells.shift();
-    void this.refill(entry, launch);
+    if (shell === undefined) {
+      void this.refill(entry, launch);
+    } else {
+      // The shell just taken is about to start an agent, the busiest moment for this machine's
+      // cores: preparing its replacement can wait until that start is over.
+      setTimeout(() => void this.refill(entry, launch), refillDelayMs).unref();
+    }
     return shell;
   }
 
