@@ -6,20 +6,22 @@ import { sessionCommands } from "./sessions.ts";
 
 export const clientCommands: CliCommand[] = [...runtimeCommands, ...sessionCommands];
 
-/** The client side of the CLI: every command but `serve`. */
-export function clientUsage(): string {
-  const width = Math.max(...clientCommands.map((command) => command.name.length)) + 2;
-  return [
-    ...clientCommands.map((command) => `  berth ${command.name.padEnd(width)}${command.summary}`),
-    "",
-    `They talk to Berth at --endpoint or BERTH_ENDPOINT (default ${defaultEndpoint}), signed with`,
-    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (Berth prints them at its first start), an AWS",
-    "profile, or, as root on the server's machine, the credentials in its data directory.",
-    "Add --json for machine-readable output and --help to any command for its options.",
-    "Exit codes: 0 ok, 1 Berth answered an error, 2 bad usage, 3 Berth unreachable, 4 credentials",
-    "refused; berth exec exits with the command's own code (125 when Berth failed).",
-  ].join("\n");
+/** One line per client command, aligned with `width` columns for the command. */
+export function clientCommandLines(width: number): string {
+  return clientCommands
+    .map((command) => `  ${`berth ${command.name}`.padEnd(width)}${command.summary}`)
+    .join("\n");
 }
+
+/** How the client commands connect and what their exit codes mean. */
+export const clientNotes = [
+  `The client commands talk to Berth at --endpoint or BERTH_ENDPOINT (default ${defaultEndpoint}),`,
+  "signed with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (Berth prints them at its first start), an",
+  "AWS profile, or, as root on the server's machine, the credentials in its data directory. Add",
+  "--json for machine-readable output and --help to any command for its options and examples.",
+  "Exit codes: 0 ok, 1 Berth answered an error, 2 bad usage, 3 Berth unreachable, 4 credentials",
+  "refused; berth exec exits with the command's own code (125 when Berth failed).",
+].join("\n");
 
 /** Runs a client command; undefined when `words` names none. */
 export async function runClientCommand(

@@ -5,16 +5,18 @@ import {
   settingDeclarations,
   SettingsError,
 } from "../config/settings.ts";
-import { clientUsage, runClientCommand } from "../cli/main.ts";
+import { clientCommandLines, clientNotes, runClientCommand } from "../cli/main.ts";
 import { startBerth } from "./berth.ts";
 import { jsonLogger } from "./json-logger.ts";
 
 const usage = `berth — a self-hosted agent runtime, wire-compatible with Amazon Bedrock AgentCore Runtime
 
 Usage:
-  berth serve [options]     start the server (control plane and data plane on one port)
-${clientUsage()}
-  berth help                show this help
+${`  berth serve [options]`.padEnd(26)}start the server (control plane and data plane on one port)
+${clientCommandLines(24)}
+${`  berth help`.padEnd(26)}show this help
+
+${clientNotes}
 
 Examples:
   berth serve                                  # 127.0.0.1:8787, data in /var/lib/berth
