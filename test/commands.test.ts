@@ -341,7 +341,10 @@ for i in range(${total / 65536}):
       )
       .filter((group) => readFileSync(join(group, "cgroup.procs"), "utf8").trim() === "");
     assert.deepEqual(emptyCommandGroups, [], "finished commands' groups are removed");
-    assert.equal(hostProcesses(/^sleep\0?7341/).length, 1);
+    // bash may exit before its background child has exec'd sleep: wait for it to show up.
+    await waitFor("the background sleep", () =>
+      hostProcesses(/^sleep\0?7341/).length === 1 ? true : undefined,
+    );
     await harness().data.send(
       new StopRuntimeSessionCommand({ agentRuntimeArn: runtime.arn, runtimeSessionId: session }),
     );

@@ -50,7 +50,7 @@ async function executeCommand(
       "content-type": "application/vnd.amazon.eventstream",
       ...sessionResponseHeaders(incoming.headers, sessionId, input.request.requestId),
     });
-    outgoing.flushHeaders();
+    // No flushHeaders(): contentStart follows at once and leaves in the same packet.
     const sink = new EventStreamResponse(outgoing);
     try {
       const outcome = await run.streamTo(sink);
@@ -86,6 +86,7 @@ function inStreamError(error: unknown, requestId: string, log: Logger): BerthErr
  */
 class EventStreamResponse {
   gone = false;
+  private stop: Uint8Array | undefined;
   private readonly outgoing: ServerResponse;
 
   constructor(outgoing: ServerResponse) {
@@ -97,6 +98,12 @@ class EventStreamResponse {
 
   send(event: CommandEvent): boolean {
     if (this.gone) return true;
+    // contentStop is always the last event: it leaves with the end of the response, in one
+    // write, so the client reads both at once.
+    if ("contentStop" in event) {
+      this.stop = encodeChunkEvent(event);
+      return true;
+    }
     return this.outgoing.write(encodeChunkEvent(event));
   }
 
@@ -118,6 +125,8 @@ class EventStreamResponse {
   }
 
   end(): void {
-    if (!this.gone) this.outgoing.end();
+    if (this.gone) return;
+    if (this.stop === undefined) this.outgoing.end();
+    else this.outgoing.end(this.stop);
   }
 }
