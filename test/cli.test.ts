@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -103,6 +103,32 @@ describe("the berth CLI", () => {
     const shown = JSON.parse(got.stdout) as Record<string, unknown>;
     assert.deepEqual(shown["environmentVariables"], { GREETING: "hi" });
     assert.equal(shown["$metadata"], undefined);
+  });
+
+  it("makes uploaded code readable by the session, whatever its modes were", async () => {
+    const folder = join(dataDir, "private-code");
+    mkdirSync(folder, { mode: 0o700 });
+    copyFileSync(join(agentSources.probe, "main.js"), join(folder, "main.js"));
+    chmodSync(join(folder, "main.js"), 0o600);
+    const created = await berth([
+      "runtimes",
+      "create",
+      "private_code",
+      "--code",
+      folder,
+      "--entry",
+      "main.js",
+    ]);
+    assert.equal(created.code, 0, created.stderr);
+    const answer = await berth([
+      "invoke",
+      "private_code",
+      JSON.stringify({ action: "recall" }),
+      "--session",
+      session,
+    ]);
+    assert.equal(answer.code, 0, answer.stderr);
+    assert.deepEqual(JSON.parse(answer.stdout), { memory: [] });
   });
 
   it("invokes with the payload as an argument, from a file and from stdin", async () => {

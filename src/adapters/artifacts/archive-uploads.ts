@@ -39,6 +39,7 @@ export class ArchiveUploads implements ArtifactUploader {
     try {
       chownSync(staging, unpackUid, unpackUid);
       const bytes = await this.untar(archive, staging);
+      await asUnpacker("chmod", ["-R", "a+rX", staging]);
       const files = await countFiles(staging);
       if (existsSync(target)) throw taken(location);
       await chmod(staging, 0o755); // sandboxes read code as their own uids
@@ -105,6 +106,20 @@ export class ArchiveUploads implements ArtifactUploader {
     }
     return bytes;
   }
+}
+
+/**
+ * Code is read by each session's own uid: make it readable (and folders enterable) by all, as
+ * the user that unpacked it. An archive made from a 0600 file would otherwise start no agent.
+ */
+async function asUnpacker(command: string, args: string[]): Promise<void> {
+  const child = spawn(
+    "setpriv",
+    [`--reuid=${unpackUid}`, `--regid=${unpackUid}`, "--clear-groups", command, ...args],
+    { stdio: "ignore", env: { PATH: "/usr/bin:/bin" } },
+  );
+  const [code] = (await once(child, "exit")) as [number | null];
+  if (code !== 0) throw new Error(`${command} ${args.join(" ")} failed (${String(code)})`);
 }
 
 function taken(location: { bucket: string; prefix: string }): BerthError {
