@@ -21,6 +21,7 @@ export class ShellPool {
   private readonly idleMs: number;
   private readonly prepare: (launch: LaunchSpec) => Promise<PreparedShell | undefined>;
   private readonly sweeper: NodeJS.Timeout;
+  private closed = false;
 
   constructor(options: {
     perSpec: number;
@@ -43,7 +44,7 @@ export class ShellPool {
 
   /** A ready shell for this spec, if one is waiting; refills in the background either way. */
   take(launch: LaunchSpec): PreparedShell | undefined {
-    if (this.perSpec === 0) return undefined;
+    if (this.perSpec === 0 || this.closed) return undefined;
     const key = keyOf(launch);
     const entry = this.entries.get(key) ?? { shells: [], lastUsedMs: 0, refilling: false };
     this.entries.set(key, entry);
@@ -60,6 +61,7 @@ export class ShellPool {
   }
 
   close(): void {
+    this.closed = true;
     clearInterval(this.sweeper);
     for (const entry of this.entries.values())
       for (const shell of entry.shells.splice(0)) shell.kill();
@@ -77,6 +79,10 @@ export class ShellPool {
       ) {
         const shell = await this.prepare(launch).catch(() => undefined);
         if (shell === undefined) return;
+        if (this.closed) {
+          shell.kill(); // prepared while the pool closed: nobody would ever take or kill it
+          return;
+        }
         entry.shells.push(shell);
         void shell.exited.then(() => {
           const index = entry.shells.indexOf(shell);

@@ -59,6 +59,7 @@ export class PreparedShell {
   /** The sandbox's slirp4netns, once it has outbound access. */
   network: ChildProcess | undefined;
   private networkStarting: Promise<void> | undefined;
+  private released = false;
 
   private constructor(fields: {
     name: string;
@@ -92,6 +93,7 @@ export class PreparedShell {
     const name = `sb${process.pid.toString(36)}-${shellCounter.toString(36)}`;
     const runDir = join(context.runRoot, name);
     let child: ChildProcess | undefined;
+    let childPid: number | undefined;
     try {
       mkdirSync(runDir, { mode: 0o700 });
       chownSync(runDir, uid, uid);
@@ -109,7 +111,12 @@ export class PreparedShell {
           resolve({ code: null, signal: null });
         });
       });
-      const childPid = await readChildPid(spawned.stdio[3] as Readable, exited);
+      // Once bwrap is gone, its info and block pipes would keep Berth's event loop alive.
+      void exited.then(() => {
+        (spawned.stdio[3] as Readable).destroy();
+        (spawned.stdio[4] as Writable).destroy();
+      });
+      childPid = await readChildPid(spawned.stdio[3] as Readable, exited);
       joinCgroups(procsFiles, [spawned.pid ?? 0, childPid]);
       mapIdentity(childPid, sandboxUser.uid, uid);
       const shell = new PreparedShell({
@@ -138,6 +145,9 @@ export class PreparedShell {
       return shell;
     } catch (error) {
       child?.kill("SIGKILL");
+      // Not yet released, the sandbox's first process waits on its block pipe: it cannot have
+      // exited, so its pid is still its own. It may not be in the cgroup yet.
+      if (childPid !== undefined) killQuietly(childPid);
       await context.cgroups.remove(name).catch(() => undefined);
       removeRunDir(runDir);
       context.uids.give(uid);
@@ -147,6 +157,7 @@ export class PreparedShell {
 
   /** Lets bwrap finish the sandbox (mounts, then the command). */
   run(): void {
+    this.released = true;
     release(this.child.stdio[4] as Writable);
   }
 
@@ -174,6 +185,17 @@ export class PreparedShell {
   kill(): void {
     this.child.kill("SIGKILL");
     this.network?.kill("SIGKILL");
+    // A shell never released still waits on its block pipe (its pid cannot have been reused);
+    // killing only bwrap's parent would leave it waiting there forever.
+    if (!this.released) killQuietly(this.childPid);
+  }
+}
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // already gone
   }
 }
 
