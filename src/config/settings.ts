@@ -201,7 +201,7 @@ export const settingDeclarations = {
     },
   },
   sandboxPrestart: {
-    doc: "Sandboxes prepared ahead (namespaces, cgroup, uid; no agent process yet) per recently used runtime version, so a new session only waits for its agent to start. 0 turns this off.",
+    doc: "Sandboxes prepared ahead (namespaces, cgroup, uid; no agent process yet) per recently used runtime version, so a new session only waits for its agent to start. One taken is replaced a second later, after its agent's start. 0 turns this off.",
     default: 2,
     parse: integer(0, 8),
   },
