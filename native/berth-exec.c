@@ -9,9 +9,10 @@
  * its stdin (a pipe Berth holds) closes, so it never outlives Berth.
  *
  * Frames, both ways: [type: u8][length: u32 big-endian][payload].
- *   Berth -> here, once: 'm' (see idmap_mount), or 'r' with NUL-terminated key=value entries: target=PID (the sandbox's
- *     first process), uid=N, gid=N, cwd=DIR, cgroup=PROCS_FILE (repeated), env=NAME=VALUE
- *     (repeated), arg=WORD (repeated; the first is an absolute program path).
+ *   Berth -> here, once: 'm' (a mount, see handle_mount), or 'r' with NUL-terminated key=value
+ *     entries: target=PID (the sandbox's first process), uid=N, gid=N, cwd=DIR,
+ *     cgroup=PROCS_FILE (repeated), env=NAME=VALUE (repeated), arg=WORD (repeated; the first is
+ *     an absolute program path).
  *   here -> Berth: either 'f' with a message (the program could not start), or 's' (it started),
  *     then 'o' stdout bytes and 'e' stderr bytes as they come, then 'x' "exit N" or "signal N".
  *
@@ -130,37 +131,50 @@ static int parse_number(const char *text, long *value) {
   return errno == 0 && end != text && *end == '\0' && *value >= 0 ? 0 : -1;
 }
 
-/* Splits the request payload in place; returns NULL or what is wrong with it. */
-static const char *parse_request(char *payload, uint32_t length, struct request *request) {
-  memset(request, 0, sizeof *request);
-  request->target = request->uid = request->gid = -1;
+typedef const char *(*entry_handler)(const char *key, char *value, void *state);
+
+/* Walks NUL-terminated key=value entries, splitting each in place; returns NULL or a problem. */
+static const char *each_entry(char *payload, uint32_t length, entry_handler handle, void *state) {
   if (length == 0 || payload[length - 1] != '\0') return "the request is not NUL-terminated";
   for (char *entry = payload, *next; entry < payload + length; entry = next) {
     next = entry + strlen(entry) + 1;
     char *value = strchr(entry, '=');
     if (value == NULL) return "an entry has no '='";
     *value++ = '\0';
-    if (strcmp(entry, "target") == 0) {
-      if (parse_number(value, &request->target) < 0) return "bad target";
-    } else if (strcmp(entry, "uid") == 0) {
-      if (parse_number(value, &request->uid) < 0) return "bad uid";
-    } else if (strcmp(entry, "gid") == 0) {
-      if (parse_number(value, &request->gid) < 0) return "bad gid";
-    } else if (strcmp(entry, "cwd") == 0) {
-      request->cwd = value;
-    } else if (strcmp(entry, "cgroup") == 0) {
-      if (request->cgroup_count == MAX_CGROUPS) return "too many cgroups";
-      request->cgroups[request->cgroup_count++] = value;
-    } else if (strcmp(entry, "env") == 0) {
-      if (request->env_count == MAX_ENTRIES) return "too many environment variables";
-      request->env[request->env_count++] = value;
-    } else if (strcmp(entry, "arg") == 0) {
-      if (request->argc == MAX_ENTRIES) return "too many arguments";
-      request->argv[request->argc++] = value;
-    } else {
-      return "unknown entry";
-    }
+    const char *problem = handle(entry, value, state);
+    if (problem != NULL) return problem;
   }
+  return NULL;
+}
+
+static const char *request_entry(const char *key, char *value, void *state) {
+  struct request *request = state;
+  if (strcmp(key, "target") == 0) return parse_number(value, &request->target) < 0 ? "bad target" : NULL;
+  if (strcmp(key, "uid") == 0) return parse_number(value, &request->uid) < 0 ? "bad uid" : NULL;
+  if (strcmp(key, "gid") == 0) return parse_number(value, &request->gid) < 0 ? "bad gid" : NULL;
+  if (strcmp(key, "cwd") == 0) {
+    request->cwd = value;
+  } else if (strcmp(key, "cgroup") == 0) {
+    if (request->cgroup_count == MAX_CGROUPS) return "too many cgroups";
+    request->cgroups[request->cgroup_count++] = value;
+  } else if (strcmp(key, "env") == 0) {
+    if (request->env_count == MAX_ENTRIES) return "too many environment variables";
+    request->env[request->env_count++] = value;
+  } else if (strcmp(key, "arg") == 0) {
+    if (request->argc == MAX_ENTRIES) return "too many arguments";
+    request->argv[request->argc++] = value;
+  } else {
+    return "unknown entry";
+  }
+  return NULL;
+}
+
+/* Parses an 'r' request in place; returns NULL or what is wrong with it. */
+static const char *parse_request(char *payload, uint32_t length, struct request *request) {
+  memset(request, 0, sizeof *request);
+  request->target = request->uid = request->gid = -1;
+  const char *problem = each_entry(payload, length, request_entry, request);
+  if (problem != NULL) return problem;
   if (request->target <= 0 || request->uid < 0 || request->gid < 0 || request->cwd == NULL)
     return "target, uid, gid and cwd are required";
   if (request->argc == 0 || request->argv[0][0] != '/') return "an absolute program path is required";
@@ -227,81 +241,64 @@ static enum relayed relay(int from, int socket_fd, char type, char *buffer) {
   }
 }
 
-/*
- * 'm' with share=DIR: makes DIR a shared mount point (see below).
- * 'm' with image=FILE, target=DIR: mounts an ext4 image through a loop device (see below).
- * 'm' with source=DIR, target=DIR, userns=FILE: mounts a copy of the mount at DIR on TARGET with its
- * ids mapped through the user namespace FILE (an idmapped mount): files stored as uid/gid N
- * appear as whatever N maps to there. Session storage keeps one fixed owner on disk this way,
- * whichever host uid the session's sandbox gets.
- */
 /* Attaches IMAGE to a free loop device that detaches itself at the last unmount; returns its fd. */
 static int attach_loop(const char *image, char *device, size_t device_size) {
   int backing = open(image, O_RDWR | O_CLOEXEC);
   if (backing < 0) return -1;
   int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
-  if (control < 0) return -1;
-  for (int attempt = 0; attempt < 16; attempt++) {
+  int loop = -1;
+  for (int attempt = 0; control >= 0 && attempt < 16; attempt++) {
     int number = ioctl(control, LOOP_CTL_GET_FREE);
     if (number < 0) break;
     snprintf(device, device_size, "/dev/loop%d", number);
-    int loop = open(device, O_RDWR | O_CLOEXEC);
+    loop = open(device, O_RDWR | O_CLOEXEC);
     if (loop < 0) continue;
     struct loop_config config = {.fd = (uint32_t)backing};
     config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
-    if (ioctl(loop, LOOP_CONFIGURE, &config) == 0) {
-      close(control);
-      close(backing);
-      return loop;
-    }
+    if (ioctl(loop, LOOP_CONFIGURE, &config) == 0) break;
     int failure = errno;
     close(loop);
-    if (failure != EBUSY) {
-      errno = failure;
-      break; /* another process took it first only explains EBUSY */
-    }
+    loop = -1;
+    errno = failure;
+    if (failure != EBUSY) break; /* another process taking the device first explains only EBUSY */
   }
   int failure = errno;
-  close(control);
+  if (control >= 0) close(control);
   close(backing);
   errno = failure;
-  return -1;
+  return loop;
 }
 
-static void idmap_mount(int socket_fd, char *payload, uint32_t length) {
-  const char *source = NULL, *target = NULL, *userns = NULL, *share = NULL, *image = NULL;
-  if (length == 0 || payload[length - 1] != '\0') return send_text(socket_fd, 'f', "bad request");
-  for (char *entry = payload, *next; entry < payload + length; entry = next) {
-    next = entry + strlen(entry) + 1;
-    char *value = strchr(entry, '=');
-    if (value == NULL) return send_text(socket_fd, 'f', "bad request");
-    *value++ = '\0';
-    if (strcmp(entry, "source") == 0) source = value;
-    else if (strcmp(entry, "target") == 0) target = value;
-    else if (strcmp(entry, "userns") == 0) userns = value;
-    else if (strcmp(entry, "share") == 0) share = value;
-    else if (strcmp(entry, "image") == 0) image = value;
-  }
-  if (image != NULL && target != NULL) {
-    /* 'm' with image=FILE, target=DIR: mounts the ext4 image on DIR through a loop device. */
-    char device[64];
-    int loop = attach_loop(image, device, sizeof device);
-    if (loop < 0) return send_text(socket_fd, 'f', "cannot attach %s to a loop device: %s", image, strerror(errno));
-    int mounted = mount(device, target, "ext4", MS_NOSUID | MS_NODEV, "discard,errors=remount-ro");
-    int failure = errno;
-    close(loop); /* with autoclear, the device goes when the filesystem is unmounted (or now) */
-    if (mounted < 0) return send_text(socket_fd, 'f', "cannot mount %s: %s", image, strerror(failure));
-    return send_text(socket_fd, 'x', "exit 0");
-  }
-  if (share != NULL) {
-    /* A mount point of its own in a shared peer group: a sandbox whose mount namespace is copied
-     * from the host's after this receives what is mounted below it later. */
-    if (mount(share, share, NULL, MS_BIND, NULL) < 0 || mount(NULL, share, NULL, MS_SHARED, NULL) < 0)
-      return send_text(socket_fd, 'f', "sharing %s: %s", share, strerror(errno));
-    return send_text(socket_fd, 'x', "exit 0");
-  }
-  if (source == NULL || target == NULL || userns == NULL)
-    return send_text(socket_fd, 'f', "source, target and userns are required");
+/* image=FILE, target=DIR: mounts an ext4 image on DIR through a loop device. */
+static void mount_image(int socket_fd, const char *image, const char *target) {
+  char device[64];
+  int loop = attach_loop(image, device, sizeof device);
+  if (loop < 0) return send_text(socket_fd, 'f', "cannot attach %s to a loop device: %s", image, strerror(errno));
+  int mounted = mount(device, target, "ext4", MS_NOSUID | MS_NODEV, "discard,errors=remount-ro");
+  int failure = errno;
+  close(loop); /* with autoclear, the device goes when the filesystem is unmounted (or now) */
+  if (mounted < 0) return send_text(socket_fd, 'f', "cannot mount %s: %s", image, strerror(failure));
+  send_text(socket_fd, 'x', "exit 0");
+}
+
+/*
+ * share=DIR: makes DIR a mount point of its own in a shared peer group. A sandbox whose mount
+ * namespace is copied from the host's after this receives what is mounted below DIR later.
+ */
+static void share_mount_point(int socket_fd, const char *directory) {
+  if (mount(directory, directory, NULL, MS_BIND, NULL) < 0 ||
+      mount(NULL, directory, NULL, MS_SHARED, NULL) < 0)
+    return send_text(socket_fd, 'f', "sharing %s: %s", directory, strerror(errno));
+  send_text(socket_fd, 'x', "exit 0");
+}
+
+/*
+ * source=DIR, target=DIR, userns=FILE: mounts a copy of the mount at DIR on TARGET with its ids
+ * mapped through the user namespace FILE (an idmapped mount): files stored as uid/gid N appear
+ * as whatever N maps to there. Session storage keeps one fixed owner on disk this way, whichever
+ * host uid the session's sandbox gets.
+ */
+static void idmap_mount(int socket_fd, const char *source, const char *target, const char *userns) {
   int userns_fd = open(userns, O_RDONLY | O_CLOEXEC);
   if (userns_fd < 0) return send_text(socket_fd, 'f', "cannot open %s: %s", userns, strerror(errno));
   int tree = (int)syscall(SYS_open_tree, AT_FDCWD, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
@@ -314,6 +311,34 @@ static void idmap_mount(int socket_fd, char *payload, uint32_t length) {
   send_text(socket_fd, 'x', "exit 0");
 }
 
+struct mount_request {
+  const char *image, *share, *source, *target, *userns;
+};
+
+static const char *mount_entry(const char *key, char *value, void *state) {
+  struct mount_request *request = state;
+  if (strcmp(key, "image") == 0) request->image = value;
+  else if (strcmp(key, "share") == 0) request->share = value;
+  else if (strcmp(key, "source") == 0) request->source = value;
+  else if (strcmp(key, "target") == 0) request->target = value;
+  else if (strcmp(key, "userns") == 0) request->userns = value;
+  else return "unknown entry";
+  return NULL;
+}
+
+/* An 'm' request: one of the three mounts above, chosen by its entries. */
+static void handle_mount(int socket_fd, char *payload, uint32_t length) {
+  struct mount_request request = {0};
+  const char *problem = each_entry(payload, length, mount_entry, &request);
+  if (problem != NULL) return send_text(socket_fd, 'f', "bad request: %s", problem);
+  if (request.share != NULL) return share_mount_point(socket_fd, request.share);
+  if (request.image != NULL && request.target != NULL)
+    return mount_image(socket_fd, request.image, request.target);
+  if (request.source != NULL && request.target != NULL && request.userns != NULL)
+    return idmap_mount(socket_fd, request.source, request.target, request.userns);
+  send_text(socket_fd, 'f', "bad request: want share, image+target or source+target+userns");
+}
+
 static void keep(int socket_fd) {
   unsigned char header[5];
   if (read_all(socket_fd, header, sizeof header) < 0) return;
@@ -322,7 +347,7 @@ static void keep(int socket_fd) {
   if (length > MAX_REQUEST) return send_text(socket_fd, 'f', "the request is too large");
   char *payload = malloc(length + 1);
   if (payload == NULL || read_all(socket_fd, payload, length) < 0) return;
-  if (header[0] == 'm') return idmap_mount(socket_fd, payload, length);
+  if (header[0] == 'm') return handle_mount(socket_fd, payload, length);
   struct request request;
   const char *problem = parse_request(payload, length, &request);
   if (problem != NULL) return send_text(socket_fd, 'f', "bad request: %s", problem);

@@ -155,11 +155,8 @@ describe("InvokeAgentRuntimeCommand", () => {
       assert.match(finished.stdout, /^CapEff:\s+0+$/m);
       assert.match(finished.stdout, /^CapBnd:\s+0+$/m);
       assert.match(finished.stdout, /^NoNewPrivs:\s+1$/m);
-      const [inside, host] = (finished.stdout.match(/^\s*1000\s+(\d+)\s+1$/m) ?? []).slice(0, 2);
-      assert.ok(
-        inside !== undefined && Number(host) >= 1000,
-        "uid 1000 maps to an unprivileged host uid",
-      );
+      const hostUid = Number(/^\s*1000\s+(\d+)\s+1$/m.exec(finished.stdout)?.[1]);
+      assert.ok(hostUid >= 1000, "uid 1000 maps to an unprivileged host uid");
     } finally {
       delete process.env["BERTH_TEST_SECRET"];
     }

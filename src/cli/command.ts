@@ -22,14 +22,14 @@ export interface CliCommand {
   run(context: CommandContext): Promise<number>;
 }
 
-export const globalOptions: Record<string, OptionSpec & { doc: string }> = {
+const globalOptions: Record<string, OptionSpec & { doc: string }> = {
   endpoint: { value: true, doc: `Berth's URL [BERTH_ENDPOINT; default http://127.0.0.1:8787]` },
   region: { value: true, doc: "region to sign for [AWS_REGION; default us-east-1]" },
   json: { doc: "print JSON instead of tables, for scripts" },
   help: { doc: "show this help" },
 };
 
-export function helpText(command: CliCommand): string {
+function helpText(command: CliCommand): string {
   const options = { ...command.options, ...globalOptions };
   const width = Math.max(...Object.keys(options).map((name) => name.length)) + 10;
   return [

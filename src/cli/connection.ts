@@ -20,9 +20,9 @@ interface Credentials {
 
 /**
  * How the CLI reaches Berth: the endpoint (--endpoint, BERTH_ENDPOINT, or the default), the
- * region, and credentials from, in order, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the
- * credentials file Berth wrote at first start (when readable: on the server's machine, as root),
- * or the AWS SDK's usual chain (AWS_PROFILE, ~/.aws/credentials...).
+ * region, and credentials from, in order, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile
+ * AWS_PROFILE names, the credentials file Berth wrote at first start (when readable: on the
+ * server's machine, as root), or the AWS SDK's usual chain (the default profile...).
  */
 export class Connection {
   readonly endpoint: string;

@@ -4,7 +4,7 @@ import { exitCodes, type Io } from "./output.ts";
 import { runtimeCommands } from "./runtimes.ts";
 import { sessionCommands } from "./sessions.ts";
 
-export const clientCommands: CliCommand[] = [...runtimeCommands, ...sessionCommands];
+const clientCommands: CliCommand[] = [...runtimeCommands, ...sessionCommands];
 
 /** One line per client command, aligned with `width` columns for the command. */
 export function clientCommandLines(width: number): string {

@@ -471,7 +471,7 @@ function withoutMetadata(answer: object): Record<string, unknown> {
   return Object.fromEntries(Object.entries(answer).filter(([key]) => key !== "$metadata"));
 }
 
-export function writeFields(io: Io, fields: Record<string, string | number | undefined>): void {
+function writeFields(io: Io, fields: Record<string, string | number | undefined>): void {
   const width = Math.max(...Object.keys(fields).map((key) => key.length));
   for (const [key, value] of Object.entries(fields)) {
     if (value !== undefined && value !== "")

@@ -61,8 +61,9 @@ export function readCommandRequest(body: Record<string, unknown>): CommandReques
 /**
  * One InvokeAgentRuntimeCommand: `bash -c` in the session's sandbox, its output streamed as
  * events while it runs, ended by its exit or its timeout. On timeout every process it started
- * gets SIGTERM, then SIGKILL after the grace period, and the stream ends once all are gone. A receiver that has gone does not stop it:
- * the command runs to its end (or timeout) with its output discarded.
+ * gets SIGTERM, then SIGKILL after the grace period, and the stream ends once all are gone. A
+ * receiver that has gone does not stop it: the command runs to its end (or timeout) with its
+ * output discarded.
  */
 export class CommandRun {
   private readonly lease: SessionLease;
@@ -117,13 +118,8 @@ export class CommandRun {
       const timedOut = terminated !== undefined;
       // The stream ends only once every process the command started is gone.
       await terminated;
-      if (!timedOut && exit.signal === "SIGKILL") {
-        // A stopped session kills its commands a moment before the session's end is seen.
-        sessionEnded ??= await Promise.race([
-          this.lease.ended,
-          new Promise<undefined>((resolve) => setTimeout(resolve, 50, undefined)),
-        ]);
-      }
+      // A stopped session kills its commands a moment before the session's end is seen.
+      if (!timedOut && exit.signal === "SIGKILL") sessionEnded ??= await this.lease.endReasonSoon();
       if (sessionEnded !== undefined && !timedOut) {
         throw new BerthError(
           "RuntimeClientError",

@@ -23,7 +23,6 @@ export interface VolumeStore {
 }
 
 export interface VolumeUsage {
-  exists: boolean;
   attached: boolean;
   /** Bytes the filesystem reports used (while attached), else as measured at the last detach. */
   usedBytes: number | undefined;

@@ -67,6 +67,12 @@ export interface SessionLease {
   agentEndpoint: AgentEndpoint;
   /** Settles when the session's sandbox is gone (stopped, timed out, or the agent crashed). */
   ended: Promise<string>;
+  /**
+   * Why the session ended, if it ends within a moment: a broken connection or a killed command
+   * is usually seen a few milliseconds before the sandbox's exit, and the reason makes the
+   * better error message. Undefined when the session lives on.
+   */
+  endReasonSoon(): Promise<string | undefined>;
   release(): void;
   /** The agent's last output lines, for error messages. */
   outputTail(): string[];
@@ -75,6 +81,8 @@ export interface SessionLease {
 }
 
 const outputTailLines = 20;
+/** How long a request that lost its sandbox waits to learn why (see endReasonSoon). */
+const endNoticeMs = 50;
 
 /**
  * Sessions: one sandbox per (runtime, runtimeSessionId), started on first use. Concurrent first
@@ -149,9 +157,15 @@ export class SessionManager {
     }
     const live = session;
     let released = false;
+    const ended = sandbox.exited.then(() => live.stopReason ?? "the agent exited");
     return {
       agentEndpoint: sandbox.agentEndpoint,
-      ended: sandbox.exited.then(() => live.stopReason ?? "the agent exited"),
+      ended,
+      endReasonSoon: () =>
+        Promise.race([
+          ended,
+          new Promise<undefined>((resolve) => setTimeout(resolve, endNoticeMs, undefined)),
+        ]),
       outputTail: () => [...live.outputTail],
       exec: (argv) => sandbox.exec(argv),
       release: () => {

@@ -86,7 +86,6 @@ function inStreamError(error: unknown, requestId: string, log: Logger): BerthErr
  */
 class EventStreamResponse {
   gone = false;
-  private stop: Uint8Array | undefined;
   private readonly outgoing: ServerResponse;
 
   constructor(outgoing: ServerResponse) {
@@ -98,12 +97,6 @@ class EventStreamResponse {
 
   send(event: CommandEvent): boolean {
     if (this.gone) return true;
-    // contentStop is always the last event: it leaves with the end of the response, in one
-    // write, so the client reads both at once.
-    if ("contentStop" in event) {
-      this.stop = encodeChunkEvent(event);
-      return true;
-    }
     return this.outgoing.write(encodeChunkEvent(event));
   }
 
@@ -125,8 +118,6 @@ class EventStreamResponse {
   }
 
   end(): void {
-    if (this.gone) return;
-    if (this.stop === undefined) this.outgoing.end();
-    else this.outgoing.end(this.stop);
+    if (!this.gone) this.outgoing.end();
   }
 }

@@ -7,13 +7,7 @@ import type { OperationInput } from "./operation.ts";
 
 export const sessionIdHeader = "x-amzn-bedrock-agentcore-runtime-session-id";
 /** Trace headers a data-plane answer echoes back, as AgentCore does. */
-export const echoedHeaders = [
-  "x-amzn-trace-id",
-  "traceparent",
-  "tracestate",
-  "baggage",
-  "mcp-session-id",
-];
+const echoedHeaders = ["x-amzn-trace-id", "traceparent", "tracestate", "baggage", "mcp-session-id"];
 
 export function requireSessionId(headers: IncomingHttpHeaders): string {
   const value = headers[sessionIdHeader];

@@ -150,13 +150,10 @@ function sendToAgent(
         reject(error);
         return;
       }
-      // The connection usually breaks a moment before the sandbox's exit is seen; waiting briefly
-      // for it lets the error say why (stopped, timed out, crashed) instead of "socket hang up".
-      void Promise.race([
-        lease.ended,
-        new Promise((settle) => setTimeout(settle, 50, undefined)),
-      ]).then((reason) => {
-        const why = typeof reason === "string" ? `the session ended: ${reason}` : error.message;
+      // Waiting a moment for the session's end lets the error say why (stopped, timed out,
+      // crashed) instead of "socket hang up".
+      void lease.endReasonSoon().then((reason) => {
+        const why = reason !== undefined ? `the session ended: ${reason}` : error.message;
         const tailLines = lease.outputTail().slice(-5);
         reject(
           new BerthError(

@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { chownSync, existsSync, mkdirSync } from "node:fs";
-import { chmod, mkdtemp, readdir, rename, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -39,10 +39,14 @@ export class ArchiveUploads implements ArtifactUploader {
     try {
       chownSync(staging, unpackUid, unpackUid);
       const bytes = await this.untar(archive, staging);
-      await asUnpacker("chmod", ["-R", "a+rX", staging]);
+      // Sessions read code as their own uids: everything readable, every folder enterable (the
+      // staging folder itself included). A 0600 entry point would otherwise start no agent.
+      const chmod = asUnpacker(["chmod", "-R", "a+rX", staging]);
+      chmod.stdin.end();
+      const made = await outcome(chmod);
+      if (made.code !== 0) throw new Error(`chmod of the upload failed: ${made.stderr}`);
       const files = await countFiles(staging);
       if (existsSync(target)) throw taken(location);
-      await chmod(staging, 0o755); // sandboxes read code as their own uids
       await rename(staging, target);
       return { files, bytes };
     } catch (error) {
@@ -52,25 +56,16 @@ export class ArchiveUploads implements ArtifactUploader {
   }
 
   private async untar(archive: Readable, directory: string): Promise<number> {
-    const tar = spawn(
-      "setpriv",
-      [
-        `--reuid=${unpackUid}`,
-        `--regid=${unpackUid}`,
-        "--clear-groups",
-        "tar",
-        "-xzf",
-        "-",
-        "-C",
-        directory,
-        "--no-same-owner",
-        "--no-same-permissions",
-      ],
-      { stdio: ["pipe", "ignore", "pipe"], env: { PATH: "/usr/bin:/bin" } },
-    );
-    let stderr = "";
-    tar.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
-    const exited = once(tar, "exit") as Promise<[number | null]>;
+    const tar = asUnpacker([
+      "tar",
+      "-xzf",
+      "-",
+      "-C",
+      directory,
+      "--no-same-owner",
+      "--no-same-permissions",
+    ]);
+    const exited = outcome(tar);
     let bytes = 0;
     const limit = this.maxBytes;
     const counter = new Transform({
@@ -96,11 +91,11 @@ export class ArchiveUploads implements ArtifactUploader {
       if (BerthError.isInstance(error)) throw error;
       // tar stopped reading: its own message (below) says why.
     }
-    const [code] = await exited;
+    const { code, stderr } = await exited;
     if (code !== 0) {
       throw new BerthError(
         "ValidationException",
-        `The upload is not a readable .tar.gz: ${stderr.trim() || `tar exited with ${String(code)}`}`,
+        `The upload is not a readable .tar.gz: ${stderr || `tar exited with ${String(code)}`}`,
         { reason: "CannotParse" },
       );
     }
@@ -108,18 +103,21 @@ export class ArchiveUploads implements ArtifactUploader {
   }
 }
 
-/**
- * Code is read by each session's own uid: make it readable (and folders enterable) by all, as
- * the user that unpacked it. An archive made from a 0600 file would otherwise start no agent.
- */
-async function asUnpacker(command: string, args: string[]): Promise<void> {
-  const child = spawn(
+/** Starts a command as the unprivileged unpacking user, stdin and stderr piped. */
+function asUnpacker(command: string[]) {
+  return spawn(
     "setpriv",
-    [`--reuid=${unpackUid}`, `--regid=${unpackUid}`, "--clear-groups", command, ...args],
-    { stdio: "ignore", env: { PATH: "/usr/bin:/bin" } },
+    [`--reuid=${unpackUid}`, `--regid=${unpackUid}`, "--clear-groups", ...command],
+    { stdio: ["pipe", "ignore", "pipe"], env: { PATH: "/usr/bin:/bin" } },
   );
-  const [code] = (await once(child, "exit")) as [number | null];
-  if (code !== 0) throw new Error(`${command} ${args.join(" ")} failed (${String(code)})`);
+}
+
+/** Its exit code and what it said on stderr. */
+async function outcome(child: ReturnType<typeof asUnpacker>) {
+  let stderr = "";
+  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+  const [code] = (await once(child, "close")) as [number | null]; // close: stderr fully read
+  return { code, stderr: stderr.trim() };
 }
 
 function taken(location: { bucket: string; prefix: string }): BerthError {

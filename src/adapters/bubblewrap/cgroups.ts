@@ -1,7 +1,7 @@
 import { existsSync, readdirSync, readFileSync, rmdirSync, statfsSync } from "node:fs";
 import { mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { spawn, type ChildProcess } from "node:child_process";
-import { basename, join } from "node:path";
+import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 
 export interface CgroupLimits {
@@ -127,27 +127,10 @@ export class CgroupTree {
     }
   }
 
-  /** Removes a sandbox's empty command groups, except those named in `keep`. */
-  async removeEmptyChildren(sandbox: string, keep: ReadonlySet<string>): Promise<void> {
-    for (const group of childGroups(join(this.trackingRoot(), sandbox))) {
-      if (keep.has(basename(group)) || countProcesses(group) > 0) continue;
-      await rmdir(group).catch(() => undefined);
-    }
-  }
-
   /** Removes a command's group if nothing is left in it (processes it left running keep it). */
   async removeChild(sandbox: string, child: string): Promise<void> {
     const group = join(this.trackingRoot(), sandbox, child);
-    // rmdir right after the last process exits can answer EBUSY for a few ms: retry briefly.
-    for (let attempt = 0; countProcesses(group) === 0; attempt += 1) {
-      try {
-        await rmdir(group);
-        return;
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== "EBUSY" || attempt >= 200) return;
-        await delay(1);
-      }
-    }
+    if (countProcesses(group) === 0) await removeEmptyGroup(group).catch(() => undefined);
   }
 
   async usage(
@@ -160,13 +143,6 @@ export class CgroupTree {
       return text === undefined ? undefined : Number(text.trim());
     };
     return { memoryBytes: await read(memoryFile), processes: await read(pidsFile) };
-  }
-
-  /** Whether the kernel OOM-killed something in the sandbox. */
-  async oomKilled(name: string): Promise<boolean> {
-    const file = this.layout === "v2" ? "memory.events" : "memory/memory.oom_control";
-    const text = await readFile(this.path(name, file), "utf8").catch(() => "");
-    return /oom_kill [1-9]/.test(text);
   }
 
   /** Kills whatever is left in the sandbox's cgroup, then removes it. */
@@ -235,18 +211,25 @@ export class CgroupTree {
     if (!existsSync(group)) return;
     if (this.layout === "v2")
       await writeFile(join(group, "cgroup.kill"), "1").catch(() => undefined);
-    // rmdir right after the last process exits can answer EBUSY for a few ms: retry briefly.
-    for (let attempt = 0; ; attempt += 1) {
-      killProcesses(group);
-      try {
-        await rmdir(group);
-        return;
-      } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code;
-        if (code === "ENOENT") return;
-        if (code !== "EBUSY" || attempt >= 200) throw error;
-        await delay(5);
-      }
+    await removeEmptyGroup(group, killProcesses);
+  }
+}
+
+/**
+ * rmdir of a group, retried while the kernel answers EBUSY (it does for a few ms after the last
+ * process exits); `beforeEach` runs before every try, e.g. to kill what is still there.
+ */
+async function removeEmptyGroup(group: string, beforeEach?: (group: string) => void) {
+  for (let attempt = 0; ; attempt += 1) {
+    beforeEach?.(group);
+    try {
+      await rmdir(group);
+      return;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "ENOENT") return;
+      if (code !== "EBUSY" || attempt >= 200) throw error;
+      await delay(5);
     }
   }
 }

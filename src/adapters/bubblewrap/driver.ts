@@ -33,8 +33,6 @@ export interface BubblewrapOptions {
   prestartPerVersion: number;
 }
 
-export class SandboxCapacityError extends Error {}
-
 /** Uids beyond maxSandboxes that prepared shells may hold, so they never crowd out sessions. */
 const pooledShellLimit = 16;
 
@@ -125,7 +123,7 @@ export class BubblewrapDriver implements SandboxDriver {
     const launch = { codeDir: spec.codeDir, command: spec.command, environment: spec.environment };
     const shell = this.pool.take(launch) ?? (await PreparedShell.prepare(this.context, launch));
     if (shell === undefined) {
-      throw new SandboxCapacityError(`all ${this.options.maxSandboxes} sandbox slots are in use`);
+      throw new Error(`all ${this.options.maxSandboxes} sandbox slots are in use`);
     }
     shell.onOutput = spec.onOutput;
     const sandbox = new BubblewrapSandbox(shell, this.cgroups, this.requireExecServer());
@@ -217,8 +215,6 @@ class BubblewrapSandbox implements Sandbox {
   private readonly cgroups: CgroupTree;
   private readonly execServer: ExecServer;
   private commandCounter = 0;
-  /** Command groups whose command has not exited: never pruned, even while still empty. */
-  private readonly runningGroups = new Set<string>();
 
   constructor(shell: PreparedShell, cgroups: CgroupTree, execServer: ExecServer) {
     this.shell = shell;
@@ -232,9 +228,8 @@ class BubblewrapSandbox implements Sandbox {
   async exec(argv: string[]): Promise<SandboxCommand> {
     this.commandCounter += 1;
     const group = `command-${this.commandCounter}`;
-    this.runningGroups.add(group);
-    // Groups of finished commands whose background processes have since ended go now.
-    await this.cgroups.removeEmptyChildren(this.name, this.runningGroups);
+    // A group goes when its command ends, unless processes the command left running are still
+    // in it; then it goes with the sandbox.
     const cgroupProcsFiles = await this.cgroups.createChild(this.name, group);
     try {
       const handle = await this.execServer.run({
@@ -246,20 +241,18 @@ class BubblewrapSandbox implements Sandbox {
         environment: this.shell.environment,
         argv,
       });
+      let terminated: Promise<void> | undefined;
       return {
         output: handle.output,
         exited: handle.exited.then(async (exit) => {
-          this.runningGroups.delete(group);
+          await terminated; // what a timeout started to kill must be gone before the group goes
           await this.cgroups.removeChild(this.name, group);
           return exit;
         }),
-        terminate: async (graceMs) => {
-          await this.cgroups.terminateChild(this.name, group, graceMs);
-          await this.cgroups.removeChild(this.name, group);
-        },
+        terminate: (graceMs) =>
+          (terminated = this.cgroups.terminateChild(this.name, group, graceMs)),
       };
     } catch (error) {
-      this.runningGroups.delete(group);
       await this.cgroups.removeChild(this.name, group);
       throw error;
     }

@@ -7,9 +7,7 @@ import { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import type { CommandOutput, SandboxExit } from "../../core/sandbox.ts";
 
-export const execHelperPath = fileURLToPath(
-  new URL("../../../native/bin/berth-exec", import.meta.url),
-);
+const execHelperPath = fileURLToPath(new URL("../../../native/bin/berth-exec", import.meta.url));
 
 /** What native/berth-exec needs to start a program inside a sandbox. */
 export interface ExecRequest {

@@ -1,6 +1,7 @@
 import { execFileSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { mountPointsUnder } from "../host/mount-table.ts";
 
 /** Where things appear inside every sandbox. */
 export const sandboxPaths = {
@@ -109,10 +110,7 @@ export function mountArgs(options: {
  * volume and delete a session's data.
  */
 export function unmountAllUnder(directory: string): void {
-  const mountPoints = readFileSync("/proc/self/mountinfo", "utf8")
-    .split("\n")
-    .map((line) => (line.split(" ")[4] ?? "").replace(/\\040/g, " "))
-    .filter((point) => point.startsWith(`${directory}/`))
-    .sort((a, b) => b.length - a.length);
-  for (const point of mountPoints) execFileSync("umount", ["--lazy", point]);
+  for (const point of mountPointsUnder(directory)) {
+    if (point !== directory) execFileSync("umount", ["--lazy", point]);
+  }
 }

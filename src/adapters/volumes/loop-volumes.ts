@@ -14,6 +14,7 @@ import { readdir, rm, rmdir, stat, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { VolumeStore, VolumeUsage } from "../../core/session-storage.ts";
+import { isMountPoint, mountPointsUnder } from "../host/mount-table.ts";
 
 const run = promisify(execFile);
 
@@ -128,7 +129,6 @@ export class LoopVolumes implements VolumeStore {
     const target = this.mountPath(volumeId);
     const attached = isMountPoint(target);
     return {
-      exists: image !== undefined,
       attached,
       usedBytes: attached ? await usedBytesOf(target) : undefined,
       allocatedBytes: image === undefined ? 0 : image.blocks * 512,
@@ -178,15 +178,6 @@ function syncDirectory(directory: string): void {
   }
 }
 
-/** Mount points at or below `directory`, deepest first (from the kernel's own table). */
-export function mountPointsUnder(directory: string): string[] {
-  return readFileSync("/proc/self/mountinfo", "utf8")
-    .split("\n")
-    .map((line) => unescapeMountPath(line.split(" ")[4] ?? ""))
-    .filter((point) => point === directory || point.startsWith(`${directory}/`))
-    .sort((a, b) => b.length - a.length);
-}
-
 /** Loop devices whose backing file is `image` (the kernel lists them under /sys/block). */
 function loopDevicesBacking(image: string): string[] {
   return readdirSync("/sys/block")
@@ -199,16 +190,6 @@ function loopDevicesBacking(image: string): string[] {
       }
     })
     .map((name) => `/dev/${name}`);
-}
-
-function isMountPoint(directory: string): boolean {
-  return mountPointsUnder(directory).includes(directory);
-}
-
-function unescapeMountPath(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_match, octal: string) =>
-    String.fromCharCode(parseInt(octal, 8)),
-  );
 }
 
 function commandError(error: unknown): string {
