@@ -292,28 +292,96 @@ static void share_mount_point(int socket_fd, const char *directory) {
   send_text(socket_fd, 'x', "exit 0");
 }
 
+struct mount_request {
+  const char *image, *share, *source, *target, *userns, *root, *scratch, *size;
+};
+
 /*
- * source=DIR, target=DIR, userns=FILE: mounts a copy of the mount at DIR on TARGET with its ids
- * mapped through the user namespace FILE (an idmapped mount): files stored as uid/gid N appear
- * as whatever N maps to there. Session storage keeps one fixed owner on disk this way, whichever
- * host uid the session's sandbox gets.
+ * A detached copy of the mount at SOURCE with its ids mapped through the user namespace file
+ * USERNS (an idmapped mount) plus ATTRIBUTES: files stored as uid/gid N appear as whatever N maps
+ * to there. Returns the copy's fd, or -1 with `problem` filled in.
+ */
+static int idmapped_copy(const char *source, const char *userns, uint64_t attributes, char *problem,
+                         size_t problem_size) {
+  int userns_fd = open(userns, O_RDONLY | O_CLOEXEC);
+  if (userns_fd < 0) {
+    snprintf(problem, problem_size, "cannot open %s: %s", userns, strerror(errno));
+    return -1;
+  }
+  int tree = (int)syscall(SYS_open_tree, AT_FDCWD, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+  if (tree < 0) {
+    snprintf(problem, problem_size, "open_tree %s: %s", source, strerror(errno));
+    close(userns_fd);
+    return -1;
+  }
+  struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP | attributes, .userns_fd = (uint64_t)userns_fd};
+  int set = (int)syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr);
+  int failure = errno;
+  close(userns_fd);
+  if (set < 0) {
+    snprintf(problem, problem_size, "idmapping %s: %s", source, strerror(failure));
+    close(tree);
+    return -1;
+  }
+  return tree;
+}
+
+/* Mounts the detached mount TREE on TARGET and closes it; 0, or -1 with `problem` filled in. */
+static int attach_tree(int tree, const char *target, char *problem, size_t problem_size) {
+  int moved = (int)syscall(SYS_move_mount, tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH);
+  if (moved < 0) snprintf(problem, problem_size, "mounting on %s: %s", target, strerror(errno));
+  close(tree);
+  return moved;
+}
+
+/*
+ * source=DIR, target=DIR, userns=FILE: an idmapped copy of DIR on TARGET. Session storage keeps
+ * one fixed owner on disk this way, whichever host uid the session's sandbox gets.
  */
 static void idmap_mount(int socket_fd, const char *source, const char *target, const char *userns) {
-  int userns_fd = open(userns, O_RDONLY | O_CLOEXEC);
-  if (userns_fd < 0) return send_text(socket_fd, 'f', "cannot open %s: %s", userns, strerror(errno));
-  int tree = (int)syscall(SYS_open_tree, AT_FDCWD, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-  if (tree < 0) return send_text(socket_fd, 'f', "open_tree %s: %s", source, strerror(errno));
-  struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (uint64_t)userns_fd};
-  if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
-    return send_text(socket_fd, 'f', "idmapping %s: %s", source, strerror(errno));
-  if (syscall(SYS_move_mount, tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
-    return send_text(socket_fd, 'f', "mounting on %s: %s", target, strerror(errno));
+  char problem[512];
+  int tree = idmapped_copy(source, userns, 0, problem, sizeof problem);
+  if (tree < 0 || attach_tree(tree, target, problem, sizeof problem) < 0)
+    return send_text(socket_fd, 'f', "%s", problem);
   send_text(socket_fd, 'x', "exit 0");
 }
 
-struct mount_request {
-  const char *image, *share, *source, *target, *userns;
-};
+/*
+ * root=DIR (an unpacked container image), userns=FILE, scratch=DIR, size=BYTES, target=DIR: the
+ * root of one image sandbox. A read-only idmapped copy of DIR is the lower layer of an overlay
+ * whose upper layer lives on a tmpfs of SIZE bytes at SCRATCH; the overlay is mounted on TARGET.
+ * The sandbox may change its root as it likes; the image in the cache, shared by every session,
+ * stays as it was. The image's files owned by the sandbox's uid on disk are its own inside.
+ */
+static void image_root(int socket_fd, const struct mount_request *request) {
+  char problem[512], options[256], lower[4096], upper[4096], work[4096];
+  if (snprintf(options, sizeof options, "size=%s,mode=0700", request->size) >= (int)sizeof options ||
+      snprintf(lower, sizeof lower, "%s/lower", request->scratch) >= (int)sizeof lower ||
+      snprintf(upper, sizeof upper, "%s/upper", request->scratch) >= (int)sizeof upper ||
+      snprintf(work, sizeof work, "%s/work", request->scratch) >= (int)sizeof work)
+    return send_text(socket_fd, 'f', "bad request: path too long");
+  if (strpbrk(request->scratch, ",:") != NULL)
+    return send_text(socket_fd, 'f', "bad request: %s has ',' or ':'", request->scratch);
+  if (mount("berth-scratch", request->scratch, "tmpfs", MS_NOSUID | MS_NODEV, options) < 0)
+    return send_text(socket_fd, 'f', "tmpfs on %s: %s", request->scratch, strerror(errno));
+  if (mkdir(lower, 0700) < 0 || mkdir(upper, 0755) < 0 || mkdir(work, 0700) < 0)
+    return send_text(socket_fd, 'f', "preparing %s: %s", request->scratch, strerror(errno));
+  int tree = idmapped_copy(request->root, request->userns,
+                           MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, problem,
+                           sizeof problem);
+  if (tree < 0 || attach_tree(tree, lower, problem, sizeof problem) < 0)
+    return send_text(socket_fd, 'f', "%s", problem);
+  /* The upper layer's root takes the image root's owner and mode (inside the sandbox). */
+  struct stat root;
+  if (stat(lower, &root) < 0 || chown(upper, root.st_uid, root.st_gid) < 0 ||
+      chmod(upper, root.st_mode & 07777) < 0)
+    return send_text(socket_fd, 'f', "preparing %s: %s", upper, strerror(errno));
+  char overlay[3 * 4096 + 64];
+  snprintf(overlay, sizeof overlay, "lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work);
+  if (mount("berth-image", request->target, "overlay", MS_NOSUID | MS_NODEV, overlay) < 0)
+    return send_text(socket_fd, 'f', "overlay on %s: %s", request->target, strerror(errno));
+  send_text(socket_fd, 'x', "exit 0");
+}
 
 static const char *mount_entry(const char *key, char *value, void *state) {
   struct mount_request *request = state;
@@ -322,11 +390,14 @@ static const char *mount_entry(const char *key, char *value, void *state) {
   else if (strcmp(key, "source") == 0) request->source = value;
   else if (strcmp(key, "target") == 0) request->target = value;
   else if (strcmp(key, "userns") == 0) request->userns = value;
+  else if (strcmp(key, "root") == 0) request->root = value;
+  else if (strcmp(key, "scratch") == 0) request->scratch = value;
+  else if (strcmp(key, "size") == 0) request->size = value;
   else return "unknown entry";
   return NULL;
 }
 
-/* An 'm' request: one of the three mounts above, chosen by its entries. */
+/* An 'm' request: one of the mounts above, chosen by its entries. */
 static void handle_mount(int socket_fd, char *payload, uint32_t length) {
   struct mount_request request = {0};
   const char *problem = each_entry(payload, length, mount_entry, &request);
@@ -336,7 +407,11 @@ static void handle_mount(int socket_fd, char *payload, uint32_t length) {
     return mount_image(socket_fd, request.image, request.target);
   if (request.source != NULL && request.target != NULL && request.userns != NULL)
     return idmap_mount(socket_fd, request.source, request.target, request.userns);
-  send_text(socket_fd, 'f', "bad request: want share, image+target or source+target+userns");
+  if (request.root != NULL && request.userns != NULL && request.scratch != NULL &&
+      request.size != NULL && request.target != NULL)
+    return image_root(socket_fd, &request);
+  send_text(socket_fd, 'f',
+            "bad request: want share, image+target, source+target+userns or root+userns+scratch+size+target");
 }
 
 static void keep(int socket_fd) {

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Builds Berth's one native helper, native/bin/berth-exec (see the comment at the top of its
-# source). Rebuilt only when the source is newer than the binary.
+# Builds Berth's native helpers into native/bin (see the comment at the top of each source):
+# berth-exec, the root helper for commands and mounts, and berth-bridge, the static first
+# program of every sandbox. Each is rebuilt only when its source is newer than the binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p native/bin
-if [ ! -x native/bin/berth-exec ] || [ native/berth-exec.c -nt native/bin/berth-exec ]; then
-  cc -O2 -Wall -Wextra -Werror -o native/bin/berth-exec.tmp native/berth-exec.c
-  mv native/bin/berth-exec.tmp native/bin/berth-exec
-fi
+build() {
+  local name=$1
+  shift
+  if [ ! -x "native/bin/$name" ] || [ "native/$name.c" -nt "native/bin/$name" ]; then
+    cc -O2 -Wall -Wextra -Werror "$@" -o "native/bin/$name.tmp" "native/$name.c"
+    mv "native/bin/$name.tmp" "native/bin/$name"
+  fi
+}
+build berth-exec
+# Static: it runs inside container images, whatever libc they have, if any.
+build berth-bridge -static

@@ -4,12 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# bubblewrap: the sandboxes; socat: the bridge to the agent's port inside a sandbox;
-# slirp4netns + iptables: sandboxes' outbound network and its firewall; unzip: .zip code
-# artifacts; python3-minimal: PYTHON_3_* runtimes; iproute2: the tests' own network namespaces;
-# gcc + libc6-dev: build native/berth-exec (commands inside sandboxes, storage mounts);
-# e2fsprogs: session storage volumes; git: the quick start and tests use it inside sessions.
-debian_packages=(bubblewrap socat slirp4netns iptables unzip python3-minimal iproute2 gcc libc6-dev e2fsprogs git)
+# bubblewrap: the sandboxes; slirp4netns + iptables: sandboxes' outbound network and its
+# firewall; unzip: .zip code artifacts; python3-minimal: PYTHON_3_* runtimes; iproute2: the
+# tests' own network namespaces; gcc + libc6-dev: build native/ (commands inside sandboxes,
+# mounts, the agent port bridge); e2fsprogs: session storage volumes; git: the quick start and
+# tests use it inside sessions. For tests and benchmarks of container images only:
+# docker-registry (a real registry on loopback), skopeo + umoci (build and push test images),
+# busybox-static (a shell inside test images), apache2-utils (htpasswd for registry auth).
+debian_packages=(bubblewrap slirp4netns iptables unzip python3-minimal iproute2 gcc libc6-dev e2fsprogs git
+  docker-registry skopeo umoci busybox-static apache2-utils)
 if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
 if [ ${#debian_packages[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

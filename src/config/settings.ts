@@ -112,6 +112,37 @@ export const settingDeclarations = {
     default: 1_073_741_824,
     parse: integer(1024, 1_099_511_627_776),
   },
+  registryCredentialsFile: {
+    doc: 'A JSON file of credentials for container registries, in Docker\'s config.json form: {"auths": {"registry.example.com:5000": {"username": "...", "password": "..."}}} (or "auth": base64 of user:password). Read at every pull, so changes need no restart. Keep it mode 0600.',
+    default: "",
+    defaultShown: "(none: registries are used anonymously)",
+    parse: anyText,
+  },
+  registryInsecureHosts: {
+    doc: "Comma-separated registries (host or host:port) that may be reached over plain HTTP instead of HTTPS. Loopback addresses are always allowed to be.",
+    default: [] as string[],
+    defaultShown: "(none besides loopback)",
+    parse: (text: string): string[] =>
+      text
+        .split(",")
+        .map((part) => part.trim())
+        .filter(Boolean),
+  },
+  maxImageBytes: {
+    doc: "Largest container image accepted, unpacked; a bigger one fails its version with CREATE_FAILED/UPDATE_FAILED.",
+    default: 17_179_869_184,
+    parse: integer(1_048_576, 1_099_511_627_776),
+  },
+  imageRetentionSeconds: {
+    doc: "Container images no version uses and no one loaded by name are removed from the cache after this long unused.",
+    default: 86_400,
+    parse: integer(0, 315_360_000),
+  },
+  imageGcIntervalMs: {
+    doc: "How often the image cache is swept for images past their retention.",
+    default: 3_600_000,
+    parse: integer(50, 86_400_000),
+  },
   commandKillGraceMs: {
     doc: "After a command's timeout, how long its processes get between SIGTERM and SIGKILL.",
     default: 2000,

@@ -91,7 +91,7 @@ export class CommandRun {
   ): Promise<CommandRun> {
     let command: SandboxCommand;
     try {
-      command = await lease.exec(["/bin/bash", "-c", request.command]);
+      command = await lease.exec([lease.shell, "-c", request.command]);
     } catch (error) {
       throw new BerthError(
         "RuntimeClientError",

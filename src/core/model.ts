@@ -64,6 +64,8 @@ export interface RuntimeVersionRecord {
   failureReason: string | undefined;
   createdAt: string;
   lastUpdatedAt: string;
+  /** For container images: the manifest digest the version was prepared from (its tag may move). */
+  artifactDigest?: string;
 }
 
 /** What list operations show of one runtime version: no config, so listing stays cheap. */

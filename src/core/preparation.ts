@@ -1,8 +1,14 @@
 import type { AgentArtifact, RuntimeVersionRecord } from "./model.ts";
 import type { MetadataStore } from "./store.ts";
 
-/** Checks (and later fetches or unpacks) a version's artifact; throws ArtifactProblem when unusable. */
-export type ArtifactCheck = (artifact: AgentArtifact, signal: AbortSignal) => Promise<void>;
+/**
+ * Checks, fetches and unpacks a version's artifact; throws ArtifactProblem when unusable.
+ * Resolves with the digest the version is pinned to (container images), if any.
+ */
+export type ArtifactCheck = (
+  artifact: AgentArtifact,
+  signal: AbortSignal,
+) => Promise<string | undefined>;
 
 /** An artifact that cannot run, with a reason a user can act on (shown as failureReason). */
 export class ArtifactProblem extends Error {}
@@ -58,10 +64,18 @@ export class VersionPreparer {
 
   private async settle(version: RuntimeVersionRecord): Promise<void> {
     const failed = version.version === 1 ? "CREATE_FAILED" : "UPDATE_FAILED";
-    let outcome: { status: "READY" | typeof failed; failureReason: string | undefined };
+    let outcome: {
+      status: "READY" | typeof failed;
+      failureReason: string | undefined;
+      artifactDigest?: string;
+    };
     try {
-      await this.check(version.config.artifact, this.abort.signal);
-      outcome = { status: "READY", failureReason: undefined };
+      const digest = await this.check(version.config.artifact, this.abort.signal);
+      outcome = {
+        status: "READY",
+        failureReason: undefined,
+        ...(digest === undefined ? {} : { artifactDigest: digest }),
+      };
     } catch (error) {
       if (this.abort.signal.aborted) return;
       const reason =

@@ -1,3 +1,4 @@
+import { parseImageReference } from "./image-reference.ts";
 import { InputReader } from "./input-reader.ts";
 import { managedRuntimes, type AgentArtifact, type RuntimeConfig } from "./model.ts";
 
@@ -107,7 +108,13 @@ function readArtifact(reader: InputReader, value: unknown): AgentArtifact | unde
       `${name}.containerConfiguration.containerUri`,
       { minLength: 1, maxLength: 1024 },
     );
-    return containerUri === undefined ? undefined : { kind: "container", containerUri };
+    if (containerUri === undefined) return undefined;
+    const parsed = parseImageReference(containerUri);
+    if ("problem" in parsed) {
+      reader.problem(`${name}.containerConfiguration.containerUri`, parsed.problem);
+      return undefined;
+    }
+    return { kind: "container", containerUri };
   }
   const prefix = `${name}.codeConfiguration`;
   const code = reader.requiredObject(chosen.value, prefix);

@@ -11,12 +11,27 @@ export interface SandboxDriver {
   close(): Promise<void>;
 }
 
+/** The files a sandbox runs on. */
+export type SandboxFilesystem =
+  /** The host's system programs (/usr) with the agent's code read-only at `/app`, run as the
+   * driver's own sandbox user in /app. */
+  | { kind: "code"; codeDir: string }
+  /** A container image's unpacked files as the root (read-only, with a private writable layer
+   * on top), run as the image's user in its working directory. */
+  | { kind: "image"; rootfsDir: string; user: SandboxIdentity; workingDir: string };
+
+/** A uid and gid as the sandbox's processes see them; the host sees the session's own uid. */
+export interface SandboxIdentity {
+  uid: number;
+  gid: number;
+}
+
 export interface SandboxSpec {
-  /** Host folder with the agent's code, mounted read-only at `/app` (the working directory). */
-  codeDir: string;
+  filesystem: SandboxFilesystem;
   /** Command run inside the sandbox, e.g. ["node", "main.js"]; interpreters are on PATH. */
   command: string[];
-  /** The runtime's environmentVariables plus what an agent expects (PORT, ...). Nothing else. */
+  /** The image's environment (if any), the runtime's environmentVariables and what an agent
+   * expects (PORT, ...). Nothing else. */
   environment: Record<string, string>;
   /** Host directories to mount read-write at their mountPath (under /mnt) before the agent starts. */
   volumes: { mountPath: string; hostPath: string }[];

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { BerthError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
 import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
+import type { SandboxIdentity } from "./sandbox.ts";
 import type { SessionStorageRecord, MetadataStore } from "./store.ts";
 
 /**
@@ -9,7 +10,8 @@ import type { SessionStorageRecord, MetadataStore } from "./store.ts";
  * its own with a hard size limit. On one machine, a loop-mounted ext4 image on local disk.
  */
 export interface VolumeStore {
-  create(volumeId: string, sizeBytes: number): Promise<void>;
+  /** owner: who owns the new volume's root folder; the store's default sandbox user if absent. */
+  create(volumeId: string, sizeBytes: number, owner?: SandboxIdentity): Promise<void>;
   /** Mounts the volume on the host and returns its directory; throws if it is missing or broken. */
   attach(volumeId: string): Promise<string>;
   /** Flushes everything to disk and unmounts; returns the bytes in use at that moment. */
@@ -88,16 +90,20 @@ export class SessionStorage {
     }
   }
 
-  /** Attaches (creating or resetting as needed) every volume the version's config names. */
+  /**
+   * Attaches (creating or resetting as needed) every volume the version's config names. New
+   * volumes belong to `owner` (an image's user), or to the driver's sandbox user.
+   */
   async attach(
     runtime: RuntimeRecord,
     version: RuntimeVersionRecord,
     sessionId: string,
+    owner?: SandboxIdentity,
   ): Promise<AttachedVolume[]> {
     const attached: AttachedVolume[] = [];
     try {
       for (const mountPath of version.config.sessionStorageMountPaths) {
-        const record = await this.recordFor(runtime, version, sessionId, mountPath);
+        const record = await this.recordFor(runtime, version, sessionId, mountPath, owner);
         const hostPath = await this.attachVolume(record);
         attached.push({ mountPath, volumeId: record.volumeId, hostPath });
       }
@@ -176,6 +182,7 @@ export class SessionStorage {
     version: RuntimeVersionRecord,
     sessionId: string,
     mountPath: string,
+    owner: SandboxIdentity | undefined,
   ): Promise<SessionStorageRecord> {
     const existing = await this.store.findSessionStorage(runtime.id, sessionId, mountPath);
     if (existing !== undefined && existing.version !== version.version) {
@@ -190,7 +197,7 @@ export class SessionStorage {
     // The volume first, then its record: a crash in between leaves an unnamed volume, which the
     // next start removes, never a record without its volume.
     const volumeId = randomUUID();
-    await this.volumes.create(volumeId, this.settings.sizeBytes);
+    await this.volumes.create(volumeId, this.settings.sizeBytes, owner);
     const now = this.now().toISOString();
     const record: SessionStorageRecord = {
       runtimeId: runtime.id,

@@ -8,6 +8,7 @@ import type {
   SandboxCommand,
   SandboxDriver,
   SandboxExit,
+  SandboxFilesystem,
   SandboxUsage,
 } from "./sandbox.ts";
 
@@ -16,10 +17,18 @@ export type AgentHealth = "Healthy" | "HealthyBusy";
 /** How the session manager talks to an agent: its /ping, as the agent contract defines. */
 export type AgentProbe = (endpoint: AgentEndpoint, timeoutMs: number) => Promise<AgentHealth>;
 
-/** How a version's artifact becomes a command in a folder. */
-export type LaunchPlanner = (
-  version: RuntimeVersionRecord,
-) => Promise<{ codeDir: string; command: string[] }>;
+/** What a version's artifact runs as. */
+export interface LaunchPlan {
+  filesystem: SandboxFilesystem;
+  command: string[];
+  /** The artifact's own environment (an image's Env); the runtime's variables go over it. */
+  environment: Record<string, string>;
+  /** What execute-command runs `-c COMMAND` with: /bin/bash, or /bin/sh in images without it. */
+  shell: string;
+}
+
+/** How a version's artifact becomes a launch plan. */
+export type LaunchPlanner = (version: RuntimeVersionRecord) => Promise<LaunchPlan>;
 
 export interface SessionSettings {
   /** The region Berth answers as; agents see it as AWS_REGION, as on AgentCore. */
@@ -58,6 +67,8 @@ interface LiveSession {
   abort: AbortController;
   stopReason: string | undefined;
   outputTail: string[];
+  /** The launch plan's shell, once planned. */
+  shell: string;
   /** Settles once the sandbox is gone and the session's storage is flushed and detached. */
   released: Promise<void>;
 }
@@ -78,6 +89,8 @@ export interface SessionLease {
   outputTail(): string[];
   /** Starts a program in the session's sandbox, beside the agent. */
   exec(argv: string[]): Promise<SandboxCommand>;
+  /** The shell commands run with in this session (see LaunchPlan.shell). */
+  shell: string;
 }
 
 const outputTailLines = 20;
@@ -168,6 +181,7 @@ export class SessionManager {
         ]),
       outputTail: () => [...live.outputTail],
       exec: (argv) => sandbox.exec(argv),
+      shell: live.shell,
       release: () => {
         if (released) return;
         released = true;
@@ -247,6 +261,7 @@ export class SessionManager {
       abort: new AbortController(),
       stopReason: undefined,
       outputTail: [],
+      shell: "/bin/bash",
       released: Promise.resolve(),
     };
     session.ready = this.boot(session, runtime, version);
@@ -268,10 +283,12 @@ export class SessionManager {
   ): Promise<Sandbox> {
     const startedAt = performance.now();
     try {
-      const { codeDir, command } = await this.plan(version);
+      const plan = await this.plan(version);
+      session.shell = plan.shell;
       await this.releases.get(session.key);
-      const volumes = await this.storage.attach(runtime, version, session.sessionId);
-      const sandbox = await this.startSandbox(session, codeDir, command, version, volumes);
+      const owner = plan.filesystem.kind === "image" ? plan.filesystem.user : undefined;
+      const volumes = await this.storage.attach(runtime, version, session.sessionId, owner);
+      const sandbox = await this.startSandbox(session, plan, version, volumes);
       session.sandbox = sandbox;
       const released = sandbox.exited.then(() => this.storage.detach(volumes));
       session.released = released;
@@ -303,18 +320,18 @@ export class SessionManager {
 
   private async startSandbox(
     session: LiveSession,
-    codeDir: string,
-    command: string[],
+    plan: LaunchPlan,
     version: RuntimeVersionRecord,
     volumes: AttachedVolume[],
   ): Promise<Sandbox> {
     try {
       return await this.driver.start(
         {
-          codeDir,
-          command,
+          filesystem: plan.filesystem,
+          command: plan.command,
           volumes: volumes.map(({ mountPath, hostPath }) => ({ mountPath, hostPath })),
           environment: {
+            ...plan.environment,
             ...version.config.environmentVariables,
             PORT: "8080",
             AWS_REGION: this.settings.region,

@@ -68,6 +68,8 @@ export interface MetadataStore {
     version: number;
     status: RuntimeStatus;
     failureReason: string | undefined;
+    /** The image digest a container version was prepared from. */
+    artifactDigest?: string;
     at: string;
   }): Promise<void>;
   deleteRuntime(runtimeId: string, idempotency: IdempotencyRecord | undefined): Promise<void>;
@@ -82,6 +84,8 @@ export interface MetadataStore {
   /** Runtimes with their latest version, in creation order. */
   listRuntimes(page: PageRequest): Promise<Page<RuntimeSummary>>;
   listRuntimeVersions(runtimeId: string, page: PageRequest): Promise<Page<RuntimeSummary>>;
+  /** Every image digest a version still pins (see RuntimeVersionRecord.artifactDigest). */
+  listArtifactDigests(): Promise<string[]>;
   /** Versions whose preparation had not finished, e.g. when the server stopped mid-way. */
   listUnsettledVersions(): Promise<RuntimeVersionRecord[]>;
 

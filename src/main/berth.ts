@@ -3,7 +3,9 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Writable } from "node:stream";
-import { localArtifactCheck } from "../adapters/artifacts/local-artifact-store.ts";
+import { codeArtifactCheck } from "../adapters/artifacts/local-artifact-store.ts";
+import { startContainerImages } from "./container-images.ts";
+import { imageOperations } from "../wire/images-api.ts";
 import { SqliteMetadataStore } from "../adapters/sqlite/store.ts";
 import type { Settings } from "../config/settings.ts";
 import type { CoreContext } from "../core/context.ts";
@@ -21,7 +23,8 @@ import { SessionStorage } from "../core/session-storage.ts";
 import { LoopVolumes } from "../adapters/volumes/loop-volumes.ts";
 import { sandboxUser } from "../adapters/bubblewrap/mounts.ts";
 import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
-import { codeLaunchPlanner } from "../adapters/artifacts/launch-plan.ts";
+import { launchPlanner, planCodeLaunch } from "../adapters/artifacts/launch-plan.ts";
+import { nativeBinary } from "../adapters/bubblewrap/native-binaries.ts";
 import { CodeFolders } from "../adapters/artifacts/code-folders.ts";
 import { interpreterForSandboxes, requireTraversableByOthers } from "./sandbox-host.ts";
 import { createRequestHandler } from "../wire/handler.ts";
@@ -34,6 +37,8 @@ export interface RunningBerth {
   credentials: AccessKey;
   /** Resolves when background work started so far (artifact preparation) has settled. */
   idle(): Promise<void>;
+  /** Removes cached images nothing needs now (it also runs every imageGcIntervalMs). */
+  collectImageGarbage(): Promise<string[]>;
   /** The live sessions, for tests and the operator API. */
   sessions: SessionManager;
   /** Stops every session, stops accepting requests, lets in-flight ones finish, closes the database. */
@@ -72,9 +77,13 @@ export async function startBerth(
   const codeFolders = new CodeFolders(artifactsDir, join(settings.dataDir, "artifact-cache"));
   const { key, generated } = loadOrCreateCredentials(settings.dataDir, settings);
   const store = new SqliteMetadataStore(join(settings.dataDir, "berth.db"));
+  const containerImages = startContainerImages(settings, store, log, now);
+  const { images } = containerImages;
+  const checkCode = codeArtifactCheck(codeFolders);
   const preparer = new VersionPreparer({
     store,
-    check: localArtifactCheck(codeFolders),
+    check: (artifact, signal) =>
+      artifact.kind === "code" ? checkCode(artifact) : images.pull(artifact.containerUri, signal),
     now,
     log,
   });
@@ -90,6 +99,10 @@ export async function startBerth(
     interpreters: {
       node: interpreterForSandboxes(settings.nodeBinary, join(settings.dataDir, "interpreters")),
     },
+    bridge: interpreterForSandboxes(
+      nativeBinary("berth-bridge"),
+      join(settings.dataDir, "interpreters"),
+    ),
     cgroupParent: settings.cgroupParent,
     outbound: settings.sandboxOutbound,
     allowedNetworks: settings.sandboxAllowedNetworks,
@@ -119,7 +132,10 @@ export async function startBerth(
     driver,
     storage,
     probe: pingAgent,
-    plan: codeLaunchPlanner(codeFolders),
+    plan: launchPlanner({
+      code: (version) => planCodeLaunch(codeFolders, version),
+      image: (version) => Promise.resolve().then(() => images.plan(version)),
+    }),
     log,
     settings: {
       region: settings.region,
@@ -158,6 +174,7 @@ export async function startBerth(
       commandOperation(context, sessions, { killGraceMs: settings.commandKillGraceMs, log }),
       ...storageOperations(context, storage),
       ...artifactOperations(new ArchiveUploads(artifactsDir, settings.maxArtifactBytes)),
+      ...imageOperations(images),
     ],
     verifier: settings.insecureNoAuth
       ? undefined
@@ -199,7 +216,9 @@ export async function startBerth(
     credentials: key,
     sessions,
     idle: () => preparer.idle(),
+    collectImageGarbage: containerImages.collectGarbage,
     close: async () => {
+      containerImages.stop();
       clearInterval(idempotencySweep);
       clearInterval(storageSweep);
       await sessions.close();

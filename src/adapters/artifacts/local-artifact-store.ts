@@ -1,18 +1,16 @@
 import { stat } from "node:fs/promises";
-import { ArtifactProblem, type ArtifactCheck } from "../../core/preparation.ts";
+import type { AgentArtifact } from "../../core/model.ts";
+import { ArtifactProblem } from "../../core/preparation.ts";
 import { insideRoot, type CodeFolders } from "./code-folders.ts";
 
 /**
  * Checks a version's artifact when the runtime is created or updated: the code exists (a .zip is
  * unpacked now, not at the first invoke) and holds the entry point.
  */
-export function localArtifactCheck(folders: CodeFolders): ArtifactCheck {
+export function codeArtifactCheck(
+  folders: CodeFolders,
+): (artifact: Extract<AgentArtifact, { kind: "code" }>) => Promise<undefined> {
   return async (artifact) => {
-    if (artifact.kind === "container") {
-      throw new ArtifactProblem(
-        `Container images are not supported by this Berth server yet (${artifact.containerUri}); use codeConfiguration`,
-      );
-    }
     const shown = `s3://${artifact.bucket}/${artifact.prefix}`;
     const location = asProblem(() => folders.location(artifact), shown);
     const folder = await folders.folder(artifact).catch((error: unknown) => {
@@ -31,6 +29,7 @@ export function localArtifactCheck(folders: CodeFolders): ArtifactCheck {
     if ((await stat(entryPath).catch(() => undefined))?.isFile() !== true) {
       throw new ArtifactProblem(`Entry point ${entryFile} not found in code artifact ${shown}`);
     }
+    return undefined;
   };
 }
 

@@ -11,7 +11,7 @@ import type {
 import { CgroupTree, type CgroupLimits } from "./cgroups.ts";
 import { ExecServer } from "./exec-server.ts";
 import { HostFirewall } from "./host-firewall.ts";
-import { prepareSandboxEtc, sandboxPaths, sandboxUser, unmountAllUnder } from "./mounts.ts";
+import { prepareSandboxEtc, sandboxPaths, unmountAllUnder } from "./mounts.ts";
 import { PreparedShell, type ShellContext } from "./shell.ts";
 import { ShellPool } from "./shell-pool.ts";
 import { UidPool } from "./uid-pool.ts";
@@ -22,8 +22,10 @@ export interface BubblewrapOptions {
   uidBase: number;
   maxSandboxes: number;
   limits: CgroupLimits;
-  /** Interpreters put on PATH inside the sandbox: name -> host binary. */
+  /** Interpreters put on PATH inside code sandboxes: name -> host binary. */
   interpreters: Record<string, string>;
+  /** native/bin/berth-bridge, or a copy of it that sandbox uids can read. */
+  bridge: string;
   cgroupParent: string;
   /** "public": outbound through slirp4netns, filtered by the host firewall; "none": loopback only. */
   outbound: "public" | "none";
@@ -39,8 +41,8 @@ const pooledShellLimit = 16;
 /**
  * Sandboxes with bubblewrap: new user, pid, mount, network, ipc, uts and cgroup namespaces, a
  * host uid of their own (never root), cgroup limits, and --die-with-parent so none outlives the
- * server. Berth reaches the agent's port 8080 through a Unix socket that socat bridges inside
- * the sandbox's own network namespace, so no host port is ever opened.
+ * server. Berth reaches the agent's port 8080 through a Unix socket that berth-bridge relays
+ * inside the sandbox's own network namespace, so no host port is ever opened.
  */
 export class BubblewrapDriver implements SandboxDriver {
   private readonly options: BubblewrapOptions;
@@ -66,7 +68,9 @@ export class BubblewrapDriver implements SandboxDriver {
       runRoot: options.runRoot,
       etcDir: join(options.runRoot, "etc"),
       interpreters: options.interpreters,
+      bridge: options.bridge,
       shareMountPoint: (directory) => this.requireExecServer().shareMountPoint(directory),
+      mountImageRoot: (request) => this.requireExecServer().imageRoot(request),
     };
     this.pool = new ShellPool({
       perSpec: options.prestartPerVersion,
@@ -120,7 +124,11 @@ export class BubblewrapDriver implements SandboxDriver {
 
   async start(spec: SandboxSpec, signal: AbortSignal): Promise<Sandbox> {
     signal.throwIfAborted();
-    const launch = { codeDir: spec.codeDir, command: spec.command, environment: spec.environment };
+    const launch = {
+      filesystem: spec.filesystem,
+      command: spec.command,
+      environment: spec.environment,
+    };
     const shell = this.pool.take(launch) ?? (await PreparedShell.prepare(this.context, launch));
     if (shell === undefined) {
       throw new Error(`all ${this.options.maxSandboxes} sandbox slots are in use`);
@@ -234,9 +242,9 @@ class BubblewrapSandbox implements Sandbox {
     try {
       const handle = await this.execServer.run({
         targetPid: this.shell.childPid,
-        uid: sandboxUser.uid,
-        gid: sandboxUser.gid,
-        cwd: sandboxPaths.app,
+        uid: this.shell.identity.uid,
+        gid: this.shell.identity.gid,
+        cwd: this.shell.workingDir,
         cgroupProcsFiles,
         environment: this.shell.environment,
         argv,

@@ -1,13 +1,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { existsSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { constants } from "node:os";
 import { Readable } from "node:stream";
-import { fileURLToPath } from "node:url";
 import type { CommandOutput, SandboxExit } from "../../core/sandbox.ts";
-
-const execHelperPath = fileURLToPath(new URL("../../../native/bin/berth-exec", import.meta.url));
+import { nativeBinary } from "./native-binaries.ts";
 
 /** What native/berth-exec needs to start a program inside a sandbox. */
 export interface ExecRequest {
@@ -46,11 +43,6 @@ export class ExecServer {
   }
 
   static async start(socketPath: string): Promise<ExecServer> {
-    if (!existsSync(execHelperPath)) {
-      throw new Error(
-        `${execHelperPath} is missing: build it with \`bash scripts/build-native.sh\` (scripts/setup.sh does)`,
-      );
-    }
     return new ExecServer(await startHelper(socketPath), socketPath);
   }
 
@@ -76,6 +68,23 @@ export class ExecServer {
    */
   shareMountPoint(directory: string): Promise<void> {
     return this.mountRequest(`share=${directory}\0`);
+  }
+
+  /**
+   * Mounts an image sandbox's root on `target`: the unpacked image at `root`, read-only and
+   * idmapped through `usernsFile`, under a writable tmpfs layer of `sizeBytes` at `scratch`
+   * (see image_root in native/berth-exec.c).
+   */
+  imageRoot(request: {
+    root: string;
+    usernsFile: string;
+    scratch: string;
+    sizeBytes: number;
+    target: string;
+  }): Promise<void> {
+    return this.mountRequest(
+      `root=${request.root}\0userns=${request.usernsFile}\0scratch=${request.scratch}\0size=${request.sizeBytes}\0target=${request.target}\0`,
+    );
   }
 
   /** Mounts an ext4 image on `target` through a loop device that detaches itself at unmount. */
@@ -123,7 +132,7 @@ export class ExecServer {
 
 async function startHelper(socketPath: string): Promise<ChildProcess> {
   // stdin stays an open pipe that Berth never writes: its end tells the helper Berth is gone.
-  const helper = spawn(execHelperPath, ["serve", socketPath], {
+  const helper = spawn(nativeBinary("berth-exec"), ["serve", socketPath], {
     stdio: ["pipe", "pipe", "pipe"],
     env: {},
   });

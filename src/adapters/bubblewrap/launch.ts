@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { writeFileSync } from "node:fs";
 import type { Readable, Writable } from "node:stream";
+import type { SandboxIdentity } from "../../core/sandbox.ts";
 
 /**
  * Starts `command` as `uid` inside the given cgroups: a root shell joins the cgroups first (so
@@ -88,10 +89,10 @@ export async function readChildPid(info: Readable, exited: Promise<unknown>): Pr
  * --userns-block-fd. Berth writes the map itself so bwrap needs no second, nested user
  * namespace: the network helpers can then join the namespace that owns the sandbox's network.
  */
-export function mapIdentity(childPid: number, insideId: number, hostId: number): void {
+export function mapIdentity(childPid: number, inside: SandboxIdentity, hostId: number): void {
   writeFileSync(`/proc/${childPid}/setgroups`, "deny");
-  writeFileSync(`/proc/${childPid}/uid_map`, `${insideId} ${hostId} 1\n`);
-  writeFileSync(`/proc/${childPid}/gid_map`, `${insideId} ${hostId} 1\n`);
+  writeFileSync(`/proc/${childPid}/uid_map`, `${inside.uid} ${hostId} 1\n`);
+  writeFileSync(`/proc/${childPid}/gid_map`, `${inside.gid} ${hostId} 1\n`);
 }
 
 export function release(block: Writable): void {

@@ -10,6 +10,7 @@ export const sandboxPaths = {
   run: "/run/berth",
   interpreters: "/opt/berth/bin",
   agentSocket: "/run/berth/agent.sock",
+  bridge: "/run/berth/bridge",
   volumes: "/mnt",
 } as const;
 
@@ -61,7 +62,7 @@ export function prepareSandboxEtc(etcDir: string): void {
  * run folder (for the agent socket). The data directory, /root, other sessions and the host's
  * processes are simply not there.
  */
-export function mountArgs(options: {
+export function codeMountArgs(options: {
   codeDir: string;
   runDir: string;
   etcDir: string;
@@ -102,6 +103,40 @@ export function mountArgs(options: {
     args.push("--ro-bind", hostPath, `${sandboxPaths.interpreters}/${name}`);
   }
   return args;
+}
+
+/**
+ * An image sandbox's filesystem: the image's root (already mounted at rootDir as an overlay,
+ * see ExecServer.imageRoot), fresh /proc and /dev, Berth's hosts and resolv.conf, the run folder
+ * and the session's volumes. The mount points exist in every unpacked image (see
+ * prepareMountPoints), so bwrap never has to create one in a root the sandbox may not own.
+ */
+export function imageMountArgs(options: {
+  rootDir: string;
+  runDir: string;
+  etcDir: string;
+}): string[] {
+  return [
+    "--bind",
+    options.rootDir,
+    "/",
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "--ro-bind",
+    join(options.etcDir, "hosts"),
+    "/etc/hosts",
+    "--ro-bind",
+    join(options.etcDir, "resolv.conf"),
+    "/etc/resolv.conf",
+    "--bind",
+    options.runDir,
+    sandboxPaths.run,
+    "--bind",
+    join(options.runDir, "mnt"),
+    sandboxPaths.volumes,
+  ];
 }
 
 /**

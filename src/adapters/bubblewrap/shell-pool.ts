@@ -112,7 +112,7 @@ export class ShellPool {
 
 function keyOf(launch: LaunchSpec): string {
   return JSON.stringify([
-    launch.codeDir,
+    launch.filesystem,
     launch.command,
     Object.entries(launch.environment).sort(),
   ]);

@@ -3,7 +3,7 @@ import { chownSync, existsSync, mkdirSync, rmSync, watch } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable, Writable } from "node:stream";
-import type { SandboxExit } from "../../core/sandbox.ts";
+import type { SandboxExit, SandboxFilesystem, SandboxIdentity } from "../../core/sandbox.ts";
 import type { CgroupLimits, CgroupTree } from "./cgroups.ts";
 import {
   joinCgroups,
@@ -13,12 +13,18 @@ import {
   spawnBwrap,
   startUserModeNetwork,
 } from "./launch.ts";
-import { mountArgs, sandboxPaths, sandboxUser, unmountAllUnder } from "./mounts.ts";
+import {
+  codeMountArgs,
+  imageMountArgs,
+  sandboxPaths,
+  sandboxUser,
+  unmountAllUnder,
+} from "./mounts.ts";
 import type { UidPool } from "./uid-pool.ts";
 
 /** What a sandbox runs: everything that shapes its bwrap command line. */
 export interface LaunchSpec {
-  codeDir: string;
+  filesystem: SandboxFilesystem;
   command: string[];
   environment: Record<string, string>;
 }
@@ -30,8 +36,18 @@ export interface ShellContext {
   runRoot: string;
   etcDir: string;
   interpreters: Record<string, string>;
+  /** berth-bridge on the host, readable by sandbox uids: every sandbox's first program. */
+  bridge: string;
   /** Makes a folder a shared mount point (see ExecServer.shareMountPoint). */
   shareMountPoint: (directory: string) => Promise<void>;
+  /** Mounts an image sandbox's root (see ExecServer.imageRoot). */
+  mountImageRoot: (request: {
+    root: string;
+    usernsFile: string;
+    scratch: string;
+    sizeBytes: number;
+    target: string;
+  }) => Promise<void>;
 }
 
 type OutputHandler = (stream: "stdout" | "stderr", line: string) => void;
@@ -55,6 +71,10 @@ export class PreparedShell {
   finished: Promise<SandboxExit>;
   /** The environment the agent starts with; commands run with the same. */
   readonly environment: Record<string, string>;
+  /** Who the agent runs as inside; commands run as the same. */
+  readonly identity: SandboxIdentity;
+  /** Where the agent starts; commands start there too. */
+  readonly workingDir: string;
   onOutput: OutputHandler = () => undefined;
   /** The sandbox's slirp4netns, once it has outbound access. */
   network: ChildProcess | undefined;
@@ -69,7 +89,7 @@ export class PreparedShell {
     child: ChildProcess;
     childPid: number;
     exited: Promise<SandboxExit>;
-    environment: Record<string, string>;
+    launch: LaunchSpec;
   }) {
     this.name = fields.name;
     this.uid = fields.uid;
@@ -79,7 +99,9 @@ export class PreparedShell {
     this.childPid = fields.childPid;
     this.exited = fields.exited;
     this.finished = fields.exited;
-    this.environment = fields.environment;
+    this.environment = sandboxEnvironment(fields.launch);
+    this.identity = identityOf(fields.launch.filesystem);
+    this.workingDir = workingDirOf(fields.launch.filesystem);
   }
 
   /** Returns undefined when every uid is in use. */
@@ -100,6 +122,13 @@ export class PreparedShell {
       mkdirSync(join(runDir, "mnt"), { mode: 0o755 });
       // Before bwrap copies the host's mounts: volumes mounted here later reach the sandbox.
       await context.shareMountPoint(join(runDir, "mnt"));
+      if (launch.filesystem.kind === "image") {
+        mkdirSync(join(runDir, "root"), { mode: 0o755 });
+        await context.shareMountPoint(join(runDir, "root"));
+        // The image's idmapped copy and the writable layer: root's alone, and mounted after the
+        // sandbox's copy of the host's mounts was made, so the sandbox never sees them.
+        mkdirSync(join(runDir, "host", "scratch"), { recursive: true, mode: 0o700 });
+      }
       const procsFiles = await context.cgroups.create(name, context.limits);
       child = spawnBwrap(uid, bwrapArguments(context, launch, runDir));
       const spawned = child;
@@ -118,7 +147,17 @@ export class PreparedShell {
       });
       childPid = await readChildPid(spawned.stdio[3] as Readable, exited);
       joinCgroups(procsFiles, [spawned.pid ?? 0, childPid]);
-      mapIdentity(childPid, sandboxUser.uid, uid);
+      mapIdentity(childPid, identityOf(launch.filesystem), uid);
+      if (launch.filesystem.kind === "image") {
+        await context.mountImageRoot({
+          root: launch.filesystem.rootfsDir,
+          usernsFile: `/proc/${String(childPid)}/ns/user`,
+          scratch: join(runDir, "host", "scratch"),
+          // The writable layer is memory, charged to the sandbox's own memory limit.
+          sizeBytes: context.limits.memoryBytes,
+          target: join(runDir, "root"),
+        });
+      }
       const shell = new PreparedShell({
         name,
         uid,
@@ -127,7 +166,7 @@ export class PreparedShell {
         child: spawned,
         childPid,
         exited,
-        environment: sandboxEnvironment(launch),
+        launch,
       });
       for (const stream of ["stdout", "stderr"] as const) {
         const output = spawned[stream];
@@ -164,7 +203,7 @@ export class PreparedShell {
   /**
    * Attaches outbound networking (idempotent); call after run(). slirp4netns configures the
    * namespace's loopback too, so it must wait until bwrap has finished its own set-up: the agent
-   * socket, which socat creates from inside the finished sandbox, marks that moment.
+   * socket, which berth-bridge creates from inside the finished sandbox, marks that moment.
    */
   connectNetwork(): Promise<void> {
     this.networkStarting ??= waitForFile(this.runDir, "agent.sock", this.exited, 10_000)
@@ -236,8 +275,12 @@ function waitForFile(
   });
 }
 
-/** What a process in the sandbox sees: the basics a program expects, then the runtime's own. */
+/**
+ * What a process in the sandbox sees. Code sandboxes get the basics a program expects, then the
+ * runtime's own; an image brings its own basics (its Env), which the plan has already merged.
+ */
 function sandboxEnvironment(launch: LaunchSpec): Record<string, string> {
+  if (launch.filesystem.kind === "image") return launch.environment;
   return {
     PATH: `${sandboxPaths.interpreters}:/usr/local/bin:/usr/bin:/bin`,
     HOME: sandboxPaths.home,
@@ -247,8 +290,25 @@ function sandboxEnvironment(launch: LaunchSpec): Record<string, string> {
   };
 }
 
+function identityOf(filesystem: SandboxFilesystem): SandboxIdentity {
+  return filesystem.kind === "image" ? filesystem.user : sandboxUser;
+}
+
+function workingDirOf(filesystem: SandboxFilesystem): string {
+  return filesystem.kind === "image" ? filesystem.workingDir : sandboxPaths.app;
+}
+
 function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: string): string[] {
-  const environment = sandboxEnvironment(launch);
+  const identity = identityOf(launch.filesystem);
+  const filesystemArgs =
+    launch.filesystem.kind === "image"
+      ? imageMountArgs({ rootDir: join(runDir, "root"), runDir, etcDir: context.etcDir })
+      : codeMountArgs({
+          codeDir: launch.filesystem.codeDir,
+          runDir,
+          etcDir: context.etcDir,
+          interpreters: context.interpreters,
+        });
   return [
     "--unshare-user",
     "--unshare-pid",
@@ -257,9 +317,11 @@ function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: strin
     "--unshare-net",
     "--unshare-cgroup-try",
     "--uid",
-    String(sandboxUser.uid),
+    String(identity.uid),
     "--gid",
-    String(sandboxUser.gid),
+    String(identity.gid),
+    "--cap-drop",
+    "ALL",
     "--hostname",
     "sandbox",
     "--die-with-parent",
@@ -268,22 +330,24 @@ function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: strin
     "3",
     "--userns-block-fd",
     "4",
-    ...mountArgs({
-      codeDir: launch.codeDir,
-      runDir,
-      etcDir: context.etcDir,
-      interpreters: context.interpreters,
-    }),
+    ...filesystemArgs,
+    "--ro-bind",
+    context.bridge,
+    sandboxPaths.bridge,
     "--chdir",
-    sandboxPaths.app,
+    workingDirOf(launch.filesystem),
     "--clearenv",
-    ...Object.entries(environment).flatMap(([name, value]) => ["--setenv", name, value]),
+    ...Object.entries(sandboxEnvironment(launch)).flatMap(([name, value]) => [
+      "--setenv",
+      name,
+      value,
+    ]),
     "--",
-    "/bin/sh",
-    "-c",
-    // socat bridges the run folder's socket to the agent's port inside this network namespace.
-    `socat UNIX-LISTEN:${sandboxPaths.agentSocket},fork,unlink-early TCP4:127.0.0.1:8080 2>/dev/null & exec "$@"`,
-    "berth-agent",
+    // The bridge relays the run folder's socket to the agent's port inside this network
+    // namespace, then becomes the agent.
+    sandboxPaths.bridge,
+    sandboxPaths.agentSocket,
+    "8080",
     ...launch.command,
   ];
 }

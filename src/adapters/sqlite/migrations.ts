@@ -70,4 +70,12 @@ export const migrations: readonly { version: number; sql: string }[] = [
       );
     `,
   },
+  {
+    version: 3,
+    sql: `
+      -- The image a container version was prepared from, pinned by digest: the version runs
+      -- the same files even if its tag moves, and image garbage collection keeps them.
+      ALTER TABLE runtime_versions ADD COLUMN artifact_digest TEXT;
+    `,
+  },
 ];

@@ -166,9 +166,15 @@ export class SqliteMetadataStore implements MetadataStore {
       this.transaction(() => {
         const params = { id: change.runtimeId, version: change.version, at: change.at };
         this.run(
-          `UPDATE runtime_versions SET status = :status, failure_reason = :reason, last_updated_at = :at
+          `UPDATE runtime_versions SET status = :status, failure_reason = :reason, last_updated_at = :at,
+             artifact_digest = :digest
            WHERE runtime_id = :id AND version = :version`,
-          { ...params, status: change.status, reason: change.failureReason ?? null },
+          {
+            ...params,
+            status: change.status,
+            reason: change.failureReason ?? null,
+            digest: change.artifactDigest ?? null,
+          },
         );
         if (change.status === "READY") {
           this.run(
@@ -250,6 +256,14 @@ export class SqliteMetadataStore implements MetadataStore {
       );
       return paginate(rows, page.limit, "version", toSummary);
     });
+  }
+
+  listArtifactDigests(): Promise<string[]> {
+    return settle(() =>
+      this.all(
+        "SELECT DISTINCT artifact_digest FROM runtime_versions WHERE artifact_digest IS NOT NULL",
+      ).map((row) => text(row, "artifact_digest")),
+    );
   }
 
   listUnsettledVersions(): Promise<RuntimeVersionRecord[]> {
@@ -541,6 +555,7 @@ function toVersion(row: Row): RuntimeVersionRecord {
     failureReason: row["failure_reason"] === null ? undefined : text(row, "failure_reason"),
     createdAt: text(row, "created_at"),
     lastUpdatedAt: text(row, "last_updated_at"),
+    ...(row["artifact_digest"] === null ? {} : { artifactDigest: text(row, "artifact_digest") }),
   };
 }
 

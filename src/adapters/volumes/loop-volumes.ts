@@ -13,6 +13,7 @@ import {
 import { readdir, rm, rmdir, stat, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import type { SandboxIdentity } from "../../core/sandbox.ts";
 import type { VolumeStore, VolumeUsage } from "../../core/session-storage.ts";
 import { isMountPoint, mountPointsUnder } from "../host/mount-table.ts";
 
@@ -61,7 +62,8 @@ export class LoopVolumes implements VolumeStore {
     mkdirSync(this.mountDir, { recursive: true, mode: 0o700 });
   }
 
-  async create(volumeId: string, sizeBytes: number): Promise<void> {
+  async create(volumeId: string, sizeBytes: number, owner?: SandboxIdentity): Promise<void> {
+    const { uid, gid } = owner ?? { uid: this.ownerId, gid: this.ownerId };
     const image = this.imagePath(volumeId);
     const descriptor = openSync(image, "wx", 0o600);
     try {
@@ -72,7 +74,7 @@ export class LoopVolumes implements VolumeStore {
         "-m",
         "0",
         "-E",
-        `lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=${this.ownerId}:${this.ownerId}`,
+        `lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=${uid}:${gid}`,
         image,
       ]);
       // The agent's workspace starts empty: lost+found (root's, unreadable to the agent) would

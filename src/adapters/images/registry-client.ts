@@ -1,0 +1,225 @@
+import { Readable } from "node:stream";
+import type { ReadableStream as WebReadableStream } from "node:stream/web";
+import type { ImageReference } from "../../core/image-reference.ts";
+import { ArtifactProblem } from "../../core/preparation.ts";
+
+export interface RegistryCredentials {
+  username: string;
+  password: string;
+}
+
+export interface RegistryClientOptions {
+  /** Credentials for a registry (`host` or `host:port`), if the operator configured any. */
+  credentials: (registry: string) => RegistryCredentials | undefined;
+  /** Registries that may be reached over plain HTTP. */
+  insecure: (registry: string) => boolean;
+}
+
+export const manifestMediaTypes = {
+  ociIndex: "application/vnd.oci.image.index.v1+json",
+  ociManifest: "application/vnd.oci.image.manifest.v1+json",
+  dockerList: "application/vnd.docker.distribution.manifest.list.v2+json",
+  dockerManifest: "application/vnd.docker.distribution.manifest.v2+json",
+} as const;
+
+/**
+ * A client for the OCI distribution API (Docker Registry v2): manifests and blobs of one
+ * repository, with anonymous, basic and bearer-token auth. A 401 answer says which scheme the
+ * registry wants; bearer tokens are fetched from the realm it names (with the configured
+ * credentials, if any) and reused until they expire. Every failure is an ArtifactProblem that
+ * says what the user can do about it.
+ */
+export class RegistryClient {
+  private readonly options: RegistryClientOptions;
+  private readonly authorizations = new Map<string, { header: string; expiresAtMs: number }>();
+
+  constructor(options: RegistryClientOptions) {
+    this.options = options;
+  }
+
+  /** The manifest (or index) `reference` (a tag or digest) names, as the registry sent it. */
+  async manifest(
+    image: ImageReference,
+    reference: string,
+    signal: AbortSignal,
+  ): Promise<{ mediaType: string; body: Buffer }> {
+    const response = await this.get(image, `manifests/${reference}`, signal, {
+      accept: Object.values(manifestMediaTypes).join(", "),
+    });
+    const body = Buffer.from(await response.arrayBuffer());
+    const mediaType =
+      response.headers.get("content-type")?.split(";")[0]?.trim() ??
+      (JSON.parse(body.toString("utf8")) as { mediaType?: string }).mediaType ??
+      "";
+    return { mediaType, body };
+  }
+
+  /** A blob's bytes as they arrive (verifying them is the caller's job). */
+  async blob(image: ImageReference, digest: string, signal: AbortSignal): Promise<Readable> {
+    const response = await this.get(image, `blobs/${digest}`, signal, {});
+    if (response.body === null)
+      throw new ArtifactProblem(`the registry sent no data for ${digest}`);
+    return Readable.fromWeb(response.body as WebReadableStream<Uint8Array>);
+  }
+
+  private async get(
+    image: ImageReference,
+    path: string,
+    signal: AbortSignal,
+    headers: Record<string, string>,
+  ): Promise<Response> {
+    const url = `${this.baseUrl(image.registry)}/v2/${image.repository}/${path}`;
+    const scopeKey = `${image.registry}/${image.repository}`;
+    const cached = this.authorizations.get(scopeKey);
+    const authorization =
+      cached !== undefined && cached.expiresAtMs > Date.now() ? cached.header : undefined;
+    let response = await this.fetch(image, url, signal, headers, authorization);
+    if (response.status === 401) {
+      await response.body?.cancel();
+      const header = await this.authorize(
+        image,
+        response.headers.get("www-authenticate") ?? "",
+        signal,
+      );
+      response = await this.fetch(image, url, signal, headers, header);
+    }
+    if (response.ok) return response;
+    await response.body?.cancel();
+    throw this.problemFor(image, path, response.status);
+  }
+
+  private async fetch(
+    image: ImageReference,
+    url: string,
+    signal: AbortSignal,
+    headers: Record<string, string>,
+    authorization: string | undefined,
+  ): Promise<Response> {
+    try {
+      return await fetch(url, {
+        headers: authorization === undefined ? headers : { ...headers, authorization },
+        signal,
+        // Redirects (to blob storage) are followed; fetch drops the authorization on a new host.
+        redirect: "follow",
+      });
+    } catch (error) {
+      if (signal.aborted) throw error;
+      const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+      const detail = cause?.code ?? cause?.message ?? (error as Error).message;
+      const hint = url.startsWith("https:")
+        ? ` (if ${image.registry} serves plain HTTP and is trusted, add it to the setting registryInsecureHosts)`
+        : "";
+      throw new ArtifactProblem(`Cannot reach the registry ${image.registry}: ${detail}${hint}`);
+    }
+  }
+
+  /** Answers a 401: returns the Authorization header to retry with. */
+  private async authorize(
+    image: ImageReference,
+    challenge: string,
+    signal: AbortSignal,
+  ): Promise<string> {
+    const credentials = this.options.credentials(image.registry);
+    const basic =
+      credentials === undefined
+        ? undefined
+        : `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString("base64")}`;
+    const scheme = challenge.split(" ", 1)[0]?.toLowerCase();
+    const scopeKey = `${image.registry}/${image.repository}`;
+    if (scheme === "basic") {
+      if (basic === undefined) throw this.needsCredentials(image);
+      this.authorizations.set(scopeKey, { header: basic, expiresAtMs: Infinity });
+      return basic;
+    }
+    if (scheme !== "bearer") {
+      throw new ArtifactProblem(
+        `The registry ${image.registry} asks for an authentication scheme Berth does not speak: ${challenge || "(none given)"}`,
+      );
+    }
+    const parameters = parseChallenge(challenge);
+    const realm = parameters.get("realm");
+    if (realm === undefined)
+      throw new ArtifactProblem(`The registry ${image.registry} named no token realm`);
+    const tokenUrl = new URL(realm);
+    const service = parameters.get("service");
+    if (service !== undefined) tokenUrl.searchParams.set("service", service);
+    tokenUrl.searchParams.set("scope", `repository:${image.repository}:pull`);
+    let answer: Response;
+    try {
+      answer = await fetch(tokenUrl, {
+        headers: basic === undefined ? {} : { authorization: basic },
+        signal,
+      });
+    } catch (error) {
+      if (signal.aborted) throw error;
+      throw new ArtifactProblem(
+        `Cannot reach the token service of ${image.registry} at ${tokenUrl.origin}`,
+      );
+    }
+    if (answer.status === 401 || answer.status === 403) {
+      await answer.body?.cancel();
+      throw basic === undefined ? this.needsCredentials(image) : this.refused(image);
+    }
+    if (!answer.ok) {
+      await answer.body?.cancel();
+      throw new ArtifactProblem(`The token service of ${image.registry} answered ${answer.status}`);
+    }
+    const token = (await answer.json()) as {
+      token?: string;
+      access_token?: string;
+      expires_in?: number;
+    };
+    const value = token.token ?? token.access_token;
+    if (value === undefined)
+      throw new ArtifactProblem(`The token service of ${image.registry} sent no token`);
+    const header = `Bearer ${value}`;
+    // Tokens without a lifetime last 60 s (the distribution spec's default); renew a bit early.
+    const lifetimeMs = (token.expires_in ?? 60) * 1000;
+    this.authorizations.set(scopeKey, { header, expiresAtMs: Date.now() + lifetimeMs * 0.9 });
+    return header;
+  }
+
+  private problemFor(image: ImageReference, path: string, status: number): ArtifactProblem {
+    const shown = `${image.registry}/${image.repository}`;
+    if (status === 401 || status === 403) {
+      return this.options.credentials(image.registry) === undefined
+        ? this.needsCredentials(image)
+        : this.refused(image);
+    }
+    if (status === 404 && path.startsWith("manifests/")) {
+      return new ArtifactProblem(
+        `Image not found: ${shown} has no ${path.slice("manifests/".length)} (check the repository and tag)`,
+      );
+    }
+    if (status === 404)
+      return new ArtifactProblem(`The registry has no blob ${path.slice(6)} for ${shown}`);
+    return new ArtifactProblem(
+      `The registry ${image.registry} answered ${status} for ${shown}/${path}`,
+    );
+  }
+
+  private needsCredentials(image: ImageReference): ArtifactProblem {
+    return new ArtifactProblem(
+      `Unauthorized: ${image.registry}/${image.repository} needs credentials; add them for ${image.registry} to the file named by the setting registryCredentialsFile`,
+    );
+  }
+
+  private refused(image: ImageReference): ArtifactProblem {
+    return new ArtifactProblem(
+      `Unauthorized: ${image.registry} refused the configured credentials for ${image.repository} (check them in registryCredentialsFile)`,
+    );
+  }
+
+  private baseUrl(registry: string): string {
+    return `${this.options.insecure(registry) ? "http" : "https"}://${registry}`;
+  }
+}
+
+/** `Bearer realm="https://…",service="…",scope="…"` -> its parameters. */
+function parseChallenge(challenge: string): Map<string, string> {
+  const parameters = new Map<string, string>();
+  for (const match of challenge.matchAll(/([a-zA-Z_]+)="([^"]*)"/g)) {
+    parameters.set(match[1] ?? "", match[2] ?? "");
+  }
+  return parameters;
+}

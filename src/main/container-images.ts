@@ -1,0 +1,52 @@
+import { join } from "node:path";
+import { ContainerImages } from "../adapters/images/container-images.ts";
+import { ImageStore } from "../adapters/images/image-store.ts";
+import { RegistryClient } from "../adapters/images/registry-client.ts";
+import { credentialsFromFile, insecureRegistries } from "../adapters/images/registry-settings.ts";
+import type { Settings } from "../config/settings.ts";
+import type { Logger } from "../core/logger.ts";
+import type { MetadataStore } from "../core/store.ts";
+
+/**
+ * The container image cache under `<data-dir>/images`, its registry client, and its garbage
+ * collection: images no version pins and no load names go once unused for imageRetentionSeconds.
+ */
+export function startContainerImages(
+  settings: Settings,
+  store: MetadataStore,
+  log: Logger,
+  now: () => Date,
+): { images: ContainerImages; collectGarbage: () => Promise<string[]>; stop: () => void } {
+  const cacheDir = join(settings.dataDir, "images");
+  const images = new ContainerImages({
+    store: new ImageStore(cacheDir, { maxImageBytes: settings.maxImageBytes }),
+    registry: new RegistryClient({
+      credentials: credentialsFromFile(settings.registryCredentialsFile),
+      insecure: insecureRegistries(settings.registryInsecureHosts),
+    }),
+    stagingDir: join(cacheDir, "staging"),
+  });
+  const collectGarbage = async (): Promise<string[]> => {
+    const pinned = await store.listArtifactDigests();
+    const removed = images.collectGarbage(
+      pinned,
+      settings.imageRetentionSeconds * 1000,
+      now().getTime(),
+    );
+    if (removed.length > 0) log.info("removed unused container images", { digests: removed });
+    return removed;
+  };
+  const timer = setInterval(() => {
+    collectGarbage().catch((error: unknown) => {
+      log.warn("could not collect unused container images", { error: String(error) });
+    });
+  }, settings.imageGcIntervalMs);
+  timer.unref();
+  return {
+    images,
+    collectGarbage,
+    stop: () => {
+      clearInterval(timer);
+    },
+  };
+}
