@@ -293,31 +293,80 @@ static void share_mount_point(int socket_fd, const char *directory) {
 }
 
 struct mount_request {
-  const char *image, *share, *source, *target, *userns, *root, *scratch, *size;
+  const char *image, *share, *source, *target, *userns, *root, *scratch, *size, *ids;
 };
 
+/* Image files owned by ids other than the sandbox's own appear as these (host ids no process
+ * ever runs as), so that every file of an image has a valid owner (overlayfs copies a file up
+ * only then) while the sandbox still owns none of them. */
+#define SPARE_ID_BASE 4200000000L
+#define IMAGE_ID_COUNT 65536L
+
+static int write_id_map(pid_t pid, const char *file, long inside, long host) {
+  char path[64], map[256];
+  int used = 0;
+  if (inside > 0) used += snprintf(map + used, sizeof map - (size_t)used, "0 %ld %ld\n", SPARE_ID_BASE, inside);
+  used += snprintf(map + used, sizeof map - (size_t)used, "%ld %ld 1\n", inside, host);
+  if (inside + 1 < IMAGE_ID_COUNT)
+    used += snprintf(map + used, sizeof map - (size_t)used, "%ld %ld %ld\n", inside + 1,
+                     SPARE_ID_BASE + inside + 1, IMAGE_ID_COUNT - inside - 1);
+  snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  int result = write_all(fd, map, (size_t)used);
+  close(fd);
+  return result;
+}
+
 /*
- * A detached copy of the mount at SOURCE with its ids mapped through the user namespace file
- * USERNS (an idmapped mount) plus ATTRIBUTES: files stored as uid/gid N appear as whatever N maps
+ * A user namespace (its fd) for idmapping an image: the image's uid/gid INSIDE is the session's
+ * HOST id, every other id below 65536 a spare host id. Made by a child that unshares and waits
+ * while the maps are written.
+ */
+static int image_userns(long uid, long gid, long host, char *problem, size_t problem_size) {
+  int ready[2];
+  if (pipe2(ready, O_CLOEXEC) < 0) return -1;
+  pid_t child = fork();
+  if (child == 0) {
+    close(ready[0]);
+    if (unshare(CLONE_NEWUSER) < 0) _exit(1);
+    if (write(ready[1], "1", 1) != 1) _exit(1);
+    pause();
+    _exit(0);
+  }
+  close(ready[1]);
+  char byte;
+  int fd = -1;
+  if (child > 0 && read(ready[0], &byte, 1) == 1 && write_id_map(child, "uid_map", uid, host) == 0 &&
+      write_id_map(child, "gid_map", gid, host) == 0) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/ns/user", (int)child);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+  }
+  if (fd < 0) snprintf(problem, problem_size, "image user namespace: %s", strerror(errno));
+  close(ready[0]);
+  if (child > 0) {
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+  }
+  return fd;
+}
+
+/*
+ * A detached copy of the mount at SOURCE with its ids mapped through the user namespace
+ * USERNS_FD (an idmapped mount) plus ATTRIBUTES: files stored as uid/gid N appear as whatever N maps
  * to there. Returns the copy's fd, or -1 with `problem` filled in.
  */
-static int idmapped_copy(const char *source, const char *userns, uint64_t attributes, char *problem,
+static int idmapped_copy(const char *source, int userns_fd, uint64_t attributes, char *problem,
                          size_t problem_size) {
-  int userns_fd = open(userns, O_RDONLY | O_CLOEXEC);
-  if (userns_fd < 0) {
-    snprintf(problem, problem_size, "cannot open %s: %s", userns, strerror(errno));
-    return -1;
-  }
   int tree = (int)syscall(SYS_open_tree, AT_FDCWD, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
   if (tree < 0) {
     snprintf(problem, problem_size, "open_tree %s: %s", source, strerror(errno));
-    close(userns_fd);
     return -1;
   }
   struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP | attributes, .userns_fd = (uint64_t)userns_fd};
   int set = (int)syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr);
   int failure = errno;
-  close(userns_fd);
   if (set < 0) {
     snprintf(problem, problem_size, "idmapping %s: %s", source, strerror(failure));
     close(tree);
@@ -340,15 +389,19 @@ static int attach_tree(int tree, const char *target, char *problem, size_t probl
  */
 static void idmap_mount(int socket_fd, const char *source, const char *target, const char *userns) {
   char problem[512];
-  int tree = idmapped_copy(source, userns, 0, problem, sizeof problem);
+  int userns_fd = open(userns, O_RDONLY | O_CLOEXEC);
+  if (userns_fd < 0) return send_text(socket_fd, 'f', "cannot open %s: %s", userns, strerror(errno));
+  int tree = idmapped_copy(source, userns_fd, 0, problem, sizeof problem);
+  close(userns_fd);
   if (tree < 0 || attach_tree(tree, target, problem, sizeof problem) < 0)
     return send_text(socket_fd, 'f', "%s", problem);
   send_text(socket_fd, 'x', "exit 0");
 }
 
 /*
- * root=DIR (an unpacked container image), userns=FILE, scratch=DIR, size=BYTES, target=DIR: the
- * root of one image sandbox. A read-only idmapped copy of DIR is the lower layer of an overlay
+ * root=DIR (an unpacked container image), ids=UID:GID:HOST, scratch=DIR, size=BYTES, target=DIR:
+ * the root of one image sandbox. A read-only copy of DIR, idmapped so that the image's UID/GID
+ * are the session's HOST id (see image_userns), is the lower layer of an overlay
  * whose upper layer lives on a tmpfs of SIZE bytes at SCRATCH; the overlay is mounted on TARGET.
  * The sandbox may change its root as it likes; the image in the cache, shared by every session,
  * stays as it was. The image's files owned by the sandbox's uid on disk are its own inside.
@@ -366,9 +419,16 @@ static void image_root(int socket_fd, const struct mount_request *request) {
     return send_text(socket_fd, 'f', "tmpfs on %s: %s", request->scratch, strerror(errno));
   if (mkdir(lower, 0700) < 0 || mkdir(upper, 0755) < 0 || mkdir(work, 0700) < 0)
     return send_text(socket_fd, 'f', "preparing %s: %s", request->scratch, strerror(errno));
-  int tree = idmapped_copy(request->root, request->userns,
+  long uid, gid, host;
+  if (sscanf(request->ids, "%ld:%ld:%ld", &uid, &gid, &host) != 3 || uid < 0 || gid < 0 || host <= 0 ||
+      uid >= IMAGE_ID_COUNT || gid >= IMAGE_ID_COUNT)
+    return send_text(socket_fd, 'f', "bad request: ids=%s", request->ids);
+  int userns_fd = image_userns(uid, gid, host, problem, sizeof problem);
+  if (userns_fd < 0) return send_text(socket_fd, 'f', "%s", problem);
+  int tree = idmapped_copy(request->root, userns_fd,
                            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, problem,
                            sizeof problem);
+  close(userns_fd);
   if (tree < 0 || attach_tree(tree, lower, problem, sizeof problem) < 0)
     return send_text(socket_fd, 'f', "%s", problem);
   /* The upper layer's root takes the image root's owner and mode (inside the sandbox). */
@@ -393,6 +453,7 @@ static const char *mount_entry(const char *key, char *value, void *state) {
   else if (strcmp(key, "root") == 0) request->root = value;
   else if (strcmp(key, "scratch") == 0) request->scratch = value;
   else if (strcmp(key, "size") == 0) request->size = value;
+  else if (strcmp(key, "ids") == 0) request->ids = value;
   else return "unknown entry";
   return NULL;
 }
@@ -407,11 +468,11 @@ static void handle_mount(int socket_fd, char *payload, uint32_t length) {
     return mount_image(socket_fd, request.image, request.target);
   if (request.source != NULL && request.target != NULL && request.userns != NULL)
     return idmap_mount(socket_fd, request.source, request.target, request.userns);
-  if (request.root != NULL && request.userns != NULL && request.scratch != NULL &&
+  if (request.root != NULL && request.ids != NULL && request.scratch != NULL &&
       request.size != NULL && request.target != NULL)
     return image_root(socket_fd, &request);
   send_text(socket_fd, 'f',
-            "bad request: want share, image+target, source+target+userns or root+userns+scratch+size+target");
+            "bad request: want share, image+target, source+target+userns or root+ids+scratch+size+target");
 }
 
 static void keep(int socket_fd) {

@@ -3,8 +3,9 @@ import { defaultEndpoint } from "./connection.ts";
 import { exitCodes, type Io } from "./output.ts";
 import { runtimeCommands } from "./runtimes.ts";
 import { sessionCommands } from "./sessions.ts";
+import { imageCommands } from "./images.ts";
 
-const clientCommands: CliCommand[] = [...runtimeCommands, ...sessionCommands];
+const clientCommands: CliCommand[] = [...runtimeCommands, ...sessionCommands, ...imageCommands];
 
 /** One line per client command, aligned with `width` columns for the command. */
 export function clientCommandLines(width: number): string {

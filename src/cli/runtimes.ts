@@ -83,22 +83,26 @@ const runtimeSettings = {
 const codeOptions = {
   code: { value: true, doc: "folder with the agent's code, uploaded to Berth" },
   entry: { value: true, doc: "entry point inside the folder, e.g. main.js or main.py" },
-  image: { value: true, doc: "a container image (not supported yet)" },
+  image: {
+    value: true,
+    doc: "a container image (host[:port]/repository:tag or @sha256:…), pulled by Berth",
+  },
 } as const;
 
 export const runtimeCommands: CliCommand[] = [
   {
     name: "runtimes create",
-    summary: "create an agent runtime from a local folder (uploaded to Berth)",
-    usage: "runtimes create NAME --code DIR --entry FILE [options]",
+    summary: "create an agent runtime from a local folder (uploaded to Berth) or an image",
+    usage: "runtimes create NAME (--code DIR --entry FILE | --image URI) [options]",
     options: { ...codeOptions, ...runtimeSettings },
     examples: [
       "berth runtimes create my_agent --code ./examples/node-agent --entry main.js",
       "berth runtimes create coder --code . --entry main.py --storage /mnt/workspace --env MODEL=small",
+      "berth runtimes create boxed --image registry.example.com:5000/agent:1",
     ],
     run: async (context) => {
       const { NAME } = requirePositionals(context.args, ["NAME"]);
-      const artifact = await uploadArtifact(context, NAME);
+      const artifact = await artifactOf(context, NAME);
       const created = await context.connection.control.send(
         new CreateAgentRuntimeCommand({
           agentRuntimeName: NAME,
@@ -114,7 +118,7 @@ export const runtimeCommands: CliCommand[] = [
   {
     name: "runtimes update",
     summary: "make a new version: new code, settings, or both",
-    usage: "runtimes update RUNTIME [--code DIR --entry FILE] [options]",
+    usage: "runtimes update RUNTIME [--code DIR --entry FILE | --image URI] [options]",
     options: { ...codeOptions, ...runtimeSettings },
     examples: [
       "berth runtimes update my_agent --code ./examples/node-agent --entry main.js",
@@ -126,10 +130,12 @@ export const runtimeCommands: CliCommand[] = [
       const current = await context.connection.control.send(
         new GetAgentRuntimeCommand({ agentRuntimeId: runtime.id }),
       );
-      const artifact = hasFlag(context.args, "code")
-        ? await uploadArtifact(context, runtime.name)
-        : current.agentRuntimeArtifact;
-      if (artifact === undefined) throw new UsageError("the runtime has no artifact; give --code");
+      const artifact =
+        hasFlag(context.args, "code") || hasFlag(context.args, "image")
+          ? await artifactOf(context, runtime.name)
+          : current.agentRuntimeArtifact;
+      if (artifact === undefined)
+        throw new UsageError("the runtime has no artifact; give --code or --image");
       await context.connection.control.send(
         new UpdateAgentRuntimeCommand({
           agentRuntimeId: runtime.id,
@@ -350,16 +356,10 @@ function keptConfig(current: GetAgentRuntimeCommandOutput) {
   };
 }
 
-/** Packs --code with tar and uploads it to Berth; returns the artifact pointing at it. */
-async function uploadArtifact(
-  context: CommandContext,
-  name: string,
-): Promise<AgentRuntimeArtifact> {
-  if (optionValue(context.args, "image") !== undefined) {
-    throw new UsageError(
-      "container images are not supported by this Berth yet; give --code DIR --entry FILE",
-    );
-  }
+/** --image as it is, or --code packed with tar and uploaded to Berth; returns the artifact. */
+async function artifactOf(context: CommandContext, name: string): Promise<AgentRuntimeArtifact> {
+  const image = optionValue(context.args, "image");
+  if (image !== undefined) return { containerConfiguration: { containerUri: image } };
   const folder = optionValue(context.args, "code");
   const entry = optionValue(context.args, "entry");
   if (folder === undefined || entry === undefined)

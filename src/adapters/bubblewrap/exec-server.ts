@@ -3,8 +3,17 @@ import { once } from "node:events";
 import { connect, type Socket } from "node:net";
 import { constants } from "node:os";
 import { Readable } from "node:stream";
-import type { CommandOutput, SandboxExit } from "../../core/sandbox.ts";
+import type { CommandOutput, SandboxExit, SandboxIdentity } from "../../core/sandbox.ts";
 import { nativeBinary } from "./native-binaries.ts";
+
+export interface ImageRootRequest {
+  root: string;
+  inside: SandboxIdentity;
+  hostId: number;
+  scratch: string;
+  sizeBytes: number;
+  target: string;
+}
 
 /** What native/berth-exec needs to start a program inside a sandbox. */
 export interface ExecRequest {
@@ -71,19 +80,14 @@ export class ExecServer {
   }
 
   /**
-   * Mounts an image sandbox's root on `target`: the unpacked image at `root`, read-only and
-   * idmapped through `usernsFile`, under a writable tmpfs layer of `sizeBytes` at `scratch`
-   * (see image_root in native/berth-exec.c).
+   * Mounts an image sandbox's root on `target`: the unpacked image at `root`, read-only, its
+   * `inside` user's files owned by `hostId`, under a writable tmpfs layer of `sizeBytes` at
+   * `scratch` (see image_root in native/berth-exec.c).
    */
-  imageRoot(request: {
-    root: string;
-    usernsFile: string;
-    scratch: string;
-    sizeBytes: number;
-    target: string;
-  }): Promise<void> {
+  imageRoot(request: ImageRootRequest): Promise<void> {
+    const ids = `${request.inside.uid}:${request.inside.gid}:${request.hostId}`;
     return this.mountRequest(
-      `root=${request.root}\0userns=${request.usernsFile}\0scratch=${request.scratch}\0size=${request.sizeBytes}\0target=${request.target}\0`,
+      `root=${request.root}\0ids=${ids}\0scratch=${request.scratch}\0size=${request.sizeBytes}\0target=${request.target}\0`,
     );
   }
 

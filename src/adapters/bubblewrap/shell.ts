@@ -5,6 +5,7 @@ import { createInterface } from "node:readline";
 import type { Readable, Writable } from "node:stream";
 import type { SandboxExit, SandboxFilesystem, SandboxIdentity } from "../../core/sandbox.ts";
 import type { CgroupLimits, CgroupTree } from "./cgroups.ts";
+import type { ImageRootRequest } from "./exec-server.ts";
 import {
   joinCgroups,
   mapIdentity,
@@ -41,13 +42,7 @@ export interface ShellContext {
   /** Makes a folder a shared mount point (see ExecServer.shareMountPoint). */
   shareMountPoint: (directory: string) => Promise<void>;
   /** Mounts an image sandbox's root (see ExecServer.imageRoot). */
-  mountImageRoot: (request: {
-    root: string;
-    usernsFile: string;
-    scratch: string;
-    sizeBytes: number;
-    target: string;
-  }) => Promise<void>;
+  mountImageRoot: (request: ImageRootRequest) => Promise<void>;
 }
 
 type OutputHandler = (stream: "stdout" | "stderr", line: string) => void;
@@ -151,7 +146,8 @@ export class PreparedShell {
       if (launch.filesystem.kind === "image") {
         await context.mountImageRoot({
           root: launch.filesystem.rootfsDir,
-          usernsFile: `/proc/${String(childPid)}/ns/user`,
+          inside: launch.filesystem.user,
+          hostId: uid,
           scratch: join(runDir, "host", "scratch"),
           // The writable layer is memory, charged to the sandbox's own memory limit.
           sizeBytes: context.limits.memoryBytes,

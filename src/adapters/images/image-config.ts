@@ -115,11 +115,12 @@ function resolveUser(
     }
   }
   const user = { uid, gid: gid ?? uid };
+  // Sandboxes map the ids an image's files use, 0 to 65535 (see image_root in berth-exec).
   if (
     !Number.isSafeInteger(user.uid) ||
     !Number.isSafeInteger(user.gid) ||
-    user.uid > 2 ** 31 ||
-    user.gid > 2 ** 31
+    user.uid > 65_535 ||
+    user.gid > 65_535
   ) {
     throw new ArtifactProblem(`${shown} has a user Berth cannot map: ${spec}`);
   }
