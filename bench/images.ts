@@ -5,11 +5,12 @@
 //
 // The image: Node (this process's binary and its libraries), busybox, and the example agent
 // with its node_modules, in one gzip layer (about 50 MB compressed), on a local docker-registry.
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { cpSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import {
   InvokeAgentRuntimeCommand,
   StopRuntimeSessionCommand,
@@ -37,6 +38,7 @@ import {
   timeInterleaved,
 } from "./support.ts";
 
+const run = promisify(execFile);
 const pulls = Number(process.env["BENCH_PULLS"] ?? 3);
 const coldSamples = Number(process.env["BENCH_COLD"] ?? 30);
 const exampleAgent = fileURLToPath(new URL("../examples/node-agent", import.meta.url));
@@ -63,9 +65,9 @@ const layerBytes = (
 ).layers.reduce((sum, layer) => sum + layer.size, 0);
 
 // --- pull + unpack: Berth's image store against skopeo + umoci, each into a fresh folder ---
-let run = 0;
+let pullCount = 0;
 async function pullWithBerth(): Promise<void> {
-  const dir = join(work, `berth-${(run += 1)}`);
+  const dir = join(work, `berth-${(pullCount += 1)}`);
   const images = new ContainerImages({
     store: new ImageStore(dir, { maxImageBytes: 2 ** 34 }),
     registry: new RegistryClient({
@@ -78,18 +80,16 @@ async function pullWithBerth(): Promise<void> {
   rmSync(dir, { recursive: true, force: true });
 }
 async function pullWithSkopeoUmoci(): Promise<void> {
-  const dir = join(work, `skopeo-${(run += 1)}`);
+  const dir = join(work, `skopeo-${(pullCount += 1)}`);
   mkdirSync(dir);
-  execFileSync("skopeo", [
+  await run("skopeo", [
     "copy",
     "--quiet",
     "--src-tls-verify=false",
     `docker://${uri}`,
     `oci:${dir}/layout:agent`,
   ]);
-  execFileSync("umoci", ["unpack", "--image", `${dir}/layout:agent`, `${dir}/bundle`], {
-    stdio: "ignore",
-  });
+  await run("umoci", ["unpack", "--image", `${dir}/layout:agent`, `${dir}/bundle`]);
   rmSync(dir, { recursive: true, force: true });
 }
 const [berthPullMs, baselinePullMs] = await timeInterleaved(
