@@ -21,22 +21,9 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-static int listen_on(const char *path) {
-  struct sockaddr_un address = {.sun_family = AF_UNIX};
-  if (strlen(path) >= sizeof address.sun_path) return -1;
-  strcpy(address.sun_path, path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  unlink(path);
-  if (bind(fd, (struct sockaddr *)&address, sizeof address) < 0 || listen(fd, 128) < 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
+#include "unix-socket.h"
 
 static int connect_port(int port) {
   struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -93,7 +80,7 @@ int main(int argc, char **argv) {
     return 125;
   }
   int port = atoi(argv[2]);
-  int listener = listen_on(argv[1]);
+  int listener = listen_unix(argv[1], 128);
   if (listener < 0 || port <= 0 || port > 65535) {
     fprintf(stderr, "berth-bridge: cannot listen on %s: %s\n", argv[1], strerror(errno));
     return 125;

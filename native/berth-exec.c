@@ -45,9 +45,10 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "unix-socket.h"
 
 #define MAX_REQUEST (4u << 20)
 #define MAX_CGROUPS 8
@@ -563,17 +564,11 @@ static void keep(int socket_fd) {
   else send_text(socket_fd, 'x', "exit %d", WEXITSTATUS(wait_status));
 }
 
+/* The request socket: root only, since it runs anything in any sandbox. */
 static int listen_on(const char *path) {
-  struct sockaddr_un address = {.sun_family = AF_UNIX};
-  if (strlen(path) >= sizeof address.sun_path) return -1;
-  strcpy(address.sun_path, path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  unlink(path);
-  mode_t previous = umask(077); /* root only: this socket runs anything in any sandbox */
-  int bound = bind(fd, (struct sockaddr *)&address, sizeof address);
+  mode_t previous = umask(077);
+  int fd = listen_unix(path, 256);
   umask(previous);
-  if (bound < 0 || listen(fd, 256) < 0) return -1;
   return fd;
 }
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds Berth's native helpers into native/bin (see the comment at the top of each source):
 # berth-exec, the root helper for commands and mounts, and berth-bridge, the static first
-# program of every sandbox. Each is rebuilt only when its source is newer than the binary.
+# program of every sandbox. Each is rebuilt only when its sources are newer than the binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p native/bin
 build() {
   local name=$1
   shift
-  if [ ! -x "native/bin/$name" ] || [ "native/$name.c" -nt "native/bin/$name" ]; then
+  if [ ! -x "native/bin/$name" ] || [ "native/$name.c" -nt "native/bin/$name" ] ||
+    [ native/unix-socket.h -nt "native/bin/$name" ]; then
     cc -O2 -Wall -Wextra -Werror "$@" -o "native/bin/$name.tmp" "native/$name.c"
     mv "native/bin/$name.tmp" "native/bin/$name"
   fi

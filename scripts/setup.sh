@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # tests' own network namespaces; gcc + libc6-dev: build native/ (commands inside sandboxes,
 # mounts, the agent port bridge); e2fsprogs: session storage volumes; git: the quick start and
 # tests use it inside sessions. For tests and benchmarks of container images only:
-# docker-registry (a real registry on loopback), skopeo + umoci (build and push test images),
-# busybox-static (a shell inside test images), apache2-utils (htpasswd for registry auth).
+# docker-registry (a real registry on loopback), skopeo (push test images; with umoci, the
+# image benchmark's baseline), busybox-static (a shell inside test images), apache2-utils
+# (htpasswd for registry auth).
 debian_packages=(bubblewrap slirp4netns iptables unzip python3-minimal iproute2 gcc libc6-dev e2fsprogs git
   docker-registry skopeo umoci busybox-static apache2-utils)
 if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi

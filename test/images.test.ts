@@ -147,6 +147,32 @@ describe("container images", () => {
     assert.equal(other.stdout.trim(), "0");
   });
 
+  it("shares one unpacked root between images with the same layers, each with its own config", async () => {
+    // A session runs on agent:1's root while an image with the same layers (another Env, and a
+    // WorkingDir no layer has) is pulled: the root it runs on must stay as it is.
+    const { data } = harness();
+    const first = await containerRuntime(`${registry.address}/agent:1`);
+    const running = newSessionId("shared-root");
+    assert.equal((await runCommand(data, first.arn, running, "true")).exitCode, 0);
+    const variant = new OciLayout(join(workDir, "variant"));
+    const config = {
+      ...nodeImageConfig,
+      Env: ["PATH=/usr/local/bin:/bin", "IMAGE_GREETING=from the variant"],
+      WorkingDir: "/srv/work",
+    };
+    variant.tag(variant.image([nodeLayer], config), "v");
+    push(variant, "v", `${registry.address}/variant:1`);
+    const runtime = await containerRuntime(`${registry.address}/variant:1`);
+    const whoami = await invokeProbe(data, runtime.arn, newSessionId("variant"), {
+      action: "whoami",
+    });
+    assert.equal(whoami["cwd"], "/srv/work");
+    assert.equal((whoami["env"] as Record<string, string>)["IMAGE_GREETING"], "from the variant");
+    // Files the session had not looked at yet, so no cached lookup hides a changed root.
+    const still = await runCommand(data, first.arn, running, "cat /etc/group; ls /home");
+    assert.equal(still.stdout, "root:x:0:\nagent:x:1234:\nagent\n", still.stderr);
+  });
+
   it("pulls by digest and through a multi-platform index, choosing this host's platform", async () => {
     const multi = new OciLayout(join(workDir, "multi"));
     const amd64 = multi.image([nodeLayer], nodeImageConfig);

@@ -3,6 +3,7 @@ import { request } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
+import { BerthApiError } from "./errors.ts";
 import { BedrockAgentCoreClient } from "@aws-sdk/client-bedrock-agentcore";
 import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
 import { Hash } from "@smithy/hash-node";
@@ -52,12 +53,11 @@ export class Connection {
     this.data = new BedrockAgentCoreClient(config);
   }
 
-  /** A SigV4-signed request to Berth's own API (/berth/v1/...); resolves with status and body. */
-  async berthApi(
-    method: string,
-    path: string,
-    body?: Readable,
-  ): Promise<{ status: number; json: Record<string, unknown> }> {
+  /**
+   * A SigV4-signed request to Berth's own API (/berth/v1/...); resolves with the answer's JSON,
+   * rejects with BerthApiError when Berth answers an error.
+   */
+  async berthApi(method: string, path: string, body?: Readable): Promise<Record<string, unknown>> {
     const url = new URL(this.endpoint);
     const signer = new SignatureV4({
       credentials: await this.data.config.credentials(),
@@ -77,7 +77,7 @@ export class Connection {
       headers: {
         host: url.host,
         "x-amz-content-sha256": body === undefined ? emptySha256 : "UNSIGNED-PAYLOAD",
-        ...(body === undefined ? {} : { "content-type": "application/gzip" }),
+        ...(body === undefined ? {} : { "content-type": "application/octet-stream" }),
       },
     });
     const signed = await signer.sign(unsigned);
@@ -99,7 +99,9 @@ export class Connection {
           response.on("data", (chunk: Buffer) => (text += chunk.toString("utf8")));
           response.on("end", () => {
             const json = (text === "" ? {} : JSON.parse(text)) as Record<string, unknown>;
-            resolve({ status: response.statusCode ?? 0, json });
+            const status = response.statusCode ?? 0;
+            if (status >= 300) reject(BerthApiError.fromAnswer({ status, json }));
+            else resolve(json);
           });
         },
       );

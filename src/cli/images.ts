@@ -3,8 +3,7 @@ import { createReadStream, existsSync, statSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { UsageError, optionValue, requirePositionals } from "./args.ts";
-import type { CliCommand, CommandContext } from "./command.ts";
-import { BerthApiError } from "./errors.ts";
+import type { CliCommand } from "./command.ts";
 import { exitCodes, formatBytes, printJson, Progress, table } from "./output.ts";
 
 export const imageCommands: CliCommand[] = [
@@ -32,16 +31,15 @@ export const imageCommands: CliCommand[] = [
       if (!existsSync(path)) throw new UsageError(`${PATH} does not exist`);
       const progress = new Progress(context.io, `Loading ${PATH}`, context.json);
       try {
-        const answer = await context.connection.berthApi(
+        const loaded = await context.connection.berthApi(
           "PUT",
           `/berth/v1/images?reference=${encodeURIComponent(name)}`,
           archiveOf(path),
         );
-        if (answer.status >= 300) throw BerthApiError.fromAnswer(answer);
-        if (context.json) printJson(context.io, answer.json);
+        if (context.json) printJson(context.io, loaded);
         else
           context.io.stdout.write(
-            `Loaded ${name} (${String(answer.json["digest"])}, ${formatBytes(answer.json["sizeBytes"] as number)} unpacked).\n`,
+            `Loaded ${name} (${String(loaded["digest"])}, ${formatBytes(loaded["sizeBytes"] as number)} unpacked).\n`,
           );
       } finally {
         progress.done();
@@ -56,10 +54,9 @@ export const imageCommands: CliCommand[] = [
     options: {},
     examples: ["berth images list", "berth images list --json"],
     run: async (context) => {
-      const images = (await api(context, "GET", "/berth/v1/images"))["images"] as Record<
-        string,
-        unknown
-      >[];
+      const images = (await context.connection.berthApi("GET", "/berth/v1/images"))[
+        "images"
+      ] as Record<string, unknown>[];
       if (context.json) printJson(context.io, { images });
       else
         context.io.stdout.write(
@@ -86,7 +83,10 @@ export const imageCommands: CliCommand[] = [
     examples: ["berth images delete berth.local/my-agent:1"],
     run: async (context) => {
       const { NAME } = requirePositionals(context.args, ["NAME"]);
-      await api(context, "DELETE", `/berth/v1/images?reference=${encodeURIComponent(NAME)}`);
+      await context.connection.berthApi(
+        "DELETE",
+        `/berth/v1/images?reference=${encodeURIComponent(NAME)}`,
+      );
       if (context.json) printJson(context.io, { name: NAME, status: "DELETED" });
       else context.io.stdout.write(`Deleted the name ${NAME}.\n`);
       return exitCodes.ok;
@@ -99,10 +99,4 @@ function archiveOf(path: string): Readable {
   if (!statSync(path).isDirectory()) return createReadStream(path);
   return spawn("tar", ["-cf", "-", "-C", path, "."], { stdio: ["ignore", "pipe", "inherit"] })
     .stdout;
-}
-
-async function api(context: CommandContext, method: string, path: string) {
-  const answer = await context.connection.berthApi(method, path);
-  if (answer.status >= 300) throw BerthApiError.fromAnswer(answer);
-  return answer.json;
 }

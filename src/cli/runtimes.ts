@@ -385,12 +385,11 @@ async function artifactOf(context: CommandContext, name: string): Promise<AgentR
     }),
   );
   try {
-    const answer = await context.connection.berthApi(
+    await context.connection.berthApi(
       "PUT",
       `/berth/v1/artifacts/${uploadBucket}/${encodeURIComponent(prefix)}`,
       counted,
     );
-    if (answer.status >= 300) throw BerthApiError.fromAnswer(answer);
   } finally {
     progress.done();
   }

@@ -10,7 +10,7 @@ import {
 import { outputTextToBytes } from "../core/output-text.ts";
 import { UsageError, integerOption, optionValue, requirePositionals } from "./args.ts";
 import type { CliCommand, CommandContext } from "./command.ts";
-import { BerthApiError, describeFailure } from "./errors.ts";
+import { describeFailure } from "./errors.ts";
 import { exitCodes, formatBytes, printJson, table, type Row } from "./output.ts";
 import { resolveRuntime } from "./runtimes.ts";
 
@@ -178,8 +178,7 @@ export const sessionCommands: CliCommand[] = [
     run: async (context) => {
       const { RUNTIME, SESSION } = requirePositionals(context.args, ["RUNTIME", "SESSION"]);
       const runtime = await resolveRuntime(context.connection, RUNTIME);
-      await berthApi(
-        context,
+      await context.connection.berthApi(
         "DELETE",
         `/berth/v1/runtimes/${runtime.id}/sessions/${encodeURIComponent(SESSION)}/storage`,
       );
@@ -280,8 +279,7 @@ async function showRuntimeList(
 ): Promise<number> {
   const { RUNTIME } = requirePositionals(context.args, ["RUNTIME"]);
   const runtime = await resolveRuntime(context.connection, RUNTIME);
-  const answer = await berthApi(
-    context,
+  const answer = await context.connection.berthApi(
     "GET",
     `/berth/v1/runtimes/${runtime.id}/${list.resource}`,
   );
@@ -289,10 +287,4 @@ async function showRuntimeList(
   if (context.json) printJson(context.io, { [list.resource]: items });
   else context.io.stdout.write(table(items.map(list.row), list.columns, list.empty));
   return exitCodes.ok;
-}
-
-async function berthApi(context: CommandContext, method: string, path: string) {
-  const answer = await context.connection.berthApi(method, path);
-  if (answer.status >= 300) throw BerthApiError.fromAnswer(answer);
-  return answer.json;
 }

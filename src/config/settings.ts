@@ -44,6 +44,12 @@ const boolean = (text: string): boolean | { problem: string } => {
 
 const anyText = (text: string): string => text;
 
+const commaList = (text: string): string[] =>
+  text
+    .split(",")
+    .map((part) => part.trim())
+    .filter(Boolean);
+
 type OutboundMode = "public" | "none";
 const defaultOutbound: OutboundMode = "public";
 
@@ -122,11 +128,7 @@ export const settingDeclarations = {
     doc: "Comma-separated registries (host or host:port) that may be reached over plain HTTP instead of HTTPS. Loopback addresses are always allowed to be.",
     default: [] as string[],
     defaultShown: "(none besides loopback)",
-    parse: (text: string): string[] =>
-      text
-        .split(",")
-        .map((part) => part.trim())
-        .filter(Boolean),
+    parse: commaList,
   },
   maxImageBytes: {
     doc: "Largest container image accepted, unpacked; a bigger one fails its version with CREATE_FAILED/UPDATE_FAILED.",
@@ -221,10 +223,7 @@ export const settingDeclarations = {
     default: [] as string[],
     defaultShown: "(none)",
     parse: (text: string): string[] | { problem: string } => {
-      const networks = text
-        .split(",")
-        .map((part) => part.trim())
-        .filter(Boolean);
+      const networks = commaList(text);
       const bad = networks.filter((network) => !/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(network));
       return bad.length === 0
         ? networks

@@ -26,7 +26,7 @@ import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
 import { launchPlanner, planCodeLaunch } from "../adapters/artifacts/launch-plan.ts";
 import { nativeBinary } from "../adapters/bubblewrap/native-binaries.ts";
 import { CodeFolders } from "../adapters/artifacts/code-folders.ts";
-import { interpreterForSandboxes, requireTraversableByOthers } from "./sandbox-host.ts";
+import { binaryForSandboxes, requireTraversableByOthers } from "./sandbox-host.ts";
 import { createRequestHandler } from "../wire/handler.ts";
 import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
 import { loadOrCreateCredentials } from "./credentials.ts";
@@ -97,9 +97,9 @@ export async function startBerth(
       cpus: settings.sessionCpus,
     },
     interpreters: {
-      node: interpreterForSandboxes(settings.nodeBinary, join(settings.dataDir, "interpreters")),
+      node: binaryForSandboxes(settings.nodeBinary, join(settings.dataDir, "interpreters")),
     },
-    bridge: interpreterForSandboxes(
+    bridge: binaryForSandboxes(
       nativeBinary("berth-bridge"),
       join(settings.dataDir, "interpreters"),
     ),

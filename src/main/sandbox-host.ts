@@ -25,12 +25,13 @@ export function requireTraversableByOthers(path: string, why: string): void {
 }
 
 /**
- * Returns a path to the interpreter that sandbox users can read: the binary itself when they
- * can, else a copy kept in `stagingDir` (e.g. when Berth is checked out under /root).
+ * Returns a path to a program (an interpreter, berth-bridge) that sandbox users can read: the
+ * binary itself when they can, else a copy kept in `stagingDir` (e.g. when Berth is checked out
+ * under /root).
  */
-export function interpreterForSandboxes(binary: string, stagingDir: string): string {
+export function binaryForSandboxes(binary: string, stagingDir: string): string {
   try {
-    requireTraversableByOthers(dirname(binary), "interpreter");
+    requireTraversableByOthers(dirname(binary), "a program sandboxes run");
     if ((statSync(binary).mode & 0o005) === 0o005) return binary;
   } catch {
     // fall through to a staged copy

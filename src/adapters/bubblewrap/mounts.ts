@@ -77,10 +77,6 @@ export function codeMountArgs(options: {
     "--ro-bind",
     options.etcDir,
     "/etc",
-    "--proc",
-    "/proc",
-    "--dev",
-    "/dev",
     "--tmpfs",
     "/tmp",
     "--tmpfs",
@@ -90,14 +86,7 @@ export function codeMountArgs(options: {
     "--ro-bind",
     options.codeDir,
     sandboxPaths.app,
-    "--bind",
-    options.runDir,
-    sandboxPaths.run,
-    // Session storage is mounted here on the host before the sandbox starts; the recursive bind
-    // brings it in. The folder itself belongs to root: the agent cannot add to /mnt.
-    "--bind",
-    join(options.runDir, "mnt"),
-    sandboxPaths.volumes,
+    ...sessionMountArgs(options.runDir),
   );
   for (const [name, hostPath] of Object.entries(options.interpreters)) {
     args.push("--ro-bind", hostPath, `${sandboxPaths.interpreters}/${name}`);
@@ -120,21 +109,33 @@ export function imageMountArgs(options: {
     "--bind",
     options.rootDir,
     "/",
-    "--proc",
-    "/proc",
-    "--dev",
-    "/dev",
     "--ro-bind",
     join(options.etcDir, "hosts"),
     "/etc/hosts",
     "--ro-bind",
     join(options.etcDir, "resolv.conf"),
     "/etc/resolv.conf",
+    ...sessionMountArgs(options.runDir),
+  ];
+}
+
+/**
+ * What every sandbox gets whatever its root: fresh /proc and /dev, the session's run folder
+ * (agent socket, bridge) and its volumes. Session storage is mounted in the run folder's `mnt`
+ * on the host before the sandbox starts; the recursive bind brings it in. That folder belongs
+ * to root: the agent cannot add to /mnt.
+ */
+function sessionMountArgs(runDir: string): string[] {
+  return [
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
     "--bind",
-    options.runDir,
+    runDir,
     sandboxPaths.run,
     "--bind",
-    join(options.runDir, "mnt"),
+    join(runDir, "mnt"),
     sandboxPaths.volumes,
   ];
 }

@@ -1,6 +1,6 @@
 import { ArtifactProblem } from "../../core/preparation.ts";
 import type { SandboxIdentity } from "../../core/sandbox.ts";
-import type { ImageRootWriter } from "./image-root-writer.ts";
+import type { ImageRoot } from "./image-root.ts";
 import { hostPlatform } from "./manifests.ts";
 
 /** An image config's parts Berth uses (OCI image-spec config.json). */
@@ -46,11 +46,7 @@ export function requireHostPlatform(config: ImageConfigDocument, shown: string):
  * name, uid, or either with a group) is looked up in the image's own /etc/passwd and /etc/group;
  * HOME comes from there too unless Env sets it.
  */
-export function launchOf(
-  config: ImageConfigDocument,
-  root: ImageRootWriter,
-  shown: string,
-): ImageLaunch {
+export function launchOf(config: ImageConfigDocument, root: ImageRoot, shown: string): ImageLaunch {
   const settings = config.config ?? {};
   const command = [...(settings.Entrypoint ?? []), ...(settings.Cmd ?? [])];
   if (command.length === 0) {
@@ -79,7 +75,7 @@ export function launchOf(
 
 function resolveUser(
   spec: string,
-  root: ImageRootWriter,
+  root: ImageRoot,
   shown: string,
 ): { user: SandboxIdentity; home: string } {
   const [userPart = "", groupPart] = spec.split(":");

@@ -13,20 +13,15 @@ import {
   mkdirSync,
   openSync,
   readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
   symlinkSync,
-  unlinkSync,
   writeFileSync,
   writeSync,
 } from "node:fs";
-import { join, relative } from "node:path";
+import { join } from "node:path";
 import { ArtifactProblem } from "../../core/preparation.ts";
+import { entryParts, ImageRoot, removeAny } from "./image-root.ts";
 import type { EntryBody, TarEntry } from "./tar-reader.ts";
 
-/** Symlinks followed while resolving one path, as the kernel allows (ELOOP past it). */
-const maxSymlinks = 40;
 const whiteoutPrefix = ".wh.";
 const opaqueMarker = ".wh..wh..opq";
 
@@ -42,18 +37,16 @@ const opaqueMarker = ".wh..wh..opq";
  * nodes and FIFOs are skipped (sandboxes get their own /dev); so are extended attributes,
  * file capabilities among them.
  */
-export class ImageRootWriter {
-  readonly root: string;
+export class ImageRootWriter extends ImageRoot {
   private readonly maxBytes: number;
   private writtenBytes = 0;
   /** Paths (on the host) this layer created: its whiteouts apply to lower layers only. */
   private createdInLayer = new Set<string>();
-  skipped: string[] = [];
 
   constructor(root: string, maxBytes: number) {
-    this.root = root;
-    this.maxBytes = maxBytes;
     mkdirSync(root, { mode: 0o755 });
+    super(root);
+    this.maxBytes = maxBytes;
   }
 
   startLayer(): void {
@@ -103,46 +96,24 @@ export class ImageRootWriter {
         linkSync(source, target);
         break;
       }
-      case "other":
-        this.skipped.push(`${entry.path} (type ${entry.typeflag})`);
+      case "other": // devices, FIFOs: see the class comment
         return undefined;
     }
     this.createdInLayer.add(target);
     return undefined;
   }
 
-  /** A file inside the root, resolved as the image would see it, or undefined if missing. */
-  readFile(path: string): string | undefined {
-    try {
-      return readFileSync(this.resolveAll(path), "utf8");
-    } catch {
-      return undefined;
-    }
-  }
-
-  /** True when `path` names something executable in the image (following symlinks in it). */
-  hasProgram(path: string): boolean {
-    try {
-      return (lstatSync(this.resolveAll(path)).mode & 0o111) !== 0;
-    } catch {
-      return false;
-    }
-  }
-
   /**
    * Makes sure the mount points a sandbox needs exist as what they must be, so bwrap never has
-   * to create one (the sandbox's user may not own the root): folders /proc, /dev, /mnt,
-   * /run/berth and the working directory; files /etc/hosts and /etc/resolv.conf (a symlink
-   * there, common in images, would point the mount elsewhere); /tmp if the image has none.
+   * to create one (the sandbox's user may not own the root): folders /proc, /dev, /mnt and
+   * /run/berth; files /etc/hosts and /etc/resolv.conf (a symlink there, common in images, would
+   * point the mount elsewhere); /tmp if the image has none. (Working directories depend on the
+   * image's config, not its layers: see ImageRoot.ensureFolder.)
    */
-  prepareMountPoints(workingDir: string): void {
+  prepareMountPoints(): void {
     const hadTmp = lstatSync(this.lookup("tmp"), { throwIfNoEntry: false }) !== undefined;
-    for (const folder of ["proc", "dev", "mnt", "run/berth", "etc", "tmp", workingDir]) {
-      const path = this.lookup(folder);
-      if (lstatSync(path, { throwIfNoEntry: false })?.isDirectory() === true) continue;
-      removeAny(path);
-      mkdirSync(path, { mode: 0o755 });
-    }
+    for (const folder of ["proc", "dev", "mnt", "run/berth", "etc", "tmp"])
+      this.ensureFolder(folder);
     if (!hadTmp) chmodSync(this.lookup("tmp"), 0o1777);
     for (const file of ["etc/hosts", "etc/resolv.conf"]) {
       const path = this.lookup(file);
@@ -150,15 +121,6 @@ export class ImageRootWriter {
       removeAny(path);
       writeFileSync(path, "", { mode: 0o644 });
     }
-  }
-
-  /** Where `path` is on the host: its folders resolved within the root (and created), the last
-   * component not followed. */
-  private lookup(path: string): string {
-    const parts = entryParts(path);
-    const name = parts.pop();
-    const folder = this.resolveFolder(parts, path);
-    return name === undefined ? folder : join(folder, name);
   }
 
   private writeDirectory(target: string, entry: TarEntry): void {
@@ -224,73 +186,4 @@ export class ImageRootWriter {
       if (!this.createdInLayer.has(path)) removeAny(path);
     }
   }
-
-  /**
-   * The host folder for `parts`, walked from the root one component at a time. Symlinks on the
-   * way are followed within the root; missing folders are created (as tar does) unless `create`
-   * is false.
-   */
-  private resolveFolder(parts: string[], shown: string, create = true): string {
-    const resolved: string[] = [];
-    const queue = [...parts];
-    let followed = 0;
-    while (queue.length > 0) {
-      const part = queue.shift() ?? "";
-      if (part === "" || part === ".") continue;
-      if (part === "..") {
-        resolved.pop(); // only symlink targets get here; at the root, .. is the root
-        continue;
-      }
-      const path = join(this.root, ...resolved, part);
-      const found = lstatSync(path, { throwIfNoEntry: false });
-      if (found === undefined) {
-        if (!create) throw new Error(`${shown}: no such folder`);
-        mkdirSync(path, { mode: 0o755 });
-      } else if (found.isSymbolicLink()) {
-        followed += 1;
-        if (followed > maxSymlinks)
-          throw new ArtifactProblem(`layer entry ${shown}: too many levels of symlinks`);
-        const target = readlinkSync(path);
-        if (target.startsWith("/")) resolved.length = 0;
-        queue.unshift(...target.split("/"));
-        continue;
-      } else if (!found.isDirectory()) {
-        throw new ArtifactProblem(`layer entry ${shown}: ${part} is not a folder in the image`);
-      }
-      resolved.push(part);
-    }
-    return join(this.root, ...resolved);
-  }
-
-  /** Like lookup, but a symlink in the last place is followed too (within the root). */
-  private resolveAll(path: string): string {
-    let parts = entryParts(path);
-    for (let followed = 0; ; followed++) {
-      const name = parts.at(-1);
-      if (name === undefined || name === "..") return this.resolveFolder(parts, path, false);
-      const folder = this.resolveFolder(parts.slice(0, -1), path, false);
-      const candidate = join(folder, name);
-      if (!lstatSync(candidate).isSymbolicLink()) return candidate;
-      if (followed >= maxSymlinks) throw new Error(`${path}: too many levels of symlinks`);
-      const target = readlinkSync(candidate);
-      const base = target.startsWith("/") ? [] : relative(this.root, folder).split("/");
-      parts = [...base, ...target.split("/")].filter((part) => part !== "" && part !== ".");
-    }
-  }
-}
-
-/** An entry's path as components, refusing any that would climb out of the root. */
-function entryParts(path: string): string[] {
-  const parts = path.split("/").filter((part) => part !== "" && part !== ".");
-  if (parts.includes("..")) {
-    throw new ArtifactProblem(`layer entry ${path} points outside the image (it contains "..")`);
-  }
-  return parts;
-}
-
-function removeAny(path: string): void {
-  const found = lstatSync(path, { throwIfNoEntry: false });
-  if (found === undefined) return;
-  if (found.isDirectory()) rmSync(path, { recursive: true, force: true });
-  else unlinkSync(path);
 }

@@ -21,6 +21,7 @@ import {
   type ImageConfigDocument,
   type ImageLaunch,
 } from "./image-config.ts";
+import { ImageRoot } from "./image-root.ts";
 import { ImageRootWriter } from "./image-root-writer.ts";
 import { verifyDigest, type Descriptor, type ImageManifest } from "./manifests.ts";
 import { TarFormatError, TarReader } from "./tar-reader.ts";
@@ -65,6 +66,7 @@ const layerMediaTypes: Record<string, "gzip" | "zstd" | "none"> = {
 /**
  * The image cache, content-addressed, under one root-only folder:
  *   roots/<key>/          unpacked image roots, shared by every image with the same layers
+ *   roots/<key>.json      a root's size
  *   images/<hex>.json     one record per manifest digest (its launch settings, its root key)
  *   names/<hex>.json      references loaded from local files (`berth images load`)
  *   staging/              unpacking in progress; cleared at start
@@ -141,15 +143,12 @@ export class ImageStore {
       );
     }
     const rootKey = createHash("sha256").update(diffIds.join("\n")).digest("hex");
-    const root = join(this.dir, "roots", rootKey);
-    let unpacking = this.unpacking.get(rootKey);
-    if (unpacking === undefined) {
-      unpacking = this.unpack(root, manifest.layers, diffIds, config, source, signal);
-      this.unpacking.set(rootKey, unpacking);
-      void unpacking.finally(() => this.unpacking.delete(rootKey)).catch(() => undefined);
-    }
-    const sizeBytes = await unpacking;
-    const launch = JSON.parse(readFileSync(`${root}.launch.json`, "utf8")) as ImageLaunch;
+    const sizeBytes = await this.unpackedRoot(rootKey, manifest.layers, diffIds, source, signal);
+    // The launch comes from this image's config: images with the same layers share a root but
+    // may differ in Entrypoint, Env, WorkingDir or User.
+    const root = new ImageRoot(join(this.dir, "roots", rootKey));
+    const launch = launchOf(config, root, source.shown);
+    root.ensureFolder(launch.workingDir);
     const record: ImageRecord = { digest, rootKey, launch, sizeBytes, source: source.shown };
     writeAtomically(this.recordPath(digest), JSON.stringify(record, null, 2));
     return record;
@@ -208,18 +207,42 @@ export class ImageStore {
     }
     const usedRoots = new Set(this.list().map((image) => image.rootKey));
     for (const entry of readdirSync(join(this.dir, "roots"))) {
-      const key = entry.replace(/\.launch\.json$/, "");
+      const key = entry.replace(/\.json(\.partial)?$/, "");
       if (usedRoots.has(key) || this.unpacking.has(key)) continue;
       rmSync(join(this.dir, "roots", entry), { recursive: true, force: true });
     }
     return removed;
   }
 
+  /** The unpacked root of these layers (unpacking them unless they are here or under way);
+   * resolves with its size in bytes. */
+  private unpackedRoot(
+    rootKey: string,
+    layers: Descriptor[],
+    diffIds: string[],
+    source: BlobSource,
+    signal: AbortSignal,
+  ): Promise<number> {
+    const root = join(this.dir, "roots", rootKey);
+    if (existsSync(root)) {
+      const { sizeBytes } = JSON.parse(readFileSync(`${root}.json`, "utf8")) as {
+        sizeBytes: number;
+      };
+      return Promise.resolve(sizeBytes);
+    }
+    let unpacking = this.unpacking.get(rootKey);
+    if (unpacking === undefined) {
+      unpacking = this.unpack(root, layers, diffIds, source, signal);
+      this.unpacking.set(rootKey, unpacking);
+      void unpacking.finally(() => this.unpacking.delete(rootKey)).catch(() => undefined);
+    }
+    return unpacking;
+  }
+
   private async unpack(
     root: string,
     layers: Descriptor[],
     diffIds: string[],
-    config: ImageConfigDocument,
     source: BlobSource,
     signal: AbortSignal,
   ): Promise<number> {
@@ -229,10 +252,9 @@ export class ImageStore {
       for (const [index, layer] of layers.entries()) {
         await applyLayer(writer, layer, diffIds[index] ?? "", source, signal);
       }
-      const launch = launchOf(config, writer, source.shown);
-      writer.prepareMountPoints(launch.workingDir);
-      rmSync(root, { recursive: true, force: true });
-      writeAtomically(`${root}.launch.json`, JSON.stringify(launch));
+      writer.prepareMountPoints();
+      // Its size first: a root is complete once it is in place.
+      writeAtomically(`${root}.json`, JSON.stringify({ sizeBytes: writer.bytes }));
       renameSync(staging, root);
       return writer.bytes;
     } finally {

@@ -46,12 +46,9 @@ export class RegistryClient {
     const response = await this.get(image, `manifests/${reference}`, signal, {
       accept: Object.values(manifestMediaTypes).join(", "),
     });
-    const body = Buffer.from(await response.arrayBuffer());
-    const mediaType =
-      response.headers.get("content-type")?.split(";")[0]?.trim() ??
-      (JSON.parse(body.toString("utf8")) as { mediaType?: string }).mediaType ??
-      "";
-    return { mediaType, body };
+    // The document's own mediaType, when it has one, wins (see readManifest).
+    const mediaType = response.headers.get("content-type")?.split(";")[0]?.trim() ?? "";
+    return { mediaType, body: Buffer.from(await response.arrayBuffer()) };
   }
 
   /** A blob's bytes as they arrive (verifying them is the caller's job). */
