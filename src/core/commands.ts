@@ -29,6 +29,8 @@ export interface CommandEventSink {
   /** False when the receiver is full: wait for drained() before sending more. */
   send(event: CommandEvent): boolean;
   drained(): Promise<void>;
+  /** Sends the stream's last event and ends the stream with it (one write, not two). */
+  end(last: CommandEvent): void;
 }
 
 export interface CommandOutcome {
@@ -131,7 +133,7 @@ export class CommandRun {
         status: timedOut ? "TIMED_OUT" : "COMPLETED",
         durationMs: Math.round(performance.now() - this.startedAt),
       };
-      await send(sink, { contentStop: { exitCode: outcome.exitCode, status: outcome.status } });
+      sink.end({ contentStop: { exitCode: outcome.exitCode, status: outcome.status } });
       return outcome;
     } finally {
       clearTimeout(timeoutTimer);

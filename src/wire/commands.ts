@@ -54,6 +54,7 @@ async function executeCommand(
     const sink = new EventStreamResponse(outgoing);
     try {
       const outcome = await run.streamTo(sink);
+      // Logged once the stream has ended: the caller is not kept waiting for the log line.
       options.log.info("command finished", {
         runtimeId: target.runtime.id,
         sessionId,
@@ -117,7 +118,10 @@ class EventStreamResponse {
     if (!this.gone) this.outgoing.write(encodeExceptionEvent(error));
   }
 
-  end(): void {
-    if (!this.gone) this.outgoing.end();
+  /** Ends the response, with a last event if given; ending twice is harmless. */
+  end(last?: CommandEvent): void {
+    if (this.gone || this.outgoing.writableEnded) return;
+    if (last === undefined) this.outgoing.end();
+    else this.outgoing.end(encodeChunkEvent(last));
   }
 }

@@ -238,7 +238,7 @@ class BubblewrapSandbox implements Sandbox {
     const group = `command-${this.commandCounter}`;
     // A group goes when its command ends, unless processes the command left running are still
     // in it; then it goes with the sandbox.
-    const cgroupProcsFiles = await this.cgroups.createChild(this.name, group);
+    const cgroupProcsFiles = this.cgroups.createChild(this.name, group);
     try {
       const handle = await this.execServer.run({
         targetPid: this.shell.childPid,
@@ -252,16 +252,20 @@ class BubblewrapSandbox implements Sandbox {
       let terminated: Promise<void> | undefined;
       return {
         output: handle.output,
-        exited: handle.exited.then(async (exit) => {
-          await terminated; // what a timeout started to kill must be gone before the group goes
-          await this.cgroups.removeChild(this.name, group);
+        exited: handle.exited.then((exit) => {
+          // Removed once the answer is out, and after what a timeout started to kill is gone.
+          setImmediate(() => {
+            void Promise.resolve(terminated).then(() => {
+              this.cgroups.removeChild(this.name, group);
+            });
+          });
           return exit;
         }),
         terminate: (graceMs) =>
           (terminated = this.cgroups.terminateChild(this.name, group, graceMs)),
       };
     } catch (error) {
-      await this.cgroups.removeChild(this.name, group);
+      this.cgroups.removeChild(this.name, group);
       throw error;
     }
   }

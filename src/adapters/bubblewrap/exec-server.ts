@@ -184,7 +184,7 @@ class FrameReader {
   private pending: Buffer = Buffer.alloc(0);
   private settleStart: { resolve: (handle: ExecHandle) => void; reject: (error: Error) => void };
   private resolveExit: (exit: SandboxExit) => void = () => undefined;
-  private exit: SandboxExit | undefined;
+  private finished = false;
 
   constructor(socket: Socket) {
     this.socket = socket;
@@ -213,7 +213,7 @@ class FrameReader {
     });
     socket.on("close", () => {
       this.settleStart.reject(new Error("berth-exec closed the connection before the start"));
-      this.finish(this.exit ?? { code: null, signal: null });
+      this.finish({ code: null, signal: null });
     });
   }
 
@@ -226,8 +226,12 @@ class FrameReader {
       this.pending = this.pending.subarray(5 + length);
       if (type === "s") this.settleStart.resolve(handle);
       else if (type === "f") this.settleStart.reject(new Error(payload.toString("utf8")));
-      else if (type === "x") this.exit = parseExit(payload.toString("latin1"));
-      else if (type === "o" || type === "e") {
+      // The exit is the last frame: done now, not after the keeper has also exited.
+      else if (type === "x") {
+        this.finish(parseExit(payload.toString("latin1")));
+        this.socket.destroy();
+        return;
+      } else if (type === "o" || type === "e") {
         const output: CommandOutput = { stream: type === "o" ? "stdout" : "stderr", data: payload };
         if (!this.output.push(output)) this.socket.pause();
       }
@@ -235,6 +239,8 @@ class FrameReader {
   }
 
   private finish(exit: SandboxExit): void {
+    if (this.finished) return;
+    this.finished = true;
     this.output.push(null);
     this.resolveExit(exit);
   }
