@@ -2,6 +2,7 @@
  * berth-exec: runs commands inside running Berth sandboxes, as `docker exec` does for containers.
  *
  *   berth-exec serve SOCKET
+ *   berth-exec escape [READ_SIZE]   (stdin to stdout as output text; for tests)
  *
  * Berth starts one of these as root and connects to SOCKET (a root-only path) once per command.
  * Why a server rather than a program per command: forking this small process costs a tenth of
@@ -14,7 +15,8 @@
  *     cgroup=PROCS_FILE (repeated), env=NAME=VALUE (repeated), arg=WORD (repeated; the first is
  *     an absolute program path).
  *   here -> Berth: either 'f' with a message (the program could not start), or 's' (it started),
- *     then 'o' stdout bytes and 'e' stderr bytes as they come, then 'x' "exit N" or "signal N".
+ *     then 'o' stdout and 'e' stderr output as it comes, each frame whole characters as the
+ *     content of a JSON string (native/output-text.h), then 'x' "exit N" or "signal N".
  *
  * Per connection a keeper process (root, outside the sandbox) enters the sandbox's pid namespace
  * for its children and forks the command. The command joins the given cgroups, drops
@@ -48,6 +50,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "output-text.h"
 #include "unix-socket.h"
 
 #define MAX_REQUEST (4u << 20)
@@ -230,15 +233,46 @@ static void become_command(const struct request *request, int pidfd, int root, i
 
 enum relayed { BERTH_GONE = -1, END_OF_FILE = 0, RELAYED = 1, NOTHING_YET = 2 };
 
-/* Relays one read's worth of a pipe. */
-static enum relayed relay(int from, int socket_fd, char type, char *buffer) {
+/* One of the command's output pipes and what turns its bytes into output text frames. */
+struct output_pipe {
+  int fd;
+  char type; /* the frame type: 'o' or 'e' */
+  int open;
+  struct output_text text;
+};
+
+/* Reading and framing room, shared by both pipes: a frame header, then escaped text. */
+struct relay_buffers {
+  unsigned char input[OUTPUT_TEXT_CARRY + CHUNK];
+  char frame[5 + OUTPUT_TEXT_EXPANSION * (OUTPUT_TEXT_CARRY + CHUNK)];
+};
+
+/* Escapes LENGTH bytes read into the buffers' input and sends them as one frame, header and
+ * text in one write. */
+static int send_text_frame(int socket_fd, struct output_pipe *pipe, struct relay_buffers *buffers,
+                           size_t length, int final) {
+  size_t text_length = output_text_escape(&pipe->text, buffers->input + OUTPUT_TEXT_CARRY, length,
+                                          final, buffers->frame + 5);
+  if (text_length == 0) return 0;
+  unsigned char *header = (unsigned char *)buffers->frame;
+  header[0] = (unsigned char)pipe->type;
+  header[1] = (unsigned char)(text_length >> 24);
+  header[2] = (unsigned char)(text_length >> 16);
+  header[3] = (unsigned char)(text_length >> 8);
+  header[4] = (unsigned char)text_length;
+  return write_all(socket_fd, buffers->frame, 5 + text_length);
+}
+
+/* Relays one read's worth of a pipe; at its end, also what was held back. */
+static enum relayed relay(int socket_fd, struct output_pipe *pipe, struct relay_buffers *buffers) {
   for (;;) {
-    ssize_t got = read(from, buffer, CHUNK);
+    ssize_t got = read(pipe->fd, buffers->input + OUTPUT_TEXT_CARRY, CHUNK);
     if (got < 0 && errno == EINTR) continue;
     if (got < 0 && errno == EAGAIN) return NOTHING_YET;
-    if (got <= 0) return END_OF_FILE;
-    if (send_frame(socket_fd, type, buffer, (uint32_t)got) < 0) return BERTH_GONE;
-    return RELAYED;
+    int end = got <= 0;
+    if (send_text_frame(socket_fd, pipe, buffers, end ? 0 : (size_t)got, end) < 0) return BERTH_GONE;
+    if (end) pipe->open = 0;
+    return end ? END_OF_FILE : RELAYED;
   }
 }
 
@@ -524,14 +558,15 @@ static void keep(int socket_fd) {
   int child_fd = (int)syscall(SYS_pidfd_open, child, 0);
   fcntl(out[0], F_SETFL, O_NONBLOCK);
   fcntl(err[0], F_SETFL, O_NONBLOCK);
-  char *buffer = malloc(CHUNK);
-  if (buffer == NULL || child_fd < 0) return send_text(socket_fd, 'f', "out of resources");
-  int open_pipes[2] = {1, 1};
+  struct relay_buffers *buffers = malloc(sizeof *buffers);
+  if (buffers == NULL || child_fd < 0) return send_text(socket_fd, 'f', "out of resources");
+  struct output_pipe pipes[2] = {{.fd = out[0], .type = 'o', .open = 1},
+                                 {.fd = err[0], .type = 'e', .open = 1}};
   int exited = 0;
-  while ((open_pipes[0] || open_pipes[1]) && !exited) {
+  while ((pipes[0].open || pipes[1].open) && !exited) {
     struct pollfd fds[3] = {
-        {open_pipes[0] ? out[0] : -1, POLLIN, 0},
-        {open_pipes[1] ? err[0] : -1, POLLIN, 0},
+        {pipes[0].open ? pipes[0].fd : -1, POLLIN, 0},
+        {pipes[1].open ? pipes[1].fd : -1, POLLIN, 0},
         {child_fd, POLLIN, 0},
     };
     if (poll(fds, 3, -1) < 0) {
@@ -539,10 +574,7 @@ static void keep(int socket_fd) {
       break;
     }
     for (int i = 0; i < 2; i++) {
-      if (fds[i].revents == 0) continue;
-      enum relayed result = relay(i == 0 ? out[0] : err[0], socket_fd, i == 0 ? 'o' : 'e', buffer);
-      if (result == BERTH_GONE) return; /* nobody to report to */
-      if (result == END_OF_FILE) open_pipes[i] = 0;
+      if (fds[i].revents != 0 && relay(socket_fd, &pipes[i], buffers) == BERTH_GONE) return;
     }
     if (fds[2].revents != 0) exited = 1;
   }
@@ -550,12 +582,15 @@ static void keep(int socket_fd) {
   for (int progress = 1; progress;) {
     progress = 0;
     for (int i = 0; i < 2; i++) {
-      if (!open_pipes[i]) continue;
-      enum relayed result = relay(i == 0 ? out[0] : err[0], socket_fd, i == 0 ? 'o' : 'e', buffer);
+      if (!pipes[i].open) continue;
+      enum relayed result = relay(socket_fd, &pipes[i], buffers);
       if (result == BERTH_GONE) return;
-      if (result == END_OF_FILE) open_pipes[i] = 0;
       if (result == RELAYED) progress = 1;
     }
+  }
+  /* Pipes processes it left running still hold: what they cut short is final now. */
+  for (int i = 0; i < 2; i++) {
+    if (pipes[i].open && send_text_frame(socket_fd, &pipes[i], buffers, 0, 1) < 0) return;
   }
   int wait_status = 0;
   while (waitpid(child, &wait_status, 0) < 0 && errno == EINTR) {
@@ -572,9 +607,28 @@ static int listen_on(const char *path) {
   return fd;
 }
 
+/* escape: stdin to stdout as output text, reading at most READ_SIZE bytes at a time, so tests
+ * can cut characters wherever they like. */
+static int escape_stdin(long read_size) {
+  static struct relay_buffers buffers;
+  struct output_text text = {0};
+  if (read_size < 1 || read_size > CHUNK) read_size = CHUNK;
+  for (;;) {
+    ssize_t got = read(0, buffers.input + OUTPUT_TEXT_CARRY, (size_t)read_size);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return 1;
+    size_t length = output_text_escape(&text, buffers.input + OUTPUT_TEXT_CARRY, (size_t)got,
+                                       got == 0, buffers.frame);
+    if (write_all(1, buffers.frame, length) < 0) return 1;
+    if (got == 0) return 0;
+  }
+}
+
 int main(int argc, char **argv) {
+  if (argc >= 2 && argc <= 3 && strcmp(argv[1], "escape") == 0)
+    return escape_stdin(argc == 3 ? atol(argv[2]) : CHUNK);
   if (argc != 3 || strcmp(argv[1], "serve") != 0) {
-    fprintf(stderr, "usage: berth-exec serve SOCKET\n");
+    fprintf(stderr, "usage: berth-exec serve SOCKET | berth-exec escape [READ_SIZE]\n");
     return 2;
   }
   if (geteuid() != 0) {

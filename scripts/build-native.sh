@@ -8,8 +8,9 @@ mkdir -p native/bin
 build() {
   local name=$1
   shift
-  if [ ! -x "native/bin/$name" ] || [ "native/$name.c" -nt "native/bin/$name" ] ||
-    [ native/unix-socket.h -nt "native/bin/$name" ]; then
+  local newer
+  newer=$(find "native/$name.c" native/*.h -newer "native/bin/$name" 2>/dev/null | head -1)
+  if [ ! -x "native/bin/$name" ] || [ -n "$newer" ]; then
     cc -O2 -Wall -Wextra -Werror "$@" -o "native/bin/$name.tmp" "native/$name.c"
     mv "native/bin/$name.tmp" "native/bin/$name"
   fi

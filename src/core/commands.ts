@@ -2,7 +2,7 @@ import { constants } from "node:os";
 import type { Readable } from "node:stream";
 import { BerthError } from "./errors.ts";
 import { InputReader } from "./input-reader.ts";
-import { OutputTextDecoder } from "./output-text.ts";
+import { outputTextLength, type OutputText } from "./output-text.ts";
 import type { CommandOutput, SandboxCommand, SandboxExit } from "./sandbox.ts";
 import type { SessionLease } from "./sessions.ts";
 
@@ -21,7 +21,7 @@ export interface CommandRequest {
 /** The events of InvokeAgentRuntimeCommand's stream, as the SDK models them. */
 export type CommandEvent =
   | { contentStart: Record<string, never> }
-  | { contentDelta: { stdout: string } | { stderr: string } }
+  | { contentDelta: { stdout: OutputText } | { stderr: OutputText } }
   | { contentStop: { exitCode: number; status: "COMPLETED" | "TIMED_OUT" } };
 
 /** Where a command's events go; the wire layer encodes them. */
@@ -153,33 +153,39 @@ async function send(sink: CommandEventSink, event: CommandEvent): Promise<void> 
   if (!sink.send(event)) await sink.drained();
 }
 
+/** Output text gathered into one event at most (one piece may be larger): clients decode big
+ * events more slowly than several of this size (measured with the official SDK). */
+const maxGatheredText = 65_536;
+
 /**
  * Sends output as it is read. Whatever has arrived by the time the receiver can take more goes
- * out together, consecutive chunks of one stream as one event: small writes are coalesced
+ * out together, consecutive pieces of one stream as one event: small writes are coalesced
  * without a timer, so no latency is added, and stdout and stderr keep the order they were read.
  */
 async function relayOutput(output: Readable, sink: CommandEventSink): Promise<void> {
-  const decoders = { stdout: new OutputTextDecoder(), stderr: new OutputTextDecoder() };
   for await (const batch of batches(output)) {
     let stream: CommandOutput["stream"] | undefined;
-    let text = "";
-    for (const chunk of batch) {
-      if (chunk.stream !== stream && text !== "" && stream !== undefined) {
-        await send(sink, delta(stream, text));
-        text = "";
+    let gathered: Buffer[] = [];
+    let gatheredLength = 0;
+    for (const piece of batch) {
+      const length = outputTextLength(piece.text);
+      if (
+        stream !== undefined &&
+        (piece.stream !== stream || gatheredLength + length > maxGatheredText)
+      ) {
+        await send(sink, delta(stream, gathered));
+        gathered = [];
+        gatheredLength = 0;
       }
-      stream = chunk.stream;
-      text += decoders[chunk.stream].decode(chunk.data);
+      stream = piece.stream;
+      gathered.push(...piece.text);
+      gatheredLength += length;
     }
-    if (text !== "" && stream !== undefined) await send(sink, delta(stream, text));
-  }
-  for (const stream of ["stdout", "stderr"] as const) {
-    const rest = decoders[stream].end();
-    if (rest !== "") await send(sink, delta(stream, rest));
+    if (stream !== undefined) await send(sink, delta(stream, gathered));
   }
 }
 
-function delta(stream: CommandOutput["stream"], text: string): CommandEvent {
+function delta(stream: CommandOutput["stream"], text: OutputText): CommandEvent {
   return { contentDelta: stream === "stdout" ? { stdout: text } : { stderr: text } };
 }
 

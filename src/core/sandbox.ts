@@ -1,4 +1,5 @@
 import type { Readable } from "node:stream";
+import type { OutputText } from "./output-text.ts";
 
 /**
  * What the core needs from an isolation technology. A driver (bubblewrap today; runc, a microVM
@@ -67,9 +68,10 @@ export interface Sandbox {
   exec(argv: string[]): Promise<SandboxCommand>;
 }
 
+/** A piece of a command's output, whole characters and escapes, as output text (output-text.ts). */
 export interface CommandOutput {
   stream: "stdout" | "stderr";
-  data: Buffer;
+  text: OutputText;
 }
 
 /** A program started with Sandbox.exec. */

@@ -4,7 +4,7 @@ import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import type { SessionManager } from "../core/sessions.ts";
-import { encodeChunkEvent, encodeExceptionEvent } from "./event-stream.ts";
+import { encodeCommandEvent, encodeExceptionEvent } from "./event-stream.ts";
 import { streamingOperation, type Operation, type OperationInput } from "./operation.ts";
 import {
   invocationTargetOf,
@@ -98,7 +98,19 @@ class EventStreamResponse {
 
   send(event: CommandEvent): boolean {
     if (this.gone) return true;
-    return this.outgoing.write(encodeChunkEvent(event));
+    return this.writeParts(encodeCommandEvent(event));
+  }
+
+  /**
+   * One write (writev) for an event's parts; true while the response can take more. Whether it
+   * can is the connection's to say: write() answers while corked, before uncork() hands the
+   * parts to the kernel, and a "false" then is followed by no 'drain' if they all went at once.
+   */
+  private writeParts(parts: readonly Buffer[]): boolean {
+    this.outgoing.cork();
+    for (const part of parts) this.outgoing.write(part);
+    this.outgoing.uncork();
+    return this.outgoing.socket?.writableNeedDrain !== true;
   }
 
   drained(): Promise<void> {
@@ -121,7 +133,9 @@ class EventStreamResponse {
   /** Ends the response, with a last event if given; ending twice is harmless. */
   end(last?: CommandEvent): void {
     if (this.gone || this.outgoing.writableEnded) return;
+    // The last event leaves with the response's end, in one write. (Not by corking around end():
+    // Node then sends the end of the body before what was written while corked.)
     if (last === undefined) this.outgoing.end();
-    else this.outgoing.end(encodeChunkEvent(last));
+    else this.outgoing.end(Buffer.concat(encodeCommandEvent(last)));
   }
 }

@@ -181,7 +181,7 @@ class FrameReader {
   readonly started: Promise<ExecHandle>;
   private readonly socket: Socket;
   private readonly output: Readable;
-  private pending: Buffer = Buffer.alloc(0);
+  private readonly received = new ReceivedBytes();
   private settleStart: { resolve: (handle: ExecHandle) => void; reject: (error: Error) => void };
   private resolveExit: (exit: SandboxExit) => void = () => undefined;
   private finished = false;
@@ -205,7 +205,7 @@ class FrameReader {
     this.settleStart = settle;
     const handle = { output: this.output, exited };
     socket.on("data", (chunk: Buffer) => {
-      this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+      this.received.push(chunk);
       this.readFrames(handle);
     });
     socket.on("error", (error) => {
@@ -218,22 +218,26 @@ class FrameReader {
   }
 
   private readFrames(handle: ExecHandle): void {
-    while (this.pending.length >= 5) {
-      const length = this.pending.readUInt32BE(1);
-      if (this.pending.length < 5 + length) return;
-      const type = String.fromCharCode(this.pending[0] ?? 0);
-      const payload = this.pending.subarray(5, 5 + length);
-      this.pending = this.pending.subarray(5 + length);
+    while (this.received.length >= 5) {
+      const header = this.received.peek(5);
+      const length = header.readUInt32BE(1);
+      if (this.received.length < 5 + length) return;
+      this.received.take(5);
+      const payload = this.received.take(length);
+      const type = String.fromCharCode(header[0] ?? 0);
+      if (type === "o" || type === "e") {
+        const output: CommandOutput = { stream: type === "o" ? "stdout" : "stderr", text: payload };
+        if (!this.output.push(output)) this.socket.pause();
+        continue;
+      }
+      const message = Buffer.concat(payload).toString("utf8");
       if (type === "s") this.settleStart.resolve(handle);
-      else if (type === "f") this.settleStart.reject(new Error(payload.toString("utf8")));
-      // The exit is the last frame: done now, not after the keeper has also exited.
+      else if (type === "f") this.settleStart.reject(new Error(message));
       else if (type === "x") {
-        this.finish(parseExit(payload.toString("latin1")));
+        // The exit is the last frame: done now, not after the keeper has also exited.
+        this.finish(parseExit(message));
         this.socket.destroy();
         return;
-      } else if (type === "o" || type === "e") {
-        const output: CommandOutput = { stream: type === "o" ? "stdout" : "stderr", data: payload };
-        if (!this.output.push(output)) this.socket.pause();
       }
     }
   }
@@ -252,4 +256,41 @@ function parseExit(text: string): SandboxExit {
   if (kind === "exit") return { code: value, signal: null };
   const name = Object.entries(constants.signals).find(([, signal]) => signal === value)?.[0];
   return { code: null, signal: name ?? `SIG${value}` };
+}
+
+/**
+ * Bytes read from the helper, kept in the chunks they arrived in: a frame's payload is handed on
+ * as slices of those chunks, never copied together.
+ */
+class ReceivedBytes {
+  length = 0;
+  private chunks: Buffer[] = [];
+
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+  }
+
+  /** The first `count` bytes, without taking them. */
+  peek(count: number): Buffer {
+    const first = this.chunks[0];
+    if (first !== undefined && first.length >= count) return first.subarray(0, count);
+    return Buffer.concat(this.chunks).subarray(0, count);
+  }
+
+  /** Takes the first `count` bytes, as slices of the chunks they arrived in. */
+  take(count: number): Buffer[] {
+    const slices: Buffer[] = [];
+    while (count > 0) {
+      const first = this.chunks[0];
+      if (first === undefined) break;
+      const slice = first.subarray(0, count);
+      slices.push(slice);
+      count -= slice.length;
+      this.length -= slice.length;
+      if (slice.length === first.length) this.chunks.shift();
+      else this.chunks[0] = first.subarray(slice.length);
+    }
+    return slices;
+  }
 }
