@@ -1,10 +1,11 @@
 // Execute command: warm round trip and output throughput, each against a baseline measured in
 // the same run. Berth runs as its own process (`berth serve`); the client is the official SDK.
 // Prints JSON. Settings: BENCH_SAMPLES (round trips, default 300), BENCH_MEGABYTES (size of the
-// file streamed, default 256), BENCH_ROUNDS (throughput runs each, default 3).
+// file streamed, default 256), BENCH_ROUNDS (throughput runs each, default 3). Also reports the
+// Berth server process's own CPU time per MB streamed.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
@@ -76,13 +77,22 @@ const [berthTrue, directTrue] = await timeInterleaved(
   () => commandDirect(["bash", "-c", "true"]),
 );
 
-const throughput = { berth: [] as number[], direct: [] as number[] };
+/** CPU time (user + system) a process has used so far, in ms. */
+function cpuMsOf(pid: number): number {
+  const stat = readFileSync(`/proc/${String(pid)}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
+const throughput = { berth: [] as number[], direct: [] as number[], serverCpuMsPerMB: [] as number[] };
 const fileBytes = (await commandDirect(["cat", hostFile])) || 1; // also warms the page cache
 for (let run = 0; run < rounds; run += 1) {
   let started = performance.now();
+  const serverCpuBefore = cpuMsOf(berth.pid);
   const streamed = await commandThroughBerth(`cat /app/${bigFile}`);
   if (streamed !== fileBytes) throw new Error(`streamed ${streamed} of ${fileBytes} bytes`);
   throughput.berth.push(fileBytes / 2 ** 20 / ((performance.now() - started) / 1000));
+  throughput.serverCpuMsPerMB.push((cpuMsOf(berth.pid) - serverCpuBefore) / (fileBytes / 2 ** 20));
   started = performance.now();
   await commandDirect(["cat", hostFile]);
   throughput.direct.push(fileBytes / 2 ** 20 / ((performance.now() - started) / 1000));
@@ -140,6 +150,7 @@ console.log(
         fraction: round(berthMBps / directMBps),
         sdkCeilingMBps: round(median(ceiling)),
         sdkCeilingFraction: round(median(ceiling) / directMBps),
+        berthServerCpuMsPerMB: round(median(throughput.serverCpuMsPerMB)),
         target: ">= 40% of the pipe baseline",
         met: berthMBps >= 0.4 * directMBps,
       },
