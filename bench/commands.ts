@@ -84,7 +84,11 @@ function cpuMsOf(pid: number): number {
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ is 100 on Linux
 }
 
-const throughput = { berth: [] as number[], direct: [] as number[], serverCpuMsPerMB: [] as number[] };
+const throughput = {
+  berth: [] as number[],
+  direct: [] as number[],
+  serverCpuMsPerMB: [] as number[],
+};
 const fileBytes = (await commandDirect(["cat", hostFile])) || 1; // also warms the page cache
 for (let run = 0; run < rounds; run += 1) {
   let started = performance.now();
