@@ -249,13 +249,13 @@ struct relay_buffers {
 
 /* Escapes LENGTH bytes read into the buffers' input and sends them as one frame, header and
  * text in one write. */
-static int send_text_frame(int socket_fd, struct output_pipe *pipe, struct relay_buffers *buffers,
+static int send_text_frame(int socket_fd, struct output_pipe *source, struct relay_buffers *buffers,
                            size_t length, int final) {
-  size_t text_length = output_text_escape(&pipe->text, buffers->input + OUTPUT_TEXT_CARRY, length,
+  size_t text_length = output_text_escape(&source->text, buffers->input + OUTPUT_TEXT_CARRY, length,
                                           final, buffers->frame + 5);
   if (text_length == 0) return 0;
   unsigned char *header = (unsigned char *)buffers->frame;
-  header[0] = (unsigned char)pipe->type;
+  header[0] = (unsigned char)source->type;
   header[1] = (unsigned char)(text_length >> 24);
   header[2] = (unsigned char)(text_length >> 16);
   header[3] = (unsigned char)(text_length >> 8);
@@ -264,14 +264,14 @@ static int send_text_frame(int socket_fd, struct output_pipe *pipe, struct relay
 }
 
 /* Relays one read's worth of a pipe; at its end, also what was held back. */
-static enum relayed relay(int socket_fd, struct output_pipe *pipe, struct relay_buffers *buffers) {
+static enum relayed relay(int socket_fd, struct output_pipe *source, struct relay_buffers *buffers) {
   for (;;) {
-    ssize_t got = read(pipe->fd, buffers->input + OUTPUT_TEXT_CARRY, CHUNK);
+    ssize_t got = read(source->fd, buffers->input + OUTPUT_TEXT_CARRY, CHUNK);
     if (got < 0 && errno == EINTR) continue;
     if (got < 0 && errno == EAGAIN) return NOTHING_YET;
     int end = got <= 0;
-    if (send_text_frame(socket_fd, pipe, buffers, end ? 0 : (size_t)got, end) < 0) return BERTH_GONE;
-    if (end) pipe->open = 0;
+    if (send_text_frame(socket_fd, source, buffers, end ? 0 : (size_t)got, end) < 0) return BERTH_GONE;
+    if (end) source->open = 0;
     return end ? END_OF_FILE : RELAYED;
   }
 }

@@ -7,11 +7,12 @@
  * A reader that needs the exact bytes maps those back (outputTextToBytes); one that does not
  * sees U+FFFD when printing. Sandboxes produce it from a program's bytes where they read them
  * (for bubblewrap, native/output-text.h), never splitting a character or an escape.
+ *
+ * It stays in the pieces it was read in, joined only by the write that sends it: copying the
+ * pieces together would cost more than anything else Berth does per byte of output.
  */
 export type OutputText = readonly Buffer[];
 
-/** Output text travels in the pieces it was read in, joined only by the write that sends it:
- * copying every piece together would cost more than anything else Berth does per byte. */
 export function outputTextLength(text: OutputText): number {
   let length = 0;
   for (const part of text) length += part.length;

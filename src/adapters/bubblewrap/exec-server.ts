@@ -32,7 +32,8 @@ export interface ExecHandle {
   exited: Promise<SandboxExit>;
 }
 
-/** Output chunks buffered ahead of the reader (each at most 64 KiB) before the socket pauses. */
+/** Output pieces buffered ahead of the reader before the socket pauses. Each is one read of a
+ * pipe (at most 64 KiB) as output text: usually as long, at most six times (all \u00XX). */
 const outputHighWaterMark = 16;
 
 /**
