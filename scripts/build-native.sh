@@ -8,9 +8,9 @@ mkdir -p native/bin
 build() {
   local name=$1
   shift
-  local newer
-  newer=$(find "native/$name.c" native/*.h -newer "native/bin/$name" 2>/dev/null | head -1)
-  if [ ! -x "native/bin/$name" ] || [ -n "$newer" ]; then
+  # Built when missing, or older than its source or any shared header.
+  if [ ! -x "native/bin/$name" ] ||
+    [ -n "$(find "native/$name.c" native/*.h -newer "native/bin/$name" | head -1)" ]; then
     cc -O2 -Wall -Wextra -Werror "$@" -o "native/bin/$name.tmp" "native/$name.c"
     mv "native/bin/$name.tmp" "native/bin/$name"
   fi
