@@ -12,6 +12,7 @@ import {
 } from "node:fs";
 import { readdir, rm, rmdir, stat, statfs } from "node:fs/promises";
 import { join } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
 import type { SandboxIdentity } from "../../core/sandbox.ts";
 import type { VolumeStore, VolumeUsage } from "../../core/session-storage.ts";
@@ -43,6 +44,10 @@ const mountWithCommand: ImageMounter = async (image, target) => {
  * a hard size limit: writing past it gives ENOSPC inside that volume only. An image takes host
  * disk only for what was written; `discard` returns deleted blocks to the host file.
  */
+/** How long a detach waits for the kernel to release the image's loop device, and how often it looks. */
+const releaseTimeoutMs = 5000;
+const releasePollMs = 5;
+
 export class LoopVolumes implements VolumeStore {
   private readonly imageDir: string;
   private readonly mountDir: string;
@@ -118,7 +123,23 @@ export class LoopVolumes implements VolumeStore {
     await run("sync", ["--file-system", target]);
     await run("umount", [target]).catch(async () => run("umount", ["--lazy", target]));
     await rmdir(target).catch(() => undefined);
+    await this.released(this.imagePath(volumeId));
     return usedBytes;
+  }
+
+  /**
+   * Waits (bounded) until no loop device holds the image. The sandbox's copy of the mount goes
+   * with its mount namespace, which the kernel tears down a moment after the sandbox's last
+   * process has died, and only then does the loop device let go: a session started again at once
+   * would otherwise find its storage still attached.
+   */
+  private async released(image: string): Promise<void> {
+    if (!existsSync(image)) return;
+    const path = realpathSync(image);
+    const deadline = performance.now() + releaseTimeoutMs;
+    while (loopDevicesBacking(path).length > 0 && performance.now() < deadline) {
+      await delay(releasePollMs);
+    }
   }
 
   async remove(volumeId: string): Promise<void> {
