@@ -183,7 +183,8 @@ const sandboxProcesses = sandboxPids(cgroupParent).map((pid) => ({
 }));
 // Berth's own processes in a sandbox; everything else is the agent's (Node names its main thread
 // "MainThread", so the agent is recognised by not being a helper).
-const helperCommands = new Set(["bwrap", "berth-bridge", "slirp4netns"]);
+// berth-bridge runs as /run/berth/bridge, so its comm is "bridge".
+const helperCommands = new Set(["bwrap", "bridge", "slirp4netns"]);
 const isHelper = (process: { command: string }) => helperCommands.has(process.command);
 const agentPss = sum(
   sandboxProcesses.filter((process) => !isHelper(process)).map((process) => process.pss),
