@@ -10,7 +10,7 @@
  * its stdin (a pipe Berth holds) closes, so it never outlives Berth.
  *
  * Frames, both ways: [type: u8][length: u32 big-endian][payload].
- *   Berth -> here, once: 'm' (a mount, see handle_mount), or 'r' with NUL-terminated key=value
+ *   Berth -> here, once: 'm' (a mount or unmount, see handle_mount), or 'r' with NUL-terminated key=value
  *     entries: target=PID (the sandbox's first process), uid=N, gid=N, cwd=DIR,
  *     cgroup=PROCS_FILE (repeated), env=NAME=VALUE (repeated), arg=WORD (repeated; the first is
  *     an absolute program path).
@@ -328,8 +328,19 @@ static void share_mount_point(int socket_fd, const char *directory) {
 }
 
 struct mount_request {
-  const char *image, *share, *source, *target, *userns, *root, *scratch, *size, *ids;
+  const char *image, *share, *source, *target, *userns, *root, *scratch, *size, *ids, *unmount;
 };
+
+/* unmount=DIR: unmounts DIR, detaching it lazily if it is busy (a sandbox that has just died may
+ * still hold it for a moment). Not mounted (EINVAL: gone with a parent detached before it) is
+ * done too. Through here rather than the umount program: no process to start per mount. */
+static void unmount_folder(int socket_fd, const char *directory) {
+  int result = umount2(directory, UMOUNT_NOFOLLOW);
+  if (result < 0 && errno == EBUSY) result = umount2(directory, MNT_DETACH | UMOUNT_NOFOLLOW);
+  if (result < 0 && errno != EINVAL)
+    return send_text(socket_fd, 'f', "unmounting %s: %s", directory, strerror(errno));
+  send_text(socket_fd, 'x', "exit 0");
+}
 
 /* Image files owned by ids other than the sandbox's own appear as these (host ids no process
  * ever runs as), so that every file of an image has a valid owner (overlayfs copies a file up
@@ -489,6 +500,7 @@ static const char *mount_entry(const char *key, char *value, void *state) {
   else if (strcmp(key, "scratch") == 0) request->scratch = value;
   else if (strcmp(key, "size") == 0) request->size = value;
   else if (strcmp(key, "ids") == 0) request->ids = value;
+  else if (strcmp(key, "unmount") == 0) request->unmount = value;
   else return "unknown entry";
   return NULL;
 }
@@ -499,6 +511,7 @@ static void handle_mount(int socket_fd, char *payload, uint32_t length) {
   const char *problem = each_entry(payload, length, mount_entry, &request);
   if (problem != NULL) return send_text(socket_fd, 'f', "bad request: %s", problem);
   if (request.share != NULL) return share_mount_point(socket_fd, request.share);
+  if (request.unmount != NULL) return unmount_folder(socket_fd, request.unmount);
   if (request.image != NULL && request.target != NULL)
     return mount_image(socket_fd, request.image, request.target);
   if (request.source != NULL && request.target != NULL && request.userns != NULL)
@@ -507,7 +520,7 @@ static void handle_mount(int socket_fd, char *payload, uint32_t length) {
       request.size != NULL && request.target != NULL)
     return image_root(socket_fd, &request);
   send_text(socket_fd, 'f',
-            "bad request: want share, image+target, source+target+userns or root+ids+scratch+size+target");
+            "bad request: want share, unmount, image+target, source+target+userns or root+ids+scratch+size+target");
 }
 
 static void keep(int socket_fd) {

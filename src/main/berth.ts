@@ -111,9 +111,10 @@ export async function startBerth(
   const storage = new SessionStorage({
     store,
     // Files are stored as the sandbox's own user; each sandbox sees them through an idmapping.
-    volumes: new LoopVolumes(join(settings.dataDir, "storage"), sandboxUser.uid, (image, target) =>
-      driver.mountImage(image, target),
-    ),
+    volumes: new LoopVolumes(join(settings.dataDir, "storage"), sandboxUser.uid, {
+      mountImage: (image, target) => driver.mountImage(image, target),
+      unmount: (target) => driver.unmount(target),
+    }),
     settings: {
       sizeBytes: settings.sessionStorageBytes,
       retentionMs: settings.sessionStorageRetentionSeconds * 1000,

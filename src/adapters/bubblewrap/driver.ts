@@ -71,6 +71,7 @@ export class BubblewrapDriver implements SandboxDriver {
       bridge: options.bridge,
       shareMountPoint: (directory) => this.requireExecServer().shareMountPoint(directory),
       mountImageRoot: (request) => this.requireExecServer().imageRoot(request),
+      unmount: (directory) => this.requireExecServer().unmount(directory),
     };
     this.pool = new ShellPool({
       perSpec: options.prestartPerVersion,
@@ -178,6 +179,11 @@ export class BubblewrapDriver implements SandboxDriver {
     }
     if (failures.length > 0)
       throw new AggregateError(failures, "the sandbox driver did not shut down cleanly");
+  }
+
+  /** Unmounts a host folder through the driver's root helper (no process to spawn). */
+  unmount(directory: string): Promise<void> {
+    return this.requireExecServer().unmount(directory);
   }
 
   /**

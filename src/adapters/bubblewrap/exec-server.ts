@@ -92,6 +92,11 @@ export class ExecServer {
     );
   }
 
+  /** Unmounts `directory`, lazily if it is busy (see unmount_folder in native/berth-exec.c). */
+  unmount(directory: string): Promise<void> {
+    return this.mountRequest(`unmount=${directory}\0`);
+  }
+
   /** Mounts an ext4 image on `target` through a loop device that detaches itself at unmount. */
   mountImage(image: string, target: string): Promise<void> {
     return this.mountRequest(`image=${image}\0target=${target}\0`);

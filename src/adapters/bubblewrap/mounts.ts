@@ -143,7 +143,8 @@ function sessionMountArgs(runDir: string): string[] {
 /**
  * Unmounts everything at or below `directory` (deepest first, lazily: a sandbox still holding a
  * copy keeps its own), so that removing the folder afterwards can never reach into a mounted
- * volume and delete a session's data.
+ * volume and delete a session's data. For the server's start and shutdown only: it runs the
+ * umount program and waits for it (sandboxes' own folders go through the helper).
  */
 export function unmountAllUnder(directory: string): void {
   for (const point of mountPointsUnder(directory)) {

@@ -14,13 +14,8 @@ import {
   spawnBwrap,
   startUserModeNetwork,
 } from "./launch.ts";
-import {
-  codeMountArgs,
-  imageMountArgs,
-  sandboxPaths,
-  sandboxUser,
-  unmountAllUnder,
-} from "./mounts.ts";
+import { codeMountArgs, imageMountArgs, sandboxPaths, sandboxUser } from "./mounts.ts";
+import { mountPointsUnder } from "../host/mount-table.ts";
 import type { UidPool } from "./uid-pool.ts";
 
 /** What a sandbox runs: everything that shapes its bwrap command line. */
@@ -43,6 +38,8 @@ export interface ShellContext {
   shareMountPoint: (directory: string) => Promise<void>;
   /** Mounts an image sandbox's root (see ExecServer.imageRoot). */
   mountImageRoot: (request: ImageRootRequest) => Promise<void>;
+  /** Unmounts a folder (see ExecServer.unmount). */
+  unmount: (directory: string) => Promise<void>;
 }
 
 type OutputHandler = (stream: "stdout" | "stderr", line: string) => void;
@@ -173,7 +170,7 @@ export class PreparedShell {
       }
       shell.finished = exited.then(async (exit) => {
         await context.cgroups.remove(name).catch(() => undefined);
-        removeRunDir(runDir);
+        await removeRunDir(context, runDir).catch(() => undefined);
         context.uids.give(uid);
         return exit;
       });
@@ -184,7 +181,7 @@ export class PreparedShell {
       // exited, so its pid is still its own. It may not be in the cgroup yet.
       if (childPid !== undefined) killQuietly(childPid);
       await context.cgroups.remove(name).catch(() => undefined);
-      removeRunDir(runDir);
+      await removeRunDir(context, runDir).catch(() => undefined);
       context.uids.give(uid);
       throw error;
     }
@@ -235,8 +232,15 @@ function killQuietly(pid: number): void {
 }
 
 /** Volumes mounted in the run folder go first: removing the folder must never reach into one. */
-function removeRunDir(runDir: string): void {
-  unmountAllUnder(runDir);
+/**
+ * Unmounts what is mounted in a sandbox's run folder, deepest first, then removes it: removing
+ * first could reach into a mounted volume and delete a session's data. A mount point that will
+ * not go stops the removal (the next start of the server clears it).
+ */
+async function removeRunDir(context: ShellContext, runDir: string): Promise<void> {
+  for (const point of mountPointsUnder(runDir)) {
+    if (point !== runDir) await context.unmount(point);
+  }
   rmSync(runDir, { recursive: true, force: true });
 }
 

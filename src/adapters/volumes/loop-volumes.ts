@@ -38,31 +38,45 @@ const mountWithCommand: ImageMounter = async (image, target) => {
   }
 };
 
+/** Unmounts a folder, lazily if it is busy. */
+export type FolderUnmounter = (target: string) => Promise<void>;
+
+const unmountWithCommand: FolderUnmounter = async (target) => {
+  await run("umount", [target]).catch(async () => run("umount", ["--lazy", target]));
+};
+
+/** How long a detach waits for the kernel to release the image's loop device, and how often it looks. */
+const releaseTimeoutMs = 5000;
+const releasePollMs = 5;
+
 /**
  * Session storage volumes as sparse ext4 images on local disk, loop-mounted while a session
  * runs. Each is a real filesystem (hard links, FIFOs, sockets, xattrs, fallocate all work) with
  * a hard size limit: writing past it gives ENOSPC inside that volume only. An image takes host
  * disk only for what was written; `discard` returns deleted blocks to the host file.
  */
-/** How long a detach waits for the kernel to release the image's loop device, and how often it looks. */
-const releaseTimeoutMs = 5000;
-const releasePollMs = 5;
-
 export class LoopVolumes implements VolumeStore {
   private readonly imageDir: string;
   private readonly mountDir: string;
   private readonly ownerId: number;
   private readonly mountImage: ImageMounter;
+  private readonly unmount: FolderUnmounter;
 
   /**
    * ownerId: the uid and gid files are stored with (the sandbox's own user, via idmapping).
-   * mountImage: how to loop-mount an image; by default the `mount` command.
+   * mountImage, unmount: how to loop-mount an image and unmount it; by default the `mount` and
+   * `umount` commands (Berth passes its root helper's, which start no process).
    */
-  constructor(root: string, ownerId: number, mountImage: ImageMounter = mountWithCommand) {
+  constructor(
+    root: string,
+    ownerId: number,
+    tools: { mountImage?: ImageMounter; unmount?: FolderUnmounter } = {},
+  ) {
     this.imageDir = join(root, "images");
     this.mountDir = join(root, "mounts");
     this.ownerId = ownerId;
-    this.mountImage = mountImage;
+    this.mountImage = tools.mountImage ?? mountWithCommand;
+    this.unmount = tools.unmount ?? unmountWithCommand;
     mkdirSync(this.imageDir, { recursive: true, mode: 0o700 });
     mkdirSync(this.mountDir, { recursive: true, mode: 0o700 });
   }
@@ -121,7 +135,7 @@ export class LoopVolumes implements VolumeStore {
     // syncfs first: the superblock may outlive this mount point (a sandbox's copy of it) and
     // must not hold unwritten data when the session is reported stopped.
     await run("sync", ["--file-system", target]);
-    await run("umount", [target]).catch(async () => run("umount", ["--lazy", target]));
+    await this.unmount(target);
     await rmdir(target).catch(() => undefined);
     await this.released(this.imagePath(volumeId));
     return usedBytes;
