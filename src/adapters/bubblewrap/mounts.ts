@@ -147,7 +147,17 @@ function sessionMountArgs(runDir: string): string[] {
  * umount program and waits for it (sandboxes' own folders go through the helper).
  */
 export function unmountAllUnder(directory: string): void {
+  let failure: Error | undefined;
   for (const point of mountPointsUnder(directory)) {
-    if (point !== directory) execFileSync("umount", ["--lazy", point]);
+    if (point === directory) continue;
+    try {
+      execFileSync("umount", ["--lazy", point], { stdio: ["ignore", "ignore", "pipe"] });
+    } catch (error) {
+      failure ??= error as Error;
+    }
   }
+  // A sandbox's own clean-up may have unmounted a point first: failing matters only if
+  // something is still mounted.
+  const left = mountPointsUnder(directory).filter((point) => point !== directory);
+  if (failure !== undefined && left.length > 0) throw failure;
 }
