@@ -231,7 +231,6 @@ function killQuietly(pid: number): void {
   }
 }
 
-/** Volumes mounted in the run folder go first: removing the folder must never reach into one. */
 /**
  * Unmounts what is mounted in a sandbox's run folder, deepest first, then removes it: removing
  * first could reach into a mounted volume and delete a session's data. A mount point that will
