@@ -130,7 +130,7 @@ for (let run = 0; run < rounds; run += 1) {
 ceilingClient.destroy();
 await ceilingServer.stop();
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.length >> 1] ?? 0;
+const median = (values: number[]) => percentiles(values).p50;
 
 const berthRoundTrip = percentiles(berthTrue);
 const directRoundTrip = percentiles(directTrue);

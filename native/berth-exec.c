@@ -95,8 +95,19 @@ static int read_all(int fd, void *data, size_t length) {
   return 0;
 }
 
+#define FRAME_HEADER 5
+
+static void frame_header(unsigned char *header, char type, uint32_t length) {
+  header[0] = (unsigned char)type;
+  header[1] = (unsigned char)(length >> 24);
+  header[2] = (unsigned char)(length >> 16);
+  header[3] = (unsigned char)(length >> 8);
+  header[4] = (unsigned char)length;
+}
+
 static int send_frame(int socket_fd, char type, const void *payload, uint32_t length) {
-  unsigned char header[5] = {(unsigned char)type, length >> 24, length >> 16, length >> 8, length};
+  unsigned char header[FRAME_HEADER];
+  frame_header(header, type, length);
   if (write_all(socket_fd, header, sizeof header) < 0) return -1;
   return write_all(socket_fd, payload, length);
 }
@@ -244,7 +255,7 @@ struct output_pipe {
 /* Reading and framing room, shared by both pipes: a frame header, then escaped text. */
 struct relay_buffers {
   unsigned char input[OUTPUT_TEXT_CARRY + CHUNK];
-  char frame[5 + OUTPUT_TEXT_EXPANSION * (OUTPUT_TEXT_CARRY + CHUNK)];
+  char frame[FRAME_HEADER + OUTPUT_TEXT_EXPANSION * (OUTPUT_TEXT_CARRY + CHUNK)];
 };
 
 /* Escapes LENGTH bytes read into the buffers' input and sends them as one frame, header and
@@ -252,15 +263,10 @@ struct relay_buffers {
 static int send_text_frame(int socket_fd, struct output_pipe *source, struct relay_buffers *buffers,
                            size_t length, int final) {
   size_t text_length = output_text_escape(&source->text, buffers->input + OUTPUT_TEXT_CARRY, length,
-                                          final, buffers->frame + 5);
+                                          final, buffers->frame + FRAME_HEADER);
   if (text_length == 0) return 0;
-  unsigned char *header = (unsigned char *)buffers->frame;
-  header[0] = (unsigned char)source->type;
-  header[1] = (unsigned char)(text_length >> 24);
-  header[2] = (unsigned char)(text_length >> 16);
-  header[3] = (unsigned char)(text_length >> 8);
-  header[4] = (unsigned char)text_length;
-  return write_all(socket_fd, buffers->frame, 5 + text_length);
+  frame_header((unsigned char *)buffers->frame, source->type, (uint32_t)text_length);
+  return write_all(socket_fd, buffers->frame, FRAME_HEADER + text_length);
 }
 
 /* Relays one read's worth of a pipe; at its end, also what was held back. */
@@ -524,7 +530,7 @@ static void handle_mount(int socket_fd, char *payload, uint32_t length) {
 }
 
 static void keep(int socket_fd) {
-  unsigned char header[5];
+  unsigned char header[FRAME_HEADER];
   if (read_all(socket_fd, header, sizeof header) < 0) return;
   if (header[0] != 'r' && header[0] != 'm') return;
   uint32_t length = (uint32_t)header[1] << 24 | header[2] << 16 | header[3] << 8 | header[4];

@@ -53,9 +53,13 @@ const chunkHeaders = encodeHeaders({
   ":content-type": "application/json",
 });
 
+function chunkEventParts(event: unknown): Buffer[] {
+  return encodeMessage(chunkHeaders, [Buffer.from(JSON.stringify(event), "utf8")]);
+}
+
 /** One `chunk` event of an AWS event stream, its payload the event as JSON. */
 export function encodeChunkEvent(event: unknown): Buffer {
-  return Buffer.concat(encodeMessage(chunkHeaders, [Buffer.from(JSON.stringify(event), "utf8")]));
+  return Buffer.concat(chunkEventParts(event));
 }
 
 const deltaJson = {
@@ -68,7 +72,7 @@ const deltaJson = {
  * a JSON string), so it goes between its JSON's opening and closing bytes as it is.
  */
 export function encodeCommandEvent(event: CommandEvent): Buffer[] {
-  if (!("contentDelta" in event)) return [encodeChunkEvent(event)];
+  if (!("contentDelta" in event)) return chunkEventParts(event);
   const delta = event.contentDelta;
   const [stream, text] =
     "stdout" in delta ? (["stdout", delta.stdout] as const) : (["stderr", delta.stderr] as const);

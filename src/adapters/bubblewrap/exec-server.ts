@@ -268,7 +268,7 @@ function parseExit(text: string): SandboxExit {
  * Bytes read from the helper, kept in the chunks they arrived in: a frame's payload is handed on
  * as slices of those chunks, never copied together.
  */
-class ReceivedBytes {
+export class ReceivedBytes {
   length = 0;
   private chunks: Buffer[] = [];
 
@@ -281,7 +281,11 @@ class ReceivedBytes {
   peek(count: number): Buffer {
     const first = this.chunks[0];
     if (first !== undefined && first.length >= count) return first.subarray(0, count);
-    return Buffer.concat(this.chunks).subarray(0, count);
+    // A header cut by a read (rare): join just its bytes into one chunk at the front.
+    const joined = Buffer.concat(this.take(count));
+    this.chunks.unshift(joined);
+    this.length += joined.length;
+    return joined;
   }
 
   /** Takes the first `count` bytes, as slices of the chunks they arrived in. */

@@ -114,7 +114,7 @@ export class LoopVolumes implements VolumeStore {
     if (!existsSync(image)) throw new Error(`its image ${image} is missing`);
     // Mounted twice, one ext4 would be written through two superblocks: never attach an image
     // a loop device still holds (a previous detach that has not let go yet).
-    const holders = loopDevicesBacking(realpathSync(image));
+    const holders = loopDevicesBacking(image);
     if (holders.length > 0)
       throw new Error(`its image ${image} is still attached to ${holders.join(", ")}`);
     const target = this.mountPath(volumeId);
@@ -148,10 +148,8 @@ export class LoopVolumes implements VolumeStore {
    * would otherwise find its storage still attached.
    */
   private async released(image: string): Promise<void> {
-    if (!existsSync(image)) return;
-    const path = realpathSync(image);
     const deadline = performance.now() + releaseTimeoutMs;
-    while (loopDevicesBacking(path).length > 0 && performance.now() < deadline) {
+    while (loopDevicesBacking(image).length > 0 && performance.now() < deadline) {
       await delay(releasePollMs);
     }
   }
@@ -215,13 +213,18 @@ function syncDirectory(directory: string): void {
   }
 }
 
-/** Loop devices whose backing file is `image` (the kernel lists them under /sys/block). */
+/**
+ * Loop devices whose backing file is `image` (the kernel lists them under /sys/block by the
+ * file's real path); none when the image is gone.
+ */
 function loopDevicesBacking(image: string): string[] {
+  if (!existsSync(image)) return [];
+  const backingFile = realpathSync(image);
   return readdirSync("/sys/block")
     .filter((name) => name.startsWith("loop"))
     .filter((name) => {
       try {
-        return readFileSync(`/sys/block/${name}/loop/backing_file`, "utf8").trim() === image;
+        return readFileSync(`/sys/block/${name}/loop/backing_file`, "utf8").trim() === backingFile;
       } catch {
         return false; // not attached
       }
