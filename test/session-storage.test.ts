@@ -307,18 +307,24 @@ cat file hard`,
       const runtime = await createRuntime(berth, "probe", workspace);
       const session = newSessionId();
       await runCommand(berth.data, runtime.arn, session, "echo short-lived > /mnt/workspace/a");
+      const writtenAt = Date.now();
       const images = () => readdirSync(join(berth.dataDir, "storage", "images"));
+      const deletion = () =>
+        berth.logLines.find((line) => line["msg"] === "session storage deleted");
       assert.equal(images().length, 1);
-      // In use, it is never swept, however old.
-      await waitFor("more than the retention to pass", () =>
-        berth.logLines.some((line) => line["msg"] === "session storage deleted") ? undefined : true,
+      // In use, it is never swept, however old: past the retention and many sweeps, still there.
+      await waitFor("the retention and several sweeps to pass", () =>
+        Date.now() - writtenAt > 1500 ? true : undefined,
       );
+      assert.equal(images().length, 1);
+      assert.equal(deletion(), undefined);
       await berth.data.send(
         new StopRuntimeSessionCommand({ agentRuntimeArn: runtime.arn, runtimeSessionId: session }),
       );
-      await waitFor("the sweep", () => (images().length === 0 ? true : undefined));
-      const deleted = berth.logLines.find((line) => line["msg"] === "session storage deleted");
-      assert.equal(deleted?.["reason"], "retention period passed");
+      // The log line follows the deletion; waiting for the file alone raced it.
+      const deleted = await waitFor("the sweep's report", deletion);
+      assert.equal(deleted["reason"], "retention period passed");
+      assert.deepEqual(images(), []);
     } finally {
       await berth.close();
       removeDir(berth.dataDir);
