@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { closeSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { after, describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import {
   BedrockAgentCoreClient,
   StopRuntimeSessionCommand,
@@ -364,8 +364,13 @@ describe("session storage volumes", () => {
 });
 
 describe("session storage across restarts of Berth", () => {
-  const dataDir = makeDataDir();
+  // Made in before(): a folder made while the file is read outlives a run that filters out
+  // every test here (their after() never runs).
+  let dataDir = "";
   const isolation = isolationArgs();
+  before(() => {
+    dataDir = makeDataDir();
+  });
   after(() => {
     removeDir(dataDir);
   });
