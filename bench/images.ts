@@ -17,6 +17,7 @@ import {
 } from "@aws-sdk/client-bedrock-agentcore";
 import { ContainerImages } from "../src/adapters/images/container-images.ts";
 import { ImageStore } from "../src/adapters/images/image-store.ts";
+import { RegistryAddressPolicy } from "../src/adapters/images/registry-addresses.ts";
 import { RegistryClient } from "../src/adapters/images/registry-client.ts";
 import { insecureRegistries } from "../src/adapters/images/registry-settings.ts";
 import {
@@ -69,12 +70,15 @@ let pullCount = 0;
 async function pullWithBerth(): Promise<void> {
   const dir = join(work, `berth-${(pullCount += 1)}`);
   const images = new ContainerImages({
-    store: new ImageStore(dir, { maxImageBytes: 2 ** 34 }),
+    store: new ImageStore(dir, { maxImageBytes: 2 ** 34, maxImageMetadataBytes: 2 ** 22 }),
     registry: new RegistryClient({
       credentials: () => undefined,
       insecure: insecureRegistries([]),
+      addresses: new RegistryAddressPolicy([registry.address]),
+      maxMetadataBytes: 2 ** 22,
     }),
     stagingDir: join(dir, "staging"),
+    maxMetadataBytes: 2 ** 22,
   });
   await images.pull(uri, new AbortController().signal);
   rmSync(dir, { recursive: true, force: true });

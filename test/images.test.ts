@@ -48,6 +48,9 @@ const harness = useTestBerth([
   credentialsFile,
   "--image-retention-seconds",
   "0",
+  // The test registries listen on loopback, which Berth refuses unless told otherwise.
+  "--registry-private-hosts",
+  "127.0.0.1",
 ]);
 
 before(async () => {

@@ -118,6 +118,16 @@ export const settingDeclarations = {
     default: 1_073_741_824,
     parse: integer(1024, 1_099_511_627_776),
   },
+  maxArtifactUnpackedBytes: {
+    doc: "Largest code artifact once decompressed (an upload's .tar.gz, or a .zip in the artifact store): unpacking stops and is undone past it, so a small archive cannot fill the disk. AgentCore's quota: 750 MB uncompressed.",
+    default: 786_432_000,
+    parse: integer(1024, 1_099_511_627_776),
+  },
+  maxArtifactEntries: {
+    doc: "Most files, folders and links a code artifact may unpack to (an upload's .tar.gz, or a .zip in the artifact store).",
+    default: 200_000,
+    parse: integer(1, 100_000_000),
+  },
   registryCredentialsFile: {
     doc: 'A JSON file of credentials for container registries, in Docker\'s config.json form: {"auths": {"registry.example.com:5000": {"username": "...", "password": "..."}}} (or "auth": base64 of user:password). Read at every pull, so changes need no restart. Keep it mode 0600.',
     default: "",
@@ -125,15 +135,26 @@ export const settingDeclarations = {
     parse: anyText,
   },
   registryInsecureHosts: {
-    doc: "Comma-separated registries (host or host:port) that may be reached over plain HTTP instead of HTTPS. Loopback addresses are always allowed to be.",
+    doc: "Comma-separated registries (host or host:port) that may be reached over plain HTTP instead of HTTPS. Loopback addresses are always allowed to be (reaching them at all takes registryPrivateHosts).",
     default: [] as string[],
     defaultShown: "(none besides loopback)",
     parse: commaList,
   },
+  registryPrivateHosts: {
+    doc: "Comma-separated registries (host or host:port) that may be reached although they resolve to a loopback, private, link-local or other non-public address, or to one of this machine's own. Others are refused, and so are redirects and token realms that lead to such an address: an image reference must not make Berth, which runs as root outside the sandboxes' firewall, query the services of this machine or its network.",
+    default: [] as string[],
+    defaultShown: "(none: only public addresses)",
+    parse: commaList,
+  },
   maxImageBytes: {
-    doc: "Largest container image accepted, unpacked; a bigger one fails its version with CREATE_FAILED/UPDATE_FAILED.",
+    doc: "Largest container image accepted, unpacked (file contents and the layers' tar metadata); a bigger one fails its version with CREATE_FAILED/UPDATE_FAILED.",
     default: 17_179_869_184,
     parse: integer(1_048_576, 1_099_511_627_776),
+  },
+  maxImageMetadataBytes: {
+    doc: "Largest piece of image metadata Berth holds in memory while pulling: a manifest, an image config, a token answer, or one PAX or GNU long-name header of a layer. A bigger one fails its version.",
+    default: 4_194_304,
+    parse: integer(65_536, 268_435_456),
   },
   imageRetentionSeconds: {
     doc: "Container images no version uses and no one loaded by name are removed from the cache after this long unused.",
@@ -154,6 +175,31 @@ export const settingDeclarations = {
     doc: "Largest control-plane request body accepted.",
     default: 1_048_576,
     parse: integer(1024, 104_857_600),
+  },
+  maxConnections: {
+    doc: "Most HTTP connections open at once; past it, new connections are closed as soon as they are accepted.",
+    default: 1024,
+    parse: integer(1, 1_000_000),
+  },
+  requestHeadersTimeoutSeconds: {
+    doc: "How long a client has to send a request's headers; a slower one gets 408 and its connection closed.",
+    default: 60,
+    parse: integer(1, 3600),
+  },
+  requestTimeoutSeconds: {
+    doc: "How long a client has to send a whole request, headers and body (uploads included); a slower one gets 408 and its connection closed. Answers may stream for longer.",
+    default: 300,
+    parse: integer(1, 86_400),
+  },
+  maxUnauthenticatedBufferBytes: {
+    doc: "Most bytes, in memory and on disk, that request bodies may hold together before their signature is checked (SigV4 signs the body's SHA-256, so a body is held until it is known; an access key id is no secret). Past it, requests get ThrottlingException. Bodies signed as UNSIGNED-PAYLOAD (invocations and uploads) stream and need none.",
+    default: 268_435_456,
+    parse: integer(65_536, 1_099_511_627_776),
+  },
+  maxInMemoryBodyBytes: {
+    doc: "A request body held until its signature is checked stays in memory up to this size; a bigger one is written to an already-unlinked file in <data-dir>/request-bodies (root only, mode 0600), gone when the request ends.",
+    default: 65_536,
+    parse: integer(0, 104_857_600),
   },
   idempotencyWindowSeconds: {
     doc: "How long a clientToken's first answer is kept for retries.",
@@ -199,6 +245,21 @@ export const settingDeclarations = {
     doc: "How often idle and max-lifetime deadlines are checked.",
     default: 1000,
     parse: integer(10, 60_000),
+  },
+  maxAgentOutputLineBytes: {
+    doc: "Longest line of an agent's stdout or stderr Berth keeps: a longer one is logged cut there (and marked as cut), the rest of it read and dropped up to its newline.",
+    default: 16_384,
+    parse: integer(256, 1_048_576),
+  },
+  agentLogBytesPerSecond: {
+    doc: "Log bytes one session's agent output may use per second, on average (a token bucket, with agentLogBurstBytes). Lines past it are dropped; one 'agent output dropped' record a second says how many. The agent is never slowed: its output is still read as fast as it writes.",
+    default: 262_144,
+    parse: integer(1024, 1_073_741_824),
+  },
+  agentLogBurstBytes: {
+    doc: "Log bytes one session's agent output may use at once after a quiet spell (see agentLogBytesPerSecond). A line whose record is bigger than this is always dropped.",
+    default: 1_048_576,
+    parse: integer(65_536, 1_073_741_824),
   },
   sandboxUidBase: {
     doc: "First host uid given to sandboxes; each running session gets its own uid from [base, base + maxSessions). Must not overlap real users.",

@@ -1,6 +1,7 @@
 import { join } from "node:path";
 import { ContainerImages } from "../adapters/images/container-images.ts";
 import { ImageStore } from "../adapters/images/image-store.ts";
+import { RegistryAddressPolicy } from "../adapters/images/registry-addresses.ts";
 import { RegistryClient } from "../adapters/images/registry-client.ts";
 import { credentialsFromFile, insecureRegistries } from "../adapters/images/registry-settings.ts";
 import type { Settings } from "../config/settings.ts";
@@ -19,12 +20,18 @@ export function startContainerImages(
 ): { images: ContainerImages; collectGarbage: () => Promise<string[]>; stop: () => void } {
   const cacheDir = join(settings.dataDir, "images");
   const images = new ContainerImages({
-    store: new ImageStore(cacheDir, { maxImageBytes: settings.maxImageBytes }),
+    store: new ImageStore(cacheDir, {
+      maxImageBytes: settings.maxImageBytes,
+      maxImageMetadataBytes: settings.maxImageMetadataBytes,
+    }),
     registry: new RegistryClient({
       credentials: credentialsFromFile(settings.registryCredentialsFile),
       insecure: insecureRegistries(settings.registryInsecureHosts),
+      addresses: new RegistryAddressPolicy(settings.registryPrivateHosts),
+      maxMetadataBytes: settings.maxImageMetadataBytes,
     }),
     stagingDir: join(cacheDir, "staging"),
+    maxMetadataBytes: settings.maxImageMetadataBytes,
   });
   const collectGarbage = async (): Promise<string[]> => {
     const pinned = await store.listArtifactDigests();

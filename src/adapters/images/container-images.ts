@@ -31,7 +31,7 @@ import {
   type ImageManifest,
 } from "./manifests.ts";
 import type { RegistryClient } from "./registry-client.ts";
-import { TarReader } from "./tar-reader.ts";
+import { TarReader, type EntryBody, type TarEntry } from "./tar-reader.ts";
 
 type ManifestReader = (reference: string) => Promise<{ mediaType: string; body: Buffer }>;
 
@@ -44,11 +44,19 @@ export class ContainerImages implements ImageCatalog {
   private readonly store: ImageStore;
   private readonly registry: RegistryClient;
   private readonly stagingDir: string;
+  /** Largest PAX or long-name member of a loaded archive (see maxImageMetadataBytes). */
+  private readonly maxMetadataBytes: number;
 
-  constructor(options: { store: ImageStore; registry: RegistryClient; stagingDir: string }) {
+  constructor(options: {
+    store: ImageStore;
+    registry: RegistryClient;
+    stagingDir: string;
+    maxMetadataBytes: number;
+  }) {
     this.store = options.store;
     this.registry = options.registry;
     this.stagingDir = options.stagingDir;
+    this.maxMetadataBytes = options.maxMetadataBytes;
   }
 
   /**
@@ -110,7 +118,7 @@ export class ContainerImages implements ImageCatalog {
     const name = requireReference(reference);
     const layout = join(this.stagingDir, `load-${randomUUID()}`);
     try {
-      await extractLayout(archive, layout, signal);
+      await extractLayout(archive, layout, this.maxMetadataBytes, signal);
       const index = readFileSync(layoutFile(layout, "index.json"));
       const { digest, manifest } = await resolveImage(
         (ref) => {
@@ -219,10 +227,11 @@ const layoutPath = /^(?:\.\/)?(index\.json|oci-layout|blobs\/sha256\/[a-f0-9]{64
 async function extractLayout(
   archive: Readable,
   folder: string,
+  maxMetadataBytes: number,
   signal: AbortSignal,
 ): Promise<void> {
   mkdirSync(join(folder, "blobs", "sha256"), { recursive: true, mode: 0o700 });
-  const reader = new TarReader((entry) => {
+  const onEntry = (entry: TarEntry): EntryBody | undefined => {
     const match = layoutPath.exec(entry.path);
     if (entry.type !== "file" || match?.[1] === undefined) return undefined;
     const descriptor = openSync(join(folder, match[1]), "w", 0o600);
@@ -230,11 +239,13 @@ async function extractLayout(
       write: (chunk) => {
         for (let offset = 0; offset < chunk.length;) offset += writeSync(descriptor, chunk, offset);
       },
-      end: () => {
+      end: () => undefined,
+      close: () => {
         closeSync(descriptor);
       },
     };
-  });
+  };
+  const reader = new TarReader({ onEntry, maxMetadataBytes });
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
       try {
@@ -250,6 +261,8 @@ async function extractLayout(
     reader.end();
   } catch (error) {
     throw new ArtifactProblem(`The image archive could not be read: ${(error as Error).message}`);
+  } finally {
+    reader.close();
   }
 }
 

@@ -30,7 +30,9 @@ const opaqueMarker = ".wh..wh..opq";
  * see it. Follows the OCI layer rules: a `.wh.NAME` entry deletes NAME from the layers below, a
  * `.wh..wh..opq` entry empties its folder of what the layers below put there.
  *
- * Nothing is ever written outside the root. Entry paths with `..` are refused. A symlink met on
+ * Nothing is ever written outside the root. Entry paths with `..` are refused, and so are
+ * whiteouts of anything but a plain name (`.wh..` would be the folder itself, `.wh...` its
+ * parent: at the top, the staging folder of every image being unpacked). A symlink met on
  * the way to an entry (`/bin` -> `usr/bin`, or `/etc` -> `/`) is followed as the image would
  * see it, within the root: an absolute target starts at the root, `..` stops there. The entry
  * itself is never followed: a file replaces a symlink, it does not write through it. Device
@@ -39,7 +41,10 @@ const opaqueMarker = ".wh..wh..opq";
  */
 export class ImageRootWriter extends ImageRoot {
   private readonly maxBytes: number;
+  /** Bytes of the files written so far: the image's size. */
   private writtenBytes = 0;
+  /** Bytes of the layers' tar metadata (PAX, long names): counted toward maxBytes too. */
+  private metadataBytes = 0;
   /** Paths (on the host) this layer created: its whiteouts apply to lower layers only. */
   private createdInLayer = new Set<string>();
 
@@ -57,6 +62,12 @@ export class ImageRootWriter extends ImageRoot {
     return this.writtenBytes;
   }
 
+  /** Counts a layer's tar metadata toward the image's bound (see TarReaderOptions.onMetadata). */
+  countMetadata(sizeBytes: number): void {
+    this.metadataBytes += sizeBytes;
+    this.requireWithinBound();
+  }
+
   apply(entry: TarEntry): EntryBody | undefined {
     const parts = entryParts(entry.path);
     const name = parts.pop();
@@ -65,17 +76,15 @@ export class ImageRootWriter extends ImageRoot {
       if (entry.type === "directory") this.setOwnerAndMode(this.root, entry);
       return undefined;
     }
-    const folder = this.resolveFolder(parts, entry.path);
     if (name === opaqueMarker) {
-      this.emptyLowerContent(folder);
+      this.emptyLowerContent(this.resolveFolder(parts, entry.path));
       return undefined;
     }
     if (name.startsWith(whiteoutPrefix)) {
-      const hidden = join(folder, name.slice(whiteoutPrefix.length));
-      if (!this.createdInLayer.has(hidden)) removeAny(hidden);
+      this.applyWhiteout(parts, name.slice(whiteoutPrefix.length), entry);
       return undefined;
     }
-    const target = join(folder, name);
+    const target = join(this.resolveFolder(parts, entry.path), name);
     switch (entry.type) {
       case "directory":
         this.writeDirectory(target, entry);
@@ -147,12 +156,7 @@ export class ImageRootWriter extends ImageRoot {
     return {
       write: (chunk) => {
         this.writtenBytes += chunk.length;
-        if (this.writtenBytes > this.maxBytes) {
-          closeSync(descriptor);
-          throw new ArtifactProblem(
-            `the image unpacks to more than ${this.maxBytes} bytes (the setting maxImageBytes)`,
-          );
-        }
+        this.requireWithinBound();
         for (let offset = 0; offset < chunk.length;) offset += writeSync(descriptor, chunk, offset);
       },
       end: () => {
@@ -160,9 +164,19 @@ export class ImageRootWriter extends ImageRoot {
         fchownSync(descriptor, entry.uid, entry.gid);
         fchmodSync(descriptor, entry.mode & 0o7777);
         futimesSync(descriptor, entry.mtime, entry.mtime);
+      },
+      close: () => {
         closeSync(descriptor);
       },
     };
+  }
+
+  private requireWithinBound(): void {
+    if (this.writtenBytes + this.metadataBytes > this.maxBytes) {
+      throw new ArtifactProblem(
+        `the image unpacks to more than ${this.maxBytes} bytes (the setting maxImageBytes)`,
+      );
+    }
   }
 
   /** A hard link's source: resolved like any entry path, and never a folder. */
@@ -177,6 +191,21 @@ export class ImageRootWriter extends ImageRoot {
       );
     }
     return source;
+  }
+
+  /**
+   * Deletes `hiddenName` of the folder `parts` from the layers below. The name must be one
+   * entry's: "", "." and ".." would be the folder itself or its parent, so they are refused
+   * rather than resolved.
+   */
+  private applyWhiteout(parts: string[], hiddenName: string, entry: TarEntry): void {
+    if (hiddenName === "" || hiddenName === "." || hiddenName === "..") {
+      throw new ArtifactProblem(
+        `layer entry ${entry.path} is a whiteout of "${hiddenName}", which names no file (a whiteout must name one entry of its folder)`,
+      );
+    }
+    const hidden = join(this.resolveFolder(parts, entry.path), hiddenName);
+    if (!this.createdInLayer.has(hidden)) removeAny(hidden);
   }
 
   /** Removes what lower layers put in `folder`, keeping what this layer already added. */

@@ -48,8 +48,10 @@ export interface ImageRecord {
 }
 
 export interface ImageStoreOptions {
-  /** Largest unpacked image accepted. */
+  /** Largest unpacked image accepted (file contents and tar metadata). */
   maxImageBytes: number;
+  /** Largest config, and largest PAX or long-name member of a layer: both are held whole. */
+  maxImageMetadataBytes: number;
 }
 
 const layerMediaTypes: Record<string, "gzip" | "zstd" | "none"> = {
@@ -132,6 +134,8 @@ export class ImageStore {
     const configBytes = await readAll(
       await source.open(manifest.config, signal),
       manifest.config.size,
+      this.options.maxImageMetadataBytes,
+      `The config of ${source.shown}`,
     );
     verifyDigest(configBytes, manifest.config.digest, `the config of ${source.shown}`);
     const config = JSON.parse(configBytes.toString("utf8")) as ImageConfigDocument;
@@ -250,7 +254,15 @@ export class ImageStore {
     try {
       const writer = new ImageRootWriter(staging, this.options.maxImageBytes);
       for (const [index, layer] of layers.entries()) {
-        await applyLayer(writer, layer, diffIds[index] ?? "", source, signal);
+        const reader = new TarReader({
+          onEntry: (entry) => writer.apply(entry),
+          maxMetadataBytes: this.options.maxImageMetadataBytes,
+          onMetadata: (sizeBytes) => {
+            writer.countMetadata(sizeBytes);
+          },
+        });
+        writer.startLayer();
+        await applyLayer(reader, layer, diffIds[index] ?? "", source, signal);
       }
       writer.prepareMountPoints();
       // Its size first: a root is complete once it is in place.
@@ -291,7 +303,7 @@ export class ImageStore {
  * are checked against the manifest's digest and size, its tar against the config's diff_id.
  */
 async function applyLayer(
-  writer: ImageRootWriter,
+  reader: TarReader,
   layer: Descriptor,
   diffId: string,
   source: BlobSource,
@@ -313,7 +325,6 @@ async function applyLayer(
       done(null, chunk);
     },
   });
-  const reader = new TarReader((entry) => writer.apply(entry));
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
       try {
@@ -339,7 +350,6 @@ async function applyLayer(
       : compression === "zstd"
         ? createZstdDecompress()
         : new PassThrough();
-  writer.startLayer();
   try {
     await pipeline(await source.open(layer, signal), counter, decompress, sink, { signal });
   } catch (error) {
@@ -348,6 +358,9 @@ async function applyLayer(
     throw new ArtifactProblem(
       `Layer ${layer.digest} of ${source.shown} could not be unpacked: ${reason}`,
     );
+  } finally {
+    // However the layer ended (cut short, refused, aborted), no member's file stays open.
+    reader.close();
   }
   const actual = `sha256:${compressed.digest("hex")}`;
   if (actual !== layer.digest || received !== layer.size) {
@@ -363,8 +376,19 @@ async function applyLayer(
   }
 }
 
-/** Reads a small blob whole, refusing more than its descriptor's size. */
-async function readAll(stream: Readable, size: number): Promise<Buffer> {
+/** Reads a small blob whole, refusing more than its descriptor's size or `maxBytes`. */
+async function readAll(
+  stream: Readable,
+  size: number,
+  maxBytes: number,
+  what: string,
+): Promise<Buffer> {
+  if (size > maxBytes) {
+    stream.destroy();
+    throw new ArtifactProblem(
+      `${what} is ${size} bytes, larger than the setting maxImageMetadataBytes (${maxBytes})`,
+    );
+  }
   const chunks: Buffer[] = [];
   let total = 0;
   for await (const chunk of stream as AsyncIterable<Buffer>) {

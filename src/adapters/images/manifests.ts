@@ -76,8 +76,10 @@ export function readManifest(
     return { kind: "index", manifests: parsed.manifests ?? [] };
   }
   if (parsed.config === undefined || !Array.isArray(parsed.layers)) {
+    // The type is shown only when it looks like one: the answer may not be a registry's.
+    const typeShown = /^application\/[\w.+-]{1,100}$/.test(type) ? type : "no known media type";
     throw new ArtifactProblem(
-      `The manifest of ${shown} (${type || "no media type"}) is not an OCI or Docker v2 image manifest`,
+      `The manifest of ${shown} (${typeShown}) is not an OCI or Docker v2 image manifest`,
     );
   }
   return { kind: "image", config: parsed.config, layers: parsed.layers };

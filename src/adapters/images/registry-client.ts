@@ -1,7 +1,8 @@
-import { Readable } from "node:stream";
-import type { ReadableStream as WebReadableStream } from "node:stream/web";
+import type { Readable } from "node:stream";
 import type { ImageReference } from "../../core/image-reference.ts";
 import { ArtifactProblem } from "../../core/preparation.ts";
+import type { RegistryAddressPolicy } from "./registry-addresses.ts";
+import { readBody, registryGet, shownUrl, type RegistryResponse } from "./registry-http.ts";
 
 export interface RegistryCredentials {
   username: string;
@@ -13,6 +14,10 @@ export interface RegistryClientOptions {
   credentials: (registry: string) => RegistryCredentials | undefined;
   /** Registries that may be reached over plain HTTP. */
   insecure: (registry: string) => boolean;
+  /** Which addresses registries, their redirects and token realms may be reached at. */
+  addresses: RegistryAddressPolicy;
+  /** Largest manifest or token answer read (the setting maxImageMetadataBytes). */
+  maxMetadataBytes: number;
 }
 
 export const manifestMediaTypes = {
@@ -26,8 +31,10 @@ export const manifestMediaTypes = {
  * A client for the OCI distribution API (Docker Registry v2): manifests and blobs of one
  * repository, with anonymous, basic and bearer-token auth. A 401 answer says which scheme the
  * registry wants; bearer tokens are fetched from the realm it names (with the configured
- * credentials, if any) and reused until they expire. Every failure is an ArtifactProblem that
- * says what the user can do about it.
+ * credentials, if any) and reused until they expire. Every connection, redirects and token
+ * realms included, goes only where the address policy allows (see registry-http.ts). Every
+ * failure is an ArtifactProblem that says what the user can do about it, and none repeats
+ * what a server answered beyond its status: the server may be something else than a registry.
  */
 export class RegistryClient {
   private readonly options: RegistryClientOptions;
@@ -47,16 +54,14 @@ export class RegistryClient {
       accept: Object.values(manifestMediaTypes).join(", "),
     });
     // The document's own mediaType, when it has one, wins (see readManifest).
-    const mediaType = response.headers.get("content-type")?.split(";")[0]?.trim() ?? "";
-    return { mediaType, body: Buffer.from(await response.arrayBuffer()) };
+    const mediaType = response.headers["content-type"]?.split(";")[0]?.trim() ?? "";
+    const what = `The manifest ${reference} of ${image.registry}/${image.repository}`;
+    return { mediaType, body: await readBody(response, this.options.maxMetadataBytes, what) };
   }
 
   /** A blob's bytes as they arrive (verifying them is the caller's job). */
   async blob(image: ImageReference, digest: string, signal: AbortSignal): Promise<Readable> {
-    const response = await this.get(image, `blobs/${digest}`, signal, {});
-    if (response.body === null)
-      throw new ArtifactProblem(`the registry sent no data for ${digest}`);
-    return Readable.fromWeb(response.body as WebReadableStream<Uint8Array>);
+    return (await this.get(image, `blobs/${digest}`, signal, {})).body;
   }
 
   private async get(
@@ -64,49 +69,51 @@ export class RegistryClient {
     path: string,
     signal: AbortSignal,
     headers: Record<string, string>,
-  ): Promise<Response> {
-    const url = `${this.baseUrl(image.registry)}/v2/${image.repository}/${path}`;
+  ): Promise<RegistryResponse> {
+    const url = new URL(`${this.baseUrl(image.registry)}/v2/${image.repository}/${path}`);
     const scopeKey = `${image.registry}/${image.repository}`;
     const cached = this.authorizations.get(scopeKey);
     const authorization =
       cached !== undefined && cached.expiresAtMs > Date.now() ? cached.header : undefined;
-    let response = await this.fetch(image, url, signal, headers, authorization);
+    let response = await this.request(image, url, signal, headers, authorization);
     if (response.status === 401) {
-      await response.body?.cancel();
+      response.body.destroy();
       const header = await this.authorize(
         image,
-        response.headers.get("www-authenticate") ?? "",
+        response.headers["www-authenticate"] ?? "",
         signal,
       );
-      response = await this.fetch(image, url, signal, headers, header);
+      response = await this.request(image, url, signal, headers, header);
     }
-    if (response.ok) return response;
-    await response.body?.cancel();
+    if (response.status >= 200 && response.status < 300) return response;
+    response.body.destroy();
     throw this.problemFor(image, path, response.status);
   }
 
-  private async fetch(
+  private async request(
     image: ImageReference,
-    url: string,
+    url: URL,
     signal: AbortSignal,
     headers: Record<string, string>,
     authorization: string | undefined,
-  ): Promise<Response> {
+  ): Promise<RegistryResponse> {
     try {
-      return await fetch(url, {
+      return await registryGet(url, {
         headers: authorization === undefined ? headers : { ...headers, authorization },
         signal,
-        // Redirects (to blob storage) are followed; fetch drops the authorization on a new host.
-        redirect: "follow",
+        policy: this.options.addresses,
+        subject: `The registry ${image.registry}`,
       });
     } catch (error) {
-      if (signal.aborted) throw error;
-      const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-      const detail = cause?.code ?? cause?.message ?? (error as Error).message;
-      const hint = url.startsWith("https:")
-        ? ` (if ${image.registry} serves plain HTTP and is trusted, add it to the setting registryInsecureHosts)`
-        : "";
-      throw new ArtifactProblem(`Cannot reach the registry ${image.registry}: ${detail}${hint}`);
+      if (signal.aborted || error instanceof ArtifactProblem) throw error;
+      const { code, message } = error as { code?: string; message: string };
+      const hint =
+        url.protocol === "https:"
+          ? ` (if ${image.registry} serves plain HTTP and is trusted, add it to the setting registryInsecureHosts)`
+          : "";
+      throw new ArtifactProblem(
+        `Cannot reach the registry ${image.registry}: ${code ?? message}${hint}`,
+      );
     }
   }
 
@@ -121,7 +128,7 @@ export class RegistryClient {
       credentials === undefined
         ? undefined
         : `Basic ${Buffer.from(`${credentials.username}:${credentials.password}`).toString("base64")}`;
-    const scheme = challenge.split(" ", 1)[0]?.toLowerCase();
+    const scheme = challenge.split(" ", 1)[0]?.toLowerCase() ?? "";
     const scopeKey = `${image.registry}/${image.repository}`;
     if (scheme === "basic") {
       if (basic === undefined) throw this.needsCredentials(image);
@@ -130,50 +137,70 @@ export class RegistryClient {
     }
     if (scheme !== "bearer") {
       throw new ArtifactProblem(
-        `The registry ${image.registry} asks for an authentication scheme Berth does not speak: ${challenge || "(none given)"}`,
+        `The registry ${image.registry} asks for an authentication scheme Berth does not speak: ${/^[a-z0-9_-]{1,32}$/.test(scheme) ? scheme : "(none it can name)"}`,
       );
     }
     const parameters = parseChallenge(challenge);
     const realm = parameters.get("realm");
     if (realm === undefined)
       throw new ArtifactProblem(`The registry ${image.registry} named no token realm`);
-    const tokenUrl = new URL(realm);
+    const tokenUrl = URL.parse(realm);
+    if (tokenUrl === null)
+      throw new ArtifactProblem(
+        `The registry ${image.registry} named a token realm that is no URL`,
+      );
     const service = parameters.get("service");
     if (service !== undefined) tokenUrl.searchParams.set("service", service);
     tokenUrl.searchParams.set("scope", `repository:${image.repository}:pull`);
-    let answer: Response;
+    const token = await this.fetchToken(image, tokenUrl, basic, signal);
+    const value = token.token ?? token.access_token;
+    if (typeof value !== "string")
+      throw new ArtifactProblem(`The token service of ${image.registry} sent no token`);
+    const header = `Bearer ${value}`;
+    // Tokens without a lifetime last 60 s (the distribution spec's default); renew a bit early.
+    const lifetimeMs = (typeof token.expires_in === "number" ? token.expires_in : 60) * 1000;
+    this.authorizations.set(scopeKey, { header, expiresAtMs: Date.now() + lifetimeMs * 0.9 });
+    return header;
+  }
+
+  /** Asks the realm for a pull token; its answer is read whole, within the metadata bound. */
+  private async fetchToken(
+    image: ImageReference,
+    tokenUrl: URL,
+    basic: string | undefined,
+    signal: AbortSignal,
+  ): Promise<{ token?: unknown; access_token?: unknown; expires_in?: unknown }> {
+    const service = `The token service of ${image.registry}`;
+    let answer: RegistryResponse;
     try {
-      answer = await fetch(tokenUrl, {
+      answer = await registryGet(tokenUrl, {
         headers: basic === undefined ? {} : { authorization: basic },
         signal,
+        policy: this.options.addresses,
+        subject: `The token realm of ${image.registry}, ${shownUrl(tokenUrl)},`,
       });
     } catch (error) {
-      if (signal.aborted) throw error;
+      if (signal.aborted || error instanceof ArtifactProblem) throw error;
       throw new ArtifactProblem(
         `Cannot reach the token service of ${image.registry} at ${tokenUrl.origin}`,
       );
     }
     if (answer.status === 401 || answer.status === 403) {
-      await answer.body?.cancel();
+      answer.body.destroy();
       throw basic === undefined ? this.needsCredentials(image) : this.refused(image);
     }
-    if (!answer.ok) {
-      await answer.body?.cancel();
-      throw new ArtifactProblem(`The token service of ${image.registry} answered ${answer.status}`);
+    if (answer.status < 200 || answer.status >= 300) {
+      answer.body.destroy();
+      throw new ArtifactProblem(`${service} answered ${answer.status}`);
     }
-    const token = (await answer.json()) as {
-      token?: string;
-      access_token?: string;
-      expires_in?: number;
-    };
-    const value = token.token ?? token.access_token;
-    if (value === undefined)
-      throw new ArtifactProblem(`The token service of ${image.registry} sent no token`);
-    const header = `Bearer ${value}`;
-    // Tokens without a lifetime last 60 s (the distribution spec's default); renew a bit early.
-    const lifetimeMs = (token.expires_in ?? 60) * 1000;
-    this.authorizations.set(scopeKey, { header, expiresAtMs: Date.now() + lifetimeMs * 0.9 });
-    return header;
+    const body = await readBody(answer, this.options.maxMetadataBytes, `${service}'s answer`);
+    try {
+      const parsed = JSON.parse(body.toString("utf8")) as unknown;
+      if (typeof parsed === "object" && parsed !== null) return parsed;
+    } catch {
+      // said below, without repeating what was sent
+    }
+    throw new ArtifactProblem(`${service} answered with something that is not a token (not JSON)`);
   }
 
   private problemFor(image: ImageReference, path: string, status: number): ArtifactProblem {
