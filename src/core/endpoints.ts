@@ -12,6 +12,10 @@ import {
 import { parseVersion, requireRuntime } from "./runtimes.ts";
 import { inputLimits } from "./runtime-input.ts";
 import { NameTakenError, type Page, type PageRequest } from "./store.ts";
+import { readTags } from "./tags.ts";
+
+/** AgentCore's AgentEndpointDescription: shorter than a runtime's description. */
+const endpointDescription = { minLength: 0, maxLength: 256 };
 
 /** An endpoint with the status it has now, derived from the versions it targets and serves. */
 export interface EndpointView {
@@ -35,8 +39,8 @@ export async function createEndpoint(
     minLength: 1,
     maxLength: 10,
   });
-  const description = reader.string(body["description"], "description", inputLimits.description);
-  const tags = reader.stringMap(body["tags"], "tags", inputLimits.tags);
+  const description = reader.string(body["description"], "description", endpointDescription);
+  const tags = readTags(reader, body["tags"], "tags");
   const clientToken = reader.string(body["clientToken"], "clientToken", inputLimits.clientToken);
   reader.throwIfProblems();
   const endpointName = name ?? "";
@@ -92,7 +96,7 @@ export async function updateEndpoint(
     minLength: 1,
     maxLength: 10,
   });
-  const description = reader.string(body["description"], "description", inputLimits.description);
+  const description = reader.string(body["description"], "description", endpointDescription);
   const clientToken = reader.string(body["clientToken"], "clientToken", inputLimits.clientToken);
   reader.throwIfProblems();
   refuseManagedEndpoint(endpointName, "updated");

@@ -11,6 +11,7 @@ import {
 } from "./model.ts";
 import { readRuntimeInput } from "./runtime-input.ts";
 import { NameTakenError, type Page, type PageRequest } from "./store.ts";
+import { readCreateTags } from "./tags.ts";
 
 /** What Create/Update answer (and what a retry with the same clientToken answers again). */
 export interface RuntimeChange {
@@ -27,6 +28,8 @@ export async function createRuntime(
   body: Record<string, unknown>,
 ): Promise<RuntimeChange> {
   const input = readRuntimeInput(body, "create", context.minLifecycleSeconds);
+  // Tags follow the same rules here as in TagResource (pattern, reserved "aws:" prefix).
+  const tags = readCreateTags(body["tags"]);
   const now = timestamp(context);
   return runIdempotent<RuntimeChange>({
     store: context.store,
@@ -44,7 +47,7 @@ export async function createRuntime(
         latestVersion: 1,
         createdAt: now,
         lastUpdatedAt: now,
-        tags: input.tags,
+        tags,
       };
       const version: RuntimeVersionRecord = {
         runtimeId: id,

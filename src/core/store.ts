@@ -33,6 +33,17 @@ export interface SessionStorageRecord {
   lastUsedAt: string;
 }
 
+/**
+ * A runtime or one of its endpoints, as a tagging request names it. `arn` must be the resource's
+ * own ARN, so an ARN with the right id but another region or account names nothing.
+ */
+export interface TaggedResource {
+  arn: string;
+  runtimeId: string;
+  /** undefined for the runtime itself. */
+  endpointName: string | undefined;
+}
+
 /** A page of rows in insertion order, with the key to continue after the last one. */
 export interface Page<T> {
   items: T[];
@@ -105,6 +116,18 @@ export interface MetadataStore {
   ): Promise<void>;
   findEndpoint(runtimeId: string, name: string): Promise<EndpointRecord | undefined>;
   listEndpoints(runtimeId: string, page: PageRequest): Promise<Page<EndpointRecord>>;
+
+  /** The resource's tags; undefined when no resource has that ARN. */
+  findTags(resource: TaggedResource): Promise<Record<string, string> | undefined>;
+  /**
+   * Replaces the resource's tags with `change(current)` in one transaction, so concurrent
+   * changes never lose each other's tags; an error thrown by `change` leaves them as they were.
+   * Resolves to the new tags, or undefined when no resource has that ARN.
+   */
+  updateTags(
+    resource: TaggedResource,
+    change: (current: Record<string, string>) => Record<string, string>,
+  ): Promise<Record<string, string> | undefined>;
 
   findIdempotency(scope: string, clientToken: string): Promise<IdempotencyRecord | undefined>;
   /** Forgets idempotency records created before `before`. */

@@ -30,7 +30,7 @@ export function runtimeDetailShape({ runtime, version }: RuntimeView): Record<st
     networkConfiguration: { networkMode: config.networkMode },
     status: version.status,
     failureReason: version.failureReason,
-    description: config.description,
+    description: optionalText(config.description),
     lifecycleConfiguration: {
       idleRuntimeSessionTimeout: config.idleRuntimeSessionTimeoutSeconds,
       maxLifetime: config.maxLifetimeSeconds,
@@ -46,6 +46,14 @@ export function runtimeDetailShape({ runtime, version }: RuntimeView): Record<st
       sessionStorage: { mountPath },
     })),
   };
+}
+
+/**
+ * An optional text member: omitted when empty, as the model's minimum length is 1. (The
+ * required `description` of list items is sent as "" instead: it cannot be left out.)
+ */
+function optionalText(text: string): string | undefined {
+  return text === "" ? undefined : text;
 }
 
 export function runtimeSummaryShape(summary: RuntimeSummary): Record<string, unknown> {
@@ -73,7 +81,7 @@ export function endpointShape(view: EndpointView): Record<string, unknown> {
     targetVersion: String(endpoint.targetVersion),
     status: view.status,
     failureReason: view.failureReason,
-    description: endpoint.description,
+    description: optionalText(endpoint.description),
     createdAt: endpoint.createdAt,
     lastUpdatedAt: endpoint.lastUpdatedAt,
   };

@@ -2,13 +2,16 @@ import type { CoreContext } from "../core/context.ts";
 import * as endpoints from "../core/endpoints.ts";
 import { encodePageToken, readPageRequest } from "../core/pagination.ts";
 import * as runtimes from "../core/runtimes.ts";
+import * as tags from "../core/tags.ts";
 import { endpointShape, runtimeDetailShape, runtimeSummaryShape } from "./control-plane-shapes.ts";
+import { notSupportedOperations } from "./not-supported.ts";
 import { operation, type Operation, type OperationInput } from "./operation.ts";
 
 /** The AgentCore control plane: every path ends in "/", as the SDK sends it. */
 export function controlPlaneOperations(context: CoreContext): Operation[] {
   const runtimeId = (input: OperationInput): string => input.params["runtimeId"] ?? "";
   const endpointName = (input: OperationInput): string => input.params["endpointName"] ?? "";
+  const resourceArn = (input: OperationInput): string => input.params["resourceArn"] ?? "";
   const query = (input: OperationInput, name: string): string | undefined =>
     input.request.query.get(name) ?? undefined;
   const page = (input: OperationInput) =>
@@ -162,7 +165,43 @@ export function controlPlaneOperations(context: CoreContext): Operation[] {
         };
       },
     ),
+    // Tags of runtimes and endpoints, named by ARN.
+    operation("ListTagsForResource", "GET", "/tags/:resourceArn", 200, async (input) => ({
+      tags: await tags.listTags(context, resourceArn(input)),
+    })),
+    noContentOperation("TagResource", "POST", "/tags/:resourceArn", (input) =>
+      tags.tagResource(context, resourceArn(input), input.body),
+    ),
+    noContentOperation("UntagResource", "DELETE", "/tags/:resourceArn", (input) =>
+      tags.untagResource(context, resourceArn(input), input.request.query.getAll("tagKeys")),
+    ),
+    ...notSupportedOperations(),
   ];
+}
+
+/**
+ * An operation whose success is 204 No Content: no body and no content-length, as HTTP requires
+ * of a 204 (a JSON answer would announce bytes that never come).
+ */
+function noContentOperation(
+  name: string,
+  method: string,
+  path: string,
+  act: (input: OperationInput) => Promise<void>,
+): Operation {
+  return {
+    name,
+    method,
+    path: path.split("/"),
+    successStatus: 204,
+    body: "json",
+    handle: async (input) => {
+      await act(input);
+      input.raw.outgoing.writeHead(204, { "x-amzn-requestid": input.request.requestId });
+      input.raw.outgoing.end();
+      return { streamed: true };
+    },
+  };
 }
 
 function pick(shape: Record<string, unknown>, members: readonly string[]): Record<string, unknown> {

@@ -13,6 +13,7 @@ import {
   type IdempotencyRecord,
   type SessionStorageRecord,
   type MetadataStore,
+  type TaggedResource,
   type Page,
   type PageRequest,
 } from "../../core/store.ts";
@@ -350,6 +351,35 @@ export class SqliteMetadataStore implements MetadataStore {
     });
   }
 
+  findTags(resource: TaggedResource): Promise<Record<string, string> | undefined> {
+    return settle(() => this.readTags(resource));
+  }
+
+  updateTags(
+    resource: TaggedResource,
+    change: (current: Record<string, string>) => Record<string, string>,
+  ): Promise<Record<string, string> | undefined> {
+    return settle(() =>
+      this.transaction(() => {
+        const current = this.readTags(resource);
+        if (current === undefined) return undefined;
+        const next = change(current);
+        const { sql, params } = tagsRow(resource);
+        this.run(`UPDATE ${sql.table} SET tags = :tags WHERE ${sql.where}`, {
+          ...params,
+          tags: JSON.stringify(next),
+        });
+        return next;
+      }),
+    );
+  }
+
+  private readTags(resource: TaggedResource): Record<string, string> | undefined {
+    const { sql, params } = tagsRow(resource);
+    const row = this.get(`SELECT tags FROM ${sql.table} WHERE ${sql.where}`, params);
+    return row === undefined ? undefined : parseTags(row);
+  }
+
   findIdempotency(scope: string, clientToken: string): Promise<IdempotencyRecord | undefined> {
     return settle(() => {
       const row = this.get(
@@ -486,6 +516,27 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 }
 
+/** Where a resource's tags live: its own row, found by primary key and checked against its ARN. */
+function tagsRow(resource: TaggedResource): {
+  sql: { table: string; where: string };
+  params: Row;
+} {
+  if (resource.endpointName === undefined) {
+    return {
+      sql: { table: "runtimes", where: "id = :runtimeId AND arn = :arn" },
+      params: { runtimeId: resource.runtimeId, arn: resource.arn },
+    };
+  }
+  return {
+    sql: { table: "endpoints", where: "runtime_id = :runtimeId AND name = :name AND arn = :arn" },
+    params: { runtimeId: resource.runtimeId, name: resource.endpointName, arn: resource.arn },
+  };
+}
+
+function parseTags(row: Row): Record<string, string> {
+  return JSON.parse(text(row, "tags")) as Record<string, string>;
+}
+
 function toSessionStorage(row: Row): SessionStorageRecord {
   return {
     runtimeId: text(row, "runtime_id"),
@@ -542,7 +593,7 @@ function toRuntime(row: Row): RuntimeRecord {
     latestVersion: Number(row["latest_version"]),
     createdAt: text(row, "created_at"),
     lastUpdatedAt: text(row, "last_updated_at"),
-    tags: JSON.parse(text(row, "tags")) as Record<string, string>,
+    tags: parseTags(row),
   };
 }
 
@@ -583,6 +634,6 @@ function toEndpoint(row: Row): EndpointRecord {
     liveVersion: optionalNumber(row["live_version"]),
     createdAt: text(row, "created_at"),
     lastUpdatedAt: text(row, "last_updated_at"),
-    tags: JSON.parse(text(row, "tags")) as Record<string, string>,
+    tags: parseTags(row),
   };
 }
