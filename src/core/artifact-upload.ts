@@ -3,7 +3,10 @@ import { BerthError } from "./errors.ts";
 
 /** Where uploaded code goes: unpacked into the local artifact store as s3://bucket/prefix. */
 export interface ArtifactUploader {
-  /** Unpacks a .tar.gz stream; throws if the location is taken or the archive is too large. */
+  /**
+   * Unpacks a .tar.gz stream; throws if the location is taken, or the archive is too large as
+   * sent or once unpacked (bytes or entries).
+   */
   unpack(
     location: { bucket: string; prefix: string },
     archive: Readable,
