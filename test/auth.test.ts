@@ -8,6 +8,8 @@ import {
   BedrockAgentCoreClient,
   InvokeAgentRuntimeCommand,
 } from "@aws-sdk/client-bedrock-agentcore";
+import { connect } from "node:net";
+import { waitFor } from "./support/agents.ts";
 import { removeDir, startTestBerth, useTestBerth } from "./support/berth.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
@@ -95,6 +97,34 @@ describe("SigV4 authentication", () => {
     assert.equal(response.status, 403);
     assert.equal(response.headers["x-amzn-errortype"], "InvalidSignatureException");
     assert.match(response.body, /does not match the SHA-256 of the body/);
+  });
+
+  it("refuses a bad Authorization header before reading any of the body", async () => {
+    const { hostname, port } = new URL(harness().berth.url);
+    const amzDate = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+/, "");
+    const socket = connect(Number(port), hostname);
+    let answer = "";
+    socket.on("data", (chunk: Buffer) => (answer += chunk.toString("latin1")));
+    try {
+      // Headers announcing a body (within maxRequestBodyBytes) and not one byte of it: the
+      // answer must not wait for the body.
+      socket.write(
+        [
+          "PUT /runtimes/ HTTP/1.1",
+          `host: ${hostname}:${port}`,
+          "content-length: 1000000",
+          `x-amz-date: ${amzDate}`,
+          `authorization: AWS4-HMAC-SHA256 Credential=AKIAUNKNOWN0000000/${amzDate.slice(0, 8)}/us-east-1/bedrock-agentcore/aws4_request, SignedHeaders=host;x-amz-date, Signature=${"0".repeat(64)}`,
+          "",
+          "",
+        ].join("\r\n"),
+      );
+      await waitFor("the answer", () => answer.includes("\r\n\r\n") || undefined);
+      assert.match(answer, /^HTTP\/1\.1 403/);
+      assert.match(answer, /x-amzn-errortype: UnrecognizedClientException/i);
+    } finally {
+      socket.destroy();
+    }
   });
 
   it("refuses a query changed after signing", async () => {

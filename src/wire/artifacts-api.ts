@@ -3,8 +3,9 @@ import type { Operation } from "./operation.ts";
 
 /**
  * Berth's own upload of code: `PUT /berth/v1/artifacts/{bucket}/{prefix}` with a .tar.gz body
- * (signed with UNSIGNED-PAYLOAD, as it streams). The code is then s3://bucket/prefix for
- * CreateAgentRuntime, as if it had been put in the artifact store by hand.
+ * (the CLI signs it as UNSIGNED-PAYLOAD, so it streams; a body signed over its SHA-256 is held
+ * and checked first). The code is then s3://bucket/prefix for CreateAgentRuntime, as if it had
+ * been put in the artifact store by hand.
  */
 export function artifactOperations(uploader: ArtifactUploader): Operation[] {
   return [
@@ -19,7 +20,7 @@ export function artifactOperations(uploader: ArtifactUploader): Operation[] {
           input.params["bucket"] ?? "",
           input.params["prefix"] ?? "",
         );
-        const unpacked = await uploader.unpack(location, input.raw.incoming);
+        const unpacked = await uploader.unpack(location, input.payload.stream);
         return { json: { ...location, ...unpacked } };
       },
     },

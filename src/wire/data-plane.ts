@@ -1,11 +1,18 @@
-import { request, type IncomingMessage } from "node:http";
+import { request, type IncomingHttpHeaders, type IncomingMessage } from "node:http";
+import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
 import type { RuntimeVersionRecord } from "../core/model.ts";
 import type { SessionLease, SessionManager } from "../core/sessions.ts";
 import { agentPool, agentTarget } from "./agent-client.ts";
-import { operation, streamingOperation, type Operation, type OperationInput } from "./operation.ts";
+import {
+  operation,
+  streamingOperation,
+  type Operation,
+  type OperationInput,
+  type RequestPayload,
+} from "./operation.ts";
 import {
   invocationTargetOf,
   requireSessionId,
@@ -30,7 +37,10 @@ export interface DataPlaneOptions {
   maxPayloadBytes: number;
 }
 
-/** The AgentCore data plane: invocations stream through to the agent inside the session. */
+/**
+ * The AgentCore data plane: invocations go through to the agent inside the session, its answer
+ * streamed back. The payload reaching the agent is the one the signature covers (see handler.ts).
+ */
 export function dataPlaneOperations(
   context: CoreContext,
   sessions: SessionManager,
@@ -42,6 +52,7 @@ export function dataPlaneOperations(
       "/runtimes/:runtimeArn/invocations",
       "streamed",
       (input) => invoke(context, sessions, options, input),
+      { bytes: options.maxPayloadBytes, setting: "maxPayloadBytes" },
     ),
     operation(
       "StopRuntimeSession",
@@ -94,7 +105,7 @@ async function invoke(
   const lease = await sessions.acquire(target.runtime, target.version, sessionId);
   try {
     const agentResponse = await sendToAgent(
-      incoming,
+      input.payload.stream,
       lease,
       agentHeaders(input, sessionId, target.version),
       options.maxPayloadBytes,
@@ -122,7 +133,7 @@ async function invoke(
 }
 
 function sendToAgent(
-  incoming: IncomingMessage,
+  payload: Readable,
   lease: SessionLease,
   headers: Record<string, string>,
   maxPayloadBytes: number,
@@ -141,7 +152,7 @@ function sendToAgent(
       resolve,
     );
     let sent = 0;
-    incoming.on("data", (chunk: Buffer) => {
+    payload.on("data", (chunk: Buffer) => {
       sent += chunk.length;
       if (sent > maxPayloadBytes) toAgent.destroy(payloadTooLarge(maxPayloadBytes));
     });
@@ -163,7 +174,7 @@ function sendToAgent(
         );
       });
     });
-    incoming.pipe(toAgent);
+    payload.pipe(toAgent);
   });
 }
 
@@ -178,8 +189,8 @@ function agentHeaders(
     [requestIdHeader]: input.request.requestId,
     "content-type": "application/octet-stream",
   };
-  if (incoming["content-length"] !== undefined)
-    headers["content-length"] = incoming["content-length"];
+  const length = payloadLength(input.payload, incoming);
+  if (length !== undefined) headers["content-length"] = length;
   else headers["transfer-encoding"] = "chunked";
   for (const name of forwardedHeaders) {
     const value = incoming[name];
@@ -191,6 +202,12 @@ function agentHeaders(
     if (allowed.has(name) && typeof value === "string") headers[name] = value;
   }
   return headers;
+}
+
+/** The length of what is sent: the held body's own size, else what the caller declared. */
+function payloadLength(payload: RequestPayload, incoming: IncomingHttpHeaders): string | undefined {
+  if (payload.sizeBytes !== undefined) return String(payload.sizeBytes);
+  return incoming["content-length"];
 }
 
 function payloadTooLarge(limit: number): BerthError {

@@ -3,16 +3,17 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { BerthError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import { errorShapes } from "./error-status.ts";
+import { Readable } from "node:stream";
 import {
   parseJsonObject,
   parseRequestTarget,
-  readBody,
   sendError,
   sendJson,
   type WireRequest,
 } from "./http.ts";
-import { matchOperation, type Operation } from "./operation.ts";
-import type { SigV4Verifier } from "./sigv4.ts";
+import { matchOperation, type Operation, type RequestPayload } from "./operation.ts";
+import type { BodyHolder, BodyLimit } from "./signed-body.ts";
+import type { PendingSignature, SigV4Verifier } from "./sigv4.ts";
 
 export interface HandlerOptions {
   operations: readonly Operation[];
@@ -20,6 +21,15 @@ export interface HandlerOptions {
   verifier: SigV4Verifier | undefined;
   log: Logger;
   maxRequestBodyBytes: number;
+  /** Holds bodies until their signature is checked. */
+  bodies: BodyHolder;
+}
+
+interface RequestOutcome {
+  operation: string;
+  errorCode?: string;
+  /** Whether the signature was checked (or authentication is off). */
+  authenticated: boolean;
 }
 
 /**
@@ -30,7 +40,7 @@ export function createRequestHandler(options: HandlerOptions) {
   return (incoming: IncomingMessage, outgoing: ServerResponse): void => {
     const startedAt = performance.now();
     const requestId = randomUUID();
-    const outcome: { operation: string; errorCode?: string } = { operation: "unknown" };
+    const outcome: RequestOutcome = { operation: "unknown", authenticated: false };
     const abort = new AbortController();
     outgoing.on("close", () => {
       if (!outgoing.writableFinished) abort.abort(new Error("client disconnected"));
@@ -60,6 +70,7 @@ export function createRequestHandler(options: HandlerOptions) {
             `Berth failed to process the request; see the server log for request id ${requestId}`,
           );
         outcome.errorCode = answer.code;
+        if (!incoming.complete) leaveUnreadBody(incoming, outgoing, outcome.authenticated);
         sendError(outgoing, answer, requestId);
       },
     );
@@ -71,7 +82,7 @@ async function handle(
   incoming: IncomingMessage,
   outgoing: ServerResponse,
   requestId: string,
-  outcome: { operation: string },
+  outcome: RequestOutcome,
   signal: AbortSignal,
 ): Promise<void> {
   const method = incoming.method ?? "GET";
@@ -86,17 +97,80 @@ async function handle(
     unmatched = error; // answered only after authentication, so unsigned callers learn nothing
   }
   const streamed = matched?.operation.body === "streamed";
-  const body = streamed ? "streamed" : await readBody(incoming, options.maxRequestBodyBytes);
-  await options.verifier?.verify(request, body);
+  // Everything the headers alone can prove is checked before one byte of the body is read.
+  const pending = options.verifier?.checkHeaders(request, { unsignedPayloadAllowed: streamed });
+  const { json, payload } = await authenticatedBody(options, incoming, outgoing, {
+    streamed,
+    limit: streamed
+      ? matched?.operation.bodyLimit
+      : { bytes: options.maxRequestBodyBytes, setting: "maxRequestBodyBytes" },
+    pending,
+  });
+  outcome.authenticated = true;
   if (matched === undefined) throw unmatched;
 
   const result = await matched.operation.handle({
     request,
     params: matched.params,
-    body: body === "streamed" ? {} : parseJsonObject(body),
+    body: json,
+    payload,
     raw: { incoming, outgoing, signal },
   });
   if ("json" in result) sendJson(outgoing, matched.operation.successStatus, result.json, requestId);
+}
+
+/**
+ * The body as the signature vouches for it. A streamed route signed as UNSIGNED-PAYLOAD gets it
+ * unread; every other body is held whole, hashed as it arrives, and only handed on once the
+ * signature over that hash is checked: bytes the caller did not sign never reach an operation.
+ */
+async function authenticatedBody(
+  options: HandlerOptions,
+  incoming: IncomingMessage,
+  outgoing: ServerResponse,
+  route: { streamed: boolean; limit: BodyLimit | undefined; pending: PendingSignature | undefined },
+): Promise<{ json: Record<string, unknown>; payload: RequestPayload }> {
+  const { streamed, pending } = route;
+  // Without authentication there is no signature to hold a streamed body to.
+  if (streamed && (pending === undefined || pending.payloadUnsigned)) {
+    await pending?.verifyUnsignedPayload();
+    return { json: {}, payload: { stream: incoming, sizeBytes: undefined } };
+  }
+  const held = await options.bodies.receive(incoming, route.limit);
+  outgoing.once("close", () => {
+    held.dispose().catch((error: unknown) => {
+      options.log.warn("could not free a request body", { error: describe(error) });
+    });
+  });
+  await pending?.verifyBody(held.sha256);
+  held.markVerified();
+  if (streamed) return { json: {}, payload: { stream: held.stream(), sizeBytes: held.sizeBytes } };
+  return {
+    json: parseJsonObject(await held.bytes()),
+    payload: { stream: Readable.from([]), sizeBytes: 0 },
+  };
+}
+
+/** Up to this, the unread rest of a body refused before authentication is read and dropped. */
+const discardableBodyBytes = 65_536;
+
+/**
+ * After an error, the rest of the body is never held. It is read and dropped, so the answer
+ * arrives cleanly and the connection serves on, when the caller proved who it is or the rest is
+ * small. Otherwise it is not read at all and the connection closes once the answer is sent:
+ * someone refused before authentication cannot make Berth read, and churn memory for, a body.
+ */
+function leaveUnreadBody(
+  incoming: IncomingMessage,
+  outgoing: ServerResponse,
+  authenticated: boolean,
+): void {
+  const declaredBytes = Number(incoming.headers["content-length"] ?? Number.NaN);
+  if (authenticated || declaredBytes <= discardableBodyBytes) {
+    incoming.resume();
+    return;
+  }
+  if (!outgoing.headersSent) outgoing.setHeader("connection", "close");
 }
 
 function describe(error: unknown): string {

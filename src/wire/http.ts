@@ -38,30 +38,6 @@ export function parseRequestTarget(url: string): {
   return { rawPath, segments, query };
 }
 
-/** Reads the whole body, refusing more than `limitBytes` (a setting) without buffering the rest. */
-export async function readBody(request: IncomingMessage, limitBytes: number): Promise<Buffer> {
-  const declared = Number(request.headers["content-length"] ?? 0);
-  if (declared > limitBytes) throw bodyTooLarge(limitBytes);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of request as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limitBytes) throw bodyTooLarge(limitBytes);
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
-}
-
-function bodyTooLarge(limitBytes: number): BerthError {
-  return new BerthError(
-    "ValidationException",
-    `Request body is larger than ${limitBytes} bytes (maxRequestBodyBytes)`,
-    {
-      reason: "FieldValidationFailed",
-    },
-  );
-}
-
 export function parseJsonObject(body: Buffer): Record<string, unknown> {
   if (body.length === 0) return {};
   let parsed: unknown;

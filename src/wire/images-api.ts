@@ -6,7 +6,8 @@ import { operation, type Operation } from "./operation.ts";
 /**
  * Berth's own API for the container image cache: load an image from an OCI layout archive
  * (for hosts without a registry), list what is cached, drop a loaded name.
- *   PUT    /berth/v1/images?reference=REF   body: the archive (UNSIGNED-PAYLOAD, streamed)
+ *   PUT    /berth/v1/images?reference=REF   body: the archive (streamed when UNSIGNED-PAYLOAD,
+ *                                           else held and checked against its signed SHA-256)
  *   GET    /berth/v1/images
  *   DELETE /berth/v1/images?reference=REF
  */
@@ -31,7 +32,7 @@ export function imageOperations(images: ImageCatalog): Operation[] {
       handle: async (input) => {
         const reference = requireReference(input.request.query);
         try {
-          return { json: await images.load(input.raw.incoming, reference, input.raw.signal) };
+          return { json: await images.load(input.payload.stream, reference, input.raw.signal) };
         } catch (error) {
           if (error instanceof ArtifactProblem)
             throw new BerthError("ValidationException", error.message, { cause: error });

@@ -1,7 +1,16 @@
-import type { ServerResponse } from "node:http";
-import type { IncomingMessage } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Readable } from "node:stream";
 import { BerthError } from "../core/errors.ts";
 import type { WireRequest } from "./http.ts";
+import type { BodyLimit } from "./signed-body.ts";
+
+/** The request body, as the signature vouches for it: read it from here, not from `raw`. */
+export interface RequestPayload {
+  /** The bytes, read once. */
+  stream: Readable;
+  /** Known when Berth already holds the whole body, i.e. unless it streams as UNSIGNED-PAYLOAD. */
+  sizeBytes: number | undefined;
+}
 
 /** What a handler gets: the parsed request, its path parameters, and its body. */
 export interface OperationInput {
@@ -9,7 +18,9 @@ export interface OperationInput {
   params: Record<string, string>;
   /** The JSON body, for operations that buffer it. */
   body: Record<string, unknown>;
-  /** The raw message, for operations that stream their body or response. */
+  /** The body of a "streamed" operation. */
+  payload: RequestPayload;
+  /** The raw message, for operations that write their own response. */
   raw: { incoming: IncomingMessage; outgoing: ServerResponse; signal: AbortSignal };
 }
 
@@ -22,8 +33,14 @@ export interface Operation {
   /** Path segments after splitting on "/"; ":name" captures one segment. "" marks a trailing slash. */
   path: readonly string[];
   successStatus: number;
-  /** "json": body is buffered (bounded), hashed and parsed before the handler runs. */
+  /**
+   * "json": the body is held (maxRequestBodyBytes), its signature checked, then parsed.
+   * "streamed": the body reaches the handler as `payload`: unread when signed as
+   * UNSIGNED-PAYLOAD, otherwise held and checked against the signature first, up to `bodyLimit`.
+   */
   body: "json" | "streamed";
+  /** The largest "streamed" body Berth holds to check it (unset: only the shared budget). */
+  bodyLimit?: BodyLimit;
   handle(input: OperationInput): Promise<OperationResult>;
 }
 
@@ -50,6 +67,7 @@ export function streamingOperation(
   path: string,
   body: Operation["body"],
   handle: (input: OperationInput) => Promise<void>,
+  bodyLimit?: BodyLimit,
 ): Operation {
   return {
     name,
@@ -57,6 +75,7 @@ export function streamingOperation(
     path: path.split("/"),
     successStatus: 200,
     body,
+    ...(bodyLimit === undefined ? {} : { bodyLimit }),
     handle: async (input) => {
       await handle(input);
       return { streamed: true };

@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
 import { Hash } from "@smithy/hash-node";
 import { HttpRequest } from "@smithy/protocol-http";
 import { SignatureV4 } from "@smithy/signature-v4";
@@ -24,8 +24,9 @@ interface ParsedAuthorization {
 
 /**
  * Verifies AWS Signature V4 by re-signing the request with the SDK's own signer and comparing
- * in constant time. The signer trusts x-amz-content-sha256, so the body is hashed and checked
- * here too; a streamed body (UNSIGNED-PAYLOAD) is allowed only where the route streams.
+ * in constant time, in two steps: `checkHeaders` proves all the headers alone can (form, key,
+ * date, scope, what the payload hash claims) before any byte of the body is read; the returned
+ * `PendingSignature` then checks the signature once the body's SHA-256 is known.
  */
 export class SigV4Verifier {
   /** One signer per key: each caches its derived signing key, which costs four HMACs to make. */
@@ -58,8 +59,14 @@ export class SigV4Verifier {
     this.now = options.now;
   }
 
-  /** `body` is the whole body, or "streamed" when the route reads it later as a stream. */
-  async verify(request: WireRequest, body: Buffer | "streamed"): Promise<void> {
+  /**
+   * Everything but the signature itself, from the headers alone. `unsignedPayloadAllowed` is
+   * true on routes that may stream an UNSIGNED-PAYLOAD body.
+   */
+  checkHeaders(
+    request: WireRequest,
+    options: { unsignedPayloadAllowed: boolean },
+  ): PendingSignature {
     const header = single(request.headers.authorization);
     if (header === undefined) {
       throw authError(
@@ -77,22 +84,8 @@ export class SigV4Verifier {
     }
     const signingDate = this.checkDate(request, auth);
     this.checkScope(auth);
-    this.checkPayloadHash(request, body);
-
-    const resigned = await signer.sign(
-      toHttpRequest(request, auth.signedHeaders, body === "streamed" ? undefined : body),
-      {
-        signingDate,
-      },
-    );
-    const expected =
-      /Signature=([0-9a-f]{64})/.exec(String(resigned.headers["authorization"]))?.[1] ?? "";
-    if (!constantTimeEqual(expected, auth.signature)) {
-      throw authError(
-        "InvalidSignatureException",
-        "The request signature does not match: check the secret access key and that nothing rewrites the request between client and server (proxies, path prefixes)",
-      );
-    }
+    const declared = declaredPayloadHash(request, options.unsignedPayloadAllowed);
+    return new PendingSignature(signer, request, auth, signingDate, declared);
   }
 
   private checkDate(request: WireRequest, auth: ParsedAuthorization): Date {
@@ -143,32 +136,103 @@ export class SigV4Verifier {
       );
     }
   }
+}
 
-  private checkPayloadHash(request: WireRequest, body: Buffer | "streamed"): void {
-    const declared = single(request.headers["x-amz-content-sha256"]);
-    if (body === "streamed") {
-      if (declared === undefined) {
-        throw authError(
-          "IncompleteSignatureException",
-          "x-amz-content-sha256 is required (a hex SHA-256 or UNSIGNED-PAYLOAD)",
-        );
-      }
-      return;
-    }
-    if (declared === unsignedPayload) {
-      throw authError(
-        "InvalidSignatureException",
-        "UNSIGNED-PAYLOAD is only accepted for streamed invocation payloads",
-      );
-    }
-    const actual = createHash("sha256").update(body).digest("hex");
-    if (declared !== undefined && declared !== actual) {
+/**
+ * A request whose headers passed; its signature waits for the hash of the body. The signature
+ * covers a payload hash: the one x-amz-content-sha256 declares, or (botocore sends no such
+ * header) the SHA-256 of the body itself. Either way the bytes acted on must have that hash.
+ */
+export class PendingSignature {
+  /** `undefined`: no x-amz-content-sha256 header, so the signature covers the body's SHA-256. */
+  readonly declaredPayloadHash: string | undefined;
+  private readonly signer: SignatureV4;
+  private readonly request: WireRequest;
+  private readonly auth: ParsedAuthorization;
+  private readonly signingDate: Date;
+
+  constructor(
+    signer: SignatureV4,
+    request: WireRequest,
+    auth: ParsedAuthorization,
+    signingDate: Date,
+    declaredPayloadHash: string | undefined,
+  ) {
+    this.signer = signer;
+    this.request = request;
+    this.auth = auth;
+    this.signingDate = signingDate;
+    this.declaredPayloadHash = declaredPayloadHash;
+  }
+
+  /** True when the body streams unread (UNSIGNED-PAYLOAD); otherwise it must be hashed first. */
+  get payloadUnsigned(): boolean {
+    return this.declaredPayloadHash === unsignedPayload;
+  }
+
+  /** Checks the signature over `bodySha256`, the hex SHA-256 of every byte received. */
+  async verifyBody(bodySha256: string): Promise<void> {
+    const declared = this.declaredPayloadHash;
+    if (declared !== undefined && declared.toLowerCase() !== bodySha256) {
       throw authError(
         "InvalidSignatureException",
         "x-amz-content-sha256 does not match the SHA-256 of the body received",
       );
     }
+    await this.verify(declared ?? bodySha256);
   }
+
+  /** Checks the signature of a request whose body streams unread, signed as UNSIGNED-PAYLOAD. */
+  async verifyUnsignedPayload(): Promise<void> {
+    if (!this.payloadUnsigned) throw new Error("the request did not declare UNSIGNED-PAYLOAD");
+    await this.verify(unsignedPayload);
+  }
+
+  private async verify(payloadHash: string): Promise<void> {
+    const { signedHeaders } = this.auth;
+    const resigned = await this.signer.sign(
+      toHttpRequest(this.request, signedHeaders, payloadHash),
+      {
+        signingDate: this.signingDate,
+        // The hash is always part of the canonical request; the header only when it was signed.
+        ...(signedHeaders.includes(payloadHashHeader)
+          ? {}
+          : { unsignableHeaders: new Set([payloadHashHeader]) }),
+      },
+    );
+    const expected =
+      /Signature=([0-9a-f]{64})/.exec(String(resigned.headers["authorization"]))?.[1] ?? "";
+    if (!constantTimeEqual(expected, this.auth.signature)) {
+      throw authError(
+        "InvalidSignatureException",
+        "The request signature does not match: check the secret access key and that nothing rewrites the request between client and server (proxies, path prefixes)",
+      );
+    }
+  }
+}
+
+const payloadHashHeader = "x-amz-content-sha256";
+
+/** What x-amz-content-sha256 says: a hex SHA-256, UNSIGNED-PAYLOAD (where allowed), or nothing. */
+function declaredPayloadHash(
+  request: WireRequest,
+  unsignedPayloadAllowed: boolean,
+): string | undefined {
+  const declared = single(request.headers[payloadHashHeader]);
+  if (declared === undefined || /^[0-9a-fA-F]{64}$/.test(declared)) return declared;
+  if (declared !== unsignedPayload) {
+    throw authError(
+      "IncompleteSignatureException",
+      `x-amz-content-sha256 must be the hex SHA-256 of the body or ${unsignedPayload} (got "${declared.slice(0, 80)}")`,
+    );
+  }
+  if (!unsignedPayloadAllowed) {
+    throw authError(
+      "InvalidSignatureException",
+      `${unsignedPayload} is only accepted where the body streams (InvokeAgentRuntime, uploads); sign this request over the SHA-256 of its body`,
+    );
+  }
+  return declared;
 }
 
 function parseAuthorization(header: string): ParsedAuthorization {
@@ -194,23 +258,27 @@ function parseAuthorization(header: string): ParsedAuthorization {
   };
 }
 
-/** Only the signed headers go in, so the signer's SignedHeaders list matches the client's. */
+/**
+ * Only the signed headers go in, so the signer's SignedHeaders list matches the client's. The
+ * payload hash goes in as x-amz-content-sha256, which the signer takes as given (and keeps out
+ * of SignedHeaders when the caller marks it unsignable).
+ */
 function toHttpRequest(
   request: WireRequest,
   signedHeaders: string[],
-  body: Buffer | undefined,
+  payloadHash: string,
 ): HttpRequest {
   const headers: Record<string, string> = {};
   for (const name of signedHeaders) {
     const value = request.headers[name];
     if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(",") : value;
   }
+  headers[payloadHashHeader] ??= payloadHash;
   const query: Record<string, string | string[]> = {};
   for (const name of new Set(request.query.keys())) {
     const values = request.query.getAll(name);
     query[name] = values.length === 1 ? (values[0] ?? "") : values;
   }
-  // Without an x-amz-content-sha256 header the signer hashes the body itself.
   return new HttpRequest({
     method: request.method,
     protocol: "http:",
@@ -218,7 +286,6 @@ function toHttpRequest(
     path: request.rawPath,
     query,
     headers,
-    body,
   });
 }
 
