@@ -36,7 +36,10 @@ export interface SandboxSpec {
   environment: Record<string, string>;
   /** Host directories to mount read-write at their mountPath (under /mnt) before the agent starts. */
   volumes: { mountPath: string; hostPath: string }[];
-  /** Called with each line the agent writes to stdout or stderr. */
+  /**
+   * Called with each line the agent writes to stdout or stderr. A driver holds no more than a
+   * bounded line: a longer one comes cut (and marked as cut), its rest dropped.
+   */
   onOutput: (stream: "stdout" | "stderr", line: string) => void;
 }
 

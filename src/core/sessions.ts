@@ -1,3 +1,4 @@
+import { AgentOutputLog, type AgentOutputLogSettings } from "./agent-output-log.ts";
 import { BerthError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
 import type { AttachedVolume, SessionStorage } from "./session-storage.ts";
@@ -36,6 +37,8 @@ export interface SessionSettings {
   agentStartupTimeoutMs: number;
   sweepIntervalMs: number;
   maxSessions: number;
+  /** Each session's budget for its agent's output in the log. */
+  agentLog: AgentOutputLogSettings;
 }
 
 export type SessionState = "starting" | "running";
@@ -67,6 +70,10 @@ interface LiveSession {
   abort: AbortController;
   stopReason: string | undefined;
   outputTail: string[];
+  outputLog: AgentOutputLog;
+  /** When the idle sweep last asked its /ping (0: never), and whether it is asking now. */
+  lastProbeMs: number;
+  probing: boolean;
   /** The launch plan's shell, once planned. */
   shell: string;
   /** Settles once the sandbox is gone and the session's storage is flushed and detached. */
@@ -96,6 +103,14 @@ export interface SessionLease {
 const outputTailLines = 20;
 /** How long a request that lost its sandbox waits to learn why (see endReasonSoon). */
 const endNoticeMs = 50;
+/** How long one /ping may take, answer and body together (pingAgent's deadline). */
+const pingTimeoutMs = 1000;
+/**
+ * Most idle sessions whose /ping the sweep asks at once. Each ask ends within pingTimeoutMs, and
+ * the sessions asked longest ago go first, so every idle session is asked within a few sweeps
+ * however many agents answer slowly.
+ */
+const maxConcurrentIdleProbes = 16;
 
 /**
  * Sessions: one sandbox per (runtime, runtimeSessionId), started on first use. Concurrent first
@@ -117,6 +132,7 @@ export class SessionManager {
   private readonly log: Logger;
   private readonly settings: SessionSettings;
   private readonly nowMs: () => number;
+  private idleProbes = 0;
   private closed = false;
 
   constructor(options: {
@@ -136,7 +152,7 @@ export class SessionManager {
     this.settings = options.settings;
     this.nowMs = options.nowMs ?? Date.now;
     this.sweeper = setInterval(() => {
-      void this.sweep();
+      this.sweep();
     }, options.settings.sweepIntervalMs);
     this.sweeper.unref();
   }
@@ -261,6 +277,13 @@ export class SessionManager {
       abort: new AbortController(),
       stopReason: undefined,
       outputTail: [],
+      outputLog: new AgentOutputLog({
+        log: this.log,
+        ids: { runtimeId: runtime.id, sessionId },
+        settings: this.settings.agentLog,
+      }),
+      lastProbeMs: 0,
+      probing: false,
       shell: "/bin/bash",
       released: Promise.resolve(),
     };
@@ -339,12 +362,7 @@ export class SessionManager {
           onOutput: (stream, line) => {
             session.outputTail.push(line);
             if (session.outputTail.length > outputTailLines) session.outputTail.shift();
-            this.log.info("agent output", {
-              runtimeId: session.runtimeId,
-              sessionId: session.sessionId,
-              stream,
-              line,
-            });
+            session.outputLog.write(stream, line);
           },
         },
         session.abort.signal,
@@ -370,7 +388,7 @@ export class SessionManager {
         );
       }
       try {
-        await this.probe(sandbox.agentEndpoint, 1000);
+        await this.probe(sandbox.agentEndpoint, pingTimeoutMs);
         return;
       } catch {
         if (performance.now() > deadline) {
@@ -405,6 +423,7 @@ export class SessionManager {
     session.abort.abort(new Error(reason));
     await session.sandbox?.kill();
     await session.released;
+    session.outputLog.flush();
     this.log.info("session ended", {
       runtimeId: session.runtimeId,
       sessionId: session.sessionId,
@@ -412,24 +431,57 @@ export class SessionManager {
     });
   }
 
-  private async sweep(): Promise<void> {
+  /**
+   * Ends sessions past their max lifetime or idle timeout. Deadlines are decided here and now,
+   * without waiting on any agent; only an idle session's /ping is asked, in the background, so an
+   * agent that answers slowly (or never) holds up no other session's ending.
+   */
+  private sweep(): void {
     const now = this.nowMs();
+    const idle: LiveSession[] = [];
     for (const session of [...this.sessions.values()]) {
       if (session.state !== "running" || session.sandbox === undefined) continue;
-      if (now - session.startedAtMs >= session.maxLifetimeMs) {
-        await this.end(session, "max lifetime reached");
-        continue;
-      }
-      if (session.activeRequests > 0 || now - session.lastActivityMs < session.idleTimeoutMs)
-        continue;
-      // Past its idle timeout: an agent still doing background work says HealthyBusy.
-      const health = await this.probe(session.sandbox.agentEndpoint, 1000).catch(
-        () => "Unhealthy" as const,
-      );
-      if (health === "HealthyBusy") session.lastActivityMs = this.nowMs();
-      else if (this.sessions.get(session.key) === session && session.activeRequests === 0)
-        await this.end(session, "idle timeout");
+      if (now - session.startedAtMs >= session.maxLifetimeMs)
+        this.endInBackground(session, "max lifetime reached");
+      else if (this.isIdle(session, now) && !session.probing) idle.push(session);
     }
+    idle.sort((first, second) => first.lastProbeMs - second.lastProbeMs);
+    for (const session of idle) {
+      if (this.idleProbes >= maxConcurrentIdleProbes) break;
+      void this.probeIdle(session);
+    }
+  }
+
+  private isIdle(session: LiveSession, now: number): boolean {
+    return session.activeRequests === 0 && now - session.lastActivityMs >= session.idleTimeoutMs;
+  }
+
+  /** Past its idle timeout: an agent still doing background work says HealthyBusy. */
+  private async probeIdle(session: LiveSession): Promise<void> {
+    const sandbox = session.sandbox;
+    if (sandbox === undefined) return;
+    session.probing = true;
+    session.lastProbeMs = this.nowMs();
+    this.idleProbes += 1;
+    const health = await this.probe(sandbox.agentEndpoint, pingTimeoutMs).catch(
+      () => "Unhealthy" as const,
+    );
+    this.idleProbes -= 1;
+    session.probing = false;
+    if (health === "HealthyBusy") session.lastActivityMs = this.nowMs();
+    else if (this.sessions.get(session.key) === session && this.isIdle(session, this.nowMs()))
+      this.endInBackground(session, "idle timeout");
+  }
+
+  private endInBackground(session: LiveSession, reason: string): void {
+    this.end(session, reason).catch((error: unknown) => {
+      this.log.warn("could not end a session", {
+        runtimeId: session.runtimeId,
+        sessionId: session.sessionId,
+        reason,
+        error: String(error),
+      });
+    });
   }
 }
 

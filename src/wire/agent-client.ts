@@ -37,26 +37,57 @@ export function agentPool(endpoint: AgentEndpoint, ended: Promise<unknown>): Age
   return pool;
 }
 
-/** GET /ping: resolves with the agent's health, rejects when it does not answer in time. */
+/**
+ * The most of a /ping answer's body read. The contract's answer is
+ * {"status":"Healthy","time_of_last_update":...}, tens of bytes; anything past this bound is not
+ * a health answer, and reading on would let an agent fill Berth's memory.
+ */
+export const maxPingBodyBytes = 4096;
+
+/**
+ * GET /ping: resolves with the agent's health; rejects when the whole answer (headers and body)
+ * has not arrived within timeoutMs, when it is not 2xx, or when its body is longer than
+ * maxPingBodyBytes. The deadline is for the whole answer, not for silence between bytes: an
+ * answer that trickles a byte at a time cannot hold the caller.
+ */
 export function pingAgent(endpoint: AgentEndpoint, timeoutMs: number): Promise<AgentHealth> {
   return new Promise((resolve, reject) => {
-    const outgoing = request(
-      { ...agentTarget(endpoint), path: "/ping", method: "GET", agent: false, timeout: timeoutMs },
-      (response) => {
-        const chunks: Buffer[] = [];
-        response.on("data", (chunk: Buffer) => chunks.push(chunk));
-        response.on("end", () => {
-          if ((response.statusCode ?? 500) >= 300) {
-            reject(new Error(`/ping answered ${response.statusCode ?? "no status"}`));
-            return;
-          }
-          resolve(readHealth(Buffer.concat(chunks).toString("utf8")));
-        });
-        response.on("error", reject);
-      },
-    );
-    outgoing.on("timeout", () => outgoing.destroy(new Error("/ping timed out")));
-    outgoing.on("error", reject);
+    const outgoing = request({
+      ...agentTarget(endpoint),
+      path: "/ping",
+      method: "GET",
+      agent: false,
+    });
+    const deadline = setTimeout(() => {
+      fail(new Error(`/ping did not answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const fail = (error: Error): void => {
+      clearTimeout(deadline);
+      outgoing.destroy();
+      reject(error);
+    };
+    outgoing.on("response", (response) => {
+      if ((response.statusCode ?? 500) >= 300) {
+        fail(new Error(`/ping answered ${response.statusCode ?? "no status"}`));
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let receivedBytes = 0;
+      response.on("data", (chunk: Buffer) => {
+        receivedBytes += chunk.length;
+        if (receivedBytes > maxPingBodyBytes) {
+          fail(new Error(`/ping answered with more than ${maxPingBodyBytes} bytes`));
+          return;
+        }
+        chunks.push(chunk);
+      });
+      response.on("end", () => {
+        clearTimeout(deadline);
+        resolve(readHealth(Buffer.concat(chunks).toString("utf8")));
+      });
+      response.on("error", fail);
+    });
+    outgoing.on("error", fail);
     outgoing.end();
   });
 }

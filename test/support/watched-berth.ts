@@ -1,0 +1,143 @@
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { once } from "node:events";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
+import { BedrockAgentCoreClient } from "@aws-sdk/client-bedrock-agentcore";
+import { berthBin } from "./berth-process.ts";
+import { isolationArgs, makeDataDir, removeDir } from "./berth.ts";
+
+/** Agent output records kept for tests to look at; past this many they are only counted. */
+const keptAgentOutputRecords = 10_000;
+
+/**
+ * `berth serve` in a process of its own, watched from outside as an operator would watch it: the
+ * bytes it has logged, its log records, and its resident memory. Agent output records past the
+ * first few thousand are only counted, so a flood of them cannot fill the test's own memory.
+ */
+export interface WatchedBerth {
+  dataDir: string;
+  control: BedrockAgentCoreControlClient;
+  data: BedrockAgentCoreClient;
+  records: Record<string, unknown>[];
+  logBytes(): number;
+  /** VmRSS: what Berth holds in memory now. */
+  residentBytes(): number;
+  /** VmHWM: the most Berth has held in memory at any moment since it started. */
+  peakResidentBytes(): number;
+  /** Whether the process is still running (it did not crash). */
+  running(): boolean;
+  /** What Berth wrote to stderr (a crash's stack). */
+  stderrText(): string;
+  close(): Promise<void>;
+}
+
+interface ServeProcess {
+  child: ChildProcessWithoutNullStreams;
+  /** The exit code (null when a signal ended it). */
+  exit: Promise<number | null>;
+  url: Promise<string>;
+  stderr: string[];
+}
+
+/** Runs `berth serve`, handing each log line to onLine; url resolves once it listens. */
+function serve(args: string[], onLine: (text: string) => void): ServeProcess {
+  const child = spawn(process.execPath, [berthBin, "serve", "--port", "0", ...args], {
+    env: { PATH: process.env["PATH"], HOME: process.env["HOME"] },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  const exit = once(child, "exit").then(([code]) => code as number | null);
+  const stderr: string[] = [];
+  child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk.toString("utf8")));
+  const url = new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout, crlfDelay: Infinity }).on("line", (text) => {
+      onLine(text);
+      if (text.includes('"msg":"berth listening"'))
+        resolve(String((JSON.parse(text) as { url: unknown }).url));
+    });
+    void exit.then(() => {
+      reject(new Error(`berth exited before listening: ${stderr.join("")}`));
+    });
+  });
+  return { child, exit, url, stderr };
+}
+
+/** SIGTERM, and SIGKILL if it has not stopped within 30 s. Resolves with its exit code. */
+async function stop(server: ServeProcess): Promise<number | null> {
+  server.child.kill("SIGTERM");
+  const stopped = await Promise.race([
+    server.exit.then(() => true),
+    new Promise<boolean>((resolve) => setTimeout(resolve, 30_000, false).unref()),
+  ]);
+  if (!stopped) server.child.kill("SIGKILL");
+  return server.exit;
+}
+
+/**
+ * Starts `berth serve` on port 0 with a fresh data directory (install agents with `setUp`
+ * before it starts), and resolves once it listens.
+ */
+export async function startWatchedBerth(
+  args: string[],
+  setUp: (dataDir: string) => void,
+): Promise<WatchedBerth> {
+  const dataDir = makeDataDir();
+  setUp(dataDir);
+  const serveArgs = ["--data-dir", dataDir, ...isolationArgs(), ...args];
+  const records: Record<string, unknown>[] = [];
+  let agentOutputRecords = 0;
+  const server = serve(serveArgs, (text) => {
+    if (text.includes('"msg":"agent output"')) {
+      agentOutputRecords += 1;
+      if (agentOutputRecords > keptAgentOutputRecords) return;
+    }
+    records.push(JSON.parse(text) as Record<string, unknown>);
+  });
+  let logBytes = 0;
+  server.child.stdout.on("data", (chunk: Buffer) => {
+    logBytes += chunk.length;
+  });
+  let exited = false;
+  void server.exit.then(() => {
+    exited = true;
+  });
+  const url = await server.url;
+  const credentials = JSON.parse(readFileSync(join(dataDir, "credentials.json"), "utf8")) as {
+    accessKeyId: string;
+    secretAccessKey: string;
+  };
+  const clientConfig = { endpoint: url, region: "us-east-1", credentials, maxAttempts: 1 };
+  const control = new BedrockAgentCoreControlClient(clientConfig);
+  const data = new BedrockAgentCoreClient(clientConfig);
+  const memoryField = (name: string): number => {
+    const status = readFileSync(`/proc/${server.child.pid ?? 0}/status`, "utf8");
+    const match = new RegExp(`^${name}:\\s+(\\d+) kB$`, "m").exec(status);
+    if (match === null) throw new Error(`no ${name} in Berth's /proc status`);
+    return Number(match[1]) * 1024;
+  };
+  return {
+    dataDir,
+    control,
+    data,
+    records,
+    logBytes: () => logBytes,
+    residentBytes: () => memoryField("VmRSS"),
+    peakResidentBytes: () => memoryField("VmHWM"),
+    running: () => !exited,
+    stderrText: () => server.stderr.join(""),
+    close: async () => {
+      control.destroy();
+      data.destroy();
+      // A clean shutdown on SIGTERM exits 0; anything else means Berth crashed (or hung).
+      if ((await stop(server)) !== 0) {
+        // A Berth that crashed left its sandboxes' mounts and cgroups behind; the next start
+        // with the same settings clears them, as it would on a real host.
+        const restarted = serve(serveArgs, () => undefined);
+        await restarted.url;
+        await stop(restarted);
+      }
+      removeDir(dataDir);
+    },
+  };
+}
