@@ -1,7 +1,7 @@
 /*
  * berth-exec: runs commands inside running Berth sandboxes, as `docker exec` does for containers.
  *
- *   berth-exec serve SOCKET
+ *   berth-exec serve SOCKET [--no-seccomp]
  *   berth-exec escape [READ_SIZE]   (stdin to stdout as output text; for tests)
  *
  * Berth starts one of these as root and connects to SOCKET (a root-only path) once per command.
@@ -21,12 +21,14 @@
  * Per connection a keeper process (root, outside the sandbox) enters the sandbox's pid namespace
  * for its children and forks the command. The command joins the given cgroups, drops
  * supplementary groups, enters every other namespace of the sandbox at once through a pidfd,
- * takes the sandbox's root, drops the capability bounding set, becomes uid/gid N, sets
- * no_new_privs and a new session, then execs. The keeper relays stdout and stderr as they come,
- * writing with blocking writes: when Berth stops reading, the keeper stops reading the pipes and
- * the command blocks on a full pipe, so output never piles up in memory. When the command's own
- * process exits, what is already in the pipes is relayed, then its exit; output written later by
- * processes it left running is not.
+ * takes the sandbox's root, drops the capability bounding set, becomes uid/gid N and empties its
+ * capabilities before it resolves any path of the sandbox's (its working directory), then sets
+ * no_new_privs and a new session, installs Berth's seccomp filter (native/seccomp-filter.h;
+ * --no-seccomp leaves it out) and execs with stdin, stdout and stderr alone. The keeper relays
+ * stdout and stderr as they come, writing with blocking writes: when Berth stops reading, the
+ * keeper stops reading the pipes and the command blocks on a full pipe, so output never piles up
+ * in memory. When the command's own process exits, what is already in the pipes is relayed, then
+ * its exit; output written later by processes it left running is not.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <linux/loop.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -50,13 +53,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "descriptors.h"
 #include "output-text.h"
+#include "seccomp-filter.h"
 #include "unix-socket.h"
 
 #define MAX_REQUEST (4u << 20)
 #define MAX_CGROUPS 8
 #define MAX_ENTRIES 4096
 #define CHUNK 65536
+
+/* Whether commands run under Berth's seccomp filter: set once by `serve`, before any fork. */
+static int command_seccomp = 1;
 
 struct request {
   long target, uid, gid;
@@ -205,10 +213,28 @@ static void drop_bounding_set(int status_fd) {
   }
 }
 
-/* The command's side of the fork: never returns. */
+/*
+ * Empties the capability sets. The kernel does so itself only when a uid change leaves the user
+ * namespace's own uid 0, and host root, which the command was, is not that uid: without this the
+ * command would hold every capability in the sandbox until exec.
+ */
+static void drop_capabilities(int status_fd) {
+  struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3};
+  struct __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3] = {{0}};
+  if (syscall(SYS_capset, &header, none) < 0 ||
+      prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+    die_in_child(status_fd, "cannot drop capabilities: %s", strerror(errno));
+}
+
+/*
+ * The command's side of the fork: never returns. From setns until drop_capabilities it holds
+ * every capability in the sandbox's user namespace (joining the mount and other namespaces needs
+ * them, and the pidfd joins them all at once), so in that stretch it touches no path the sandbox
+ * controls: the root is a descriptor the keeper opened, the working directory comes after.
+ */
 static void become_command(const struct request *request, int pidfd, int root, int out, int err,
                            int status_fd) {
-  int null_fd = open("/dev/null", O_RDONLY);
+  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
     die_in_child(status_fd, "cannot set up stdio: %s", strerror(errno));
   for (int i = 0; i < request->cgroup_count; i++) {
@@ -225,12 +251,13 @@ static void become_command(const struct request *request, int pidfd, int root, i
     die_in_child(status_fd, "cannot enter the sandbox: %s", strerror(errno));
   if (fchdir(root) < 0 || chroot(".") < 0)
     die_in_child(status_fd, "cannot enter the sandbox's root: %s", strerror(errno));
-  if (chdir(request->cwd) < 0)
-    die_in_child(status_fd, "cannot change to %s: %s", request->cwd, strerror(errno));
   drop_bounding_set(status_fd);
   if (setresgid(request->gid, request->gid, request->gid) < 0 ||
       setresuid(request->uid, request->uid, request->uid) < 0)
     die_in_child(status_fd, "cannot become uid %ld: %s", request->uid, strerror(errno));
+  drop_capabilities(status_fd);
+  if (chdir(request->cwd) < 0)
+    die_in_child(status_fd, "cannot change to %s: %s", request->cwd, strerror(errno));
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
     die_in_child(status_fd, "no_new_privs: %s", strerror(errno));
   setsid();
@@ -238,6 +265,11 @@ static void become_command(const struct request *request, int pidfd, int root, i
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
   for (int signal_number = 1; signal_number < NSIG; signal_number++) signal(signal_number, SIG_DFL);
+  /* The status pipe stays open until exec succeeds; nothing else of the keeper's crosses it. */
+  if (close_descriptors_on_exec() < 0)
+    die_in_child(status_fd, "cannot close the helper's descriptors: %s", strerror(errno));
+  if (command_seccomp && install_seccomp_filter() < 0)
+    die_in_child(status_fd, "cannot install the seccomp filter: %s", strerror(errno));
   execve(request->argv[0], request->argv, request->env);
   die_in_child(status_fd, "cannot run %s: %s", request->argv[0], strerror(errno));
 }
@@ -646,18 +678,25 @@ static int escape_stdin(long read_size) {
 int main(int argc, char **argv) {
   if (argc >= 2 && argc <= 3 && strcmp(argv[1], "escape") == 0)
     return escape_stdin(argc == 3 ? atol(argv[2]) : CHUNK);
-  if (argc != 3 || strcmp(argv[1], "serve") != 0) {
-    fprintf(stderr, "usage: berth-exec serve SOCKET | berth-exec escape [READ_SIZE]\n");
+  if (argc == 4 && strcmp(argv[3], "--no-seccomp") == 0) command_seccomp = 0;
+  if (argc != (command_seccomp ? 3 : 4) || strcmp(argv[1], "serve") != 0) {
+    fprintf(stderr, "usage: berth-exec serve SOCKET [--no-seccomp] | berth-exec escape [READ_SIZE]\n");
     return 2;
   }
+  const char *socket_path = argv[2];
   if (geteuid() != 0) {
     fprintf(stderr, "berth-exec: must run as root (it enters sandboxes)\n");
     return 2;
   }
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  int listener = listen_on(argv[2]);
+  /* Whatever Berth inherited and passed on is none of the helper's, nor its commands'. */
+  if (close_descriptors_except(NULL, 0) < 0) {
+    fprintf(stderr, "berth-exec: cannot close inherited descriptors: %s\n", strerror(errno));
+    return 1;
+  }
+  int listener = listen_on(socket_path);
   if (listener < 0) {
-    fprintf(stderr, "berth-exec: cannot listen on %s: %s\n", argv[2], strerror(errno));
+    fprintf(stderr, "berth-exec: cannot listen on %s: %s\n", socket_path, strerror(errno));
     return 1;
   }
   signal(SIGPIPE, SIG_IGN);
@@ -671,7 +710,7 @@ int main(int argc, char **argv) {
       return 1;
     }
     if (fds[1].revents != 0) {
-      unlink(argv[2]);
+      unlink(socket_path);
       return 0; /* stdin closed: Berth is gone */
     }
     if (fds[0].revents == 0) continue;
