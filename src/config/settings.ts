@@ -291,6 +291,11 @@ export const settingDeclarations = {
         : { problem: `must be IPv4 CIDRs like 10.1.0.0/16 (bad: ${bad.join(", ")})` };
     },
   },
+  sandboxSeccomp: {
+    doc: "Run every process of a session under Berth's seccomp filter, which refuses system calls agents do not need that expose the kernel: new namespaces, mounts, keyrings, eBPF, io_uring, raw and packet sockets and more (docs/security.md lists them). Written for x86_64: elsewhere, set false.",
+    default: true,
+    parse: boolean,
+  },
   sandboxPrestart: {
     doc: "Sandboxes prepared ahead (namespaces, cgroup, uid; no agent process yet) per recently used runtime version, so a new session only waits for its agent to start. One taken is replaced a second later, after its agent's start. 0 turns this off.",
     default: 2,

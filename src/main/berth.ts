@@ -1,5 +1,5 @@
 import { chmodSync, mkdirSync } from "node:fs";
-import { createServer, type Server } from "node:http";
+import { createServer, type Server, type ServerOptions } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Writable } from "node:stream";
@@ -28,6 +28,7 @@ import { nativeBinary } from "../adapters/bubblewrap/native-binaries.ts";
 import { CodeFolders } from "../adapters/artifacts/code-folders.ts";
 import { binaryForSandboxes, requireTraversableByOthers } from "./sandbox-host.ts";
 import { createRequestHandler } from "../wire/handler.ts";
+import { BodyHolder } from "../wire/signed-body.ts";
 import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
 import { loadOrCreateCredentials } from "./credentials.ts";
 
@@ -74,7 +75,15 @@ export async function startBerth(
   const artifactsDir = join(settings.dataDir, "artifacts");
   mkdirSync(artifactsDir, { recursive: true, mode: 0o755 });
 
-  const codeFolders = new CodeFolders(artifactsDir, join(settings.dataDir, "artifact-cache"));
+  const unpackLimits = {
+    maxUnpackedBytes: settings.maxArtifactUnpackedBytes,
+    maxEntries: settings.maxArtifactEntries,
+  };
+  const codeFolders = new CodeFolders(
+    artifactsDir,
+    join(settings.dataDir, "artifact-cache"),
+    unpackLimits,
+  );
   const { key, generated } = loadOrCreateCredentials(settings.dataDir, settings);
   const store = new SqliteMetadataStore(join(settings.dataDir, "berth.db"));
   const containerImages = startContainerImages(settings, store, log, now);
@@ -99,14 +108,12 @@ export async function startBerth(
     interpreters: {
       node: binaryForSandboxes(settings.nodeBinary, join(settings.dataDir, "interpreters")),
     },
-    bridge: binaryForSandboxes(
-      nativeBinary("berth-bridge"),
-      join(settings.dataDir, "interpreters"),
-    ),
+    bridge: nativeBinary("berth-bridge"),
     cgroupParent: settings.cgroupParent,
     outbound: settings.sandboxOutbound,
     allowedNetworks: settings.sandboxAllowedNetworks,
     prestartPerVersion: settings.sandboxPrestart,
+    maxOutputLineBytes: settings.maxAgentOutputLineBytes,
   });
   const storage = new SessionStorage({
     store,
@@ -143,6 +150,10 @@ export async function startBerth(
       agentStartupTimeoutMs: settings.agentStartupTimeoutSeconds * 1000,
       sweepIntervalMs: settings.sessionSweepIntervalMs,
       maxSessions: settings.maxSessions,
+      agentLog: {
+        bytesPerSecond: settings.agentLogBytesPerSecond,
+        burstBytes: settings.agentLogBurstBytes,
+      },
     },
   });
   const context: CoreContext = {
@@ -174,7 +185,9 @@ export async function startBerth(
       ...dataPlaneOperations(context, sessions, { maxPayloadBytes: settings.maxPayloadBytes }),
       commandOperation(context, sessions, { killGraceMs: settings.commandKillGraceMs, log }),
       ...storageOperations(context, storage),
-      ...artifactOperations(new ArchiveUploads(artifactsDir, settings.maxArtifactBytes)),
+      ...artifactOperations(
+        new ArchiveUploads(artifactsDir, { ...unpackLimits, maxBytes: settings.maxArtifactBytes }),
+      ),
       ...imageOperations(images),
     ],
     verifier: settings.insecureNoAuth
@@ -187,8 +200,14 @@ export async function startBerth(
         }),
     log,
     maxRequestBodyBytes: settings.maxRequestBodyBytes,
+    bodies: new BodyHolder({
+      maxUnverifiedBytes: settings.maxUnauthenticatedBufferBytes,
+      maxInMemoryBytes: settings.maxInMemoryBodyBytes,
+      spillDir: join(settings.dataDir, "request-bodies"),
+    }),
   });
-  const server = createServer(handler);
+  const server = createServer(serverTimeouts(settings), handler);
+  server.maxConnections = settings.maxConnections;
   await listen(server, settings.port, settings.host);
   await preparer.resumeUnsettled();
   const idempotencySweep = setInterval(() => {
@@ -233,6 +252,18 @@ export async function startBerth(
       await preparer.close();
       await store.close();
     },
+  };
+}
+
+/** Slow clients get 408 and lose their connection; the check runs often enough to be on time. */
+function serverTimeouts(settings: Settings): ServerOptions {
+  const requestTimeout = settings.requestTimeoutSeconds * 1000;
+  // Node requires headersTimeout <= requestTimeout.
+  const headersTimeout = Math.min(settings.requestHeadersTimeoutSeconds * 1000, requestTimeout);
+  return {
+    headersTimeout,
+    requestTimeout,
+    connectionsCheckingInterval: Math.min(30_000, headersTimeout / 4),
   };
 }
 
