@@ -1,18 +1,21 @@
 /*
- * berth-bridge SOCKET PORT COMMAND [ARG...]
+ * berth-bridge LISTEN_FD READY_FD PORT COMMAND [ARG...]
  *
- * The first program of every sandbox. It listens on the Unix socket SOCKET (in the sandbox's run
- * folder, which Berth reaches from the host), then forks: the parent becomes COMMAND (the agent),
- * the child relays each connection on SOCKET to 127.0.0.1:PORT inside the sandbox's own network
- * namespace, so Berth reaches the agent without any host port.
+ * The first program of every sandbox. LISTEN_FD is a listening Unix socket that Berth made in a
+ * folder only root can reach (see native/berth-listen.c) and handed down through bwrap: the
+ * sandbox holds the socket but never its path, so it cannot replace it. The bridge writes one
+ * byte to READY_FD and closes it (the sign that bwrap has finished the sandbox's set-up), then
+ * forks: the parent becomes COMMAND (the agent), the child relays each connection on LISTEN_FD
+ * to 127.0.0.1:PORT inside the sandbox's own network namespace, so Berth reaches the agent
+ * without any host port.
  *
  * Static, with no files of its own, so it runs the same in the host's /usr and in any container
- * image (which need not have a shell, socat or even a libc). The socket exists before the agent
- * starts: Berth can wait for it as the sign that the sandbox's set-up is done.
+ * image (which need not have a shell, socat or even a libc).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -22,8 +25,6 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include "unix-socket.h"
 
 static int connect_port(int port) {
   struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -75,23 +76,30 @@ static void relay(int client, int port) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 4) {
-    fprintf(stderr, "usage: berth-bridge SOCKET PORT COMMAND [ARG...]\n");
+  if (argc < 5) {
+    fprintf(stderr, "usage: berth-bridge LISTEN_FD READY_FD PORT COMMAND [ARG...]\n");
     return 125;
   }
-  int port = atoi(argv[2]);
-  int listener = listen_unix(argv[1], 128);
-  if (listener < 0 || port <= 0 || port > 65535) {
-    fprintf(stderr, "berth-bridge: cannot listen on %s: %s\n", argv[1], strerror(errno));
+  int listener = atoi(argv[1]);
+  int ready = atoi(argv[2]);
+  int port = atoi(argv[3]);
+  int accepting = 0;
+  socklen_t size = sizeof accepting;
+  if (listener <= 2 || getsockopt(listener, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &size) < 0 ||
+      !accepting || ready <= 2 || port <= 0 || port > 65535) {
+    fprintf(stderr, "berth-bridge: fd %s is not a listening socket, or bad arguments\n", argv[1]);
     return 125;
   }
+  fcntl(listener, F_SETFD, FD_CLOEXEC); /* the agent never holds it */
+  if (write(ready, "1", 1) != 1) return 125;
+  close(ready);
   pid_t agent = getpid();
   pid_t bridge = fork();
   if (bridge < 0) return 125;
   if (bridge > 0) {
     close(listener);
-    execvp(argv[3], argv + 3);
-    fprintf(stderr, "berth-bridge: cannot run %s: %s\n", argv[3], strerror(errno));
+    execvp(argv[4], argv + 4);
+    fprintf(stderr, "berth-bridge: cannot run %s: %s\n", argv[4], strerror(errno));
     return 127;
   }
   /* The bridge ends with the agent, whose pid namespace ends with it anyway. */

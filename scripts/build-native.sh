@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds Berth's native helpers into native/bin (see the comment at the top of each source):
-# berth-exec, the root helper for commands and mounts, and berth-bridge, the static first
+# berth-exec, the root helper for commands and mounts, berth-listen, which makes each sandbox's
+# agent socket in a root-only folder, and berth-bridge, the static first
 # program of every sandbox. Each is rebuilt only when its sources are newer than the binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +17,6 @@ build() {
   fi
 }
 build berth-exec
+build berth-listen
 # Static: it runs inside container images, whatever libc they have, if any.
 build berth-bridge -static

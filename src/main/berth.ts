@@ -96,13 +96,11 @@ export async function startBerth(
       pids: settings.sessionPids,
       cpus: settings.sessionCpus,
     },
+    totalLimits: { memoryBytes: settings.sandboxesMemoryBytes, pids: settings.sandboxesPids },
     interpreters: {
       node: binaryForSandboxes(settings.nodeBinary, join(settings.dataDir, "interpreters")),
     },
-    bridge: binaryForSandboxes(
-      nativeBinary("berth-bridge"),
-      join(settings.dataDir, "interpreters"),
-    ),
+    bridge: nativeBinary("berth-bridge"),
     cgroupParent: settings.cgroupParent,
     outbound: settings.sandboxOutbound,
     allowedNetworks: settings.sandboxAllowedNetworks,

@@ -1,5 +1,5 @@
 import type { ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type {
   Sandbox,
@@ -12,19 +12,22 @@ import { CgroupTree, type CgroupLimits } from "./cgroups.ts";
 import { ExecServer } from "./exec-server.ts";
 import { HostFirewall } from "./host-firewall.ts";
 import { prepareSandboxEtc, sandboxPaths, unmountAllUnder } from "./mounts.ts";
+import { nativeBinary } from "./native-binaries.ts";
 import { PreparedShell, type ShellContext } from "./shell.ts";
 import { ShellPool } from "./shell-pool.ts";
 import { UidPool } from "./uid-pool.ts";
 
 export interface BubblewrapOptions {
-  /** Per-sandbox folders (the agent socket lives here); must be reachable by sandbox uids. */
+  /** Per-sandbox folders, root's (the agent socket lives here); traversable by sandbox uids. */
   runRoot: string;
   uidBase: number;
   maxSandboxes: number;
   limits: CgroupLimits;
+  /** What all sandboxes together may use: the parent cgroup's limits. */
+  totalLimits: { memoryBytes: number; pids: number };
   /** Interpreters put on PATH inside code sandboxes: name -> host binary. */
   interpreters: Record<string, string>;
-  /** native/bin/berth-bridge, or a copy of it that sandbox uids can read. */
+  /** native/bin/berth-bridge: copied into a root-owned folder every sandbox sees read-only. */
   bridge: string;
   cgroupParent: string;
   /** "public": outbound through slirp4netns, filtered by the host firewall; "none": loopback only. */
@@ -68,7 +71,8 @@ export class BubblewrapDriver implements SandboxDriver {
       runRoot: options.runRoot,
       etcDir: join(options.runRoot, "etc"),
       interpreters: options.interpreters,
-      bridge: options.bridge,
+      bridgeDir: join(options.runRoot, "bridge"),
+      listen: nativeBinary("berth-listen"),
       shareMountPoint: (directory) => this.requireExecServer().shareMountPoint(directory),
       mountImageRoot: (request) => this.requireExecServer().imageRoot(request),
       unmount: (directory) => this.requireExecServer().unmount(directory),
@@ -94,7 +98,7 @@ export class BubblewrapDriver implements SandboxDriver {
   static async create(options: BubblewrapOptions): Promise<BubblewrapDriver> {
     const driver = new BubblewrapDriver(options);
     try {
-      await driver.cgroups.prepare();
+      await driver.cgroups.prepare(options.totalLimits);
       if (options.outbound === "public") {
         requireTunDevice();
         await driver.firewall?.install();
@@ -104,6 +108,7 @@ export class BubblewrapDriver implements SandboxDriver {
       rmSync(options.runRoot, { recursive: true, force: true });
       mkdirSync(options.runRoot, { recursive: true, mode: 0o711 });
       prepareSandboxEtc(driver.context.etcDir);
+      prepareBridgeDir(options.bridge, driver.context.bridgeDir);
       const execDir = join(options.runRoot, "exec");
       mkdirSync(execDir, { mode: 0o700 });
       driver.execServer = await ExecServer.start(join(execDir, "berth-exec.sock"));
@@ -233,7 +238,7 @@ class BubblewrapSandbox implements Sandbox {
   constructor(shell: PreparedShell, cgroups: CgroupTree, execServer: ExecServer) {
     this.shell = shell;
     this.name = shell.name;
-    this.agentEndpoint = { socketPath: join(shell.runDir, "agent.sock") };
+    this.agentEndpoint = { socketPath: shell.agentSocket };
     this.exited = shell.finished;
     this.cgroups = cgroups;
     this.execServer = execServer;
@@ -297,4 +302,11 @@ function requireTunDevice(): void {
       "sandboxOutbound=public needs /dev/net/tun readable and writable by all users (the usual mode 0666): run `chmod 0666 /dev/net/tun` (scripts/setup.sh does), or start with --sandbox-outbound none",
     );
   }
+}
+
+/** The bridge alone in a root-owned folder, bound read-only at /run/berth in every sandbox. */
+function prepareBridgeDir(bridge: string, bridgeDir: string): void {
+  mkdirSync(bridgeDir, { mode: 0o755 });
+  copyFileSync(bridge, join(bridgeDir, "bridge"));
+  chmodSync(join(bridgeDir, "bridge"), 0o755);
 }

@@ -49,13 +49,46 @@ export function spawnInCgroups(options: {
  * maps the ids, race-free. setpriv sets the parent-death signal after dropping to `uid` (a
  * credential change would clear it), so bwrap dies with Berth even while it waits, when its own
  * --die-with-parent is not yet in force.
+ *
+ * berth-listen runs first, as root: it makes the agent socket at `agentSocket` and leaves it
+ * listening at `listenFd` for berth-bridge. `readyFd` is a pipe the bridge writes once it runs.
+ * The sandbox's environment travels as bwrap's own environment, never on a command line,
+ * which every local user can read in `ps`.
  */
-export function spawnBwrap(uid: number, args: string[]): ChildProcess {
+export function spawnBwrap(options: {
+  uid: number;
+  listen: string;
+  agentSocket: string;
+  listenFd: number;
+  readyFd: number;
+  args: string[];
+  environment: Record<string, string>;
+}): ChildProcess {
+  const { uid } = options;
   return spawn(
-    "setpriv",
-    [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--pdeathsig", "KILL", "bwrap", ...args],
-    { env: { PATH: "/usr/bin:/bin" }, stdio: ["ignore", "pipe", "pipe", "pipe", "pipe"] },
+    options.listen,
+    [
+      options.agentSocket,
+      String(options.listenFd),
+      "/usr/bin/setpriv",
+      `--reuid=${uid}`,
+      `--regid=${uid}`,
+      "--clear-groups",
+      "--pdeathsig",
+      "KILL",
+      "/usr/bin/bwrap",
+      ...options.args,
+    ],
+    {
+      env: options.environment,
+      // stdin closed; stdout and stderr, the agent's output; then fds 3, 4 and readyFd.
+      stdio: ["ignore", "pipe", "pipe", ...pipesUpTo(options.readyFd)],
+    },
   );
+}
+
+function pipesUpTo(lastFd: number): "pipe"[] {
+  return Array.from({ length: lastFd - 2 }, () => "pipe" as const);
 }
 
 export function joinCgroups(procsFiles: string[], pids: number[]): void {

@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { mountPointsUnder } from "../host/mount-table.ts";
 
 /** Where things appear inside every sandbox. */
@@ -9,16 +9,19 @@ export const sandboxPaths = {
   home: "/home/agent",
   run: "/run/berth",
   interpreters: "/opt/berth/bin",
-  agentSocket: "/run/berth/agent.sock",
   bridge: "/run/berth/bridge",
   volumes: "/mnt",
 } as const;
 
 export const sandboxUser = { uid: 1000, gid: 1000, name: "agent" } as const;
 
-/** /etc entries an agent needs (TLS roots, time zone, libc config); nothing secret. */
+/**
+ * /etc entries an agent needs (TLS roots, time zone, libc config); nothing secret: of /etc/ssl
+ * only the public certificates and OpenSSL's configuration, never `private/` (host TLS keys).
+ */
 const hostEtcEntries = [
-  "ssl",
+  "ssl/certs",
+  "ssl/openssl.cnf",
   "ca-certificates",
   "ca-certificates.conf",
   "nsswitch.conf",
@@ -41,8 +44,9 @@ export function prepareSandboxEtc(etcDir: string): void {
   rmSync(etcDir, { recursive: true, force: true });
   mkdirSync(etcDir, { recursive: true, mode: 0o755 });
   for (const entry of hostEtcEntries) {
-    if (existsSync(`/etc/${entry}`))
-      cpSync(`/etc/${entry}`, join(etcDir, entry), { recursive: true, verbatimSymlinks: true });
+    if (!existsSync(`/etc/${entry}`)) continue;
+    mkdirSync(dirname(join(etcDir, entry)), { recursive: true, mode: 0o755 });
+    cpSync(`/etc/${entry}`, join(etcDir, entry), { recursive: true, verbatimSymlinks: true });
   }
   const files: Record<string, string> = {
     passwd: `root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n${sandboxUser.name}:x:${sandboxUser.uid}:${sandboxUser.gid}:agent:${sandboxPaths.home}:/bin/sh\n`,
@@ -57,10 +61,11 @@ export function prepareSandboxEtc(etcDir: string): void {
 }
 
 /**
- * The sandbox's filesystem: the host's /usr read-only (system programs and libraries), Berth's
- * prepared /etc, the agent's code read-only at /app, private /tmp and home, and the session's
- * run folder (for the agent socket). The data directory, /root, other sessions and the host's
- * processes are simply not there.
+ * The sandbox's filesystem: the host's /usr read-only (the distribution's programs and
+ * libraries) without /usr/local (what was installed on this host by hand: its tools, their
+ * configuration, anything an operator put there), Berth's prepared /etc, the agent's code
+ * read-only at /app, private /tmp and home. The data directory, /root, other sessions and the
+ * host's processes are simply not there.
  */
 export function codeMountArgs(options: {
   codeDir: string;
@@ -68,7 +73,7 @@ export function codeMountArgs(options: {
   etcDir: string;
   interpreters: Record<string, string>;
 }): string[] {
-  const args = ["--ro-bind", "/usr", "/usr"];
+  const args = ["--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local", "--remount-ro", "/usr/local"];
   // Debian has merged /usr: /bin, /lib... are symlinks into /usr on the host too.
   for (const top of ["bin", "sbin", "lib", "lib64", "lib32", "libx32"]) {
     if (existsSync(`/usr/${top}`)) args.push("--symlink", `usr/${top}`, `/${top}`);
@@ -120,24 +125,13 @@ export function imageMountArgs(options: {
 }
 
 /**
- * What every sandbox gets whatever its root: fresh /proc and /dev, the session's run folder
- * (agent socket, bridge) and its volumes. Session storage is mounted in the run folder's `mnt`
- * on the host before the sandbox starts; the recursive bind brings it in. That folder belongs
- * to root: the agent cannot add to /mnt.
+ * What every sandbox gets whatever its root: fresh /proc and /dev and the session's volumes.
+ * Session storage is mounted in the run folder's `mnt` on the host before the sandbox starts;
+ * the recursive bind brings it in. That folder belongs to root: the agent cannot add to /mnt.
+ * Nothing else of the run folder is visible (the agent's socket arrives as a descriptor).
  */
 function sessionMountArgs(runDir: string): string[] {
-  return [
-    "--proc",
-    "/proc",
-    "--dev",
-    "/dev",
-    "--bind",
-    runDir,
-    sandboxPaths.run,
-    "--bind",
-    join(runDir, "mnt"),
-    sandboxPaths.volumes,
-  ];
+  return ["--proc", "/proc", "--dev", "/dev", "--bind", join(runDir, "mnt"), sandboxPaths.volumes];
 }
 
 /**

@@ -1,5 +1,5 @@
 import type { ChildProcess } from "node:child_process";
-import { chownSync, existsSync, mkdirSync, rmSync, watch } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable, Writable } from "node:stream";
@@ -32,8 +32,13 @@ export interface ShellContext {
   runRoot: string;
   etcDir: string;
   interpreters: Record<string, string>;
-  /** berth-bridge on the host, readable by sandbox uids: every sandbox's first program. */
-  bridge: string;
+  /**
+   * A root-owned folder holding only `bridge` (berth-bridge): every sandbox's first program,
+   * seen read-only at /run/berth.
+   */
+  bridgeDir: string;
+  /** native/bin/berth-listen: makes the agent socket as root before bwrap starts. */
+  listen: string;
   /** Makes a folder a shared mount point (see ExecServer.shareMountPoint). */
   shareMountPoint: (directory: string) => Promise<void>;
   /** Mounts an image sandbox's root (see ExecServer.imageRoot). */
@@ -46,6 +51,10 @@ type OutputHandler = (stream: "stdout" | "stderr", line: string) => void;
 
 let shellCounter = 0;
 
+/** bwrap's fds: 3 its info, 4 its block pipe (see launch.ts), then the bridge's two. */
+const readyFd = 5;
+const listenFd = 6;
+
 /**
  * A sandbox set up up to the moment its command would start: own uid, cgroup, namespaces and
  * id maps, with bwrap waiting on --userns-block-fd. Preparing one costs most of a sandbox's
@@ -55,6 +64,11 @@ export class PreparedShell {
   readonly name: string;
   readonly uid: number;
   readonly runDir: string;
+  /**
+   * The agent's socket, in a folder only root can reach: Berth connects to it as root, so no
+   * path a sandbox can change may lead there (see native/berth-listen.c).
+   */
+  readonly agentSocket: string;
   readonly procsFiles: string[];
   readonly child: ChildProcess;
   readonly childPid: number;
@@ -71,6 +85,8 @@ export class PreparedShell {
   /** The sandbox's slirp4netns, once it has outbound access. */
   network: ChildProcess | undefined;
   private networkStarting: Promise<void> | undefined;
+  /** Settles once berth-bridge runs, that is once bwrap has finished the sandbox's set-up. */
+  private readonly setUp: Promise<void>;
   private released = false;
 
   private constructor(fields: {
@@ -86,6 +102,7 @@ export class PreparedShell {
     this.name = fields.name;
     this.uid = fields.uid;
     this.runDir = fields.runDir;
+    this.agentSocket = agentSocketIn(fields.runDir);
     this.procsFiles = fields.procsFiles;
     this.child = fields.child;
     this.childPid = fields.childPid;
@@ -94,6 +111,7 @@ export class PreparedShell {
     this.environment = sandboxEnvironment(fields.launch);
     this.identity = identityOf(fields.launch.filesystem);
     this.workingDir = workingDirOf(fields.launch.filesystem);
+    this.setUp = bridgeStarted(readablePipe(fields.child, readyFd), fields.exited);
   }
 
   /** Returns undefined when every uid is in use. */
@@ -109,8 +127,10 @@ export class PreparedShell {
     let child: ChildProcess | undefined;
     let childPid: number | undefined;
     try {
-      mkdirSync(runDir, { mode: 0o700 });
-      chownSync(runDir, uid, uid);
+      // Root's, and nothing in it is the sandbox's to write: what a sandbox can write on the
+      // host's disk is its session storage alone (bounded), never this folder.
+      mkdirSync(runDir, { mode: 0o711 });
+      mkdirSync(join(runDir, "host"), { mode: 0o700 });
       mkdirSync(join(runDir, "mnt"), { mode: 0o755 });
       // Before bwrap copies the host's mounts: volumes mounted here later reach the sandbox.
       await context.shareMountPoint(join(runDir, "mnt"));
@@ -119,10 +139,18 @@ export class PreparedShell {
         await context.shareMountPoint(join(runDir, "root"));
         // The image's idmapped copy and the writable layer: root's alone, and mounted after the
         // sandbox's copy of the host's mounts was made, so the sandbox never sees them.
-        mkdirSync(join(runDir, "host", "scratch"), { recursive: true, mode: 0o700 });
+        mkdirSync(join(runDir, "host", "scratch"), { mode: 0o700 });
       }
       const procsFiles = await context.cgroups.create(name, context.limits);
-      child = spawnBwrap(uid, bwrapArguments(context, launch, runDir));
+      child = spawnBwrap({
+        uid,
+        listen: context.listen,
+        agentSocket: agentSocketIn(runDir),
+        listenFd,
+        readyFd,
+        args: bwrapArguments(context, launch, runDir),
+        environment: sandboxEnvironment(launch),
+      });
       const spawned = child;
       const exited = new Promise<SandboxExit>((resolve) => {
         spawned.once("exit", (code, signal) => {
@@ -136,6 +164,7 @@ export class PreparedShell {
       void exited.then(() => {
         (spawned.stdio[3] as Readable).destroy();
         (spawned.stdio[4] as Writable).destroy();
+        readablePipe(spawned, readyFd).destroy();
       });
       childPid = await readChildPid(spawned.stdio[3] as Readable, exited);
       joinCgroups(procsFiles, [spawned.pid ?? 0, childPid]);
@@ -195,11 +224,11 @@ export class PreparedShell {
 
   /**
    * Attaches outbound networking (idempotent); call after run(). slirp4netns configures the
-   * namespace's loopback too, so it must wait until bwrap has finished its own set-up: the agent
-   * socket, which berth-bridge creates from inside the finished sandbox, marks that moment.
+   * namespace's loopback too, so it must wait until bwrap has finished its own set-up: the
+   * bridge's first act, a byte on its ready pipe, marks that moment.
    */
   connectNetwork(): Promise<void> {
-    this.networkStarting ??= waitForFile(this.runDir, "agent.sock", this.exited, 10_000)
+    this.networkStarting ??= this.setUp
       .then(() =>
         startUserModeNetwork({
           uid: this.uid,
@@ -243,35 +272,29 @@ async function removeRunDir(context: ShellContext, runDir: string): Promise<void
   rmSync(runDir, { recursive: true, force: true });
 }
 
-/** Resolves when `name` exists in `folder`; rejects if the sandbox exits or time runs out first. */
-function waitForFile(
-  folder: string,
-  name: string,
-  exited: Promise<unknown>,
-  timeoutMs: number,
-): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const watcher = watch(folder);
-    const finish = (error?: Error) => {
-      watcher.close();
-      clearTimeout(timer);
-      if (error === undefined) resolve();
-      else reject(error);
-    };
-    const timer = setTimeout(() => {
-      finish(new Error(`the sandbox did not finish its set-up within ${timeoutMs} ms`));
-    }, timeoutMs);
-    watcher.on("change", (_event, file) => {
-      if (file === name) finish();
+/** Resolves on berth-bridge's byte on its ready pipe; rejects if the sandbox exits first. */
+function bridgeStarted(ready: Readable, exited: Promise<unknown>): Promise<void> {
+  const started = new Promise<void>((resolve, reject) => {
+    ready.once("data", () => {
+      resolve();
     });
-    watcher.on("error", (error) => {
-      finish(error);
-    });
-    void exited.then(() => {
-      finish(new Error("the sandbox exited during its set-up"));
-    });
-    if (existsSync(join(folder, name))) finish();
+    ready.once("error", reject);
   });
+  const failed = exited.then(() => {
+    throw new Error("the sandbox exited during its set-up");
+  });
+  const settled = Promise.race([started, failed]);
+  settled.catch(() => undefined); // awaited only if the sandbox asks for outbound access
+  return settled;
+}
+
+/** ChildProcess types only the first five stdio entries; the ready pipe comes after them. */
+function readablePipe(child: ChildProcess, fd: number): Readable {
+  return (child.stdio as readonly unknown[])[fd] as Readable;
+}
+
+function agentSocketIn(runDir: string): string {
+  return join(runDir, "host", "agent.sock");
 }
 
 /**
@@ -331,21 +354,16 @@ function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: strin
     "4",
     ...filesystemArgs,
     "--ro-bind",
-    context.bridge,
-    sandboxPaths.bridge,
+    context.bridgeDir,
+    sandboxPaths.run,
     "--chdir",
     workingDirOf(launch.filesystem),
-    "--clearenv",
-    ...Object.entries(sandboxEnvironment(launch)).flatMap(([name, value]) => [
-      "--setenv",
-      name,
-      value,
-    ]),
     "--",
-    // The bridge relays the run folder's socket to the agent's port inside this network
+    // The bridge relays the socket Berth handed down to the agent's port inside this network
     // namespace, then becomes the agent.
     sandboxPaths.bridge,
-    sandboxPaths.agentSocket,
+    String(listenFd),
+    String(readyFd),
     "8080",
     ...launch.command,
   ];
