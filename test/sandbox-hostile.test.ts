@@ -3,10 +3,12 @@
 // attack the way code inside a session would, and checks it fails.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { agentSources, installAgent } from "./support/agents.ts";
-import { removeDir, startTestBerth, useTestBerth } from "./support/berth.ts";
+import { StopRuntimeSessionCommand } from "@aws-sdk/client-bedrock-agentcore";
+import { makeDataDir, removeDir, startTestBerth, useTestBerth } from "./support/berth.ts";
 import { invokeProbe, runCommand } from "./support/commands.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 
@@ -160,6 +162,59 @@ describe("all sessions together", () => {
     } finally {
       await berth.close();
       removeDir(berth.dataDir);
+    }
+  });
+});
+
+describe("session storage on a disk another session fills", () => {
+  it("never loses a session's acknowledged writes: volumes are reserved, or refused up front", async () => {
+    const dataDir = makeDataDir();
+    const storageDir = join(dataDir, "storage");
+    mkdirSync(storageDir);
+    // A small disk of the test's own: room for one 16 MiB volume, not two.
+    execFileSync("mount", [
+      "-t",
+      "tmpfs",
+      "-o",
+      "size=24m,mode=0700",
+      "berth-test-disk",
+      storageDir,
+    ]);
+    const berth = await startTestBerth(
+      ["--sandbox-outbound", "none", "--session-storage-bytes", String(16 * 1024 * 1024)],
+      dataDir,
+    );
+    try {
+      installAgent(dataDir, agentSources.probe, "probe");
+      const runtime = await createRuntime(berth, "probe", {
+        filesystemConfigurations: [{ sessionStorage: { mountPath: "/mnt/workspace" } }],
+      });
+      const inSession = (sessionId: string, command: string) =>
+        runCommand(berth.data, runtime.arn, sessionId, command);
+      const victim = newSessionId("victim");
+      await inSession(victim, "echo first > /mnt/workspace/notes");
+      // The attacker fills its own volume, all within its own size limit.
+      const attacker = newSessionId("attacker");
+      const filled = await inSession(
+        attacker,
+        "head -c 15M /dev/urandom > /mnt/workspace/fill; sync; echo filled",
+      ).catch((error: unknown) => error as Error);
+      if (filled instanceof Error) assert.match(filled.message, /no room to reserve/);
+      // The victim goes on writing, is told its data is safe, and stops.
+      const written = await inSession(
+        victim,
+        "head -c 12M /dev/urandom > /mnt/workspace/data && sync && sha256sum /mnt/workspace/data",
+      );
+      assert.equal(written.exitCode, 0, written.stderr);
+      await berth.data.send(
+        new StopRuntimeSessionCommand({ agentRuntimeArn: runtime.arn, runtimeSessionId: victim }),
+      );
+      const reread = await inSession(victim, "sha256sum /mnt/workspace/data");
+      assert.equal(reread.stdout, written.stdout);
+    } finally {
+      await berth.close();
+      execFileSync("umount", ["--lazy", storageDir]);
+      removeDir(dataDir);
     }
   });
 });
