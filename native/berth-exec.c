@@ -347,7 +347,7 @@ static void mount_image(int socket_fd, const char *image, const char *target) {
   char device[64];
   int loop = attach_loop(image, device, sizeof device);
   if (loop < 0) return send_text(socket_fd, 'f', "cannot attach %s to a loop device: %s", image, strerror(errno));
-  int mounted = mount(device, target, "ext4", MS_NOSUID | MS_NODEV, "discard,errors=remount-ro");
+  int mounted = mount(device, target, "ext4", MS_NOSUID | MS_NODEV, "errors=remount-ro");
   int failure = errno;
   close(loop); /* with autoclear, the device goes when the filesystem is unmounted (or now) */
   if (mounted < 0) return send_text(socket_fd, 'f', "cannot mount %s: %s", image, strerror(failure));

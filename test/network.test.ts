@@ -92,6 +92,17 @@ describe("PUBLIC network mode (the default)", () => {
     }
   });
 
+  it("cannot reach the host's neighbours on its own subnet, though that range is not private", async () => {
+    const address = testHost.neighborAddress;
+    assert.equal(await testHost.reachableFromHost(address), true, `the host reaches ${address}`);
+    const reply = await ask(harness, arn, {
+      action: "connect",
+      host: address,
+      port: testHost.port,
+    });
+    assert.equal(reply["connected"], false, `a sandbox must not reach ${address}`);
+  });
+
   it("cannot reach services on the host itself: its addresses, its loopback, Berth's port", async () => {
     const ownAddress = await ask(harness, arn, {
       action: "connect",

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { homedir } from "node:os";
+import { homedir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 
 interface SettingDeclaration<T> {
@@ -230,6 +230,17 @@ export const settingDeclarations = {
     doc: "CPU time one session may use, in CPUs (cgroup quota); sessions also get equal CPU shares.",
     default: 2,
     parse: decimal(0.05, 1024),
+  },
+  sandboxesMemoryBytes: {
+    doc: "Memory all sessions together may use (the parent cgroup's limit), whatever maxSessions × sessionMemoryBytes adds up to: the host and Berth itself keep the rest.",
+    default: Math.floor((totalmem() * 3) / 4),
+    defaultShown: "3/4 of the host's memory",
+    parse: integer(16_777_216, 1_099_511_627_776 * 64),
+  },
+  sandboxesPids: {
+    doc: "Most processes and threads all sessions together may have (the parent cgroup's limit).",
+    default: 32_768,
+    parse: integer(16, 4_194_304),
   },
   agentStartupTimeoutSeconds: {
     doc: "How long a new session's agent has to answer GET /ping before the invocation fails with RuntimeClientError.",

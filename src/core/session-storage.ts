@@ -28,7 +28,7 @@ export interface VolumeUsage {
   attached: boolean;
   /** Bytes the filesystem reports used (while attached), else as measured at the last detach. */
   usedBytes: number | undefined;
-  /** Bytes the volume takes on the host's disk (its image is sparse). */
+  /** Bytes the volume takes on the host's disk (all of it: its blocks are reserved). */
   allocatedBytes: number;
 }
 

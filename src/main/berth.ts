@@ -105,6 +105,7 @@ export async function startBerth(
       pids: settings.sessionPids,
       cpus: settings.sessionCpus,
     },
+    totalLimits: { memoryBytes: settings.sandboxesMemoryBytes, pids: settings.sandboxesPids },
     interpreters: {
       node: binaryForSandboxes(settings.nodeBinary, join(settings.dataDir, "interpreters")),
     },
@@ -113,6 +114,7 @@ export async function startBerth(
     outbound: settings.sandboxOutbound,
     allowedNetworks: settings.sandboxAllowedNetworks,
     prestartPerVersion: settings.sandboxPrestart,
+    seccomp: settings.sandboxSeccomp,
     maxOutputLineBytes: settings.maxAgentOutputLineBytes,
   });
   const storage = new SessionStorage({

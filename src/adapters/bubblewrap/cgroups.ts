@@ -43,8 +43,12 @@ export class CgroupTree {
     return `cgroup ${this.layout} at ${this.roots.join(", ")}`;
   }
 
-  /** Creates the parent, killing and removing sandboxes a previous run of this server left behind. */
-  async prepare(): Promise<void> {
+  /**
+   * Creates the parent, killing and removing sandboxes a previous run of this server left behind,
+   * and bounds what all sandboxes together may take: each session's own limits, added up over
+   * maxSessions, may well exceed the host.
+   */
+  async prepare(total: { memoryBytes: number; pids: number }): Promise<void> {
     for (const root of this.roots) {
       if (existsSync(root)) {
         for (const entry of readdirSync(root, { withFileTypes: true })) {
@@ -59,6 +63,16 @@ export class CgroupTree {
         () => undefined,
       );
       await writeFile(join(root, "cgroup.subtree_control"), "+memory +pids +cpu");
+    }
+    const parentLimits: Record<string, string> =
+      this.layout === "v2"
+        ? { "memory.max": String(total.memoryBytes), "pids.max": String(total.pids) }
+        : {
+            "memory/memory.limit_in_bytes": String(total.memoryBytes),
+            "pids/pids.max": String(total.pids),
+          };
+    for (const [file, value] of Object.entries(parentLimits)) {
+      await writeFile(this.path("", file), value);
     }
   }
 

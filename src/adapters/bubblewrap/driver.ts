@@ -23,6 +23,8 @@ export interface BubblewrapOptions {
   uidBase: number;
   maxSandboxes: number;
   limits: CgroupLimits;
+  /** What all sandboxes together may use: the parent cgroup's limits. */
+  totalLimits: { memoryBytes: number; pids: number };
   /** Interpreters put on PATH inside code sandboxes: name -> host binary. */
   interpreters: Record<string, string>;
   /** native/bin/berth-bridge: copied into a root-owned folder every sandbox sees read-only. */
@@ -34,6 +36,8 @@ export interface BubblewrapOptions {
   allowedNetworks: string[];
   /** Prepared sandbox shells kept ready per runtime version (0: none). */
   prestartPerVersion: number;
+  /** Whether sandboxes and their commands run under Berth's seccomp filter (docs/security.md). */
+  seccomp: boolean;
   /** Longest line of agent output passed on; a longer one is cut there (see agent-output.ts). */
   maxOutputLineBytes: number;
 }
@@ -74,6 +78,7 @@ export class BubblewrapDriver implements SandboxDriver {
       maxOutputLineBytes: options.maxOutputLineBytes,
       bridgeDir: join(options.runRoot, "bridge"),
       listen: nativeBinary("berth-listen"),
+      seccomp: options.seccomp,
       shareMountPoint: (directory) => this.requireExecServer().shareMountPoint(directory),
       mountImageRoot: (request) => this.requireExecServer().imageRoot(request),
       unmount: (directory) => this.requireExecServer().unmount(directory),
@@ -99,7 +104,7 @@ export class BubblewrapDriver implements SandboxDriver {
   static async create(options: BubblewrapOptions): Promise<BubblewrapDriver> {
     const driver = new BubblewrapDriver(options);
     try {
-      await driver.cgroups.prepare();
+      await driver.cgroups.prepare(options.totalLimits);
       if (options.outbound === "public") {
         requireTunDevice();
         await driver.firewall?.install();
@@ -112,7 +117,9 @@ export class BubblewrapDriver implements SandboxDriver {
       prepareBridgeDir(options.bridge, driver.context.bridgeDir);
       const execDir = join(options.runRoot, "exec");
       mkdirSync(execDir, { mode: 0o700 });
-      driver.execServer = await ExecServer.start(join(execDir, "berth-exec.sock"));
+      driver.execServer = await ExecServer.start(join(execDir, "berth-exec.sock"), {
+        seccomp: options.seccomp,
+      });
     } catch (error) {
       // Undo what was set up (firewall chain, cgroups), so a failed start leaves nothing behind.
       await driver.close().catch(() => undefined);

@@ -43,17 +43,21 @@ const outputHighWaterMark = 16;
 export class ExecServer {
   private helper: ChildProcess;
   private readonly socketPath: string;
+  private readonly seccomp: boolean;
   private closed = false;
   /** A restart in progress: concurrent callers share it rather than start helpers of their own. */
   private restarting: Promise<void> | undefined;
 
-  private constructor(helper: ChildProcess, socketPath: string) {
+  private constructor(helper: ChildProcess, socketPath: string, seccomp: boolean) {
     this.helper = helper;
     this.socketPath = socketPath;
+    this.seccomp = seccomp;
   }
 
-  static async start(socketPath: string): Promise<ExecServer> {
-    return new ExecServer(await startHelper(socketPath), socketPath);
+  /** With `seccomp`, commands run under Berth's seccomp filter (native/seccomp-filter.h). */
+  static async start(socketPath: string, options: { seccomp: boolean }): Promise<ExecServer> {
+    const helper = await startHelper(socketPath, options.seccomp);
+    return new ExecServer(helper, socketPath, options.seccomp);
   }
 
   /** Starts a program; rejects with the helper's reason if it could not start. */
@@ -118,7 +122,7 @@ export class ExecServer {
   private async connect(): Promise<Socket> {
     if (this.closed) throw new Error("the sandbox driver is shut down");
     if (this.helper.exitCode !== null || this.helper.signalCode !== null) {
-      this.restarting ??= startHelper(this.socketPath)
+      this.restarting ??= startHelper(this.socketPath, this.seccomp)
         .then((helper) => {
           this.helper = helper;
         })
@@ -140,9 +144,10 @@ export class ExecServer {
   }
 }
 
-async function startHelper(socketPath: string): Promise<ChildProcess> {
+async function startHelper(socketPath: string, seccomp: boolean): Promise<ChildProcess> {
   // stdin stays an open pipe that Berth never writes: its end tells the helper Berth is gone.
-  const helper = spawn(nativeBinary("berth-exec"), ["serve", socketPath], {
+  const args = ["serve", socketPath, ...(seccomp ? [] : ["--no-seccomp"])];
+  const helper = spawn(nativeBinary("berth-exec"), args, {
     stdio: ["pipe", "pipe", "pipe"],
     env: {},
   });

@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { networkInterfaces } from "node:os";
 import { promisify } from "node:util";
 
 const run = promisify(execFile);
@@ -21,7 +22,9 @@ export const blockedRanges = [
  * Outbound rules for sandboxes. A sandbox's only process in the host's network namespace is
  * its slirp4netns, running as the sandbox's own uid, so one chain matched on the sandbox uid
  * range decides what every sandbox can reach: not the host itself (Berth's port included), not
- * loopback, link-local (cloud metadata) or private ranges; DNS only to the host's resolvers.
+ * loopback, link-local (cloud metadata) or private ranges, not the host's own subnets (its
+ * neighbours, whatever their range: a cloud host's subnet may well be public); DNS only to the
+ * host's resolvers.
  */
 export class HostFirewall {
   private readonly chain: string;
@@ -62,7 +65,7 @@ export class HostFirewall {
       "tcp-reset",
     ]);
     rules.push(["-m", "addrtype", "--dst-type", "LOCAL", "-j", "REJECT"]);
-    for (const range of blockedRanges) {
+    for (const range of [...blockedRanges, ...hostSubnets()]) {
       rules.push(["-d", range, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]);
       rules.push(["-d", range, "-j", "REJECT"]);
     }
@@ -94,6 +97,18 @@ export class HostFirewall {
 async function iptables(command: string, args: string[]): Promise<string> {
   const { stdout } = await run(command, ["-w", "5", ...args]);
   return stdout;
+}
+
+/**
+ * The IPv4 subnets this machine's interfaces are on, as they are when Berth starts: the
+ * machines next to it (other hosts of a cloud subnet, its gateway) are no sandbox's business.
+ */
+export function hostSubnets(): string[] {
+  return Object.values(networkInterfaces())
+    .flat()
+    .filter((address) => address !== undefined && address.family === "IPv4" && !address.internal)
+    .map((address) => address?.cidr ?? "")
+    .filter((cidr) => cidr !== "");
 }
 
 /** The resolvers slirp4netns forwards the sandbox's DNS (10.0.2.3) to. */

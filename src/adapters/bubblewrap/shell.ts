@@ -41,6 +41,8 @@ export interface ShellContext {
   bridgeDir: string;
   /** native/bin/berth-listen: makes the agent socket as root before bwrap starts. */
   listen: string;
+  /** Whether berth-bridge installs Berth's seccomp filter (see native/berth-bridge.c). */
+  seccomp: boolean;
   /** Makes a folder a shared mount point (see ExecServer.shareMountPoint). */
   shareMountPoint: (directory: string) => Promise<void>;
   /** Mounts an image sandbox's root (see ExecServer.imageRoot). */
@@ -336,6 +338,8 @@ function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: strin
   return [
     "--unshare-user",
     "--unshare-pid",
+    // berth-bridge is pid 1: no process of the sandbox is outside its seccomp filter.
+    "--as-pid-1",
     "--unshare-ipc",
     "--unshare-uts",
     "--unshare-net",
@@ -362,8 +366,9 @@ function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: strin
     workingDirOf(launch.filesystem),
     "--",
     // The bridge relays the socket Berth handed down to the agent's port inside this network
-    // namespace, then becomes the agent.
+    // namespace, starts the agent and stays as the sandbox's init.
     sandboxPaths.bridge,
+    ...(context.seccomp ? [] : ["--no-seccomp"]),
     String(listenFd),
     String(readyFd),
     "8080",

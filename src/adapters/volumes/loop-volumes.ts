@@ -20,19 +20,12 @@ import { isMountPoint, mountPointsUnder } from "../host/mount-table.ts";
 
 const run = promisify(execFile);
 
-/** Mounts an ext4 image file on a folder (loop device, nosuid, nodev, discard). */
+/** Mounts an ext4 image file on a folder (loop device, nosuid, nodev). */
 export type ImageMounter = (image: string, target: string) => Promise<void>;
 
 const mountWithCommand: ImageMounter = async (image, target) => {
   try {
-    await run("mount", [
-      "-t",
-      "ext4",
-      "-o",
-      "loop,discard,nosuid,nodev,errors=remount-ro",
-      image,
-      target,
-    ]);
+    await run("mount", ["-t", "ext4", "-o", "loop,nosuid,nodev,errors=remount-ro", image, target]);
   } catch (error) {
     throw new Error(commandError(error));
   }
@@ -50,10 +43,15 @@ const releaseTimeoutMs = 5000;
 const releasePollMs = 5;
 
 /**
- * Session storage volumes as sparse ext4 images on local disk, loop-mounted while a session
- * runs. Each is a real filesystem (hard links, FIFOs, sockets, xattrs, fallocate all work) with
- * a hard size limit: writing past it gives ENOSPC inside that volume only. An image takes host
- * disk only for what was written; `discard` returns deleted blocks to the host file.
+ * Session storage volumes as ext4 images on local disk, loop-mounted while a session runs. Each
+ * is a real filesystem (hard links, FIFOs, sockets, xattrs, fallocate all work) with a hard size
+ * limit: writing past it gives ENOSPC inside that volume only.
+ *
+ * Every image's blocks are reserved on the host's disk (fallocate) before it is mounted, and
+ * never given back while it exists (no `discard`): a sparse image would take blocks only as it
+ * is written, so a disk filled by anyone else — another session filling its own volume — would
+ * leave this one's writes nowhere to go, acknowledged, then lost when its journal aborts. A
+ * volume that cannot be reserved is refused before its session starts, loudly.
  */
 export class LoopVolumes implements VolumeStore {
   private readonly imageDir: string;
@@ -86,7 +84,8 @@ export class LoopVolumes implements VolumeStore {
     const image = this.imagePath(volumeId);
     const descriptor = openSync(image, "wx", 0o600);
     try {
-      ftruncateSync(descriptor, sizeBytes); // sparse: nothing is written yet
+      ftruncateSync(descriptor, sizeBytes);
+      await reserveBlocks(image, sizeBytes);
       await run("mkfs.ext4", [
         "-q",
         "-F",
@@ -117,6 +116,8 @@ export class LoopVolumes implements VolumeStore {
     const holders = loopDevicesBacking(image);
     if (holders.length > 0)
       throw new Error(`its image ${image} is still attached to ${holders.join(", ")}`);
+    // Images made before blocks were reserved, or restored sparse, get theirs now.
+    await reserveBlocks(image, (await stat(image)).size);
     const target = this.mountPath(volumeId);
     mkdirSync(target, { recursive: true, mode: 0o700 });
     try {
@@ -133,11 +134,16 @@ export class LoopVolumes implements VolumeStore {
     if (!isMountPoint(target)) return undefined;
     const usedBytes = await usedBytesOf(target);
     // syncfs first: the superblock may outlive this mount point (a sandbox's copy of it) and
-    // must not hold unwritten data when the session is reported stopped.
-    await run("sync", ["--file-system", target]);
+    // must not hold unwritten data when the session is reported stopped. A failed sync still
+    // unmounts (a volume left mounted would be attached twice next time), then is reported.
+    const synced = await run("sync", ["--file-system", target]).then(
+      () => undefined,
+      (error: unknown) => new Error(`flushing ${target} failed: ${commandError(error)}`),
+    );
     await this.unmount(target);
     await rmdir(target).catch(() => undefined);
     await this.released(this.imagePath(volumeId));
+    if (synced !== undefined) throw synced;
     return usedBytes;
   }
 
@@ -191,6 +197,17 @@ export class LoopVolumes implements VolumeStore {
 
   private mountPath(volumeId: string): string {
     return join(this.mountDir, safeName(volumeId));
+  }
+}
+
+/** Allocates every block of `image` on the host's disk (kept data stays as it is). */
+async function reserveBlocks(image: string, sizeBytes: number): Promise<void> {
+  try {
+    await run("fallocate", ["--length", String(sizeBytes), image]);
+  } catch (error) {
+    throw new Error(
+      `the host's disk has no room to reserve ${sizeBytes} bytes of session storage for ${image} (sessionStorageBytes): ${commandError(error)}`,
+    );
   }
 }
 
