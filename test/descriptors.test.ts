@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { closeSync, openSync, readFileSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
@@ -153,5 +153,22 @@ describe("descriptors in sessions", () => {
     ].join("\n");
     assert.match(everyProcess, / 0 -> /, "the listing saw the session's processes");
     assert.doesNotMatch(everyProcess, new RegExp(inheritedFileName));
+  });
+
+  it("Berth lets go of what it inherited, so none of its own helpers holds it either", async () => {
+    await askAgent(newSessionId(), "true");
+    const holders = readdirSync("/proc")
+      .filter((name) => /^\d+$/.test(name))
+      .filter((pid) => {
+        try {
+          return readdirSync(`/proc/${pid}/fd`).some((fd) =>
+            readlinkSync(`/proc/${pid}/fd/${fd}`).endsWith(`/${inheritedFileName}`),
+          );
+        } catch {
+          return false; // gone, or a kernel thread
+        }
+      });
+    // The test closed its own copy once Berth had started: no process may hold it now.
+    assert.deepEqual(holders, []);
   });
 });

@@ -247,6 +247,16 @@ export const settingDeclarations = {
     default: 30,
     parse: integer(1, 600),
   },
+  agentPingTimeoutMs: {
+    doc: "How long an agent's GET /ping may take, answer and body together; a slower answer counts as unhealthy (a session past its idle timeout then ends).",
+    default: 1000,
+    parse: integer(50, 60_000),
+  },
+  agentPingMaxBytes: {
+    doc: "Most bytes of an agent's GET /ping answer body read; a longer answer counts as unhealthy.",
+    default: 4096,
+    parse: integer(256, 1_048_576),
+  },
   minLifecycleSeconds: {
     doc: "Smallest idleRuntimeSessionTimeout and maxLifetime a runtime may ask for (AgentCore: 60). Lower it for tests and demos.",
     default: 60,

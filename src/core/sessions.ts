@@ -36,6 +36,8 @@ export interface SessionSettings {
   region: string;
   agentStartupTimeoutMs: number;
   sweepIntervalMs: number;
+  /** How long one /ping may take, answer and body together. */
+  pingTimeoutMs: number;
   maxSessions: number;
   /** Each session's budget for its agent's output in the log. */
   agentLog: AgentOutputLogSettings;
@@ -103,10 +105,8 @@ export interface SessionLease {
 const outputTailLines = 20;
 /** How long a request that lost its sandbox waits to learn why (see endReasonSoon). */
 const endNoticeMs = 50;
-/** How long one /ping may take, answer and body together (pingAgent's deadline). */
-const pingTimeoutMs = 1000;
 /**
- * Most idle sessions whose /ping the sweep asks at once. Each ask ends within pingTimeoutMs, and
+ * Most idle sessions whose /ping the sweep asks at once. Each ask ends within agentPingTimeoutMs, and
  * the sessions asked longest ago go first, so every idle session is asked within a few sweeps
  * however many agents answer slowly.
  */
@@ -388,7 +388,7 @@ export class SessionManager {
         );
       }
       try {
-        await this.probe(sandbox.agentEndpoint, pingTimeoutMs);
+        await this.probe(sandbox.agentEndpoint, this.settings.pingTimeoutMs);
         return;
       } catch {
         if (performance.now() > deadline) {
@@ -463,7 +463,7 @@ export class SessionManager {
     session.probing = true;
     session.lastProbeMs = this.nowMs();
     this.idleProbes += 1;
-    const health = await this.probe(sandbox.agentEndpoint, pingTimeoutMs).catch(
+    const health = await this.probe(sandbox.agentEndpoint, this.settings.pingTimeoutMs).catch(
       () => "Unhealthy" as const,
     );
     this.idleProbes -= 1;

@@ -141,7 +141,7 @@ export async function startBerth(
   const sessions = new SessionManager({
     driver,
     storage,
-    probe: pingAgent,
+    probe: (endpoint, timeoutMs) => pingAgent(endpoint, timeoutMs, settings.agentPingMaxBytes),
     plan: launchPlanner({
       code: (version) => planCodeLaunch(codeFolders, version),
       image: (version) => Promise.resolve().then(() => images.plan(version)),
@@ -151,6 +151,7 @@ export async function startBerth(
       region: settings.region,
       agentStartupTimeoutMs: settings.agentStartupTimeoutSeconds * 1000,
       sweepIntervalMs: settings.sessionSweepIntervalMs,
+      pingTimeoutMs: settings.agentPingTimeoutMs,
       maxSessions: settings.maxSessions,
       agentLog: {
         bytesPerSecond: settings.agentLogBytesPerSecond,

@@ -7,6 +7,7 @@ import {
 } from "../config/settings.ts";
 import { clientCommandLines, clientNotes, runClientCommand } from "../cli/main.ts";
 import { startBerth } from "./berth.ts";
+import { closeInheritedDescriptors } from "./inherited-descriptors.ts";
 import { jsonLogger } from "./json-logger.ts";
 
 const usage = `berth — a self-hosted agent runtime, wire-compatible with Amazon Bedrock AgentCore Runtime
@@ -65,6 +66,8 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
     throw error;
   }
   const log = jsonLogger(process.stdout);
+  const closed = closeInheritedDescriptors();
+  if (closed.length > 0) log.info("closed inherited descriptors", { descriptors: closed });
   // Listen before starting, so a signal that arrives during start-up still shuts down cleanly.
   const signal = new Promise<NodeJS.Signals>((resolve) => {
     process.once("SIGTERM", resolve);

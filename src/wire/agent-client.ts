@@ -38,19 +38,17 @@ export function agentPool(endpoint: AgentEndpoint, ended: Promise<unknown>): Age
 }
 
 /**
- * The most of a /ping answer's body read. The contract's answer is
- * {"status":"Healthy","time_of_last_update":...}, tens of bytes; anything past this bound is not
- * a health answer, and reading on would let an agent fill Berth's memory.
- */
-export const maxPingBodyBytes = 4096;
-
-/**
  * GET /ping: resolves with the agent's health; rejects when the whole answer (headers and body)
  * has not arrived within timeoutMs, when it is not 2xx, or when its body is longer than
- * maxPingBodyBytes. The deadline is for the whole answer, not for silence between bytes: an
+ * maxBodyBytes (the contract's answer, {"status":"Healthy","time_of_last_update":...}, is tens
+ * of bytes; reading on would let an agent fill Berth's memory). The deadline is for the whole answer, not for silence between bytes: an
  * answer that trickles a byte at a time cannot hold the caller.
  */
-export function pingAgent(endpoint: AgentEndpoint, timeoutMs: number): Promise<AgentHealth> {
+export function pingAgent(
+  endpoint: AgentEndpoint,
+  timeoutMs: number,
+  maxBodyBytes: number,
+): Promise<AgentHealth> {
   return new Promise((resolve, reject) => {
     const outgoing = request({
       ...agentTarget(endpoint),
@@ -75,8 +73,8 @@ export function pingAgent(endpoint: AgentEndpoint, timeoutMs: number): Promise<A
       let receivedBytes = 0;
       response.on("data", (chunk: Buffer) => {
         receivedBytes += chunk.length;
-        if (receivedBytes > maxPingBodyBytes) {
-          fail(new Error(`/ping answered with more than ${maxPingBodyBytes} bytes`));
+        if (receivedBytes > maxBodyBytes) {
+          fail(new Error(`/ping answered with more than ${maxBodyBytes} bytes`));
           return;
         }
         chunks.push(chunk);
