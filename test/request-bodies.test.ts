@@ -7,7 +7,6 @@ import {
   readlinkSync,
   statSync,
 } from "node:fs";
-import { request as httpRequest } from "node:http";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -31,48 +30,11 @@ import { makeDataDir, removeDir, startTestBerth, useTestBerth } from "./support/
 import { invokeProbe } from "./support/commands.ts";
 import { OciLayout, tarOf, tarOfFolder } from "./support/oci-images.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
+import { sendAsIs } from "./support/signed-request.ts";
 
 const harness = useTestBerth([], (berth) => {
   installAgent(berth.dataDir, agentSources.probe, "probe");
 });
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
-/** Sends exactly these bytes, as someone holding a captured or hand-made request would. */
-function sendAsIs(
-  url: string,
-  request: { method: string; path: string; headers: Record<string, string>; body: Buffer },
-): Promise<Answer> {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve, reject) => {
-    const outgoing = httpRequest(
-      {
-        host: hostname,
-        port,
-        method: request.method,
-        path: request.path,
-        headers: request.headers,
-      },
-      (response) => {
-        const chunks: Buffer[] = [];
-        response.on("data", (chunk: Buffer) => chunks.push(chunk));
-        response.on("end", () => {
-          resolve({
-            status: response.statusCode ?? 0,
-            headers: response.headers,
-            body: Buffer.concat(chunks).toString("utf8"),
-          });
-        });
-      },
-    );
-    outgoing.on("error", reject);
-    outgoing.end(request.body);
-  });
-}
 
 /** Signs a request over the SHA-256 of `body` (a hex x-amz-content-sha256), as the SDK does. */
 async function signOverBody(

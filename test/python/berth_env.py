@@ -83,3 +83,14 @@ def wait_for_status(control, runtime_id, settled=("READY", "CREATE_FAILED", "UPD
         return runtime if runtime["status"] in settled else None
 
     return wait_until("runtime %s to settle" % runtime_id, settled_runtime)
+
+
+def code_artifact(prefix):
+    """An agentRuntimeArtifact for Node code uploaded to s3://agents/<prefix> (see upload_code)."""
+    return {
+        "codeConfiguration": {
+            "code": {"s3": {"bucket": "agents", "prefix": prefix}},
+            "runtime": "NODE_22",
+            "entryPoint": ["main.js"],
+        }
+    }

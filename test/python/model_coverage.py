@@ -22,7 +22,7 @@ from botocore.eventstream import EventStream
 from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
-from berth_env import client, wait_for_status
+from berth_env import client, code_artifact, wait_for_status
 
 SERVICES = ("bedrock-agentcore-control", "bedrock-agentcore")
 # Paths of runtime resources; a resource policy or tag names a runtime (or endpoint) by ARN.
@@ -89,16 +89,6 @@ class Fixtures:
         if operation.name == "CreateAgentRuntimeEndpoint" and member == "name":
             return "created"
         return by_name.get(member)
-
-
-def code_artifact(prefix):
-    return {
-        "codeConfiguration": {
-            "code": {"s3": {"bucket": "agents", "prefix": prefix}},
-            "runtime": "NODE_22",
-            "entryPoint": ["main.js"],
-        }
-    }
 
 
 def placeholder(shape):

@@ -9,21 +9,11 @@ import os
 import re
 import unittest
 
-from berth_env import client, upload_code, wait_for_status
+from berth_env import client, code_artifact, upload_code, wait_for_status
 
 RUN = os.getpid()
 MOUNT = "/mnt/workspace"
 ROLE = "arn:aws:iam::123456789012:role/agent"
-
-
-def code_artifact(prefix):
-    return {
-        "codeConfiguration": {
-            "code": {"s3": {"bucket": "agents", "prefix": prefix}},
-            "runtime": "NODE_22",
-            "entryPoint": ["main.js"],
-        }
-    }
 
 
 def field_names(raised):

@@ -53,13 +53,27 @@ export async function sendRaw(baseUrl: string, options: RawRequest): Promise<Raw
   }
   options.afterSigning?.(request);
   const search = new URLSearchParams(request.query as Record<string, string>).toString();
+  return sendAsIs(baseUrl, {
+    method: request.method,
+    path: `${request.path}${search ? `?${search}` : ""}`,
+    headers: request.headers,
+    body: Buffer.from((request.body as string | undefined) ?? ""),
+  });
+}
+
+/** Sends exactly these bytes, as someone holding a captured or hand-made request would. */
+export function sendAsIs(
+  baseUrl: string,
+  request: { method: string; path: string; headers: Record<string, string>; body: Buffer },
+): Promise<RawResponse> {
+  const { hostname, port } = new URL(baseUrl);
   return new Promise((resolve, reject) => {
     const outgoing = httpRequest(
       {
-        host: url.hostname,
-        port: Number(url.port),
+        host: hostname,
+        port,
         method: request.method,
-        path: `${request.path}${search ? `?${search}` : ""}`,
+        path: request.path,
         headers: request.headers,
       },
       (response) => {
@@ -75,6 +89,6 @@ export async function sendRaw(baseUrl: string, options: RawRequest): Promise<Raw
       },
     );
     outgoing.on("error", reject);
-    outgoing.end(request.body as string);
+    outgoing.end(request.body);
   });
 }
