@@ -20,6 +20,14 @@ if [ ${#debian_packages[@]} -gt 0 ]; then
   $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${debian_packages[@]}"
 fi
 
+# boto3 and the AWS CLI: the Python client tests use them (pip's; Debian's botocore is too old to
+# model AgentCore). python3-minimal has no pip; Debian's python3 marks itself externally
+# managed, which PIP_BREAK_SYSTEM_PACKAGES lifts for this install only.
+if ! python3 -c "import boto3, awscli" 2>/dev/null; then
+  python3 -m pip --version >/dev/null 2>&1 || $sudo apt-get install -y -qq --no-install-recommends python3-pip
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet boto3 awscli
+fi
+
 # slirp4netns opens /dev/net/tun as each sandbox's unprivileged uid. Creating a device still
 # needs CAP_NET_ADMIN in the sandbox's own namespace, so 0666 (the kernel's usual mode) is safe.
 if [ -e /dev/net/tun ]; then $sudo chmod 0666 /dev/net/tun; fi

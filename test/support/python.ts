@@ -7,11 +7,11 @@ import type { TestBerth } from "./berth.ts";
 export const pythonTestDir = fileURLToPath(new URL("../python", import.meta.url));
 
 /**
- * Why the boto3 tests cannot run here, or undefined when they can: they need python3 with a
- * boto3 whose botocore models AgentCore (pip's; distributions' packages are often too old).
+ * Why the Python clients cannot run here, or undefined when they can: python3 with a boto3 whose
+ * botocore models AgentCore (pip's; distributions' packages are often too old), and the AWS CLI.
  */
-export function missingBoto3(): string | undefined {
-  const probe = spawnSync(
+function pythonClientsProblem(): string | undefined {
+  const boto3 = spawnSync(
     "python3",
     [
       "-c",
@@ -19,8 +19,36 @@ export function missingBoto3(): string | undefined {
     ],
     { encoding: "utf8" },
   );
-  if (probe.error !== undefined) return `python3 is not installed (${probe.error.message})`;
-  if (probe.status !== 0) return `python3 has no boto3 that models AgentCore: ${probe.stderr}`;
+  if (boto3.error !== undefined) return `python3 is not installed (${boto3.error.message})`;
+  if (boto3.status !== 0)
+    return `python3 has no boto3 that models AgentCore (${lastLine(boto3.stderr)})`;
+  const cli = spawnSync("aws", ["--version"], { encoding: "utf8" });
+  if (cli.error !== undefined) return `the AWS CLI is not installed (${cli.error.message})`;
+  if (cli.status !== 0) return `the AWS CLI does not run (${lastLine(cli.stderr)})`;
+  return undefined;
+}
+
+/** The last line a program printed: a Python traceback's is the error itself. */
+function lastLine(text: string): string {
+  return text.trim().split("\n").at(-1) ?? "";
+}
+
+/** Throws, saying what to install, unless boto3 and the AWS CLI can run: never a silent skip. */
+export function requirePythonClients(): void {
+  const problem = pythonClientsProblem();
+  if (problem === undefined) return;
+  throw new Error(
+    `The Python client tests need boto3 and the AWS CLI: ${problem}. ` +
+      "Install them with `python3 -m pip install boto3 awscli` (scripts/setup.sh does).",
+  );
+}
+
+/**
+ * For the suites that pass it as `skip`: it no longer skips. Without the Python clients it
+ * throws, so those suites fail saying what to install.
+ */
+export function missingBoto3(): undefined {
+  requirePythonClients();
   return undefined;
 }
 
