@@ -5,6 +5,7 @@ import { promisify } from "node:util";
 import { agentSources, installAgent } from "./support/agents.ts";
 import { useTestBerth } from "./support/berth.ts";
 import { invokeProbe } from "./support/commands.ts";
+import { pythonTestDir } from "./support/python.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 
 // botocore (boto3, the AWS CLI) sends no x-amz-content-sha256 outside S3: its signature covers
@@ -28,37 +29,15 @@ response = client.invoke_agent_runtime(
 print(json.dumps({"sessionId": response["runtimeSessionId"], "answer": response["response"].read().decode()}))
 `;
 
-/** Signs with botocore, then sends the same headers with another body of the same length. */
-const tamperWithBotocore = `
-import json, os, sys, urllib.error, urllib.parse, urllib.request
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-endpoint, arn, session = sys.argv[1:4]
-url = f"{endpoint}/runtimes/{urllib.parse.quote(arn, safe='')}/invocations"
-original = json.dumps({"action": "remember", "value": "original"}).encode()
-tampered = json.dumps({"action": "remember", "value": "tampered"}).encode()
-signed = AWSRequest(method="POST", url=url, data=original, headers={
-    "Content-Type": "application/json",
-    "X-Amzn-Bedrock-AgentCore-Runtime-Session-Id": session,
-})
-credentials = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
-SigV4Auth(credentials, "bedrock-agentcore", os.environ["AWS_DEFAULT_REGION"]).add_auth(signed)
-def send(body):
-    request = urllib.request.Request(url, data=body, method="POST", headers=dict(signed.headers))
-    try:
-        with urllib.request.urlopen(request) as response:
-            return {"status": response.status, "body": response.read().decode()}
-    except urllib.error.HTTPError as error:
-        return {"status": error.code, "errorType": error.headers.get("x-amzn-errortype"), "body": error.read().decode()}
-print(json.dumps({"original": send(original), "tampered": send(tampered)}))
-`;
-
-/** Runs a Python script against the test's Berth, with its credentials as a user would set them. */
-async function runPython<Output>(script: string, args: string[]): Promise<Output> {
+/**
+ * Runs Python (`-c SCRIPT` or a file of test/python) against the test's Berth, its endpoint as
+ * the first argument and its credentials set as a user would set them.
+ */
+async function runPython<Output>(program: string[], args: string[]): Promise<Output> {
   const { berth, settings } = harness();
   // Asynchronously: Berth runs in this process and must keep answering meanwhile.
-  const { stdout } = await promisify(execFile)("python3", ["-c", script, berth.url, ...args], {
+  const { stdout } = await promisify(execFile)("python3", [...program, berth.url, ...args], {
+    cwd: pythonTestDir,
     env: {
       PATH: process.env["PATH"],
       AWS_ACCESS_KEY_ID: berth.credentials.accessKeyId,
@@ -83,10 +62,10 @@ describe("invoking from Python with boto3 (no x-amz-content-sha256)", () => {
   it("invokes an agent, the body checked against the signature's hash of it", async () => {
     const runtime = await createRuntime(harness(), "node-example");
     const session = newSessionId("boto3");
-    const result = await runPython<{ sessionId: string; answer: string }>(invokeWithBoto3, [
-      runtime.arn,
-      session,
-    ]);
+    const result = await runPython<{ sessionId: string; answer: string }>(
+      ["-c", invokeWithBoto3],
+      [runtime.arn, session],
+    );
     assert.equal(result.sessionId, session);
     const answer = JSON.parse(result.answer) as Record<string, unknown>;
     assert.equal(answer["turns"], 1);
@@ -96,9 +75,15 @@ describe("invoking from Python with boto3 (no x-amz-content-sha256)", () => {
   it("refuses a body changed after botocore signed it, and the agent never sees it", async () => {
     const runtime = await createRuntime(harness(), "probe");
     const session = newSessionId("botocore");
+    // Signs with botocore, then sends the same headers with another body of the same length.
     const { original, tampered } = await runPython<Record<"original" | "tampered", SentAnswer>>(
-      tamperWithBotocore,
-      [runtime.arn, session],
+      ["tampered_invoke.py"],
+      [
+        runtime.arn,
+        session,
+        JSON.stringify({ action: "remember", value: "original" }),
+        JSON.stringify({ action: "remember", value: "tampered" }),
+      ],
     );
     assert.equal(original.status, 200, original.body);
     assert.equal(tampered.status, 403);
