@@ -1,5 +1,14 @@
 import assert from "node:assert/strict";
-import { closeSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import {
+  closeSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
@@ -356,6 +365,27 @@ describe("session storage volumes", () => {
       assert.equal(readdirSync(join(root, "mounts")).length, 0, `${mounted} is gone`);
       await volumes.attach("twice");
       await volumes.remove("twice");
+    } finally {
+      await volumes.recover();
+      removeDir(root);
+    }
+  });
+
+  it("reserves every block of a volume on the host's disk, sparse ones again before they attach", async () => {
+    const root = makeDataDir();
+    const volumes = new LoopVolumes(root, 1000);
+    const image = join(root, "images", "reserved.img");
+    const reserved = () => statSync(image).blocks * 512 >= statSync(image).size;
+    try {
+      await volumes.create("reserved", 32 * 2 ** 20);
+      assert.equal(reserved(), true, "reserved when made");
+      // As an image from before reservation, or restored sparse, would be.
+      execFileSync("cp", ["--sparse=always", image, `${image}.sparse`]);
+      renameSync(`${image}.sparse`, image);
+      assert.equal(reserved(), false);
+      await volumes.attach("reserved");
+      assert.equal(reserved(), true, "reserved again before it is mounted");
+      await volumes.remove("reserved");
     } finally {
       await volumes.recover();
       removeDir(root);

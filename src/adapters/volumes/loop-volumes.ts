@@ -116,8 +116,10 @@ export class LoopVolumes implements VolumeStore {
     const holders = loopDevicesBacking(image);
     if (holders.length > 0)
       throw new Error(`its image ${image} is still attached to ${holders.join(", ")}`);
-    // Images made before blocks were reserved, or restored sparse, get theirs now.
-    await reserveBlocks(image, (await stat(image)).size);
+    // Images made before blocks were reserved, or restored sparse, get theirs now (a process
+    // to start only when some block is missing).
+    const { size, blocks } = await stat(image);
+    if (blocks * 512 < size) await reserveBlocks(image, size);
     const target = this.mountPath(volumeId);
     mkdirSync(target, { recursive: true, mode: 0o700 });
     try {
