@@ -67,7 +67,10 @@ export async function resolveRuntime(connection: Connection, ref: string): Promi
 }
 
 const runtimeSettings = {
-  runtime: { value: true, doc: "NODE_22 or PYTHON_3_10..3_13 (default: from the entry point)" },
+  runtime: {
+    value: true,
+    doc: "NODE_22 or PYTHON_3_10..PYTHON_3_14; the server needs that Python (default: PYTHON_3_12 for a .py entry, else NODE_22)",
+  },
   storage: {
     value: true,
     repeatable: true,

@@ -16,10 +16,21 @@ export interface SandboxDriver {
 export type SandboxFilesystem =
   /** The host's system programs (/usr) with the agent's code read-only at `/app`, run as the
    * driver's own sandbox user in /app. */
-  | { kind: "code"; codeDir: string }
+  | { kind: "code"; codeDir: string; interpreter?: SandboxInterpreter }
   /** A container image's unpacked files as the root (read-only, with a private writable layer
    * on top), run as the image's user in its working directory. */
   | { kind: "image"; rootfsDir: string; user: SandboxIdentity; workingDir: string };
+
+/**
+ * A language install of the host that a code sandbox runs its agent with (a Python runtime's
+ * Python): bound read-only where the sandbox sees it, its programs first on PATH by name.
+ */
+export interface SandboxInterpreter {
+  /** Host folders or files (hostPath) the sandbox sees read-only at sandboxPath. */
+  binds: { hostPath: string; sandboxPath: string }[];
+  /** Command name -> the program it runs, as a path inside the sandbox (e.g. python3 -> .../bin/python3.12). */
+  commands: Record<string, string>;
+}
 
 /** A uid and gid as the sandbox's processes see them; the host sees the session's own uid. */
 export interface SandboxIdentity {

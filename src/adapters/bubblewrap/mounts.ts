@@ -1,6 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
+import type { SandboxInterpreter } from "../../core/sandbox.ts";
 import { mountPointsUnder } from "../host/mount-table.ts";
 
 /** Where things appear inside every sandbox. */
@@ -64,16 +65,29 @@ export function prepareSandboxEtc(etcDir: string): void {
  * The sandbox's filesystem: the host's /usr read-only (the distribution's programs and
  * libraries) without /usr/local (what was installed on this host by hand: its tools, their
  * configuration, anything an operator put there), Berth's prepared /etc, the agent's code
- * read-only at /app, private /tmp and home. The data directory, /root, other sessions and the
- * host's processes are simply not there.
+ * read-only at /app, private /tmp and home, and the runtime's interpreter: its own files only,
+ * read-only at their host paths (see docs/decisions/0005-python-runtimes.md). The data
+ * directory, the rest of /root, other sessions and the host's processes are simply not there.
  */
 export function codeMountArgs(options: {
   codeDir: string;
   runDir: string;
   etcDir: string;
   interpreters: Record<string, string>;
+  /** The runtime's own interpreter (a Python runtime's Python), if it has one. */
+  interpreter?: SandboxInterpreter | undefined;
 }): string[] {
-  const args = ["--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local", "--remount-ro", "/usr/local"];
+  const args = [
+    "--ro-bind",
+    "/usr",
+    "/usr",
+    "--tmpfs",
+    "/usr/local",
+    // Before the remount: an interpreter installed under /usr/local needs its mount point there.
+    ...interpreterBindArgs(options.interpreter),
+    "--remount-ro",
+    "/usr/local",
+  ];
   // Debian has merged /usr: /bin, /lib... are symlinks into /usr on the host too.
   for (const top of ["bin", "sbin", "lib", "lib64", "lib32", "libx32"]) {
     if (existsSync(`/usr/${top}`)) args.push("--symlink", `usr/${top}`, `/${top}`);
@@ -96,7 +110,24 @@ export function codeMountArgs(options: {
   for (const [name, hostPath] of Object.entries(options.interpreters)) {
     args.push("--ro-bind", hostPath, `${sandboxPaths.interpreters}/${name}`);
   }
+  for (const [name, program] of Object.entries(options.interpreter?.commands ?? {})) {
+    args.push("--symlink", program, `${sandboxPaths.interpreters}/${name}`);
+  }
   return args;
+}
+
+function interpreterBindArgs(interpreter: SandboxInterpreter | undefined): string[] {
+  return (interpreter?.binds ?? []).flatMap(({ hostPath, sandboxPath }) => [
+    "--ro-bind",
+    hostPath,
+    sandboxPath,
+  ]);
+}
+
+/** Whether code sandboxes see the host's own `path` already: /usr is there, /usr/local is not. */
+export function seenByCodeSandboxes(path: string): boolean {
+  const within = (folder: string) => path === folder || path.startsWith(`${folder}/`);
+  return within("/usr") && !within("/usr/local");
 }
 
 /**

@@ -334,6 +334,7 @@ function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: strin
           runDir,
           etcDir: context.etcDir,
           interpreters: context.interpreters,
+          interpreter: launch.filesystem.interpreter,
         });
   return [
     "--unshare-user",
