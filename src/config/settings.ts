@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { homedir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
+import { noPythonsNamed, parsePythonInterpreters } from "./python-installs.ts";
 
 interface SettingDeclaration<T> {
   /** Flag `--kebab-name`, env `BERTH_SNAKE_NAME`, config file key `camelName`. */
@@ -171,6 +172,11 @@ export const settingDeclarations = {
     default: 2000,
     parse: integer(0, 60_000),
   },
+  shutdownGraceSeconds: {
+    doc: "On SIGTERM or SIGINT, Berth stops taking requests (new connections are refused) and gives those in flight this long to finish. Then what still runs is ended, each with a clear last word: a command's stream an internalServerException event, an event-stream (SSE) answer a last `event: error`. A second signal ends the wait at once.",
+    default: 30,
+    parse: integer(0, 3600),
+  },
   maxRequestBodyBytes: {
     doc: "Largest control-plane request body accepted.",
     default: 1_048_576,
@@ -328,10 +334,11 @@ export const settingDeclarations = {
     defaultShown: "the Node.js running Berth",
     parse: (text: string) => resolve(text),
   },
-  pythonBinary: {
-    doc: "Interpreter for runtimes PYTHON_3_10 to PYTHON_3_14.",
-    default: "/usr/bin/python3",
-    parse: (text: string) => resolve(text),
+  pythonInterpreters: {
+    doc: "The Python each Python runtime runs on, as comma-separated RUNTIME=PATH entries, e.g. PYTHON_3_12=/opt/python3.12/bin/python3.12. A runtime not named uses the first python3.X found on Berth's PATH, in /usr/local/bin, /usr/bin, /opt/*/bin or pyenv's versions ($PYENV_ROOT, /root/.pyenv); one with none fails its versions (CREATE_FAILED) instead of running another version.",
+    default: noPythonsNamed,
+    defaultShown: "(found as described)",
+    parse: parsePythonInterpreters,
   },
 } satisfies Record<string, SettingDeclaration<unknown>>;
 

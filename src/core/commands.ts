@@ -65,7 +65,8 @@ export function readCommandRequest(body: Record<string, unknown>): CommandReques
  * events while it runs, ended by its exit or its timeout. On timeout every process it started
  * gets SIGTERM, then SIGKILL after the grace period, and the stream ends once all are gone. A
  * receiver that has gone does not stop it: the command runs to its end (or timeout) with its
- * output discarded.
+ * output discarded. A command killed because its session ended (StopRuntimeSession, a lifetime,
+ * Berth shutting down) ends with an error that says so, never with an ordinary contentStop.
  */
 export class CommandRun {
   private readonly lease: SessionLease;
@@ -104,7 +105,15 @@ export class CommandRun {
     return new CommandRun(lease, command, request, options.killGraceMs);
   }
 
-  async streamTo(sink: CommandEventSink): Promise<CommandOutcome> {
+  /**
+   * Streams the command's events until it ends. When `signal` aborts (Berth is shutting down),
+   * streaming stops at once and its reason is thrown, for the caller to end the stream with.
+   */
+  async streamTo(
+    sink: CommandEventSink,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<CommandOutcome> {
+    const { signal } = options;
     let sessionEnded: string | undefined;
     void this.lease.ended.then((reason) => {
       sessionEnded = reason;
@@ -114,14 +123,15 @@ export class CommandRun {
       terminated = this.command.terminate(this.killGraceMs);
     }, this.request.timeoutSeconds * 1000);
     try {
-      await send(sink, { contentStart: {} });
-      await relayOutput(this.command.output, sink);
-      const exit = await this.command.exited;
+      await send(sink, { contentStart: {} }, signal);
+      await relayOutput(this.command.output, sink, signal);
+      const exit = await unlessAborted(this.command.exited, signal);
       const timedOut = terminated !== undefined;
       // The stream ends only once every process the command started is gone.
-      await terminated;
-      // A stopped session kills its commands a moment before the session's end is seen.
-      if (!timedOut && exit.signal === "SIGKILL") sessionEnded ??= await this.lease.endReasonSoon();
+      await unlessAborted(Promise.resolve(terminated), signal);
+      // A command killed by a signal (or whose exit went unseen) may have died with its session,
+      // which kills every process in it: the session's end is seen after the command's.
+      if (!timedOut && exit.code === null) sessionEnded ??= await this.lease.endReasonSoon();
       if (sessionEnded !== undefined && !timedOut) {
         throw new BerthError(
           "RuntimeClientError",
@@ -149,8 +159,27 @@ function exitCode(exit: SandboxExit): number {
   return 128 + (signalNumber ?? 0);
 }
 
-async function send(sink: CommandEventSink, event: CommandEvent): Promise<void> {
-  if (!sink.send(event)) await sink.drained();
+async function send(
+  sink: CommandEventSink,
+  event: CommandEvent,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  if (!sink.send(event)) await unlessAborted(sink.drained(), signal);
+}
+
+/** The promise's outcome, or the signal's reason if it aborts first (the promise runs on). */
+function unlessAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise;
+  signal.throwIfAborted();
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => {
+      reject(signal.reason as Error);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => {
+      signal.removeEventListener("abort", onAbort);
+    });
+  });
 }
 
 /** Output text gathered into one event at most (one piece may be larger): clients decode big
@@ -162,8 +191,12 @@ const maxGatheredText = 65_536;
  * out together, consecutive pieces of one stream as one event: small writes are coalesced
  * without a timer, so no latency is added, and stdout and stderr keep the order they were read.
  */
-async function relayOutput(output: Readable, sink: CommandEventSink): Promise<void> {
-  for await (const batch of batches(output)) {
+async function relayOutput(
+  output: Readable,
+  sink: CommandEventSink,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  for await (const batch of batches(output, signal)) {
     let stream: CommandOutput["stream"] | undefined;
     let gathered: Buffer[] = [];
     let gatheredLength = 0;
@@ -173,7 +206,7 @@ async function relayOutput(output: Readable, sink: CommandEventSink): Promise<vo
         stream !== undefined &&
         (piece.stream !== stream || gatheredLength + length > maxGatheredText)
       ) {
-        await send(sink, delta(stream, gathered));
+        await send(sink, delta(stream, gathered), signal);
         gathered = [];
         gatheredLength = 0;
       }
@@ -181,7 +214,7 @@ async function relayOutput(output: Readable, sink: CommandEventSink): Promise<vo
       gathered.push(...piece.text);
       gatheredLength += length;
     }
-    if (stream !== undefined) await send(sink, delta(stream, gathered));
+    if (stream !== undefined) await send(sink, delta(stream, gathered), signal);
   }
 }
 
@@ -190,8 +223,12 @@ function delta(stream: CommandOutput["stream"], text: OutputText): CommandEvent 
 }
 
 /** Everything readable at each moment, until the stream ends. */
-async function* batches(output: Readable): AsyncGenerator<CommandOutput[]> {
+async function* batches(
+  output: Readable,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<CommandOutput[]> {
   for (;;) {
+    signal?.throwIfAborted();
     const batch: CommandOutput[] = [];
     for (let chunk = output.read() as CommandOutput | null; chunk !== null;) {
       batch.push(chunk);
@@ -207,11 +244,13 @@ async function* batches(output: Readable): AsyncGenerator<CommandOutput[]> {
         output.off("readable", wake);
         output.off("end", wake);
         output.off("close", wake);
+        signal?.removeEventListener("abort", wake);
         resolve();
       };
       output.on("readable", wake);
       output.on("end", wake);
       output.on("close", wake);
+      signal?.addEventListener("abort", wake);
     });
   }
 }

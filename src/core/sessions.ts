@@ -70,7 +70,10 @@ interface LiveSession {
   sandbox: Sandbox | undefined;
   ready: Promise<Sandbox>;
   abort: AbortController;
+  /** Why the session ends, set the moment its end is decided (before its processes are killed). */
   stopReason: string | undefined;
+  /** The session's end under way (see end()); every caller of end() shares it. */
+  ending: Promise<void> | undefined;
   outputTail: string[];
   outputLog: AgentOutputLog;
   /** When the idle sweep last asked its /ping (0: never), and whether it is asking now. */
@@ -89,8 +92,10 @@ export interface SessionLease {
   ended: Promise<string>;
   /**
    * Why the session ended, if it ends within a moment: a broken connection or a killed command
-   * is usually seen a few milliseconds before the sandbox's exit, and the reason makes the
-   * better error message. Undefined when the session lives on.
+   * is seen before the sandbox is gone, and the reason makes the better error message. Known at
+   * once when Berth ended the session (stopped, timed out, shutting down); an agent that exited
+   * is noticed only once its sandbox is gone, so that is waited for a moment. Undefined when the
+   * session lives on.
    */
   endReasonSoon(): Promise<string | undefined>;
   release(): void;
@@ -163,18 +168,7 @@ export class SessionManager {
     version: RuntimeVersionRecord,
     sessionId: string,
   ): Promise<SessionLease> {
-    if (this.closed)
-      throw new BerthError(
-        "ThrottlingException",
-        "Berth is shutting down; retry against the new server",
-      );
-    const key = sessionKey(runtime.id, sessionId);
-    let session = this.sessions.get(key);
-    if (session !== undefined && session.version !== version.version) {
-      await this.end(session, `the endpoint now serves version ${version.version}`);
-      session = undefined;
-    }
-    if (session === undefined) session = this.begin(runtime, version, sessionId, key);
+    const session = await this.sessionOf(runtime, version, sessionId);
     session.activeRequests += 1;
     session.lastActivityMs = this.nowMs();
     let sandbox: Sandbox;
@@ -191,10 +185,12 @@ export class SessionManager {
       agentEndpoint: sandbox.agentEndpoint,
       ended,
       endReasonSoon: () =>
-        Promise.race([
-          ended,
-          new Promise<undefined>((resolve) => setTimeout(resolve, endNoticeMs, undefined)),
-        ]),
+        live.stopReason !== undefined
+          ? Promise.resolve(live.stopReason)
+          : Promise.race([
+              ended,
+              new Promise<undefined>((resolve) => setTimeout(resolve, endNoticeMs, undefined)),
+            ]),
       outputTail: () => [...live.outputTail],
       exec: (argv) => sandbox.exec(argv),
       shell: live.shell,
@@ -248,12 +244,37 @@ export class SessionManager {
     await Promise.all(this.releases.values());
   }
 
+  /**
+   * The live session of this version, started if none runs. One of another version is ended
+   * first, and the map is read again after that wait: a concurrent request may have started the
+   * new session meanwhile, and it must be shared, never replaced (a replaced session would run
+   * on unlisted, its storage attached twice).
+   */
+  private async sessionOf(
+    runtime: RuntimeRecord,
+    version: RuntimeVersionRecord,
+    sessionId: string,
+  ): Promise<LiveSession> {
+    const key = sessionKey(runtime.id, sessionId);
+    for (;;) {
+      const session = this.sessions.get(key);
+      if (session === undefined) return this.begin(runtime, version, sessionId, key);
+      if (session.version === version.version) return session;
+      await this.end(session, `the endpoint now serves version ${version.version}`);
+    }
+  }
+
   private begin(
     runtime: RuntimeRecord,
     version: RuntimeVersionRecord,
     sessionId: string,
     key: string,
   ): LiveSession {
+    if (this.closed)
+      throw new BerthError(
+        "ThrottlingException",
+        "Berth is shutting down; retry against the new server",
+      );
     if (this.sessions.size >= this.settings.maxSessions) {
       throw new BerthError(
         "ServiceQuotaExceededException",
@@ -276,6 +297,7 @@ export class SessionManager {
       ready: Promise.resolve(undefined as unknown as Sandbox),
       abort: new AbortController(),
       stopReason: undefined,
+      ending: undefined,
       outputTail: [],
       outputLog: new AgentOutputLog({
         log: this.log,
@@ -322,6 +344,11 @@ export class SessionManager {
       void sandbox.exited.then((exit) => {
         this.onSandboxExit(session, exit);
       });
+      if (session.abort.signal.aborted) {
+        // Ended while the sandbox was being made: its end found no sandbox to kill.
+        await sandbox.kill();
+        throw session.abort.signal.reason;
+      }
       await this.waitUntilHealthy(session, sandbox);
       session.state = "running";
       this.log.info("session running", {
@@ -331,14 +358,43 @@ export class SessionManager {
       });
       return sandbox;
     } catch (error) {
+      // Ended by Berth meanwhile (stopped, another version, shutting down), not by its agent.
+      const endedMeanwhile = session.ending !== undefined ? session.stopReason : undefined;
       await this.end(session, "the agent failed to start");
-      if (BerthError.isInstance(error)) throw error;
-      throw new BerthError(
-        "RuntimeClientError",
-        `The session's sandbox could not start: ${(error as Error).message}`,
-        { cause: error },
-      );
+      throw this.startFailure(session, error, endedMeanwhile);
     }
+  }
+
+  /**
+   * What a failed start answers. What the agent did (it exited, never answered /ping) is already
+   * a RuntimeClientError; a start cut short by the session's end says why it ended. Anything
+   * else is Berth's own failure (its helper, a sandbox slot, the host): a server fault, logged
+   * as an error, that a retry may get past.
+   */
+  private startFailure(session: LiveSession, error: unknown, endedMeanwhile?: string): BerthError {
+    if (endedMeanwhile !== undefined) {
+      return this.closed
+        ? new BerthError(
+            "ThrottlingException",
+            "Berth is shutting down; retry against the new server",
+          )
+        : new BerthError(
+            "RuntimeClientError",
+            `The session ended before its agent was ready: ${endedMeanwhile}`,
+          );
+    }
+    if (BerthError.isInstance(error)) return error;
+    this.log.error("session failed to start", {
+      runtimeId: session.runtimeId,
+      sessionId: session.sessionId,
+      version: session.version,
+      error: error instanceof Error ? (error.stack ?? error.message) : String(error),
+    });
+    return new BerthError(
+      "InternalServerException",
+      `Berth could not start the session's sandbox: a fault of the server, not of the agent. The cause is in the server log ("session failed to start", session ${session.sessionId})`,
+      { cause: error },
+    );
   }
 
   private async startSandbox(
@@ -417,7 +473,13 @@ export class SessionManager {
     }
   }
 
-  private async end(session: LiveSession, reason: string): Promise<void> {
+  /** Ends a session; ending it again joins the end under way (the first reason is kept). */
+  private end(session: LiveSession, reason: string): Promise<void> {
+    session.ending ??= this.finishEnd(session, reason);
+    return session.ending;
+  }
+
+  private async finishEnd(session: LiveSession, reason: string): Promise<void> {
     session.stopReason ??= reason;
     if (this.sessions.get(session.key) === session) this.sessions.delete(session.key);
     session.abort.abort(new Error(reason));

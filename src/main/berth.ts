@@ -23,11 +23,19 @@ import { SessionStorage } from "../core/session-storage.ts";
 import { LoopVolumes } from "../adapters/volumes/loop-volumes.ts";
 import { sandboxUser } from "../adapters/bubblewrap/mounts.ts";
 import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
-import { launchPlanner, planCodeLaunch } from "../adapters/artifacts/launch-plan.ts";
+import {
+  launchPlanner,
+  planCodeLaunch,
+  requireInterpreter,
+} from "../adapters/artifacts/launch-plan.ts";
+import { findPythonInstalls, pythonRuntimeVersions } from "../config/python-installs.ts";
+import { exposePythonInstalls, type ExposedPythons } from "./python-interpreters.ts";
 import { nativeBinary } from "../adapters/bubblewrap/native-binaries.ts";
 import { CodeFolders } from "../adapters/artifacts/code-folders.ts";
 import { binaryForSandboxes, requireTraversableByOthers } from "./sandbox-host.ts";
 import { createRequestHandler } from "../wire/handler.ts";
+import { RequestDrain } from "../wire/drain.ts";
+import { BerthError } from "../core/errors.ts";
 import { BodyHolder } from "../wire/signed-body.ts";
 import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
 import { loadOrCreateCredentials } from "./credentials.ts";
@@ -42,9 +50,22 @@ export interface RunningBerth {
   collectImageGarbage(): Promise<string[]>;
   /** The live sessions, for tests and the operator API. */
   sessions: SessionManager;
-  /** Stops every session, stops accepting requests, lets in-flight ones finish, closes the database. */
-  close(): Promise<void>;
+  /**
+   * Stops accepting requests, gives those in flight `graceMs` (default 0) to finish, or until
+   * `hurry` aborts; then ends what still runs (each with a last error event or answer), stops
+   * every session and closes the database.
+   */
+  close(options?: ShutdownOptions): Promise<void>;
 }
+
+export interface ShutdownOptions {
+  graceMs?: number;
+  /** Ends the grace period at once (a second SIGTERM). */
+  hurry?: AbortSignal;
+}
+
+/** After the grace period, how long answers ended with a last event get to reach their callers. */
+const lastWordsMs = 5_000;
 
 /** The composition root: builds every part from settings and wires them together. */
 export interface BerthEnvironment {
@@ -89,10 +110,14 @@ export async function startBerth(
   const containerImages = startContainerImages(settings, store, log, now);
   const { images } = containerImages;
   const checkCode = codeArtifactCheck(codeFolders);
+  const pythons = exposePythons(settings, log);
   const preparer = new VersionPreparer({
     store,
-    check: (artifact, signal) =>
-      artifact.kind === "code" ? checkCode(artifact) : images.pull(artifact.containerUri, signal),
+    check: async (artifact, signal) => {
+      if (artifact.kind !== "code") return images.pull(artifact.containerUri, signal);
+      requireInterpreter(artifact.runtime, pythons.interpreters);
+      return checkCode(artifact);
+    },
     now,
     log,
   });
@@ -143,7 +168,7 @@ export async function startBerth(
     storage,
     probe: (endpoint, timeoutMs) => pingAgent(endpoint, timeoutMs, settings.agentPingMaxBytes),
     plan: launchPlanner({
-      code: (version) => planCodeLaunch(codeFolders, version),
+      code: (version) => planCodeLaunch(codeFolders, version, pythons.interpreters),
       image: (version) => Promise.resolve().then(() => images.plan(version)),
     }),
     log,
@@ -182,11 +207,20 @@ export async function startBerth(
       },
     );
   }
+  // Aborted when a shutdown's grace period is over: requests still running then end at once.
+  const shutdown = new AbortController();
   const handler = createRequestHandler({
     operations: [
       ...controlPlaneOperations(context),
-      ...dataPlaneOperations(context, sessions, { maxPayloadBytes: settings.maxPayloadBytes }),
-      commandOperation(context, sessions, { killGraceMs: settings.commandKillGraceMs, log }),
+      ...dataPlaneOperations(context, sessions, {
+        maxPayloadBytes: settings.maxPayloadBytes,
+        shutdown: shutdown.signal,
+      }),
+      commandOperation(context, sessions, {
+        killGraceMs: settings.commandKillGraceMs,
+        log,
+        shutdown: shutdown.signal,
+      }),
       ...storageOperations(context, storage),
       ...artifactOperations(
         new ArchiveUploads(artifactsDir, { ...unpackLimits, maxBytes: settings.maxArtifactBytes }),
@@ -209,7 +243,8 @@ export async function startBerth(
       spillDir: join(settings.dataDir, "request-bodies"),
     }),
   });
-  const server = createServer(serverTimeouts(settings), handler);
+  const drain = new RequestDrain();
+  const server = createServer(serverTimeouts(settings), drain.admit(handler));
   server.maxConnections = settings.maxConnections;
   await listen(server, settings.port, settings.host);
   await preparer.resumeUnsettled();
@@ -240,22 +275,54 @@ export async function startBerth(
     sessions,
     idle: () => preparer.idle(),
     collectImageGarbage: containerImages.collectGarbage,
-    close: async () => {
+    close: async ({ graceMs = 0, hurry }: ShutdownOptions = {}) => {
+      const serverClosed = new Promise<void>((done) => server.once("close", done));
+      await drain.drain(server, anyOf(AbortSignal.timeout(graceMs), hurry));
+      if (drain.requestsInFlight > 0)
+        log.info("grace period over", { requestsInFlight: drain.requestsInFlight });
+      shutdown.abort(
+        new BerthError(
+          "InternalServerException",
+          `Berth shut down before this request finished: requests in flight get ${graceMs / 1000} s (shutdownGraceSeconds) once a shutdown begins`,
+        ),
+      );
       containerImages.stop();
       clearInterval(idempotencySweep);
       clearInterval(storageSweep);
       await sessions.close();
       await driver.close();
-      await new Promise<void>((done) => {
-        server.close(() => {
-          done();
-        });
-        server.closeIdleConnections();
-      });
+      pythons.release();
+      await drain.drain(server, AbortSignal.timeout(lastWordsMs));
+      server.closeAllConnections();
+      await serverClosed;
       await preparer.close();
       await store.close();
     },
   };
+}
+
+function anyOf(signal: AbortSignal, other: AbortSignal | undefined): AbortSignal {
+  return other === undefined ? signal : AbortSignal.any([signal, other]);
+}
+
+/**
+ * Finds the Python of each Python runtime (configured, else looked for on this host) and makes
+ * each visible to sandboxes. Reads Berth's own PATH and PYENV_ROOT, at start only.
+ */
+function exposePythons(settings: Settings, log: Logger): ExposedPythons {
+  const installs = findPythonInstalls(settings.pythonInterpreters, {
+    path: process.env["PATH"],
+    pyenvRoot: process.env["PYENV_ROOT"],
+  });
+  log.info("python runtimes", {
+    ...Object.fromEntries(
+      Object.keys(pythonRuntimeVersions).map((runtime) => [runtime, "none (its versions fail)"]),
+    ),
+    ...Object.fromEntries(
+      Object.entries(installs).map(([runtime, install]) => [runtime, install.executable]),
+    ),
+  });
+  return exposePythonInstalls(installs, join(settings.dataDir, "interpreters", "python"));
 }
 
 /** Slow clients get 408 and lose their connection; the check runs often enough to be on time. */
@@ -299,6 +366,8 @@ function printFirstStartCredentials(
       `  export AWS_ACCESS_KEY_ID=${key.accessKeyId}`,
       `  export AWS_SECRET_ACCESS_KEY=${key.secretAccessKey}`,
       `  export AWS_REGION=${settings.region}`,
+      // botocore (boto3, the AWS CLI) reads only this one.
+      `  export AWS_DEFAULT_REGION=${settings.region}`,
       `  export BERTH_ENDPOINT=${url}`,
       "",
       "This is the only time the secret is printed.",

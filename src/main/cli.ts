@@ -74,8 +74,19 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
     process.once("SIGINT", resolve);
   });
   const berth = await startBerth(settings, { log, console: process.stderr });
-  log.info("shutting down", { signal: await signal });
-  await berth.close();
+  log.info("shutting down", {
+    signal: await signal,
+    shutdownGraceSeconds: settings.shutdownGraceSeconds,
+  });
+  // Requests in flight get the grace period; a second signal says not to wait for them.
+  const hurry = new AbortController();
+  const hurryUp = (again: NodeJS.Signals) => {
+    log.info("ending the grace period at once", { signal: again });
+    hurry.abort();
+  };
+  process.once("SIGTERM", hurryUp);
+  process.once("SIGINT", hurryUp);
+  await berth.close({ graceMs: settings.shutdownGraceSeconds * 1000, hurry: hurry.signal });
   log.info("stopped");
   return 0;
 }

@@ -16,6 +16,11 @@ export interface CommandOptions {
   /** After a command's timeout, how long its processes get between SIGTERM and SIGKILL. */
   killGraceMs: number;
   log: Logger;
+  /**
+   * Aborts when Berth, shutting down, stops waiting for requests in flight: a command still
+   * streaming then ends with the signal's reason as its stream's last (exception) event.
+   */
+  shutdown: AbortSignal;
 }
 
 /** InvokeAgentRuntimeCommand: a shell command in the session's sandbox, streamed as events. */
@@ -53,7 +58,7 @@ async function executeCommand(
     // No flushHeaders(): contentStart follows at once and leaves in the same packet.
     const sink = new EventStreamResponse(outgoing);
     try {
-      const outcome = await run.streamTo(sink);
+      const outcome = await run.streamTo(sink, { signal: options.shutdown });
       // Logged once the stream has ended: the caller is not kept waiting for the log line.
       options.log.info("command finished", {
         runtimeId: target.runtime.id,

@@ -1,6 +1,11 @@
-import { request, type IncomingHttpHeaders, type IncomingMessage } from "node:http";
-import type { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
+import { once } from "node:events";
+import {
+  request,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type ServerResponse,
+} from "node:http";
+import { addAbortSignal, type Readable } from "node:stream";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
 import type { RuntimeVersionRecord } from "../core/model.ts";
@@ -35,6 +40,12 @@ const forwardedHeaders = [
 
 export interface DataPlaneOptions {
   maxPayloadBytes: number;
+  /**
+   * Aborts when Berth, shutting down, stops waiting for requests in flight. An invocation the
+   * agent has not answered yet then fails with the signal's reason (a BerthError); an event
+   * stream (text/event-stream) being relayed gets a last `error` event and ends cleanly.
+   */
+  shutdown: AbortSignal;
 }
 
 /**
@@ -109,7 +120,7 @@ async function invoke(
       lease,
       agentHeaders(input, sessionId, target.version),
       options.maxPayloadBytes,
-      signal,
+      { caller: signal, shutdown: options.shutdown },
     );
     const status = agentResponse.statusCode ?? 500;
     if (status >= 300) {
@@ -124,12 +135,51 @@ async function invoke(
       ...sessionResponseHeaders(incoming.headers, sessionId, input.request.requestId),
     });
     outgoing.flushHeaders(); // the SDK's send() resolves on headers; the body streams after
-    // pipeline applies backpressure both ways and tears both sides down if either fails, so a
-    // stopped session or a departed client ends the stream at once.
-    await pipeline(agentResponse, outgoing, { signal });
+    await relayAnswer(agentResponse, outgoing, { caller: signal, shutdown: options.shutdown });
   } finally {
     lease.release();
   }
+}
+
+/**
+ * Streams the agent's answer to the caller, with backpressure both ways. If the agent's side
+ * fails (a stopped session, a crash) this throws, and the response is cut: the caller sees it
+ * incomplete. A departed caller tears down the agent's side at once. When Berth shuts down, an
+ * event stream ends cleanly with a last `error` event saying why; any other answer is cut, as
+ * it has no way to say it is incomplete.
+ */
+async function relayAnswer(
+  agentResponse: IncomingMessage,
+  outgoing: ServerResponse,
+  signals: { caller: AbortSignal; shutdown: AbortSignal },
+): Promise<void> {
+  const stop = AbortSignal.any([signals.caller, signals.shutdown]);
+  addAbortSignal(stop, agentResponse);
+  let lastBytes: Buffer = Buffer.alloc(0);
+  try {
+    for await (const chunk of agentResponse as AsyncIterable<Buffer>) {
+      lastBytes = (chunk.length >= 2 ? chunk : Buffer.concat([lastBytes, chunk])).subarray(-2);
+      if (!outgoing.write(chunk)) await once(outgoing, "drain", { signal: stop });
+    }
+  } catch (error) {
+    if (signals.caller.aborted) return; // nobody left to answer
+    const eventStream = /^text\/event-stream\b/i.test(agentResponse.headers["content-type"] ?? "");
+    if (!signals.shutdown.aborted || !eventStream) throw error;
+    outgoing.end(lastEvent(lastBytes, signals.shutdown.reason as Error));
+    return;
+  }
+  outgoing.end();
+}
+
+/**
+ * The event that ends a cut event stream: `event: error` with the reason as JSON data. A blank
+ * line first if the agent's last event was left unfinished, so this one stands on its own.
+ */
+function lastEvent(lastBytes: Buffer, reason: Error): string {
+  const text = lastBytes.toString("latin1");
+  const separator = text.endsWith("\n\n") || text === "" ? "" : text.endsWith("\n") ? "\n" : "\n\n";
+  const code = BerthError.isInstance(reason) ? reason.code : "InternalServerException";
+  return `${separator}event: error\ndata: ${JSON.stringify({ error: code, message: reason.message })}\n\n`;
 }
 
 function sendToAgent(
@@ -137,7 +187,7 @@ function sendToAgent(
   lease: SessionLease,
   headers: Record<string, string>,
   maxPayloadBytes: number,
-  signal: AbortSignal,
+  signals: { caller: AbortSignal; shutdown: AbortSignal },
 ): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
     const toAgent = request(
@@ -147,7 +197,7 @@ function sendToAgent(
         method: "POST",
         path: "/invocations",
         headers,
-        signal,
+        signal: AbortSignal.any([signals.caller, signals.shutdown]),
       },
       resolve,
     );
@@ -159,6 +209,10 @@ function sendToAgent(
     toAgent.on("error", (error) => {
       if (BerthError.isInstance(error)) {
         reject(error);
+        return;
+      }
+      if (signals.shutdown.aborted && !signals.caller.aborted) {
+        reject(signals.shutdown.reason as Error);
         return;
       }
       // Waiting a moment for the session's end lets the error say why (stopped, timed out,
