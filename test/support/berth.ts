@@ -1,10 +1,11 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { after, before } from "node:test";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
 import { BedrockAgentCoreClient } from "@aws-sdk/client-bedrock-agentcore";
+import { unmountAllUnder } from "../../src/adapters/bubblewrap/mounts.ts";
 import { loadSettings, type Settings } from "../../src/config/settings.ts";
 import { startBerth, type RunningBerth } from "../../src/main/berth.ts";
 import { jsonLogger } from "../../src/main/json-logger.ts";
@@ -125,6 +126,12 @@ export function makeDataDir(): string {
   return mkdtempSync(join(tmpdir(), "berth-test-"));
 }
 
+/**
+ * Removes a test's data folder. A Berth killed outright leaves its mounts there (volumes, Python
+ * views; the next start on that folder would clear them): unmounted first, so removing never
+ * reaches through one.
+ */
 export function removeDir(path: string): void {
+  if (existsSync(path)) unmountAllUnder(path);
   rmSync(path, { recursive: true, force: true });
 }
