@@ -6,11 +6,13 @@ import * as control from "@aws-sdk/client-bedrock-agentcore-control";
 import { errorCodes } from "../src/core/errors.ts";
 import { agentSources, installAgent } from "./support/agents.ts";
 import { useTestBerth } from "./support/berth.ts";
-import { clientEnvironment, missingBoto3, runProgram } from "./support/python.ts";
+import { clientEnvironment, requirePythonClients, runProgram } from "./support/python.ts";
 
 // Every runtime operation of AgentCore's models must reach Berth: served (and answering in the
 // model's shape), or refused with the documented "not supported by Berth" ValidationException.
 // Never an UnknownOperationException, which looks like a wrong endpoint.
+
+requirePythonClients();
 
 const harness = useTestBerth(["--sandbox-outbound", "none"], (berth) => {
   installAgent(berth.dataDir, agentSources.probe, "probe");
@@ -41,56 +43,50 @@ interface Outcome {
 }
 
 describe("every runtime operation of AgentCore's models", () => {
-  it(
-    "boto3: each of botocore's is served in the model's shape or documented as not supported",
-    {
-      skip: missingBoto3(),
-    },
-    async (context) => {
-      const finished = await runProgram(
-        "python3",
-        ["model_coverage.py"],
-        clientEnvironment(harness()),
+  it("boto3: each of botocore's is served in the model's shape or documented as not supported", async (context) => {
+    const finished = await runProgram(
+      "python3",
+      ["model_coverage.py"],
+      clientEnvironment(harness()),
+    );
+    assert.equal(finished.code, 0, finished.stderr);
+    const outcomes = finished.stdout
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as Outcome);
+    const names = outcomes.map((outcome) => outcome.operation);
+    // The selection itself: the operations a runtime user calls are all among those sent.
+    for (const expected of [
+      "CreateAgentRuntime",
+      "ListAgentRuntimeVersions",
+      "DeleteAgentRuntimeEndpoint",
+      "TagResource",
+      "UntagResource",
+      "ListTagsForResource",
+      "InvokeAgentRuntime",
+      "InvokeAgentRuntimeCommand",
+      "StopRuntimeSession",
+      "GetAgentCard",
+      "PutResourcePolicy",
+    ]) {
+      assert.ok(names.includes(expected), `${expected} was sent`);
+    }
+    const documented = documentedNotSupported();
+    for (const outcome of outcomes) {
+      const where = `${outcome.operation} (${outcome.http}): ${outcome.detail}`;
+      if (outcome.outcome === "signing") {
+        // boto3's invoke signing belongs to the data-plane work, not to this check.
+        context.diagnostic(`skipped, signature refused: ${where}`);
+        continue;
+      }
+      assert.ok(["served", "not-supported"].includes(outcome.outcome), where);
+      assert.equal(
+        documented.has(outcome.operation),
+        outcome.outcome === "not-supported",
+        `docs/api.md lists exactly the operations Berth does not serve: ${where}`,
       );
-      assert.equal(finished.code, 0, finished.stderr);
-      const outcomes = finished.stdout
-        .split("\n")
-        .filter(Boolean)
-        .map((line) => JSON.parse(line) as Outcome);
-      const names = outcomes.map((outcome) => outcome.operation);
-      // The selection itself: the operations a runtime user calls are all among those sent.
-      for (const expected of [
-        "CreateAgentRuntime",
-        "ListAgentRuntimeVersions",
-        "DeleteAgentRuntimeEndpoint",
-        "TagResource",
-        "UntagResource",
-        "ListTagsForResource",
-        "InvokeAgentRuntime",
-        "InvokeAgentRuntimeCommand",
-        "StopRuntimeSession",
-        "GetAgentCard",
-        "PutResourcePolicy",
-      ]) {
-        assert.ok(names.includes(expected), `${expected} was sent`);
-      }
-      const documented = documentedNotSupported();
-      for (const outcome of outcomes) {
-        const where = `${outcome.operation} (${outcome.http}): ${outcome.detail}`;
-        if (outcome.outcome === "signing") {
-          // boto3's invoke signing belongs to the data-plane work, not to this check.
-          context.diagnostic(`skipped, signature refused: ${where}`);
-          continue;
-        }
-        assert.ok(["served", "not-supported"].includes(outcome.outcome), where);
-        assert.equal(
-          documented.has(outcome.operation),
-          outcome.outcome === "not-supported",
-          `docs/api.md lists exactly the operations Berth does not serve: ${where}`,
-        );
-      }
-    },
-  );
+    }
+  });
 
   it("JavaScript SDK: each command on a runtime path reaches an operation", async () => {
     const documented = documentedNotSupported();

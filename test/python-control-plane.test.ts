@@ -2,11 +2,11 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { placeCodeArtifact } from "./support/artifacts.ts";
 import { useTestBerth } from "./support/berth.ts";
-import { clientEnvironment, missingBoto3, runProgram } from "./support/python.ts";
+import { clientEnvironment, requirePythonClients, runProgram } from "./support/python.ts";
 
 // Python clients build on botocore, which signs and parses on its own (no x-amz-content-sha256,
 // its own paginators, client-side checks of required members): a second real client.
-const skip = missingBoto3();
+requirePythonClients();
 const harness = useTestBerth([], (berth) => {
   placeCodeArtifact(berth.dataDir, "agents", "cli");
 });
@@ -31,7 +31,7 @@ async function awsCli(args: string[]) {
   };
 }
 
-describe("Python clients", { skip }, () => {
+describe("Python clients", () => {
   it("boto3: the control-plane workflow suite (test/python/test_control_plane.py)", async () => {
     const finished = await runProgram(
       "python3",

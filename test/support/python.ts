@@ -43,15 +43,6 @@ export function requirePythonClients(): void {
   );
 }
 
-/**
- * For the suites that pass it as `skip`: it no longer skips. Without the Python clients it
- * throws, so those suites fail saying what to install.
- */
-export function missingBoto3(): undefined {
-  requirePythonClients();
-  return undefined;
-}
-
 /** The environment a user would set for boto3 and the AWS CLI, pointed at the test Berth. */
 export function clientEnvironment(berth: TestBerth): NodeJS.ProcessEnv {
   return {
