@@ -42,8 +42,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <linux/capability.h>
 #include <linux/loop.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -314,29 +316,61 @@ static enum relayed relay(int socket_fd, struct output_pipe *source, struct rela
   }
 }
 
-/* Attaches IMAGE to a free loop device that detaches itself at the last unmount; returns its fd. */
+/* How long one attach may keep asking for a free loop device that others keep taking first. */
+#define LOOP_ATTACH_TIMEOUT_MS 10000
+
+static long monotonic_ms(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return now.tv_sec * 1000L + now.tv_nsec / 1000000L;
+}
+
+/*
+ * Binds BACKING to the free loop device /dev/loop-control names, asking again while others take
+ * the named device first; returns the device's fd. LOOP_CTL_GET_FREE names the lowest unbound
+ * device, the same one to everyone asking at that moment, and LOOP_CONFIGURE binds and
+ * configures it in one step: its EBUSY means another process bound that device in between, so a
+ * fresh one is asked for, until the deadline rather than a fixed number of times (each loss is
+ * someone else's progress).
+ */
+static int claim_free_loop(int control, int backing, char *device, size_t device_size) {
+  long deadline = monotonic_ms() + LOOP_ATTACH_TIMEOUT_MS;
+  for (;;) {
+    int number = ioctl(control, LOOP_CTL_GET_FREE);
+    if (number < 0) return -1;
+    snprintf(device, device_size, "/dev/loop%d", number);
+    int loop = open(device, O_RDWR | O_CLOEXEC);
+    if (loop >= 0) {
+      struct loop_config config = {.fd = (uint32_t)backing};
+      config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+      if (ioctl(loop, LOOP_CONFIGURE, &config) == 0) return loop;
+      int failure = errno;
+      close(loop);
+      errno = failure;
+    }
+    if (errno != EBUSY || monotonic_ms() > deadline) return -1;
+    /* Let whoever won the device get on with it. */
+    struct timespec pause_time = {.tv_sec = 0, .tv_nsec = 1000000};
+    nanosleep(&pause_time, NULL);
+  }
+}
+
+/*
+ * Attaches IMAGE to a free loop device that detaches itself at the last unmount; returns its fd.
+ * Berth's own attaches (one keeper each) take turns under an exclusive flock of
+ * /dev/loop-control, each through its own open of it: otherwise every one of them is named the
+ * same free device at once and all but one lose it, round after round. Programs outside Berth
+ * can still take a device first, which claim_free_loop rides out.
+ */
 static int attach_loop(const char *image, char *device, size_t device_size) {
   int backing = open(image, O_RDWR | O_CLOEXEC);
   if (backing < 0) return -1;
-  int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
   int loop = -1;
-  for (int attempt = 0; control >= 0 && attempt < 16; attempt++) {
-    int number = ioctl(control, LOOP_CTL_GET_FREE);
-    if (number < 0) break;
-    snprintf(device, device_size, "/dev/loop%d", number);
-    loop = open(device, O_RDWR | O_CLOEXEC);
-    if (loop < 0) continue;
-    struct loop_config config = {.fd = (uint32_t)backing};
-    config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
-    if (ioctl(loop, LOOP_CONFIGURE, &config) == 0) break;
-    int failure = errno;
-    close(loop);
-    loop = -1;
-    errno = failure;
-    if (failure != EBUSY) break; /* another process taking the device first explains only EBUSY */
-  }
+  int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+  if (control >= 0 && flock(control, LOCK_EX) == 0)
+    loop = claim_free_loop(control, backing, device, device_size);
   int failure = errno;
-  if (control >= 0) close(control);
+  if (control >= 0) close(control); /* and with it the lock */
   close(backing);
   errno = failure;
   return loop;

@@ -112,26 +112,30 @@ export async function updateRuntime(
     now,
     mutate: async (record) => {
       const runtime = await requireRuntime(context, runtimeId);
-      const version: RuntimeVersionRecord = {
-        runtimeId,
-        version: runtime.latestVersion + 1,
-        config: input.config,
-        status: "UPDATING",
-        failureReason: undefined,
-        createdAt: now,
-        lastUpdatedAt: now,
-      };
-      const change: RuntimeChange = {
+      const change = (version: number): RuntimeChange => ({
         runtimeId,
         runtimeArn: runtime.arn,
-        version: version.version,
+        version,
         status: "UPDATING",
         createdAt: runtime.createdAt,
         lastUpdatedAt: now,
-      };
-      await context.store.addRuntimeVersion({ version, idempotency: record(change) });
+      });
+      // The store numbers the version inside its transaction: reading the latest here and
+      // writing latest + 1 later would give concurrent updates the same number.
+      const version = await context.store.addRuntimeVersion({
+        draft: {
+          runtimeId,
+          config: input.config,
+          status: "UPDATING",
+          failureReason: undefined,
+          createdAt: now,
+          lastUpdatedAt: now,
+        },
+        idempotency: (number) => record(change(number)),
+      });
+      if (version === undefined) throw notFound(`No agent runtime with id ${runtimeId}`);
       context.prepareVersion(version);
-      return change;
+      return change(version.version);
     },
   });
 }

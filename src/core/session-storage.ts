@@ -6,13 +6,25 @@ import type { SandboxIdentity } from "./sandbox.ts";
 import type { SessionStorageRecord, MetadataStore } from "./store.ts";
 
 /**
+ * Thrown by VolumeStore.attach when the volume's own data is what fails: its image is gone, or
+ * holds no filesystem that can be read. Any other failure to attach is the host's or Berth's,
+ * and leaves the volume as it was.
+ */
+export class UnreadableVolumeError extends Error {
+  override readonly name = "UnreadableVolumeError";
+}
+
+/**
  * Where session storage lives: one volume per (runtime, session, mount path), a filesystem of
  * its own with a hard size limit. On one machine, a loop-mounted ext4 image on local disk.
  */
 export interface VolumeStore {
   /** owner: who owns the new volume's root folder; the store's default sandbox user if absent. */
   create(volumeId: string, sizeBytes: number, owner?: SandboxIdentity): Promise<void>;
-  /** Mounts the volume on the host and returns its directory; throws if it is missing or broken. */
+  /**
+   * Mounts the volume on the host and returns its directory. Throws UnreadableVolumeError when
+   * the volume itself is missing or damaged, another error when the host could not mount it.
+   */
   attach(volumeId: string): Promise<string>;
   /** Flushes everything to disk and unmounts; returns the bytes in use at that moment. */
   detach(volumeId: string): Promise<number | undefined>;
@@ -221,12 +233,7 @@ export class SessionStorage {
       return await this.volumes.attach(record.volumeId);
     } catch (error) {
       this.inUse.delete(record.volumeId);
-      throw new BerthError(
-        "RuntimeClientError",
-        `The session's storage at ${record.mountPath} exists but could not be attached (${(error as Error).message}). ` +
-          `The agent was not started on an empty directory in its place; to start afresh, delete this session's storage (DELETE /berth/v1/runtimes/${record.runtimeId}/sessions/{sessionId}/storage)`,
-        { cause: error },
-      );
+      throw attachFailure(record, error);
     }
   }
 
@@ -240,4 +247,27 @@ export class SessionStorage {
       reason,
     });
   }
+}
+
+/**
+ * A failed attach as the caller hears it. Only a volume whose own data failed is the session's
+ * problem, with the advice to start afresh by deleting it; any other failure is Berth's (its data
+ * untouched, a retry may well succeed), and advice to delete intact data would be wrong.
+ */
+function attachFailure(record: SessionStorageRecord, error: unknown): BerthError {
+  const reason = error instanceof Error ? error.message : String(error);
+  if (error instanceof UnreadableVolumeError) {
+    return new BerthError(
+      "RuntimeClientError",
+      `The session's storage at ${record.mountPath} exists but could not be attached (${reason}). ` +
+        `The agent was not started on an empty directory in its place; to start afresh, delete this session's storage (DELETE /berth/v1/runtimes/${record.runtimeId}/sessions/{sessionId}/storage)`,
+      { cause: error },
+    );
+  }
+  return new BerthError(
+    "InternalServerException",
+    `Berth could not attach the session's storage at ${record.mountPath} (${reason}). ` +
+      "Its data was not touched and the agent was not started; retry the request",
+    { cause: error },
+  );
 }

@@ -68,11 +68,16 @@ export interface MetadataStore {
     defaultEndpoint: EndpointRecord;
     idempotency: IdempotencyRecord | undefined;
   }): Promise<void>;
-  /** Adds the next version, makes it the latest and retargets DEFAULT at it. */
+  /**
+   * Adds the runtime's next version, makes it the latest and retargets DEFAULT at it. The store
+   * numbers it (the highest version + 1) in the same transaction that inserts it, so concurrent
+   * updates each get a number of their own; `idempotency` is built from that number. Resolves
+   * to the new version, or undefined when the runtime is gone.
+   */
   addRuntimeVersion(write: {
-    version: RuntimeVersionRecord;
-    idempotency: IdempotencyRecord | undefined;
-  }): Promise<void>;
+    draft: Omit<RuntimeVersionRecord, "version">;
+    idempotency: (version: number) => IdempotencyRecord | undefined;
+  }): Promise<RuntimeVersionRecord | undefined>;
   /** Settles a version's preparation; a READY version goes live on every endpoint targeting it. */
   setVersionStatus(change: {
     runtimeId: string;

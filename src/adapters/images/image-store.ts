@@ -11,7 +11,8 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
-import { PassThrough, Transform, Writable, type Readable } from "node:stream";
+import { rm } from "node:fs/promises";
+import { PassThrough, Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createZstdDecompress } from "node:zlib";
 import { ArtifactProblem } from "../../core/preparation.ts";
@@ -22,9 +23,8 @@ import {
   type ImageLaunch,
 } from "./image-config.ts";
 import { ImageRoot } from "./image-root.ts";
-import { ImageRootWriter } from "./image-root-writer.ts";
 import { verifyDigest, type Descriptor, type ImageManifest } from "./manifests.ts";
-import { TarFormatError, TarReader } from "./tar-reader.ts";
+import { RootUnpacker } from "./root-unpacker.ts";
 
 /** Where an image's blobs come from: a registry, or a local OCI layout. */
 export interface BlobSource {
@@ -251,26 +251,24 @@ export class ImageStore {
     signal: AbortSignal,
   ): Promise<number> {
     const staging = join(this.dir, "staging", randomUUID());
+    const unpacker = new RootUnpacker({
+      root: staging,
+      maxImageBytes: this.options.maxImageBytes,
+      maxMetadataBytes: this.options.maxImageMetadataBytes,
+    });
     try {
-      const writer = new ImageRootWriter(staging, this.options.maxImageBytes);
       for (const [index, layer] of layers.entries()) {
-        const reader = new TarReader({
-          onEntry: (entry) => writer.apply(entry),
-          maxMetadataBytes: this.options.maxImageMetadataBytes,
-          onMetadata: (sizeBytes) => {
-            writer.countMetadata(sizeBytes);
-          },
-        });
-        writer.startLayer();
-        await applyLayer(reader, layer, diffIds[index] ?? "", source, signal);
+        await applyLayer(unpacker, layer, diffIds[index] ?? "", source, signal);
       }
-      writer.prepareMountPoints();
+      const sizeBytes = await unpacker.finish();
       // Its size first: a root is complete once it is in place.
-      writeAtomically(`${root}.json`, JSON.stringify({ sizeBytes: writer.bytes }));
+      writeAtomically(`${root}.json`, JSON.stringify({ sizeBytes }));
       renameSync(staging, root);
-      return writer.bytes;
+      return sizeBytes;
     } finally {
-      rmSync(staging, { recursive: true, force: true });
+      await unpacker.close();
+      // Off the event loop too: a failed unpack may leave gigabytes of files behind.
+      await rm(staging, { recursive: true, force: true });
     }
   }
 
@@ -303,7 +301,7 @@ export class ImageStore {
  * are checked against the manifest's digest and size, its tar against the config's diff_id.
  */
 async function applyLayer(
-  reader: TarReader,
+  unpacker: RootUnpacker,
   layer: Descriptor,
   diffId: string,
   source: BlobSource,
@@ -316,7 +314,6 @@ async function applyLayer(
     );
   }
   const compressed = createHash("sha256");
-  const uncompressed = createHash("sha256");
   let received = 0;
   const counter = new Transform({
     transform(chunk: Buffer, _encoding, done) {
@@ -325,42 +322,22 @@ async function applyLayer(
       done(null, chunk);
     },
   });
-  const sink = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      try {
-        uncompressed.update(chunk);
-        reader.feed(chunk);
-        done();
-      } catch (error) {
-        done(error as Error);
-      }
-    },
-    final(done) {
-      try {
-        reader.end();
-        done();
-      } catch (error) {
-        done(error as Error);
-      }
-    },
-  });
   const decompress =
     compression === "gzip"
       ? createGunzip()
       : compression === "zstd"
         ? createZstdDecompress()
         : new PassThrough();
+  let tarDigest: string;
   try {
-    await pipeline(await source.open(layer, signal), counter, decompress, sink, { signal });
+    const tar = unpacker.startLayer();
+    await pipeline(await source.open(layer, signal), counter, decompress, tar, { signal });
+    tarDigest = await unpacker.endLayer();
   } catch (error) {
     if (error instanceof ArtifactProblem || signal.aborted) throw error;
-    const reason = error instanceof TarFormatError ? error.message : (error as Error).message;
     throw new ArtifactProblem(
-      `Layer ${layer.digest} of ${source.shown} could not be unpacked: ${reason}`,
+      `Layer ${layer.digest} of ${source.shown} could not be unpacked: ${(error as Error).message}`,
     );
-  } finally {
-    // However the layer ended (cut short, refused, aborted), no member's file stays open.
-    reader.close();
   }
   const actual = `sha256:${compressed.digest("hex")}`;
   if (actual !== layer.digest || received !== layer.size) {
@@ -368,7 +345,6 @@ async function applyLayer(
       `Digest mismatch: layer ${layer.digest} of ${source.shown} arrived as ${actual} (${received} of ${layer.size} bytes); the registry's copy is corrupt or was changed`,
     );
   }
-  const tarDigest = `sha256:${uncompressed.digest("hex")}`;
   if (tarDigest !== diffId) {
     throw new ArtifactProblem(
       `Digest mismatch: layer ${layer.digest} of ${source.shown} unpacks to ${tarDigest}, but the image config says ${diffId}`,

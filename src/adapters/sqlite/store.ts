@@ -143,11 +143,19 @@ export class SqliteMetadataStore implements MetadataStore {
     });
   }
 
-  addRuntimeVersion(write: Parameters<MetadataStore["addRuntimeVersion"]>[0]): Promise<void> {
-    const { version, idempotency } = write;
-    return settle(() => {
+  addRuntimeVersion(
+    write: Parameters<MetadataStore["addRuntimeVersion"]>[0],
+  ): Promise<RuntimeVersionRecord | undefined> {
+    const { draft, idempotency } = write;
+    return settle(() =>
       this.transaction(() => {
-        this.saveIdempotency(idempotency);
+        const latest = this.get(
+          "SELECT MAX(version) AS latest FROM runtime_versions WHERE runtime_id = :id",
+          { id: draft.runtimeId },
+        )?.["latest"];
+        if (latest === null || latest === undefined) return undefined; // the runtime is gone
+        const version: RuntimeVersionRecord = { ...draft, version: Number(latest) + 1 };
+        this.saveIdempotency(idempotency(version.version));
         this.insertVersion(version);
         const params = { id: version.runtimeId, version: version.version, at: version.createdAt };
         this.run(
@@ -158,8 +166,9 @@ export class SqliteMetadataStore implements MetadataStore {
           "UPDATE endpoints SET target_version = :version, last_updated_at = :at WHERE runtime_id = :id AND name = 'DEFAULT'",
           params,
         );
-      });
-    });
+        return version;
+      }),
+    );
   }
 
   setVersionStatus(change: Parameters<MetadataStore["setVersionStatus"]>[0]): Promise<void> {

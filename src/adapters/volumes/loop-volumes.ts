@@ -10,12 +10,16 @@ import {
   readFileSync,
   realpathSync,
 } from "node:fs";
-import { readdir, rm, rmdir, stat, statfs } from "node:fs/promises";
+import { open, readdir, rm, rmdir, stat, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
 import type { SandboxIdentity } from "../../core/sandbox.ts";
-import type { VolumeStore, VolumeUsage } from "../../core/session-storage.ts";
+import {
+  UnreadableVolumeError,
+  type VolumeStore,
+  type VolumeUsage,
+} from "../../core/session-storage.ts";
 import { isMountPoint, mountPointsUnder } from "../host/mount-table.ts";
 
 const run = promisify(execFile);
@@ -110,7 +114,7 @@ export class LoopVolumes implements VolumeStore {
 
   async attach(volumeId: string): Promise<string> {
     const image = this.imagePath(volumeId);
-    if (!existsSync(image)) throw new Error(`its image ${image} is missing`);
+    if (!existsSync(image)) throw new UnreadableVolumeError(`its image ${image} is missing`);
     // Mounted twice, one ext4 would be written through two superblocks: never attach an image
     // a loop device still holds (a previous detach that has not let go yet).
     const holders = loopDevicesBacking(image);
@@ -126,7 +130,7 @@ export class LoopVolumes implements VolumeStore {
       await this.mountImage(image, target);
     } catch (error) {
       await rmdir(target).catch(() => undefined);
-      throw error;
+      throw await mountFailure(image, error);
     }
     return target;
   }
@@ -210,6 +214,58 @@ async function reserveBlocks(image: string, sizeBytes: number): Promise<void> {
     throw new Error(
       `the host's disk has no room to reserve ${sizeBytes} bytes of session storage for ${image} (sessionStorageBytes): ${commandError(error)}`,
     );
+  }
+}
+
+/**
+ * Whose fault a failed mount is. The volume's only when e2fsck, checking it read-only (-n) and in
+ * full (-f: a damaged filesystem may still be marked clean), finds its filesystem damaged;
+ * otherwise the host failed (no loop device to be had, say) and the volume is as it was.
+ */
+async function mountFailure(image: string, error: unknown): Promise<unknown> {
+  const damage = await filesystemDamage(image);
+  if (damage === undefined) return error;
+  return new UnreadableVolumeError(
+    `${error instanceof Error ? error.message : String(error)}; e2fsck finds its filesystem damaged: ${damage}`,
+    { cause: error },
+  );
+}
+
+/** What e2fsck -fn reports wrong with the image's filesystem, if anything. */
+async function filesystemDamage(image: string): Promise<string | undefined> {
+  // A journal not yet replayed (after a crash) makes a sound filesystem look inconsistent to a
+  // read-only check, which cannot replay it: no verdict then.
+  if (await journalAwaitsReplay(image)) return undefined;
+  try {
+    await run("e2fsck", ["-f", "-n", image]);
+    return undefined;
+  } catch (error) {
+    // Exit status 4: errors it would fix; 8: it could not open the filesystem at all. Anything
+    // else (e2fsck missing, killed) says nothing about the volume.
+    const status = (error as { code?: unknown }).code;
+    if (typeof status !== "number" || (status & (4 | 8)) === 0) return undefined;
+    const { stdout, stderr } = error as { stdout?: string; stderr?: string };
+    const lines = `${stdout ?? ""}\n${stderr ?? ""}`.split("\n").map((line) => line.trim());
+    // The first problem it names, past its version banner and the names of its passes.
+    const problem = lines.find((line) => line !== "" && !/^(e2fsck \d|Pass \d)/.test(line));
+    return problem ?? `exit status ${status}`;
+  }
+}
+
+/** ext4's superblock: 1 KiB in; its incompatible-features word at byte 0x60, bit 0x4 "recover". */
+const superblockOffset = 1024;
+const incompatibleFeaturesOffset = 0x60;
+const journalRecoverFlag = 0x4;
+
+/** Whether the image's superblock says its journal holds changes not yet replayed. */
+async function journalAwaitsReplay(image: string): Promise<boolean> {
+  const file = await open(image, "r");
+  try {
+    const word = Buffer.alloc(4);
+    await file.read(word, 0, 4, superblockOffset + incompatibleFeaturesOffset);
+    return (word.readUInt32LE(0) & journalRecoverFlag) !== 0;
+  } finally {
+    await file.close();
   }
 }
 
