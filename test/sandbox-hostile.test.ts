@@ -199,7 +199,10 @@ describe("session storage on a disk another session fills", () => {
         attacker,
         "head -c 15M /dev/urandom > /mnt/workspace/fill; sync; echo filled",
       ).catch((error: unknown) => error as Error);
-      if (filled instanceof Error) assert.match(filled.message, /no room to reserve/);
+      if (filled instanceof Error) {
+        assert.equal(filled.name, "ServiceQuotaExceededException");
+        assert.match(filled.message, /no room to reserve/);
+      }
       // The victim goes on writing, is told its data is safe, and stops.
       const written = await inSession(
         victim,

@@ -15,6 +15,14 @@ export class UnreadableVolumeError extends Error {
 }
 
 /**
+ * Thrown by a VolumeStore that cannot reserve a volume's space on the server's disk (every
+ * volume's space is reserved up front, so that no one filling the disk can take it later).
+ */
+export class NoRoomForVolumeError extends Error {
+  override readonly name = "NoRoomForVolumeError";
+}
+
+/**
  * Where session storage lives: one volume per (runtime, session, mount path), a filesystem of
  * its own with a hard size limit. On one machine, a loop-mounted ext4 image on local disk.
  */
@@ -209,7 +217,9 @@ export class SessionStorage {
     // The volume first, then its record: a crash in between leaves an unnamed volume, which the
     // next start removes, never a record without its volume.
     const volumeId = randomUUID();
-    await this.volumes.create(volumeId, this.settings.sizeBytes, owner);
+    await this.volumes.create(volumeId, this.settings.sizeBytes, owner).catch((error: unknown) => {
+      throw error instanceof NoRoomForVolumeError ? noRoomFailure(mountPath, error) : error;
+    });
     const now = this.now().toISOString();
     const record: SessionStorageRecord = {
       runtimeId: runtime.id,
@@ -256,6 +266,7 @@ export class SessionStorage {
  */
 function attachFailure(record: SessionStorageRecord, error: unknown): BerthError {
   const reason = error instanceof Error ? error.message : String(error);
+  if (error instanceof NoRoomForVolumeError) return noRoomFailure(record.mountPath, error);
   if (error instanceof UnreadableVolumeError) {
     return new BerthError(
       "RuntimeClientError",
@@ -268,6 +279,16 @@ function attachFailure(record: SessionStorageRecord, error: unknown): BerthError
     "InternalServerException",
     `Berth could not attach the session's storage at ${record.mountPath} (${reason}). ` +
       "Its data was not touched and the agent was not started; retry the request",
+    { cause: error },
+  );
+}
+
+/** The server's disk is full: nothing the caller sent is wrong, and a retry alone will not do. */
+function noRoomFailure(mountPath: string, error: NoRoomForVolumeError): BerthError {
+  return new BerthError(
+    "ServiceQuotaExceededException",
+    `Berth's disk has no room for this session's storage at ${mountPath} (${error.message}). ` +
+      "The agent was not started; free disk space on the server, lower sessionStorageBytes, or delete unused session storage",
     { cause: error },
   );
 }

@@ -16,6 +16,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
 import type { SandboxIdentity } from "../../core/sandbox.ts";
 import {
+  NoRoomForVolumeError,
   UnreadableVolumeError,
   type VolumeStore,
   type VolumeUsage,
@@ -211,9 +212,13 @@ async function reserveBlocks(image: string, sizeBytes: number): Promise<void> {
   try {
     await run("fallocate", ["--length", String(sizeBytes), image]);
   } catch (error) {
-    throw new Error(
-      `the host's disk has no room to reserve ${sizeBytes} bytes of session storage for ${image} (sessionStorageBytes): ${commandError(error)}`,
-    );
+    const reason = commandError(error);
+    if (/no space left/i.test(reason)) {
+      throw new NoRoomForVolumeError(
+        `no room to reserve ${sizeBytes} bytes (sessionStorageBytes) for ${image}`,
+      );
+    }
+    throw new Error(`cannot reserve the blocks of ${image}: ${reason}`);
   }
 }
 
