@@ -7,17 +7,12 @@ import {
   StopRuntimeSessionCommand,
   type InvokeAgentRuntimeCommandStreamOutput,
 } from "@aws-sdk/client-bedrock-agentcore";
-import { UpdateAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore-control";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
 import { quickLifecycleArgs, useTestBerth } from "./support/berth.ts";
 import { sandboxGroups } from "./support/cgroups.ts";
 import { invokeProbe, runCommand } from "./support/commands.ts";
-import { createRuntime, newSessionId, probeArtifact } from "./support/runtimes.ts";
+import { createRuntime, newProbeVersion, newSessionId, workspace } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
-
-const workspace = {
-  filesystemConfigurations: [{ sessionStorage: { mountPath: "/mnt/workspace" } }],
-};
 
 const harness = useTestBerth(
   [
@@ -79,16 +74,7 @@ describe("a version change with concurrent requests", () => {
     const session = newSessionId();
     await invokeProbe(harness().data, runtime.arn, session, { action: "remember", value: "v1" });
     const groupsBefore = sandboxGroups(harness().settings.cgroupParent).length;
-    await harness().control.send(
-      new UpdateAgentRuntimeCommand({
-        agentRuntimeId: runtime.id,
-        agentRuntimeArtifact: probeArtifact,
-        roleArn: undefined,
-        networkConfiguration: { networkMode: "PUBLIC" },
-        ...workspace,
-      }),
-    );
-    await harness().berth.idle();
+    await newProbeVersion(harness(), runtime.id);
 
     const invokes = [1, 2, 3, 4, 5, 6].map((value) =>
       invokeProbe(harness().data, runtime.arn, session, { action: "remember", value }),

@@ -18,7 +18,6 @@ import {
 import {
   BedrockAgentCoreControlClient,
   DeleteAgentRuntimeCommand,
-  UpdateAgentRuntimeCommand,
 } from "@aws-sdk/client-bedrock-agentcore-control";
 import { LoopVolumes } from "../src/adapters/volumes/loop-volumes.ts";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
@@ -32,12 +31,8 @@ import {
   useTestBerth,
 } from "./support/berth.ts";
 import { invokeProbe, runCommand } from "./support/commands.ts";
-import { createRuntime, newSessionId, probeArtifact } from "./support/runtimes.ts";
+import { createRuntime, newProbeVersion, newSessionId, workspace } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
-
-const workspace = {
-  filesystemConfigurations: [{ sessionStorage: { mountPath: "/mnt/workspace" } }],
-};
 
 const harness = useTestBerth(
   [
@@ -231,16 +226,7 @@ cat file hard`,
       });
       const session = newSessionId();
       await run(session, "echo v1 > /mnt/workspace/version", runtime.arn);
-      await harness().control.send(
-        new UpdateAgentRuntimeCommand({
-          agentRuntimeId: runtime.id,
-          agentRuntimeArtifact: probeArtifact,
-          roleArn: undefined,
-          networkConfiguration: { networkMode: "PUBLIC" },
-          ...workspace,
-        }),
-      );
-      await harness().berth.idle();
+      await newProbeVersion(harness(), runtime.id);
       const after = await run(session, "cat /mnt/workspace/version 2>&1", runtime.arn);
       assert.equal(
         after.stdout,

@@ -13,16 +13,12 @@ import { mountPointsUnder } from "../src/adapters/host/mount-table.ts";
 import { agentSources, installAgent } from "./support/agents.ts";
 import { makeDataDir, removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
 import { runCommand, type FinishedCommand } from "./support/commands.ts";
-import { createRuntime, newSessionId } from "./support/runtimes.ts";
+import { createRuntime, newSessionId, workspace } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
 /** Sessions started at once: well past where Berth's loop attaches used to collide. */
 const concurrentSessions = 100;
 const attachRounds = 3;
-
-const workspace = {
-  filesystemConfigurations: [{ sessionStorage: { mountPath: "/mnt/workspace" } }],
-};
 
 /** Loop devices whose backing file lies under `directory`. */
 function loopDevicesUnder(directory: string): string[] {

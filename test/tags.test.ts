@@ -9,7 +9,6 @@ import {
   ResourceNotFoundException,
   TagResourceCommand,
   UntagResourceCommand,
-  UpdateAgentRuntimeCommand,
   ValidationException,
   type CreateAgentRuntimeCommandInput,
 } from "@aws-sdk/client-bedrock-agentcore-control";
@@ -17,7 +16,7 @@ import { agentSources, installAgent } from "./support/agents.ts";
 import { codeArtifact, placeCodeArtifact } from "./support/artifacts.ts";
 import { useTestBerth } from "./support/berth.ts";
 import { runCommand } from "./support/commands.ts";
-import { createRuntime, newSessionId, probeArtifact } from "./support/runtimes.ts";
+import { createRuntime, newProbeVersion, newSessionId, workspace } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
 const harness = useTestBerth(
@@ -245,9 +244,6 @@ describe("TagResource, UntagResource and ListTagsForResource", () => {
 
   it("changes what Berth does through its own berth: tags", async () => {
     // berth:session-storage-on-version-change=keep, set after create, keeps a session's files.
-    const workspace = {
-      filesystemConfigurations: [{ sessionStorage: { mountPath: "/mnt/workspace" } }],
-    };
     const runtime = await createRuntime(harness(), "probe", workspace);
     const session = newSessionId("tags");
     const run = (command: string) => runCommand(harness().data, runtime.arn, session, command);
@@ -258,16 +254,7 @@ describe("TagResource, UntagResource and ListTagsForResource", () => {
         tags: { "berth:session-storage-on-version-change": "keep" },
       }),
     );
-    await harness().control.send(
-      new UpdateAgentRuntimeCommand({
-        agentRuntimeId: runtime.id,
-        agentRuntimeArtifact: probeArtifact,
-        roleArn: undefined,
-        networkConfiguration: { networkMode: "PUBLIC" },
-        ...workspace,
-      }),
-    );
-    await harness().berth.idle();
+    await newProbeVersion(harness(), runtime.id);
     assert.equal((await run("cat /mnt/workspace/version")).stdout, "v1\n");
   });
 });

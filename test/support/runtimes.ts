@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   CreateAgentRuntimeCommand,
   GetAgentRuntimeCommand,
+  UpdateAgentRuntimeCommand,
   type CreateAgentRuntimeCommandInput,
 } from "@aws-sdk/client-bedrock-agentcore-control";
 import type { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
@@ -17,6 +18,31 @@ export const probeArtifact = {
     entryPoint: ["main.js"],
   },
 };
+
+/** A runtime's session storage at /mnt/workspace, as CreateAgentRuntime and Update take it. */
+export const workspace = {
+  filesystemConfigurations: [{ sessionStorage: { mountPath: "/mnt/workspace" } }],
+};
+
+/**
+ * Makes a new version of a probe runtime with session storage (the same code again) and waits
+ * until Berth has prepared it, so that the DEFAULT endpoint serves it.
+ */
+export async function newProbeVersion(
+  berth: { control: BedrockAgentCoreControlClient; berth: { idle(): Promise<void> } },
+  runtimeId: string,
+): Promise<void> {
+  await berth.control.send(
+    new UpdateAgentRuntimeCommand({
+      agentRuntimeId: runtimeId,
+      agentRuntimeArtifact: probeArtifact,
+      roleArn: undefined,
+      networkConfiguration: { networkMode: "PUBLIC" },
+      ...workspace,
+    }),
+  );
+  await berth.berth.idle();
+}
 
 /** A session id unique in this test process (AgentCore wants 33 to 256 characters). */
 export const newSessionId = (label = "s"): string =>
