@@ -54,6 +54,9 @@ export async function runCli(args: readonly string[], env: NodeJS.ProcessEnv): P
   return serve(rest, env);
 }
 
+/** How soon after the first a SIGINT counts as the same Ctrl-C, relayed by npx. */
+const duplicateSignalMs = 1000;
+
 async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
   let settings;
   try {
@@ -78,14 +81,20 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
     signal: await signal,
     shutdownGraceSeconds: settings.shutdownGraceSeconds,
   });
-  // Requests in flight get the grace period; a second signal says not to wait for them.
+  // Requests in flight get the grace period; a second signal says not to wait for them. A SIGINT
+  // within a second of the first is the same Ctrl-C twice (the terminal sends it to npx and to
+  // Berth, and npx passes its copy on), not a second request.
+  const firstSignalAt = performance.now();
   const hurry = new AbortController();
   const hurryUp = (again: NodeJS.Signals) => {
+    if (again === "SIGINT" && performance.now() - firstSignalAt < duplicateSignalMs) return;
     log.info("ending the grace period at once", { signal: again });
     hurry.abort();
+    process.off("SIGTERM", hurryUp);
+    process.off("SIGINT", hurryUp);
   };
-  process.once("SIGTERM", hurryUp);
-  process.once("SIGINT", hurryUp);
+  process.on("SIGTERM", hurryUp);
+  process.on("SIGINT", hurryUp);
   await berth.close({ graceMs: settings.shutdownGraceSeconds * 1000, hurry: hurry.signal });
   log.info("stopped");
   return 0;
