@@ -3,7 +3,17 @@
 // attack the way code inside a session would, and checks it fails.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { agentSources, installAgent } from "./support/agents.ts";
@@ -139,6 +149,53 @@ describe("a hostile session", () => {
       "args",
     ]).toString("utf8");
     assert.doesNotMatch(seen, new RegExp(secret));
+  });
+});
+
+describe("a hostile environment", () => {
+  it("never reaches a process Berth runs as root: LD_PRELOAD in a runtime's environment", async () => {
+    // A library that, wherever it is loaded, records who loaded it in a host folder no sandbox
+    // can reach: an environment variable that reached the dynamic loader of a root process would
+    // run the caller's code as root.
+    const workDir = mkdtempSync(join(tmpdir(), "berth-preload-"));
+    const marker = join(workDir, "loaded-by");
+    const source = join(workDir, "preload.c");
+    writeFileSync(
+      source,
+      `#include <stdio.h>\n#include <unistd.h>\n__attribute__((constructor)) static void loaded(void) { FILE *f = fopen("${marker}", "a"); if (f) { fprintf(f, "%d\\n", (int)getuid()); fclose(f); } }\n`,
+    );
+    execFileSync("cc", ["-shared", "-fPIC", "-o", join(workDir, "preload.so"), source]);
+    chmodSync(workDir, 0o755);
+    try {
+      const runtime = await createRuntime(harness(), "probe", {
+        environmentVariables: { LD_PRELOAD: join(workDir, "preload.so") },
+      });
+      const seen = await invokeProbe(harness().data, runtime.arn, newSessionId("preload"), {
+        action: "whoami",
+      });
+      assert.equal(
+        (seen["env"] as Record<string, string>)["LD_PRELOAD"],
+        join(workDir, "preload.so"),
+      );
+      assert.equal(existsSync(marker) ? readFileSync(marker, "utf8") : "", "", "nothing loaded it");
+    } finally {
+      rmSync(workDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("a hostile environment value", () => {
+  it("cannot smuggle options to bwrap with a NUL: refused as the runtime is created", async () => {
+    await assert.rejects(
+      createRuntime(harness(), "probe", {
+        environmentVariables: { INNOCENT: "x\u0000--bind\u0000/\u0000/host" },
+      }),
+      (error: Error) => {
+        assert.equal(error.name, "ValidationException");
+        assert.match(error.message, /without NUL/);
+        return true;
+      },
+    );
   });
 });
 

@@ -68,7 +68,8 @@ export function readRuntimeInput(
         pattern: /[a-zA-Z_][a-zA-Z0-9_]*/,
         patternHint: "a shell variable name",
       },
-      value: { minLength: 0, maxLength: 5000 },
+      // No NUL: a process's environment cannot hold one.
+      value: { minLength: 0, maxLength: 5000, pattern: /[^\0]*/, patternHint: "text without NUL" },
     },
   );
   const mountPaths = readFilesystems(reader, body["filesystemConfigurations"]);

@@ -52,8 +52,11 @@ export function spawnInCgroups(options: {
  *
  * berth-listen runs first, as root: it makes the agent socket at `agentSocket` and leaves it
  * listening at `listenFd` for berth-bridge. `readyFd` is a pipe the bridge writes once it runs.
- * The sandbox's environment travels as bwrap's own environment, never on a command line,
- * which every local user can read in `ps`.
+ *
+ * The sandbox's environment reaches bwrap as arguments read from a pipe (`--args`): never on a
+ * command line, which every local user can read in `ps`, and never in the environment of
+ * berth-listen or setpriv, which start as root — a dynamic loader obeys LD_PRELOAD and its kin
+ * in any process that is not set-id, root's included.
  */
 export function spawnBwrap(options: {
   uid: number;
@@ -61,11 +64,13 @@ export function spawnBwrap(options: {
   agentSocket: string;
   listenFd: number;
   readyFd: number;
+  environmentFd: number;
   args: string[];
   environment: Record<string, string>;
 }): ChildProcess {
   const { uid } = options;
-  return spawn(
+  const environment = environmentArguments(options.environment); // first: it may refuse
+  const child = spawn(
     options.listen,
     [
       options.agentSocket,
@@ -77,14 +82,37 @@ export function spawnBwrap(options: {
       "--pdeathsig",
       "KILL",
       "/usr/bin/bwrap",
+      "--args",
+      String(options.environmentFd),
       ...options.args,
     ],
     {
-      env: options.environment,
-      // stdin closed; stdout and stderr, the agent's output; then fds 3, 4 and readyFd.
-      stdio: ["ignore", "pipe", "pipe", ...pipesUpTo(options.readyFd)],
+      env: { PATH: "/usr/bin:/bin" },
+      // stdin closed; stdout and stderr, the agent's output; then fds 3, 4, readyFd, environmentFd.
+      stdio: ["ignore", "pipe", "pipe", ...pipesUpTo(options.environmentFd)],
     },
   );
+  const environmentPipe = (child.stdio as readonly unknown[])[options.environmentFd] as Writable;
+  environmentPipe.on("error", () => undefined); // bwrap gone before reading it: its exit says so
+  environmentPipe.end(environment);
+  return child;
+}
+
+/**
+ * `--clearenv --setenv NAME VALUE …` as bwrap's --args reads them: NUL-terminated. A NUL inside
+ * a name or value would end that word early and make the rest a bwrap option of the caller's
+ * choosing, so none may hold one (an environment cannot hold one anyway).
+ */
+function environmentArguments(environment: Record<string, string>): Buffer {
+  for (const [name, value] of Object.entries(environment)) {
+    if (`${name}${value}`.includes("\0"))
+      throw new Error(`environment variable ${JSON.stringify(name)} holds a NUL byte`);
+  }
+  const words = [
+    "--clearenv",
+    ...Object.entries(environment).flatMap(([name, value]) => ["--setenv", name, value]),
+  ];
+  return Buffer.from(words.map((word) => `${word}\0`).join(""));
 }
 
 function pipesUpTo(lastFd: number): "pipe"[] {

@@ -57,7 +57,8 @@ let shellCounter = 0;
 
 /** bwrap's fds: 3 its info, 4 its block pipe (see launch.ts), then the bridge's two. */
 const readyFd = 5;
-const listenFd = 6;
+const environmentFd = 6;
+const listenFd = 7;
 
 /**
  * A sandbox set up up to the moment its command would start: own uid, cgroup, namespaces and
@@ -152,6 +153,7 @@ export class PreparedShell {
         agentSocket: agentSocketIn(runDir),
         listenFd,
         readyFd,
+        environmentFd,
         args: bwrapArguments(context, launch, runDir),
         environment: sandboxEnvironment(launch),
       });
