@@ -24,6 +24,10 @@ const specialRanges: [kind: string, network: string, prefix: number][] = [
   ["unspecified", "::", 128],
   ["loopback", "::1", 128],
   ["discard", "100::", 64],
+  // IPv6 forms that carry an IPv4 address, which may be a private or loopback one.
+  ["NAT64 (an IPv4 address inside)", "64:ff9b::", 96],
+  ["NAT64 (an IPv4 address inside)", "64:ff9b:1::", 48],
+  ["6to4 (an IPv4 address inside)", "2002::", 16],
   ["documentation", "2001:db8::", 32],
   ["private", "fc00::", 7],
   ["link-local", "fe80::", 10],

@@ -78,13 +78,15 @@ export class RootUnpacker {
   /** Ends the layer once the worker has applied all of it; resolves to its tar's digest. */
   async endLayer(): Promise<string> {
     const answer = await this.ask({ kind: "end-layer" });
-    return answer.kind === "layer-done" ? answer.tarDigest : "";
+    if (answer.kind !== "layer-done") throw unexpectedAnswer("end-layer", answer.kind);
+    return answer.tarDigest;
   }
 
   /** Prepares the root's mount points; resolves to the image's unpacked size in bytes. */
   async finish(): Promise<number> {
     const answer = await this.ask({ kind: "finish" });
-    return answer.kind === "finished" ? answer.sizeBytes : 0;
+    if (answer.kind !== "finished") throw unexpectedAnswer("finish", answer.kind);
+    return answer.sizeBytes;
   }
 
   /** Stops the worker, once it has closed any file it was writing. */
@@ -143,4 +145,9 @@ export class RootUnpacker {
     resume?.(this.failure);
     waiting?.reject(this.failure);
   }
+}
+
+/** The worker answered out of turn: a bug in this protocol, never a digest or size of zero. */
+function unexpectedAnswer(asked: string, answered: string): Error {
+  return new Error(`the image unpacking worker answered ${answered} to ${asked}`);
 }
