@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { chownSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { InvokeAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore";
@@ -251,6 +251,21 @@ describe("the pythonInterpreters setting", () => {
       mkdirSync(join(install, "lib", "python3.12"), { recursive: true });
       writeFileSync(join(install, "bin", "python3.12"), "", { mode: 0o755 });
       writeFileSync(join(install, "lib", "python3.12", "os.py"), "");
+      // A libpython anyone may write, beside a root-owned interpreter: sessions would load it.
+      writeFileSync(join(install, "lib", "libpython3.12.so.1.0"), "", { mode: 0o666 });
+      chmodSync(join(install, "lib", "libpython3.12.so.1.0"), 0o666);
+      assert.match(
+        await startProblem(`PYTHON_3_12=${join(install, "bin", "python3.12")}`),
+        /libpython3\.12\.so\.1\.0 may be changed by users other than root/,
+      );
+      // And the folders above the install: whoever may write one could swap the install.
+      chmodSync(join(install, "lib", "libpython3.12.so.1.0"), 0o644);
+      chmodSync(folder, 0o775);
+      assert.match(
+        await startProblem(`PYTHON_3_12=${join(install, "bin", "python3.12")}`),
+        new RegExp(`${folder} may be changed by users other than root`),
+      );
+      chmodSync(folder, 0o700);
       chownSync(join(install, "bin", "python3.12"), 65534, 65534);
       assert.match(
         await startProblem(`PYTHON_3_12=${join(install, "bin", "python3.12")}`),

@@ -81,12 +81,37 @@ export function inspectPythonInstall(
   if (outside !== undefined) {
     return { problem: `${join(prefix, outside)} leads outside ${prefix}` };
   }
+  // The rest of what sessions load (libpython, pip) and every folder above the install: whoever
+  // could change one of those could swap what the sessions run.
+  const writable =
+    ownPaths.map((ownPath) => join(prefix, ownPath)).find(changeableByOthersThanRoot) ??
+    foldersAbove(prefix).find(entriesChangeableByOthersThanRoot);
+  if (writable !== undefined) {
+    return {
+      problem: `${writable} may be changed by users other than root, and every session of the runtime would run what they put there`,
+    };
+  }
   return { version, prefix, executable, pip: hasPip ? join(prefix, pip) : undefined, ownPaths };
+}
+
+/** /root/.pyenv/versions/3.12.1 -> /root/.pyenv/versions, /root/.pyenv, /root, / */
+function foldersAbove(prefix: string): string[] {
+  const folders: string[] = [];
+  for (let folder = dirname(prefix); ; folder = dirname(folder)) {
+    folders.push(folder);
+    if (folder === dirname(folder)) return folders;
+  }
 }
 
 function changeableByOthersThanRoot(path: string): boolean {
   const stats = statSync(path);
   return stats.uid !== 0 || (stats.mode & 0o022) !== 0;
+}
+
+/** A folder others may write lets them rename root's entries in it, unless it is sticky (/tmp). */
+function entriesChangeableByOthersThanRoot(folder: string): boolean {
+  const stats = statSync(folder);
+  return stats.uid !== 0 || ((stats.mode & 0o022) !== 0 && (stats.mode & 0o1000) === 0);
 }
 
 /** A link itself is copied as a name (see makeView); anything else must resolve within prefix. */
