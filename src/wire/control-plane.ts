@@ -169,39 +169,14 @@ export function controlPlaneOperations(context: CoreContext): Operation[] {
     operation("ListTagsForResource", "GET", "/tags/:resourceArn", 200, async (input) => ({
       tags: await tags.listTags(context, resourceArn(input)),
     })),
-    noContentOperation("TagResource", "POST", "/tags/:resourceArn", (input) =>
+    operation("TagResource", "POST", "/tags/:resourceArn", 204, (input) =>
       tags.tagResource(context, resourceArn(input), input.body),
     ),
-    noContentOperation("UntagResource", "DELETE", "/tags/:resourceArn", (input) =>
+    operation("UntagResource", "DELETE", "/tags/:resourceArn", 204, (input) =>
       tags.untagResource(context, resourceArn(input), input.request.query.getAll("tagKeys")),
     ),
     ...notSupportedOperations(),
   ];
-}
-
-/**
- * An operation whose success is 204 No Content: no body and no content-length, as HTTP requires
- * of a 204 (a JSON answer would announce bytes that never come).
- */
-function noContentOperation(
-  name: string,
-  method: string,
-  path: string,
-  act: (input: OperationInput) => Promise<void>,
-): Operation {
-  return {
-    name,
-    method,
-    path: path.split("/"),
-    successStatus: 204,
-    body: "json",
-    handle: async (input) => {
-      await act(input);
-      input.raw.outgoing.writeHead(204, { "x-amzn-requestid": input.request.requestId });
-      input.raw.outgoing.end();
-      return { streamed: true };
-    },
-  };
 }
 
 function pick(shape: Record<string, unknown>, members: readonly string[]): Record<string, unknown> {

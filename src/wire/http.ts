@@ -66,6 +66,12 @@ export function sendJson(
   body: unknown,
   requestId: string,
 ): void {
+  // 204 No Content has no body and no length: a JSON answer would announce bytes never sent.
+  if (status === 204) {
+    response.writeHead(204, { "x-amzn-requestid": requestId });
+    response.end();
+    return;
+  }
   const payload = Buffer.from(JSON.stringify(body));
   response.writeHead(status, {
     "content-type": "application/json",
