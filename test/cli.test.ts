@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { agentSources } from "./support/agents.ts";
-import { berthBin, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
+import { berthBin, credentialsIn, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
 import { isolationArgs, makeDataDir, removeDir } from "./support/berth.ts";
 
 const repositoryRoot = fileURLToPath(new URL("..", import.meta.url));
@@ -20,9 +20,7 @@ before(async () => {
     {},
     isolationArgs(),
   );
-  credentials = JSON.parse(
-    readFileSync(join(dataDir, "credentials.json"), "utf8"),
-  ) as typeof credentials;
+  credentials = credentialsIn(dataDir);
 });
 after(async () => {
   server?.child.kill("SIGTERM");

@@ -1,20 +1,18 @@
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { once } from "node:events";
-import { closeSync, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { closeSync, openSync, readdirSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
-import type { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import {
-  BedrockAgentCoreClient,
-  InvokeAgentRuntimeCommand,
-} from "@aws-sdk/client-bedrock-agentcore";
-import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
+import { InvokeAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore";
 import { installAgent } from "./support/agents.ts";
-import { berthBin } from "./support/berth-process.ts";
-import { isolationArgs, makeDataDir, removeDir } from "./support/berth.ts";
+import {
+  clientsOf,
+  serveCommand,
+  untilListening,
+  type BerthProcess,
+} from "./support/berth-process.ts";
+import { makeDataDir, removeDir } from "./support/berth.ts";
 import { runCommand } from "./support/commands.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 
@@ -35,49 +33,14 @@ async function spawnBerthHolding(dataDir: string, file: number) {
       "-c",
       'exec "$@" 200>&3 3>&-',
       "berth",
-      process.execPath,
-      berthBin,
-      "serve",
-      "--port",
-      "0",
-      "--data-dir",
-      dataDir,
-      "--sandbox-outbound",
-      "none",
-      ...isolationArgs(),
+      ...serveCommand(["--data-dir", dataDir, "--sandbox-outbound", "none"]),
     ],
     {
       env: { PATH: process.env["PATH"], HOME: process.env["HOME"] },
       stdio: ["ignore", "pipe", "pipe", file],
     },
   );
-  const stdout = child.stdio[1] as Readable;
-  const stderr = child.stdio[2] as Readable;
-  const errors: string[] = [];
-  stderr.on("data", (chunk: Buffer) => errors.push(chunk.toString("utf8")));
-  const exited = once(child, "exit");
-  const url = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: stdout }).on("line", (text) => {
-      const line = JSON.parse(text) as Record<string, unknown>;
-      if (line["msg"] === "berth listening") resolve(String(line["url"]));
-    });
-    void exited.then(() => {
-      reject(new Error(`berth exited before listening: ${errors.join("")}`));
-    });
-  });
-  return { child, url, exited };
-}
-
-function clientsFor(dataDir: string, url: string) {
-  const credentials = JSON.parse(readFileSync(join(dataDir, "credentials.json"), "utf8")) as {
-    accessKeyId: string;
-    secretAccessKey: string;
-  };
-  const config = { endpoint: url, region: "us-east-1", credentials, maxAttempts: 1 };
-  return {
-    control: new BedrockAgentCoreControlClient(config),
-    data: new BedrockAgentCoreClient(config),
-  };
+  return untilListening(child);
 }
 
 /** `ls -l /proc/self/fd` as "fd -> target" pairs, without the listing's own directory. */
@@ -96,8 +59,8 @@ function assertOnlyStdio(listing: string): void {
 
 describe("descriptors in sessions", () => {
   const dataDir = makeDataDir();
-  let berth: { child: ChildProcess; url: string; exited: Promise<unknown> };
-  let clients: ReturnType<typeof clientsFor>;
+  let berth: BerthProcess;
+  let clients: ReturnType<typeof clientsOf>;
   let arn: string;
 
   before(async () => {
@@ -108,7 +71,7 @@ describe("descriptors in sessions", () => {
     } finally {
       closeSync(file);
     }
-    clients = clientsFor(dataDir, berth.url);
+    clients = clientsOf(berth.url, dataDir);
     arn = (await createRuntime(clients, "shell")).arn;
   });
 
@@ -116,7 +79,7 @@ describe("descriptors in sessions", () => {
     clients.control.destroy();
     clients.data.destroy();
     berth.child.kill("SIGTERM");
-    await berth.exited;
+    await berth.exit;
     removeDir(dataDir);
   });
 

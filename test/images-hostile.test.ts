@@ -1,13 +1,5 @@
 import assert from "node:assert/strict";
-import {
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -15,7 +7,7 @@ import {
   BedrockAgentCoreControlClient,
   ListAgentRuntimesCommand,
 } from "@aws-sdk/client-bedrock-agentcore-control";
-import { spawnBerth, type BerthProcess } from "./support/berth-process.ts";
+import { clientsOf, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
 import { makeDataDir, removeDir } from "./support/berth.ts";
 import {
   layerOf,
@@ -84,16 +76,7 @@ before(async () => {
     "--registry-private-hosts",
     `${registry.address},localhost:${registry.address.split(":")[1]},127.0.0.1:${misdirecting.port}`,
   ]);
-  const credentials = JSON.parse(readFileSync(join(dataDir, "credentials.json"), "utf8")) as {
-    accessKeyId: string;
-    secretAccessKey: string;
-  };
-  control = new BedrockAgentCoreControlClient({
-    endpoint: berth.url,
-    region: "us-east-1",
-    credentials,
-    maxAttempts: 1,
-  });
+  control = clientsOf(berth.url, dataDir).control;
   // One good pull first: what later tests measure starts from a Berth that has pulled.
   goodImage = pushImage([]);
   await containerRuntime(goodImage);

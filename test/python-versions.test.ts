@@ -10,9 +10,8 @@ import {
   UpdateAgentRuntimeCommand,
 } from "@aws-sdk/client-bedrock-agentcore-control";
 import { agentSources, installAgent } from "./support/agents.ts";
-import { berthBin } from "./support/berth-process.ts";
+import { serveCommand } from "./support/berth-process.ts";
 import {
-  isolationArgs,
   makeDataDir,
   removeDir,
   startTestBerth,
@@ -281,21 +280,13 @@ describe("the pythonInterpreters setting", () => {
 async function startProblem(entry: string): Promise<string> {
   const dataDir = makeDataDir();
   try {
-    const child = spawn(
-      process.execPath,
-      [
-        berthBin,
-        "serve",
-        "--port",
-        "0",
-        "--data-dir",
-        dataDir,
-        ...isolationArgs(),
-        "--python-interpreters",
-        entry,
-      ],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
+    const [program = "", ...programArgs] = serveCommand([
+      "--data-dir",
+      dataDir,
+      "--python-interpreters",
+      entry,
+    ]);
+    const child = spawn(program, programArgs, { stdio: ["ignore", "pipe", "pipe"] });
     let stderr = "";
     child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
     // A server that took the entry starts listening: stop it, and the exit code below fails.

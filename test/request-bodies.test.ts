@@ -25,7 +25,7 @@ import { Hash } from "@smithy/hash-node";
 import { HttpRequest, HttpResponse } from "@smithy/protocol-http";
 import { SignatureV4 } from "@smithy/signature-v4";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
-import { spawnBerth, type BerthProcess } from "./support/berth-process.ts";
+import { credentialsIn, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
 import { makeDataDir, removeDir, startTestBerth, useTestBerth } from "./support/berth.ts";
 import { invokeProbe } from "./support/commands.ts";
 import { OciLayout, tarOf, tarOfFolder } from "./support/oci-images.ts";
@@ -313,9 +313,7 @@ describe("request bodies before authentication (a Berth process of its own)", ()
     server = await spawnBerth(["--data-dir", dataDir], {
       BERTH_MAX_UNAUTHENTICATED_BUFFER_BYTES: String(8 * bodyBytes),
     });
-    credentials = JSON.parse(
-      readFileSync(join(dataDir, "credentials.json"), "utf8"),
-    ) as typeof credentials;
+    credentials = credentialsIn(dataDir);
   });
   after(async () => {
     server?.child.kill("SIGTERM");

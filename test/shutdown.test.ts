@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { once } from "node:events";
-import { join } from "node:path";
 import { describe, it } from "node:test";
 import {
   BedrockAgentCoreClient,
@@ -13,7 +12,7 @@ import {
 } from "@aws-sdk/client-bedrock-agentcore";
 import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
-import { spawnBerth, type BerthProcess } from "./support/berth-process.ts";
+import { clientsOf, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
 import { isolationArgs, makeDataDir, removeDir } from "./support/berth.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
@@ -32,17 +31,7 @@ async function withServe(args: string[], test: (serve: Serve) => Promise<void>):
   const serveArgs = ["--data-dir", dataDir, "--sandbox-outbound", "none", ...args];
   const isolation = isolationArgs();
   const process = await spawnBerth(serveArgs, {}, isolation);
-  const credentials = JSON.parse(readFileSync(join(dataDir, "credentials.json"), "utf8")) as {
-    accessKeyId: string;
-    secretAccessKey: string;
-  };
-  const config = { endpoint: process.url, region: "us-east-1", credentials, maxAttempts: 1 };
-  const serve = {
-    process,
-    control: new BedrockAgentCoreControlClient(config),
-    data: new BedrockAgentCoreClient(config),
-    credentials,
-  };
+  const serve = { process, ...clientsOf(process.url, dataDir) };
   try {
     await test(serve);
   } finally {

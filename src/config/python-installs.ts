@@ -186,14 +186,19 @@ export function findPythonInstalls(
   const installs: PythonInstalls = {};
   for (const runtime of pythonRuntimes) {
     const version = pythonRuntimeVersions[runtime];
-    const install =
-      configured[runtime] ??
-      folders
-        .map((folder) => inspectPythonInstall(join(folder, `python${version}`), version))
-        .find((found): found is PythonInstall => !("problem" in found));
+    const install = configured[runtime] ?? firstInstall(folders, version);
     if (install !== undefined) installs[runtime] = install;
   }
   return installs;
+}
+
+/** The first folder holding a complete python<version>; the rest are not looked at. */
+function firstInstall(folders: string[], version: string): PythonInstall | undefined {
+  for (const folder of folders) {
+    const found = inspectPythonInstall(join(folder, `python${version}`), version);
+    if (!("problem" in found)) return found;
+  }
+  return undefined;
 }
 
 function searchFolders(search: PythonSearch): string[] {

@@ -270,11 +270,7 @@ export class SessionManager {
     sessionId: string,
     key: string,
   ): LiveSession {
-    if (this.closed)
-      throw new BerthError(
-        "ThrottlingException",
-        "Berth is shutting down; retry against the new server",
-      );
+    if (this.closed) throw shuttingDown();
     if (this.sessions.size >= this.settings.maxSessions) {
       throw new BerthError(
         "ServiceQuotaExceededException",
@@ -374,10 +370,7 @@ export class SessionManager {
   private startFailure(session: LiveSession, error: unknown, endedMeanwhile?: string): BerthError {
     if (endedMeanwhile !== undefined) {
       return this.closed
-        ? new BerthError(
-            "ThrottlingException",
-            "Berth is shutting down; retry against the new server",
-          )
+        ? shuttingDown()
         : new BerthError(
             "RuntimeClientError",
             `The session ended before its agent was ready: ${endedMeanwhile}`,
@@ -558,4 +551,12 @@ function describeExit(exit: SandboxExit): string {
 function tail(session: LiveSession): string {
   const lines = session.outputTail.slice(-5);
   return lines.length === 0 ? "" : `. Last output: ${lines.join(" | ")}`;
+}
+
+/** What a request hears once Berth is shutting down: retryable, and the SDKs retry it. */
+export function shuttingDown(): BerthError {
+  return new BerthError(
+    "ThrottlingException",
+    "Berth is shutting down and takes no new requests; retry against the new server",
+  );
 }

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { IncomingMessage, RequestListener, Server, ServerResponse } from "node:http";
-import { BerthError } from "../core/errors.ts";
+import { shuttingDown } from "../core/sessions.ts";
 import { sendError } from "./http.ts";
 
 /**
@@ -72,12 +72,5 @@ function closeWhenAnswered(outgoing: ServerResponse): void {
 
 function refuse(outgoing: ServerResponse): void {
   outgoing.shouldKeepAlive = false;
-  sendError(
-    outgoing,
-    new BerthError(
-      "ThrottlingException",
-      "Berth is shutting down and takes no new requests; retry against the new server",
-    ),
-    randomUUID(),
-  );
+  sendError(outgoing, shuttingDown(), randomUUID());
 }

@@ -1,11 +1,10 @@
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
 import { BedrockAgentCoreClient } from "@aws-sdk/client-bedrock-agentcore";
-import { berthBin } from "./berth-process.ts";
+import { clientsOf, serveCommand } from "./berth-process.ts";
 import { isolationArgs, makeDataDir, removeDir } from "./berth.ts";
 
 /** Agent output records kept for tests to look at; past this many they are only counted. */
@@ -41,9 +40,13 @@ interface ServeProcess {
   stderr: string[];
 }
 
-/** Runs `berth serve`, handing each log line to onLine; url resolves once it listens. */
+/**
+ * Runs `berth serve`, handing each log line to onLine; url resolves once it listens. Unlike
+ * spawnBerth it keeps no lines: the floods this watches would fill the test's own memory.
+ */
 function serve(args: string[], onLine: (text: string) => void): ServeProcess {
-  const child = spawn(process.execPath, [berthBin, "serve", "--port", "0", ...args], {
+  const [program = "", ...programArgs] = serveCommand(args, []);
+  const child = spawn(program, programArgs, {
     env: { PATH: process.env["PATH"], HOME: process.env["HOME"] },
     stdio: ["pipe", "pipe", "pipe"],
   });
@@ -103,13 +106,7 @@ export async function startWatchedBerth(
     exited = true;
   });
   const url = await server.url;
-  const credentials = JSON.parse(readFileSync(join(dataDir, "credentials.json"), "utf8")) as {
-    accessKeyId: string;
-    secretAccessKey: string;
-  };
-  const clientConfig = { endpoint: url, region: "us-east-1", credentials, maxAttempts: 1 };
-  const control = new BedrockAgentCoreControlClient(clientConfig);
-  const data = new BedrockAgentCoreClient(clientConfig);
+  const { control, data } = clientsOf(url, dataDir);
   const memoryField = (name: string): number => {
     const status = readFileSync(`/proc/${server.child.pid ?? 0}/status`, "utf8");
     const match = new RegExp(`^${name}:\\s+(\\d+) kB$`, "m").exec(status);
