@@ -70,7 +70,12 @@ let pullCount = 0;
 async function pullWithBerth(): Promise<void> {
   const dir = join(work, `berth-${(pullCount += 1)}`);
   const images = new ContainerImages({
-    store: new ImageStore(dir, { maxImageBytes: 2 ** 34, maxImageMetadataBytes: 2 ** 22 }),
+    store: new ImageStore(dir, {
+      maxImageBytes: 2 ** 34,
+      maxImageMetadataBytes: 2 ** 22,
+      // No sandbox runs on these roots: nothing to mount over.
+      rootNeeds: { folders: [], files: [] },
+    }),
     registry: new RegistryClient({
       credentials: () => undefined,
       insecure: insecureRegistries([]),
@@ -104,7 +109,7 @@ const [berthPullMs, baselinePullMs] = await timeInterleaved(
 
 // --- cold start: the same agent from the image and from code, first invoke of new sessions ---
 const berth = await startBenchBerth({
-  args: ["--sandbox-outbound", "none", "--sandbox-prestart", "1"],
+  args: ["--sandbox-outbound", "none", "--bubblewrap-prestart", "1"],
   prepare: (dataDir) => installExampleAgent(dataDir),
 });
 const { control, data } = sdkClients(berth);

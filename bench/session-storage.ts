@@ -118,7 +118,7 @@ const creationsWithMount: number[] = [];
 for (let index = 0; index < samples; index += 1) {
   const id = `bench-${String(index)}`;
   creations.push(await timed(() => volumes.create(id, 2 ** 30)));
-  creationsWithMount.push(await timed(() => volumes.attach(id)));
+  creationsWithMount.push(await timed(() => volumes.attach(id, ["host-directory"])));
   await volumes.remove(id);
 }
 rmSync(volumeRoot, { recursive: true, force: true });

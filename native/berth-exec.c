@@ -1,19 +1,15 @@
 /*
  * berth-exec: runs commands inside running Berth sandboxes, as `docker exec` does for containers.
+ * It runs commands only; mounts are berth-mount's (native/berth-mount.c).
  *
  *   berth-exec serve SOCKET [--no-seccomp]
  *   berth-exec escape [READ_SIZE]   (stdin to stdout as output text; for tests)
  *
- * Berth starts one of these as root and connects to SOCKET (a root-only path) once per command.
- * Why a server rather than a program per command: forking this small process costs a tenth of
- * a millisecond, where Node forking itself and exec'ing a helper costs several. It exits when
- * its stdin (a pipe Berth holds) closes, so it never outlives Berth.
+ * Berth starts one of these as root and connects to SOCKET (root's alone) once per command; how
+ * it serves is native/root-server.h.
  *
- * Frames, both ways: [type: u8][length: u32 big-endian][payload].
- *   Berth -> here, once: 'm' (a mount or unmount, see handle_mount), or 'r' with NUL-terminated key=value
- *     entries: target=PID (the sandbox's first process), uid=N, gid=N, cwd=DIR,
- *     cgroup=PROCS_FILE (repeated), env=NAME=VALUE (repeated), arg=WORD (repeated; the first is
- *     an absolute program path).
+ * Frames, both ways (native/request-frames.h): [type: u8][length: u32 big-endian][payload].
+ *   Berth -> here, once: 'r', the command (its entries: native/exec-request.h).
  *   here -> Berth: either 'f' with a message (the program could not start), or 's' (it started),
  *     then 'o' stdout and 'e' stderr output as it comes, each frame whole characters as the
  *     content of a JSON string (native/output-text.h), then 'x' "exit N" or "signal N".
@@ -42,103 +38,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <linux/capability.h>
-#include <linux/loop.h>
-#include <sys/file.h>
-#include <sys/ioctl.h>
-#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "descriptors.h"
+#include "exec-request.h"
 #include "output-text.h"
+#include "request-frames.h"
+#include "root-server.h"
 #include "seccomp-filter.h"
-#include "unix-socket.h"
 
-#define MAX_REQUEST (4u << 20)
-#define MAX_CGROUPS 8
-#define MAX_ENTRIES 4096
 #define CHUNK 65536
 
 /* Whether commands run under Berth's seccomp filter: set once by `serve`, before any fork. */
 static int command_seccomp = 1;
 
-struct request {
-  long target, uid, gid;
-  const char *cwd;
-  const char *cgroups[MAX_CGROUPS];
-  int cgroup_count;
-  char *env[MAX_ENTRIES + 1];
-  int env_count;
-  char *argv[MAX_ENTRIES + 1];
-  int argc;
-};
-
-static int write_all(int fd, const void *data, size_t length) {
-  const char *cursor = data;
-  while (length > 0) {
-    ssize_t written = write(fd, cursor, length);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    cursor += written;
-    length -= (size_t)written;
-  }
-  return 0;
-}
-
-static int read_all(int fd, void *data, size_t length) {
-  char *cursor = data;
-  while (length > 0) {
-    ssize_t got = read(fd, cursor, length);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return -1;
-    cursor += got;
-    length -= (size_t)got;
-  }
-  return 0;
-}
-
-#define FRAME_HEADER 5
-
-static void frame_header(unsigned char *header, char type, uint32_t length) {
-  header[0] = (unsigned char)type;
-  header[1] = (unsigned char)(length >> 24);
-  header[2] = (unsigned char)(length >> 16);
-  header[3] = (unsigned char)(length >> 8);
-  header[4] = (unsigned char)length;
-}
-
-static int send_frame(int socket_fd, char type, const void *payload, uint32_t length) {
-  unsigned char header[FRAME_HEADER];
-  frame_header(header, type, length);
-  if (write_all(socket_fd, header, sizeof header) < 0) return -1;
-  return write_all(socket_fd, payload, length);
-}
-
-/* printf into a message buffer, cut to fit; returns the length. */
-static size_t format_message(char *text, size_t size, const char *format, va_list args) {
-  int length = vsnprintf(text, size, format, args);
-  if (length < 0) return 0;
-  return (size_t)length >= size ? size - 1 : (size_t)length;
-}
-
-static void send_text(int socket_fd, char type, const char *format, ...) {
-  char text[512];
-  va_list args;
-  va_start(args, format);
-  size_t length = format_message(text, sizeof text, format, args);
-  va_end(args);
-  send_frame(socket_fd, type, text, (uint32_t)length);
-}
-
 /* In the command, before exec: the reason goes to the keeper through the status pipe. */
+static void die_in_child(int status_fd, const char *format, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
 static void die_in_child(int status_fd, const char *format, ...) {
   char text[512];
   va_list args;
@@ -147,63 +68,6 @@ static void die_in_child(int status_fd, const char *format, ...) {
   va_end(args);
   write_all(status_fd, text, length);
   _exit(127);
-}
-
-static int parse_number(const char *text, long *value) {
-  char *end = NULL;
-  errno = 0;
-  *value = strtol(text, &end, 10);
-  return errno == 0 && end != text && *end == '\0' && *value >= 0 ? 0 : -1;
-}
-
-typedef const char *(*entry_handler)(const char *key, char *value, void *state);
-
-/* Walks NUL-terminated key=value entries, splitting each in place; returns NULL or a problem. */
-static const char *each_entry(char *payload, uint32_t length, entry_handler handle, void *state) {
-  if (length == 0 || payload[length - 1] != '\0') return "the request is not NUL-terminated";
-  for (char *entry = payload, *next; entry < payload + length; entry = next) {
-    next = entry + strlen(entry) + 1;
-    char *value = strchr(entry, '=');
-    if (value == NULL) return "an entry has no '='";
-    *value++ = '\0';
-    const char *problem = handle(entry, value, state);
-    if (problem != NULL) return problem;
-  }
-  return NULL;
-}
-
-static const char *request_entry(const char *key, char *value, void *state) {
-  struct request *request = state;
-  if (strcmp(key, "target") == 0) return parse_number(value, &request->target) < 0 ? "bad target" : NULL;
-  if (strcmp(key, "uid") == 0) return parse_number(value, &request->uid) < 0 ? "bad uid" : NULL;
-  if (strcmp(key, "gid") == 0) return parse_number(value, &request->gid) < 0 ? "bad gid" : NULL;
-  if (strcmp(key, "cwd") == 0) {
-    request->cwd = value;
-  } else if (strcmp(key, "cgroup") == 0) {
-    if (request->cgroup_count == MAX_CGROUPS) return "too many cgroups";
-    request->cgroups[request->cgroup_count++] = value;
-  } else if (strcmp(key, "env") == 0) {
-    if (request->env_count == MAX_ENTRIES) return "too many environment variables";
-    request->env[request->env_count++] = value;
-  } else if (strcmp(key, "arg") == 0) {
-    if (request->argc == MAX_ENTRIES) return "too many arguments";
-    request->argv[request->argc++] = value;
-  } else {
-    return "unknown entry";
-  }
-  return NULL;
-}
-
-/* Parses an 'r' request in place; returns NULL or what is wrong with it. */
-static const char *parse_request(char *payload, uint32_t length, struct request *request) {
-  memset(request, 0, sizeof *request);
-  request->target = request->uid = request->gid = -1;
-  const char *problem = each_entry(payload, length, request_entry, request);
-  if (problem != NULL) return problem;
-  if (request->target <= 0 || request->uid < 0 || request->gid < 0 || request->cwd == NULL)
-    return "target, uid, gid and cwd are required";
-  if (request->argc == 0 || request->argv[0][0] != '/') return "an absolute program path is required";
-  return NULL;
 }
 
 static void drop_bounding_set(int status_fd) {
@@ -316,318 +180,43 @@ static enum relayed relay(int socket_fd, struct output_pipe *source, struct rela
   }
 }
 
-/* How long one attach may keep asking for a free loop device that others keep taking first. */
-#define LOOP_ATTACH_TIMEOUT_MS 10000
-
-static long monotonic_ms(void) {
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return now.tv_sec * 1000L + now.tv_nsec / 1000000L;
-}
 
 /*
- * Binds BACKING to the free loop device /dev/loop-control names, asking again while others take
- * the named device first; returns the device's fd. LOOP_CTL_GET_FREE names the lowest unbound
- * device, the same one to everyone asking at that moment, and LOOP_CONFIGURE binds and
- * configures it in one step: its EBUSY means another process bound that device in between, so a
- * fresh one is asked for, until the deadline rather than a fixed number of times (each loss is
- * someone else's progress).
+ * The sandbox of TARGET, held so that its pid cannot be reused under us: a pidfd, and the
+ * descriptor of its root. Enters its pid namespace (for the command, a later child). 0, or -1
+ * after telling Berth why.
  */
-static int claim_free_loop(int control, int backing, char *device, size_t device_size) {
-  long deadline = monotonic_ms() + LOOP_ATTACH_TIMEOUT_MS;
-  for (;;) {
-    int number = ioctl(control, LOOP_CTL_GET_FREE);
-    if (number < 0) return -1;
-    snprintf(device, device_size, "/dev/loop%d", number);
-    int loop = open(device, O_RDWR | O_CLOEXEC);
-    if (loop >= 0) {
-      struct loop_config config = {.fd = (uint32_t)backing};
-      config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
-      if (ioctl(loop, LOOP_CONFIGURE, &config) == 0) return loop;
-      int failure = errno;
-      close(loop);
-      errno = failure;
-    }
-    if (errno != EBUSY || monotonic_ms() > deadline) return -1;
-    /* Let whoever won the device get on with it. */
-    struct timespec pause_time = {.tv_sec = 0, .tv_nsec = 1000000};
-    nanosleep(&pause_time, NULL);
-  }
-}
-
-/*
- * Attaches IMAGE to a free loop device that detaches itself at the last unmount; returns its fd.
- * Berth's own attaches (one keeper each) take turns under an exclusive flock of
- * /dev/loop-control, each through its own open of it: otherwise every one of them is named the
- * same free device at once and all but one lose it, round after round. Programs outside Berth
- * can still take a device first, which claim_free_loop rides out.
- */
-static int attach_loop(const char *image, char *device, size_t device_size) {
-  int backing = open(image, O_RDWR | O_CLOEXEC);
-  if (backing < 0) return -1;
-  int loop = -1;
-  int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
-  if (control >= 0 && flock(control, LOCK_EX) == 0)
-    loop = claim_free_loop(control, backing, device, device_size);
-  int failure = errno;
-  if (control >= 0) close(control); /* and with it the lock */
-  close(backing);
-  errno = failure;
-  return loop;
-}
-
-/* image=FILE, target=DIR: mounts an ext4 image on DIR through a loop device. */
-static void mount_image(int socket_fd, const char *image, const char *target) {
-  char device[64];
-  int loop = attach_loop(image, device, sizeof device);
-  if (loop < 0) return send_text(socket_fd, 'f', "cannot attach %s to a loop device: %s", image, strerror(errno));
-  int mounted = mount(device, target, "ext4", MS_NOSUID | MS_NODEV, "errors=remount-ro");
-  int failure = errno;
-  close(loop); /* with autoclear, the device goes when the filesystem is unmounted (or now) */
-  if (mounted < 0) return send_text(socket_fd, 'f', "cannot mount %s: %s", image, strerror(failure));
-  send_text(socket_fd, 'x', "exit 0");
-}
-
-/*
- * share=DIR: makes DIR a mount point of its own in a shared peer group. A sandbox whose mount
- * namespace is copied from the host's after this receives what is mounted below DIR later.
- */
-static void share_mount_point(int socket_fd, const char *directory) {
-  if (mount(directory, directory, NULL, MS_BIND, NULL) < 0 ||
-      mount(NULL, directory, NULL, MS_SHARED, NULL) < 0)
-    return send_text(socket_fd, 'f', "sharing %s: %s", directory, strerror(errno));
-  send_text(socket_fd, 'x', "exit 0");
-}
-
-struct mount_request {
-  const char *image, *share, *source, *target, *userns, *root, *scratch, *size, *ids, *unmount;
-};
-
-/* unmount=DIR: unmounts DIR, detaching it lazily if it is busy (a sandbox that has just died may
- * still hold it for a moment). Not mounted (EINVAL: gone with a parent detached before it) is
- * done too. Through here rather than the umount program: no process to start per mount. */
-static void unmount_folder(int socket_fd, const char *directory) {
-  int result = umount2(directory, UMOUNT_NOFOLLOW);
-  if (result < 0 && errno == EBUSY) result = umount2(directory, MNT_DETACH | UMOUNT_NOFOLLOW);
-  if (result < 0 && errno != EINVAL)
-    return send_text(socket_fd, 'f', "unmounting %s: %s", directory, strerror(errno));
-  send_text(socket_fd, 'x', "exit 0");
-}
-
-/* Image files owned by ids other than the sandbox's own appear as these (host ids no process
- * ever runs as), so that every file of an image has a valid owner (overlayfs copies a file up
- * only then) while the sandbox still owns none of them. */
-#define SPARE_ID_BASE 4200000000L
-#define IMAGE_ID_COUNT 65536L
-
-static int write_id_map(pid_t pid, const char *file, long inside, long host) {
-  char path[64], map[256];
-  int used = 0;
-  if (inside > 0) used += snprintf(map + used, sizeof map - (size_t)used, "0 %ld %ld\n", SPARE_ID_BASE, inside);
-  used += snprintf(map + used, sizeof map - (size_t)used, "%ld %ld 1\n", inside, host);
-  if (inside + 1 < IMAGE_ID_COUNT)
-    used += snprintf(map + used, sizeof map - (size_t)used, "%ld %ld %ld\n", inside + 1,
-                     SPARE_ID_BASE + inside + 1, IMAGE_ID_COUNT - inside - 1);
-  snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  int result = write_all(fd, map, (size_t)used);
-  close(fd);
-  return result;
-}
-
-/*
- * A user namespace (its fd) for idmapping an image: the image's uid/gid INSIDE is the session's
- * HOST id, every other id below 65536 a spare host id. Made by a child that unshares and waits
- * while the maps are written.
- */
-static int image_userns(long uid, long gid, long host, char *problem, size_t problem_size) {
-  int ready[2];
-  if (pipe2(ready, O_CLOEXEC) < 0) return -1;
-  pid_t child = fork();
-  if (child == 0) {
-    close(ready[0]);
-    if (unshare(CLONE_NEWUSER) < 0) _exit(1);
-    if (write(ready[1], "1", 1) != 1) _exit(1);
-    pause();
-    _exit(0);
-  }
-  close(ready[1]);
-  char byte;
-  int fd = -1;
-  if (child > 0 && read(ready[0], &byte, 1) == 1 && write_id_map(child, "uid_map", uid, host) == 0 &&
-      write_id_map(child, "gid_map", gid, host) == 0) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/ns/user", (int)child);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-  }
-  if (fd < 0) snprintf(problem, problem_size, "image user namespace: %s", strerror(errno));
-  close(ready[0]);
-  if (child > 0) {
-    kill(child, SIGKILL);
-    waitpid(child, NULL, 0);
-  }
-  return fd;
-}
-
-/*
- * A detached copy of the mount at SOURCE with its ids mapped through the user namespace
- * USERNS_FD (an idmapped mount) plus ATTRIBUTES: files stored as uid/gid N appear as whatever N maps
- * to there. Returns the copy's fd, or -1 with `problem` filled in.
- */
-static int idmapped_copy(const char *source, int userns_fd, uint64_t attributes, char *problem,
-                         size_t problem_size) {
-  int tree = (int)syscall(SYS_open_tree, AT_FDCWD, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-  if (tree < 0) {
-    snprintf(problem, problem_size, "open_tree %s: %s", source, strerror(errno));
-    return -1;
-  }
-  struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP | attributes, .userns_fd = (uint64_t)userns_fd};
-  int set = (int)syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr);
-  int failure = errno;
-  if (set < 0) {
-    snprintf(problem, problem_size, "idmapping %s: %s", source, strerror(failure));
-    close(tree);
-    return -1;
-  }
-  return tree;
-}
-
-/* Mounts the detached mount TREE on TARGET and closes it; 0, or -1 with `problem` filled in. */
-static int attach_tree(int tree, const char *target, char *problem, size_t problem_size) {
-  int moved = (int)syscall(SYS_move_mount, tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH);
-  if (moved < 0) snprintf(problem, problem_size, "mounting on %s: %s", target, strerror(errno));
-  close(tree);
-  return moved;
-}
-
-/*
- * source=DIR, target=DIR, userns=FILE: an idmapped copy of DIR on TARGET. Session storage keeps
- * one fixed owner on disk this way, whichever host uid the session's sandbox gets.
- */
-static void idmap_mount(int socket_fd, const char *source, const char *target, const char *userns) {
-  char problem[512];
-  int userns_fd = open(userns, O_RDONLY | O_CLOEXEC);
-  if (userns_fd < 0) return send_text(socket_fd, 'f', "cannot open %s: %s", userns, strerror(errno));
-  int tree = idmapped_copy(source, userns_fd, 0, problem, sizeof problem);
-  close(userns_fd);
-  if (tree < 0 || attach_tree(tree, target, problem, sizeof problem) < 0)
-    return send_text(socket_fd, 'f', "%s", problem);
-  send_text(socket_fd, 'x', "exit 0");
-}
-
-/*
- * root=DIR (an unpacked container image), ids=UID:GID:HOST, scratch=DIR, size=BYTES, target=DIR:
- * the root of one image sandbox. A read-only copy of DIR, idmapped so that the image's UID/GID
- * are the session's HOST id (see image_userns), is the lower layer of an overlay
- * whose upper layer lives on a tmpfs of SIZE bytes at SCRATCH; the overlay is mounted on TARGET.
- * The sandbox may change its root as it likes; the image in the cache, shared by every session,
- * stays as it was. The image's files owned by the sandbox's uid on disk are its own inside.
- */
-static void image_root(int socket_fd, const struct mount_request *request) {
-  char problem[512], options[256], lower[4096], upper[4096], work[4096];
-  if (snprintf(options, sizeof options, "size=%s,mode=0700", request->size) >= (int)sizeof options ||
-      snprintf(lower, sizeof lower, "%s/lower", request->scratch) >= (int)sizeof lower ||
-      snprintf(upper, sizeof upper, "%s/upper", request->scratch) >= (int)sizeof upper ||
-      snprintf(work, sizeof work, "%s/work", request->scratch) >= (int)sizeof work)
-    return send_text(socket_fd, 'f', "bad request: path too long");
-  if (strpbrk(request->scratch, ",:") != NULL)
-    return send_text(socket_fd, 'f', "bad request: %s has ',' or ':'", request->scratch);
-  if (mount("berth-scratch", request->scratch, "tmpfs", MS_NOSUID | MS_NODEV, options) < 0)
-    return send_text(socket_fd, 'f', "tmpfs on %s: %s", request->scratch, strerror(errno));
-  if (mkdir(lower, 0700) < 0 || mkdir(upper, 0755) < 0 || mkdir(work, 0700) < 0)
-    return send_text(socket_fd, 'f', "preparing %s: %s", request->scratch, strerror(errno));
-  long uid, gid, host;
-  if (sscanf(request->ids, "%ld:%ld:%ld", &uid, &gid, &host) != 3 || uid < 0 || gid < 0 || host <= 0 ||
-      uid >= IMAGE_ID_COUNT || gid >= IMAGE_ID_COUNT)
-    return send_text(socket_fd, 'f', "bad request: ids=%s", request->ids);
-  int userns_fd = image_userns(uid, gid, host, problem, sizeof problem);
-  if (userns_fd < 0) return send_text(socket_fd, 'f', "%s", problem);
-  int tree = idmapped_copy(request->root, userns_fd,
-                           MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, problem,
-                           sizeof problem);
-  close(userns_fd);
-  if (tree < 0 || attach_tree(tree, lower, problem, sizeof problem) < 0)
-    return send_text(socket_fd, 'f', "%s", problem);
-  /* The upper layer's root takes the image root's owner and mode (inside the sandbox). */
-  struct stat root;
-  if (stat(lower, &root) < 0 || chown(upper, root.st_uid, root.st_gid) < 0 ||
-      chmod(upper, root.st_mode & 07777) < 0)
-    return send_text(socket_fd, 'f', "preparing %s: %s", upper, strerror(errno));
-  char overlay[3 * 4096 + 64];
-  snprintf(overlay, sizeof overlay, "lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work);
-  if (mount("berth-image", request->target, "overlay", MS_NOSUID | MS_NODEV, overlay) < 0)
-    return send_text(socket_fd, 'f', "overlay on %s: %s", request->target, strerror(errno));
-  send_text(socket_fd, 'x', "exit 0");
-}
-
-static const char *mount_entry(const char *key, char *value, void *state) {
-  struct mount_request *request = state;
-  if (strcmp(key, "image") == 0) request->image = value;
-  else if (strcmp(key, "share") == 0) request->share = value;
-  else if (strcmp(key, "source") == 0) request->source = value;
-  else if (strcmp(key, "target") == 0) request->target = value;
-  else if (strcmp(key, "userns") == 0) request->userns = value;
-  else if (strcmp(key, "root") == 0) request->root = value;
-  else if (strcmp(key, "scratch") == 0) request->scratch = value;
-  else if (strcmp(key, "size") == 0) request->size = value;
-  else if (strcmp(key, "ids") == 0) request->ids = value;
-  else if (strcmp(key, "unmount") == 0) request->unmount = value;
-  else return "unknown entry";
-  return NULL;
-}
-
-/* An 'm' request: one of the mounts above, chosen by its entries. */
-static void handle_mount(int socket_fd, char *payload, uint32_t length) {
-  struct mount_request request = {0};
-  const char *problem = each_entry(payload, length, mount_entry, &request);
-  if (problem != NULL) return send_text(socket_fd, 'f', "bad request: %s", problem);
-  if (request.share != NULL) return share_mount_point(socket_fd, request.share);
-  if (request.unmount != NULL) return unmount_folder(socket_fd, request.unmount);
-  if (request.image != NULL && request.target != NULL)
-    return mount_image(socket_fd, request.image, request.target);
-  if (request.source != NULL && request.target != NULL && request.userns != NULL)
-    return idmap_mount(socket_fd, request.source, request.target, request.userns);
-  if (request.root != NULL && request.ids != NULL && request.scratch != NULL &&
-      request.size != NULL && request.target != NULL)
-    return image_root(socket_fd, &request);
-  send_text(socket_fd, 'f',
-            "bad request: want share, unmount, image+target, source+target+userns or root+ids+scratch+size+target");
-}
-
-static void keep(int socket_fd) {
-  unsigned char header[FRAME_HEADER];
-  if (read_all(socket_fd, header, sizeof header) < 0) return;
-  if (header[0] != 'r' && header[0] != 'm') return;
-  uint32_t length = (uint32_t)header[1] << 24 | header[2] << 16 | header[3] << 8 | header[4];
-  if (length > MAX_REQUEST) return send_text(socket_fd, 'f', "the request is too large");
-  char *payload = malloc(length + 1);
-  if (payload == NULL || read_all(socket_fd, payload, length) < 0) return;
-  if (header[0] == 'm') return handle_mount(socket_fd, payload, length);
-  struct request request;
-  const char *problem = parse_request(payload, length, &request);
-  if (problem != NULL) return send_text(socket_fd, 'f', "bad request: %s", problem);
-
-  int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)request.target, 0);
-  if (pidfd < 0) return send_text(socket_fd, 'f', "the sandbox is gone");
+static int hold_sandbox(int socket_fd, long target, int *pidfd, int *root) {
+  *pidfd = (int)syscall(SYS_pidfd_open, (pid_t)target, 0);
+  if (*pidfd < 0) return send_text(socket_fd, 'f', "the sandbox is gone"), -1;
   char root_path[64];
-  snprintf(root_path, sizeof root_path, "/proc/%ld/root", request.target);
-  int root = open(root_path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  snprintf(root_path, sizeof root_path, "/proc/%ld/root", target);
+  *root = open(root_path, O_PATH | O_DIRECTORY | O_CLOEXEC);
   /* Still alive after its root was opened: the pid was not reused in between. */
-  if (root < 0 || syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) < 0)
-    return send_text(socket_fd, 'f', "the sandbox is gone");
+  if (*root < 0 || syscall(SYS_pidfd_send_signal, *pidfd, 0, NULL, 0) < 0)
+    return send_text(socket_fd, 'f', "the sandbox is gone"), -1;
   /* Entering a pid namespace places only later children in it: the command. */
-  if (setns(pidfd, CLONE_NEWPID) < 0)
-    return send_text(socket_fd, 'f', "cannot enter the sandbox's pid namespace: %s", strerror(errno));
+  if (setns(*pidfd, CLONE_NEWPID) < 0)
+    return send_text(socket_fd, 'f', "cannot enter the sandbox's pid namespace: %s",
+                     strerror(errno)),
+           -1;
+  return 0;
+}
 
+/*
+ * Forks the command with its stdout and stderr on pipes (their read ends in PIPES). Its pid once
+ * it has exec'd, or -1 after telling Berth why it could not start.
+ */
+static pid_t start_command(int socket_fd, const struct request *request, int pidfd, int root,
+                           struct output_pipe pipes[2]) {
   int out[2], err[2], status[2];
   if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(status, O_CLOEXEC) < 0)
-    return send_text(socket_fd, 'f', "pipe: %s", strerror(errno));
+    return send_text(socket_fd, 'f', "pipe: %s", strerror(errno)), -1;
   pid_t child = fork();
-  if (child < 0) return send_text(socket_fd, 'f', "fork: %s", strerror(errno));
+  if (child < 0) return send_text(socket_fd, 'f', "fork: %s", strerror(errno)), -1;
   if (child == 0) {
     close(socket_fd);
-    become_command(&request, pidfd, root, out[1], err[1], status[1]);
+    become_command(request, pidfd, root, out[1], err[1], status[1]);
   }
   close(out[1]);
   close(err[1]);
@@ -636,17 +225,22 @@ static void keep(int socket_fd) {
   ssize_t reason_length = read(status[0], reason, sizeof reason - 1);
   if (reason_length > 0) {
     waitpid(child, NULL, 0);
-    return send_frame(socket_fd, 'f', reason, (uint32_t)reason_length), (void)0;
+    send_frame(socket_fd, 'f', reason, (uint32_t)reason_length);
+    return -1;
   }
+  pipes[0] = (struct output_pipe){.fd = out[0], .type = 'o', .open = 1};
+  pipes[1] = (struct output_pipe){.fd = err[0], .type = 'e', .open = 1};
+  return child;
+}
 
-  if (send_frame(socket_fd, 's', "", 0) < 0) return;
+/* Relays the command's output until its own process exits, then what is already in the pipes.
+ * 0, or -1 when Berth is gone. */
+static int relay_output(int socket_fd, pid_t child, struct output_pipe pipes[2]) {
   int child_fd = (int)syscall(SYS_pidfd_open, child, 0);
-  fcntl(out[0], F_SETFL, O_NONBLOCK);
-  fcntl(err[0], F_SETFL, O_NONBLOCK);
+  fcntl(pipes[0].fd, F_SETFL, O_NONBLOCK);
+  fcntl(pipes[1].fd, F_SETFL, O_NONBLOCK);
   struct relay_buffers *buffers = malloc(sizeof *buffers);
-  if (buffers == NULL || child_fd < 0) return send_text(socket_fd, 'f', "out of resources");
-  struct output_pipe pipes[2] = {{.fd = out[0], .type = 'o', .open = 1},
-                                 {.fd = err[0], .type = 'e', .open = 1}};
+  if (buffers == NULL || child_fd < 0) return send_text(socket_fd, 'f', "out of resources"), -1;
   int exited = 0;
   while ((pipes[0].open || pipes[1].open) && !exited) {
     struct pollfd fds[3] = {
@@ -659,7 +253,7 @@ static void keep(int socket_fd) {
       break;
     }
     for (int i = 0; i < 2; i++) {
-      if (fds[i].revents != 0 && relay(socket_fd, &pipes[i], buffers) == BERTH_GONE) return;
+      if (fds[i].revents != 0 && relay(socket_fd, &pipes[i], buffers) == BERTH_GONE) return -1;
     }
     if (fds[2].revents != 0) exited = 1;
   }
@@ -669,27 +263,39 @@ static void keep(int socket_fd) {
     for (int i = 0; i < 2; i++) {
       if (!pipes[i].open) continue;
       enum relayed result = relay(socket_fd, &pipes[i], buffers);
-      if (result == BERTH_GONE) return;
+      if (result == BERTH_GONE) return -1;
       if (result == RELAYED) progress = 1;
     }
   }
   /* Pipes processes it left running still hold: what they cut short is final now. */
   for (int i = 0; i < 2; i++) {
-    if (pipes[i].open && send_text_frame(socket_fd, &pipes[i], buffers, 0, 1) < 0) return;
+    if (pipes[i].open && send_text_frame(socket_fd, &pipes[i], buffers, 0, 1) < 0) return -1;
   }
+  return 0;
+}
+
+/* One connection: one command, from its request to its exit. */
+static void keep(int socket_fd, void *context) {
+  (void)context;
+  struct problem problem;
+  char *payload;
+  uint32_t length;
+  if (read_request(socket_fd, EXEC_REQUEST_TYPE, MAX_EXEC_REQUEST, &payload, &length, &problem) < 0)
+    return send_text(socket_fd, 'f', "%s", problem.text);
+  struct request request;
+  if (parse_request(payload, length, &request, &problem) < 0)
+    return send_text(socket_fd, 'f', "%s", problem.text);
+  int pidfd, root;
+  if (hold_sandbox(socket_fd, request.target, &pidfd, &root) < 0) return;
+  struct output_pipe pipes[2];
+  pid_t child = start_command(socket_fd, &request, pidfd, root, pipes);
+  if (child < 0 || send_frame(socket_fd, 's', "", 0) < 0) return;
+  if (relay_output(socket_fd, child, pipes) < 0) return;
   int wait_status = 0;
   while (waitpid(child, &wait_status, 0) < 0 && errno == EINTR) {
   }
   if (WIFSIGNALED(wait_status)) send_text(socket_fd, 'x', "signal %d", WTERMSIG(wait_status));
   else send_text(socket_fd, 'x', "exit %d", WEXITSTATUS(wait_status));
-}
-
-/* The request socket: root only, since it runs anything in any sandbox. */
-static int listen_on(const char *path) {
-  mode_t previous = umask(077);
-  int fd = listen_unix(path, 256);
-  umask(previous);
-  return fd;
 }
 
 /* escape: stdin to stdout as output text, reading at most READ_SIZE bytes at a time, so tests
@@ -717,49 +323,6 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: berth-exec serve SOCKET [--no-seccomp] | berth-exec escape [READ_SIZE]\n");
     return 2;
   }
-  const char *socket_path = argv[2];
-  if (geteuid() != 0) {
-    fprintf(stderr, "berth-exec: must run as root (it enters sandboxes)\n");
-    return 2;
-  }
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  /* Whatever Berth inherited and passed on is none of the helper's, nor its commands'. */
-  if (close_descriptors_except(NULL, 0) < 0) {
-    fprintf(stderr, "berth-exec: cannot close inherited descriptors: %s\n", strerror(errno));
-    return 1;
-  }
-  int listener = listen_on(socket_path);
-  if (listener < 0) {
-    fprintf(stderr, "berth-exec: cannot listen on %s: %s\n", socket_path, strerror(errno));
-    return 1;
-  }
-  signal(SIGPIPE, SIG_IGN);
-  signal(SIGCHLD, SIG_IGN); /* keepers are reaped by the kernel */
-  /* Tell Berth we are listening. */
-  if (write_all(1, "ready\n", 6) < 0) return 1;
-  for (;;) {
-    struct pollfd fds[2] = {{listener, POLLIN, 0}, {0, POLLIN, 0}};
-    if (poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      return 1;
-    }
-    if (fds[1].revents != 0) {
-      unlink(socket_path);
-      return 0; /* stdin closed: Berth is gone */
-    }
-    if (fds[0].revents == 0) continue;
-    int connection = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
-    if (connection < 0) continue;
-    pid_t keeper = fork();
-    if (keeper == 0) {
-      signal(SIGCHLD, SIG_DFL);
-      close(listener);
-      /* Not Berth's pipe any more, but keep fds 0-2 taken: the command's set-up dup2()s onto them. */
-      int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-      if (null_fd < 0 || dup3(null_fd, 0, O_CLOEXEC) < 0) _exit(1);
-      keep(connection);
-      _exit(0);
-    }
-    close(connection);
-  }
+  if (become_root_server("berth-exec") < 0) return 2;
+  return serve_connections("berth-exec", argv[2], keep, NULL);
 }

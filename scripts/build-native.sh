@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds Berth's native helpers into native/bin (see the comment at the top of each source):
-# berth-exec, the root helper for commands and mounts, berth-listen, which makes each sandbox's
-# agent socket in a root-only folder, and berth-bridge, the static first
-# program of every sandbox. Each is rebuilt only when its sources are newer than the binary.
+# berth-exec, the root server that runs commands inside sandboxes, berth-mount, the root server
+# that makes sessions' mounts (confined to Berth's data directory), berth-listen, which makes each
+# sandbox's agent socket in a root-only folder, and berth-bridge, the static first program of
+# every sandbox. Each is rebuilt only when its sources are newer than the binary. (native/
+# parser-fuzz.c is not built here: test/native-parser.test.ts builds it with the sanitizers.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p native/bin
@@ -17,6 +19,7 @@ build() {
   fi
 }
 build berth-exec
+build berth-mount
 build berth-listen
 # Static: it runs inside container images, whatever libc they have, if any.
 build berth-bridge -static

@@ -7,7 +7,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { agentSources } from "./support/agents.ts";
 import { berthBin, credentialsIn, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
-import { isolationArgs, makeDataDir, removeDir } from "./support/berth.ts";
+import { hostSuite, isolationArgs, makeDataDir, removeDir } from "./support/berth.ts";
 
 const repositoryRoot = fileURLToPath(new URL("..", import.meta.url));
 const dataDir = makeDataDir();
@@ -149,6 +149,7 @@ describe("the berth CLI", () => {
   });
 
   it("execs with stdout and stderr apart, streamed as they come, and the command's exit code", async () => {
+    const goFile = `/tmp/berth-cli-go-${String(process.pid)}`;
     const done = await berth([
       "exec",
       "cli_probe",
@@ -167,7 +168,8 @@ describe("the berth CLI", () => {
         "--session",
         session,
         "--",
-        "echo first; while [ ! -e /tmp/go ]; do sleep 0.01; done; echo second",
+        // A name of this run's own: on the test-only parts, sessions share the host's /tmp.
+        `echo first; while [ ! -e ${goFile} ]; do sleep 0.01; done; echo second`,
       ],
       { cwd: repositoryRoot, env: userEnv(), stdio: ["ignore", "pipe", "pipe"] },
     );
@@ -186,7 +188,7 @@ describe("the berth CLI", () => {
     });
     assert.equal(seen, "first\n", "the first line arrived while the command still ran");
     assert.equal(
-      (await berth(["exec", "cli_probe", "--session", session, "--", "touch /tmp/go"])).code,
+      (await berth(["exec", "cli_probe", "--session", session, "--", `touch ${goFile}`])).code,
       0,
     );
     const [code] = await closed;
@@ -281,7 +283,7 @@ describe("the berth CLI", () => {
     assert.match(help.stdout, /Examples:\n {2}berth exec/);
   });
 
-  it("runs the README quick start exactly as written", async () => {
+  it("runs the README quick start exactly as written", hostSuite, async () => {
     const readme = readFileSync(join(repositoryRoot, "README.md"), "utf8");
     const block = readme.slice(
       readme.indexOf("<!-- quickstart:begin -->"),

@@ -11,7 +11,7 @@ import {
 } from "@aws-sdk/client-bedrock-agentcore";
 import { outputTextToBytes } from "../src/core/output-text.ts";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
-import { quickLifecycleArgs, useTestBerth } from "./support/berth.ts";
+import { hostSuite, quickLifecycleArgs, useTestBerth } from "./support/berth.ts";
 import { sandboxGroups } from "./support/cgroups.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
@@ -98,7 +98,7 @@ describe("InvokeAgentRuntimeCommand", () => {
     assert.deepEqual(sequence, ["out1", "err1", "out2", "err2", "out3", "err3"]);
   });
 
-  it("delivers output as it is written, not at the end", async () => {
+  it("delivers output as it is written, not at the end", hostSuite, async () => {
     const session = newSessionId();
     const response = await startCommand(
       session,
@@ -118,31 +118,35 @@ describe("InvokeAgentRuntimeCommand", () => {
     assert.deepEqual(rest, ["second\n"]);
   });
 
-  it("runs in the agent's sandbox: same uid, environment, working directory and files", async () => {
-    const session = newSessionId();
-    const agent = await invokeProbe(session, { action: "whoami" });
-    const finished = await run(
-      session,
-      'echo "$(id -u) $(id -g) $(pwd) $(hostname)"; echo "$GREETING"; echo "$PORT"; ls /proc | grep -c "^[0-9]"',
-    );
-    const [identity, greeting, port] = finished.stdout.split("\n");
-    assert.equal(identity, `${String(agent["uid"])} ${String(agent["gid"])} /app sandbox`);
-    assert.equal(greeting, "hello from the runtime");
-    assert.equal(port, "8080");
-    const written = await invokeProbe(session, {
-      action: "write",
-      path: "/tmp/from-agent",
-      content: "agent wrote this",
-    });
-    assert.equal(written["error"], undefined);
-    assert.equal((await run(session, "cat /tmp/from-agent")).stdout, "agent wrote this");
-    await run(session, "echo command wrote this > /tmp/from-command");
-    assert.deepEqual(await invokeProbe(session, { action: "read", path: "/tmp/from-command" }), {
-      ok: "command wrote this\n",
-    });
-  });
+  it(
+    "runs in the agent's sandbox: same uid, environment, working directory and files",
+    hostSuite,
+    async () => {
+      const session = newSessionId();
+      const agent = await invokeProbe(session, { action: "whoami" });
+      const finished = await run(
+        session,
+        'echo "$(id -u) $(id -g) $(pwd) $(hostname)"; echo "$GREETING"; echo "$PORT"; ls /proc | grep -c "^[0-9]"',
+      );
+      const [identity, greeting, port] = finished.stdout.split("\n");
+      assert.equal(identity, `${String(agent["uid"])} ${String(agent["gid"])} /app sandbox`);
+      assert.equal(greeting, "hello from the runtime");
+      assert.equal(port, "8080");
+      const written = await invokeProbe(session, {
+        action: "write",
+        path: "/tmp/from-agent",
+        content: "agent wrote this",
+      });
+      assert.equal(written["error"], undefined);
+      assert.equal((await run(session, "cat /tmp/from-agent")).stdout, "agent wrote this");
+      await run(session, "echo command wrote this > /tmp/from-command");
+      assert.deepEqual(await invokeProbe(session, { action: "read", path: "/tmp/from-command" }), {
+        ok: "command wrote this\n",
+      });
+    },
+  );
 
-  it("never leaks the server's environment and never runs as host root", async () => {
+  it("never leaks the server's environment and never runs as host root", hostSuite, async () => {
     process.env["BERTH_TEST_SECRET"] = "must-not-leak";
     try {
       const finished = await run(
@@ -162,36 +166,40 @@ describe("InvokeAgentRuntimeCommand", () => {
     }
   });
 
-  it("is stateless: each command is a fresh bash", async () => {
+  it("is stateless: each command is a fresh bash", hostSuite, async () => {
     const session = newSessionId();
     await run(session, "export LEFT_BEHIND=1; cd /tmp");
     const finished = await run(session, 'echo "[$LEFT_BEHIND] $(pwd)"');
     assert.equal(finished.stdout, "[] /app\n");
   });
 
-  it("on timeout kills the command and everything it started, escapes included", async () => {
-    const session = newSessionId();
-    const started = performance.now();
-    const finished = await run(
-      session,
-      [
-        "setsid bash -c 'trap \"\" TERM; echo $$ > /tmp/escaped; exec sleep 600' &",
-        "(bash -c 'trap \"\" TERM; echo $BASHPID > /tmp/orphan; sleep 600' &) ;",
-        "trap '' TERM; while [ ! -s /tmp/escaped ] || [ ! -s /tmp/orphan ]; do sleep 0.01; done;",
-        "echo ready; sleep 600",
-      ].join(" "),
-      1,
-    );
-    assert.equal(finished.status, "TIMED_OUT");
-    assert.equal(finished.exitCode, 137, "bash ignored SIGTERM, so SIGKILL ended it");
-    assert.equal(finished.stdout, "ready\n");
-    assert.ok(performance.now() - started < 10_000);
-    const check = await run(
-      session,
-      'for pid in $(cat /tmp/escaped /tmp/orphan); do kill -0 "$pid" 2>/dev/null && echo "alive $pid"; done; ps -eo args',
-    );
-    assert.doesNotMatch(check.stdout, /alive|sleep 600/);
-  });
+  it(
+    "on timeout kills the command and everything it started, escapes included",
+    hostSuite,
+    async () => {
+      const session = newSessionId();
+      const started = performance.now();
+      const finished = await run(
+        session,
+        [
+          "setsid bash -c 'trap \"\" TERM; echo $$ > /tmp/escaped; exec sleep 600' &",
+          "(bash -c 'trap \"\" TERM; echo $BASHPID > /tmp/orphan; sleep 600' &) ;",
+          "trap '' TERM; while [ ! -s /tmp/escaped ] || [ ! -s /tmp/orphan ]; do sleep 0.01; done;",
+          "echo ready; sleep 600",
+        ].join(" "),
+        1,
+      );
+      assert.equal(finished.status, "TIMED_OUT");
+      assert.equal(finished.exitCode, 137, "bash ignored SIGTERM, so SIGKILL ended it");
+      assert.equal(finished.stdout, "ready\n");
+      assert.ok(performance.now() - started < 10_000);
+      const check = await run(
+        session,
+        'for pid in $(cat /tmp/escaped /tmp/orphan); do kill -0 "$pid" 2>/dev/null && echo "alive $pid"; done; ps -eo args',
+      );
+      assert.doesNotMatch(check.stdout, /alive|sleep 600/);
+    },
+  );
 
   it("leaves a command's background processes running when it completes normally", async () => {
     const session = newSessionId();
@@ -240,7 +248,7 @@ describe("InvokeAgentRuntimeCommand", () => {
     );
   });
 
-  it("starts a session that is not running, as an invoke would", async () => {
+  it("starts a session that is not running, as an invoke would", hostSuite, async () => {
     const runtime = await probeRuntime();
     const session = newSessionId();
     assert.equal((await run(session, "echo started")).stdout, "started\n");
@@ -289,12 +297,15 @@ describe("InvokeAgentRuntimeCommand", () => {
     assert.equal(finished.stderr, "\udcc3", "a truncated sequence at the end is kept too");
   });
 
-  it("holds the server's memory flat while a client reads a flood of output slowly", async () => {
-    const session = newSessionId();
-    const total = 256 * 2 ** 20;
-    const response = await startCommand(
-      session,
-      `python3 -c "
+  it(
+    "holds the server's memory flat while a client reads a flood of output slowly",
+    hostSuite,
+    async () => {
+      const session = newSessionId();
+      const total = 256 * 2 ** 20;
+      const response = await startCommand(
+        session,
+        `python3 -c "
 import sys
 block = b'x' * 65536
 for i in range(${total / 65536}):
@@ -302,36 +313,40 @@ for i in range(${total / 65536}):
     sys.stdout.flush()
     open('/tmp/progress', 'w').write(str(i + 1))
 "`,
-    );
-    const iterator = eventsOf(response);
-    await iterator.next(); // contentStart
-    let received = (await nextEvent(iterator))?.chunk?.contentDelta?.stdout?.length ?? 0;
-    const memoryBefore = process.memoryUsage().rss;
-    // Not reading: the writer must come to a stop, held by backpressure down to its pipe.
-    let last = -1;
-    const stalledAt = await waitFor("the writer to stall", async () => {
-      const progress = Number((await run(session, "cat /tmp/progress")).stdout);
-      const stalled = progress === last;
-      last = progress;
-      return stalled ? progress : undefined;
-    });
-    assert.ok(stalledAt * 65536 < 64 * 2 ** 20, `the writer stalled after ${stalledAt} blocks`);
-    assert.ok(process.memoryUsage().rss - memoryBefore < 64 * 2 ** 20, "server memory stayed flat");
-    for (let next = await iterator.next(); next.done !== true; next = await iterator.next()) {
-      received += next.value.chunk?.contentDelta?.stdout?.length ?? 0;
-      if (next.value.chunk?.contentStop !== undefined)
-        assert.equal(next.value.chunk.contentStop.exitCode, 0);
-    }
-    assert.equal(received, total, "every byte arrived");
-  });
+      );
+      const iterator = eventsOf(response);
+      await iterator.next(); // contentStart
+      let received = (await nextEvent(iterator))?.chunk?.contentDelta?.stdout?.length ?? 0;
+      const memoryBefore = process.memoryUsage().rss;
+      // Not reading: the writer must come to a stop, held by backpressure down to its pipe.
+      let last = -1;
+      const stalledAt = await waitFor("the writer to stall", async () => {
+        const progress = Number((await run(session, "cat /tmp/progress")).stdout);
+        const stalled = progress === last;
+        last = progress;
+        return stalled ? progress : undefined;
+      });
+      assert.ok(stalledAt * 65536 < 64 * 2 ** 20, `the writer stalled after ${stalledAt} blocks`);
+      assert.ok(
+        process.memoryUsage().rss - memoryBefore < 64 * 2 ** 20,
+        "server memory stayed flat",
+      );
+      for (let next = await iterator.next(); next.done !== true; next = await iterator.next()) {
+        received += next.value.chunk?.contentDelta?.stdout?.length ?? 0;
+        if (next.value.chunk?.contentStop !== undefined)
+          assert.equal(next.value.chunk.contentStop.exitCode, 0);
+      }
+      assert.equal(received, total, "every byte arrived");
+    },
+  );
 
-  it("leaves no process or cgroup behind once commands and sessions end", async () => {
+  it("leaves no process or cgroup behind once commands and sessions end", hostSuite, async () => {
     const runtime = await probeRuntime();
     const session = newSessionId();
     await run(session, "sleep 7341 >/dev/null 2>&1 & true");
     for (let i = 0; i < 3; i += 1) await run(session, "true");
     const emptyCommandGroups = () =>
-      sandboxGroups(harness().settings.cgroupParent)
+      sandboxGroups(harness().settings.bubblewrapCgroupParent)
         .flatMap((group) =>
           readdirSync(group, { withFileTypes: true })
             .filter((entry) => entry.isDirectory())
@@ -367,7 +382,7 @@ function hostProcesses(pattern: RegExp): number[] {
     .map(Number);
 }
 
-describe("the exec helper", () => {
+describe("the exec helper", hostSuite, () => {
   it("is started again when it dies, so commands keep working", async () => {
     const socket = join(harness().dataDir, "sessions", "exec", "berth-exec.sock");
     const helpers = hostProcesses(new RegExp(`berth-exec\0serve\0${socket}`));

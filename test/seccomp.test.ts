@@ -5,19 +5,20 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { InvokeAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore";
 import { installAgent } from "./support/agents.ts";
-import { removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
+import { hostSuite, removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
 import { sandboxPids } from "./support/cgroups.ts";
 import { runCommand } from "./support/commands.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 
-/** test/agents/shell: runs the shell command it is sent, as an agent's own tools would. */
-const shellAgent = fileURLToPath(new URL("./agents/shell", import.meta.url));
+describe("seccomp (a host suite: it tests the real parts, as root)", hostSuite, () => {
+  /** test/agents/shell: runs the shell command it is sent, as an agent's own tools would. */
+  const shellAgent = fileURLToPath(new URL("./agents/shell", import.meta.url));
 
-/**
- * What an attacker in a session reaches for first, each through the raw system call (x86_64
- * numbers): prints, per attempt, "allowed" or the errno name it failed with.
- */
-const attempts = String.raw`
+  /**
+   * What an attacker in a session reaches for first, each through the raw system call (x86_64
+   * numbers): prints, per attempt, "allowed" or the errno name it failed with.
+   */
+  const attempts = String.raw`
 import ctypes, errno, json, os, socket
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -66,12 +67,12 @@ print(json.dumps({
 }))
 `;
 
-/**
- * The way around a filter that some process of the sandbox lacks: ptrace the sandbox's init
- * (same user, so allowed), make it run unshare(CLONE_NEWUSER) on the system call it is waiting
- * in, then put it back. Prints the call's result.
- */
-const borrowInit = String.raw`
+  /**
+   * The way around a filter that some process of the sandbox lacks: ptrace the sandbox's init
+   * (same user, so allowed), make it run unshare(CLONE_NEWUSER) on the system call it is waiting
+   * in, then put it back. Prints the call's result.
+   */
+  const borrowInit = String.raw`
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.restype = ctypes.c_long
@@ -101,205 +102,211 @@ ptrace(DETACH)
 print(ctypes.c_longlong(result[RAX]).value)
 `;
 
-/** What each attempt must meet: the error a host without that feature or privilege gives. */
-const refusals = {
-  "unshare user namespace": "EPERM",
-  "unshare user and network namespaces": "EPERM",
-  "clone into a new user namespace": "EPERM",
-  clone3: "ENOSYS",
-  setns: "EPERM",
-  "AF_PACKET socket": "EAFNOSUPPORT",
-  "raw IP socket": "EPERM",
-  "netlink NETFILTER socket": "EPROTONOSUPPORT",
-  add_key: "EPERM",
-  keyctl: "EPERM",
-  io_uring_setup: "ENOSYS",
-  bpf: "EPERM",
-  mount: "EPERM",
-  userfaultfd: "EPERM",
-  perf_event_open: "EPERM",
-  "personality without ASLR": "EPERM",
-};
-
-/** The same attempts through the command-line tools a script would use. */
-const toolAttempts = [
-  'unshare -U true 2>&1; echo "unshare -U: $?"',
-  'unshare -n true 2>&1; echo "unshare -n: $?"',
-  `python3 - <<'PY'\n${attempts}\nPY`,
-].join("\n");
-
-function checkRefused(output: string): void {
-  assert.match(output, /unshare -U: [1-9]/, output);
-  assert.match(output, /unshare -n: [1-9]/, output);
-  assert.match(output, /unshare failed: Operation not permitted/);
-  const results = JSON.parse(output.trim().split("\n").at(-1) ?? "{}") as Record<string, string>;
-  assert.deepEqual(results, refusals);
-}
-
-async function askShellAgent(harness: TestBerth, arn: string, session: string, command: string) {
-  const response = await harness.data.send(
-    new InvokeAgentRuntimeCommand({
-      agentRuntimeArn: arn,
-      runtimeSessionId: session,
-      payload: Buffer.from(JSON.stringify({ command })),
-    }),
-  );
-  return JSON.parse((await response.response?.transformToString()) ?? "{}") as {
-    code: number | null;
-    signal: string | null;
-    stdout: string;
-    stderr: string;
+  /** What each attempt must meet: the error a host without that feature or privilege gives. */
+  const refusals = {
+    "unshare user namespace": "EPERM",
+    "unshare user and network namespaces": "EPERM",
+    "clone into a new user namespace": "EPERM",
+    clone3: "ENOSYS",
+    setns: "EPERM",
+    "AF_PACKET socket": "EAFNOSUPPORT",
+    "raw IP socket": "EPERM",
+    "netlink NETFILTER socket": "EPROTONOSUPPORT",
+    add_key: "EPERM",
+    keyctl: "EPERM",
+    io_uring_setup: "ENOSYS",
+    bpf: "EPERM",
+    mount: "EPERM",
+    userfaultfd: "EPERM",
+    perf_event_open: "EPERM",
+    "personality without ASLR": "EPERM",
   };
-}
 
-describe("the seccomp filter (on by default)", () => {
-  let harness: TestBerth;
-  let arn: string;
+  /** The same attempts through the command-line tools a script would use. */
+  const toolAttempts = [
+    'unshare -U true 2>&1; echo "unshare -U: $?"',
+    'unshare -n true 2>&1; echo "unshare -n: $?"',
+    `python3 - <<'PY'\n${attempts}\nPY`,
+  ].join("\n");
 
-  before(async () => {
-    harness = await startTestBerth(["--sandbox-outbound", "none"]);
-    installAgent(harness.dataDir, shellAgent, "shell");
-    arn = (await createRuntime(harness, "shell")).arn;
-  });
-
-  after(async () => {
-    await harness.close();
-    removeDir(harness.dataDir);
-  });
-
-  it("refuses new namespaces, mounts, keyrings, io_uring, eBPF and raw sockets to commands", async () => {
-    const finished = await runCommand(harness.data, arn, newSessionId(), toolAttempts);
-    checkRefused(finished.stdout);
-  });
-
-  it("refuses the same to programs the agent starts", async () => {
-    const answer = await askShellAgent(harness, arn, newSessionId(), toolAttempts);
-    checkRefused(answer.stdout);
-  });
-
-  it("covers every process of a session, the sandbox's init included", async () => {
-    const session = newSessionId();
-    await askShellAgent(harness, arn, session, "true");
-    const finished = await runCommand(
-      harness.data,
-      arn,
-      session,
-      "cd /proc && for pid in [0-9]*; do grep -s '^Seccomp:' $pid/status | sed \"s|^|$pid |\"; done",
-    );
-    const lines = finished.stdout.trim().split("\n");
-    assert.ok(
-      lines.some((line) => line.startsWith("1 ")),
-      finished.stdout,
-    );
-    for (const line of lines) assert.match(line, /^\d+ Seccomp:\s+2$/, finished.stdout);
-  });
-
-  it("leaves no unfiltered process to borrow: the sandbox's init refuses too", async () => {
-    const session = newSessionId();
-    await askShellAgent(harness, arn, session, "true");
-    const command = `python3 - <<'PY'\n${borrowInit}\nPY`;
-    const finished = await runCommand(harness.data, arn, session, command);
-    assert.equal(
-      finished.stdout,
-      "-1\n",
-      `unshare through pid 1 fails with EPERM: ${finished.stderr}`,
-    );
-  });
-
-  it("ends a process that makes another architecture's system calls (x32)", async () => {
-    const finished = await runCommand(
-      harness.data,
-      arn,
-      newSessionId(),
-      "python3 -c 'import ctypes; ctypes.CDLL(None).syscall(0x40000000 | 39)'; echo \"status $?\"",
-    );
-    assert.equal(finished.stdout, "status 159\n", "128 + SIGSYS");
-  });
-
-  it("still lets agents' everyday tools work: npm, git, Python venvs, interface lists", async () => {
-    const finished = await runCommand(
-      harness.data,
-      arn,
-      newSessionId(),
-      [
-        "set -e",
-        "mkdir -p /tmp/lib /tmp/app && cd /tmp/lib",
-        `echo '{"name":"berth-local-lib","version":"1.0.0","main":"index.js"}' > package.json`,
-        "echo 'module.exports = 42;' > index.js",
-        "npm pack --silent > /dev/null",
-        `cd /tmp/app && echo '{"name":"app","version":"1.0.0"}' > package.json`,
-        "npm install --offline --no-audit --no-fund --silent /tmp/lib/berth-local-lib-1.0.0.tgz",
-        `node -e 'console.log("npm:", require("berth-local-lib"))'`,
-        "git init -q /tmp/repo && cd /tmp/repo && echo hello > file && git add file",
-        "git -c user.name=agent -c user.email=agent@example.com commit -qm first",
-        `echo "git: $(git log --oneline | wc -l)"`,
-        "python3 -m venv /tmp/venv",
-        `/tmp/venv/bin/python -c 'import sys; print("venv:", sys.prefix)'`,
-        `python3 -c 'import socket; print("interfaces:", [n for _, n in socket.if_nameindex()])'`,
-      ].join("\n"),
-    );
-    assert.equal(finished.exitCode, 0, finished.stderr);
-    assert.equal(
-      finished.stdout,
-      "npm: 42\ngit: 1\nvenv: /tmp/venv\ninterfaces: ['lo']\n",
-      finished.stderr,
-    );
-  });
-});
-
-describe("--sandbox-seccomp false", () => {
-  let harness: TestBerth;
-  let arn: string;
-
-  before(async () => {
-    harness = await startTestBerth(["--sandbox-outbound", "none", "--sandbox-seccomp", "false"]);
-    installAgent(harness.dataDir, shellAgent, "shell");
-    arn = (await createRuntime(harness, "shell")).arn;
-  });
-
-  after(async () => {
-    await harness.close();
-    removeDir(harness.dataDir);
-  });
-
-  it("leaves the filter out for agents and commands alike", async () => {
-    const session = newSessionId();
-    const command = "unshare -U true && echo created";
-    assert.equal((await askShellAgent(harness, arn, session, command)).stdout, "created\n");
-    assert.equal((await runCommand(harness.data, arn, session, command)).stdout, "created\n");
-  });
-});
-
-describe("slirp4netns", () => {
-  let harness: TestBerth;
-
-  before(async () => {
-    harness = await startTestBerth();
-    installAgent(harness.dataDir, shellAgent, "shell");
-  });
-
-  after(async () => {
-    await harness.close();
-    removeDir(harness.dataDir);
-  });
-
-  it("runs under its own seccomp filter", async () => {
-    const { arn } = await createRuntime(harness, "shell", {
-      networkConfiguration: { networkMode: "PUBLIC" },
-    });
-    await askShellAgent(harness, arn, newSessionId(), "true");
-    const slirp = sandboxPids(harness.settings.cgroupParent).filter(
-      (pid) => readProcFile(pid, "comm").trim() === "slirp4netns",
-    );
-    assert.equal(slirp.length, 1, "the session's network runs");
-    assert.match(readProcFile(slirp[0] ?? 0, "status"), /^Seccomp:\s+2$/m);
-  });
-});
-
-function readProcFile(pid: number, name: string): string {
-  try {
-    return readFileSync(join("/proc", String(pid), name), "utf8");
-  } catch {
-    return ""; // gone meanwhile
+  function checkRefused(output: string): void {
+    assert.match(output, /unshare -U: [1-9]/, output);
+    assert.match(output, /unshare -n: [1-9]/, output);
+    assert.match(output, /unshare failed: Operation not permitted/);
+    const results = JSON.parse(output.trim().split("\n").at(-1) ?? "{}") as Record<string, string>;
+    assert.deepEqual(results, refusals);
   }
-}
+
+  async function askShellAgent(harness: TestBerth, arn: string, session: string, command: string) {
+    const response = await harness.data.send(
+      new InvokeAgentRuntimeCommand({
+        agentRuntimeArn: arn,
+        runtimeSessionId: session,
+        payload: Buffer.from(JSON.stringify({ command })),
+      }),
+    );
+    return JSON.parse((await response.response?.transformToString()) ?? "{}") as {
+      code: number | null;
+      signal: string | null;
+      stdout: string;
+      stderr: string;
+    };
+  }
+
+  describe("the seccomp filter (on by default)", () => {
+    let harness: TestBerth;
+    let arn: string;
+
+    before(async () => {
+      harness = await startTestBerth(["--sandbox-outbound", "none"]);
+      installAgent(harness.dataDir, shellAgent, "shell");
+      arn = (await createRuntime(harness, "shell")).arn;
+    });
+
+    after(async () => {
+      await harness.close();
+      removeDir(harness.dataDir);
+    });
+
+    it("refuses new namespaces, mounts, keyrings, io_uring, eBPF and raw sockets to commands", async () => {
+      const finished = await runCommand(harness.data, arn, newSessionId(), toolAttempts);
+      checkRefused(finished.stdout);
+    });
+
+    it("refuses the same to programs the agent starts", async () => {
+      const answer = await askShellAgent(harness, arn, newSessionId(), toolAttempts);
+      checkRefused(answer.stdout);
+    });
+
+    it("covers every process of a session, the sandbox's init included", async () => {
+      const session = newSessionId();
+      await askShellAgent(harness, arn, session, "true");
+      const finished = await runCommand(
+        harness.data,
+        arn,
+        session,
+        "cd /proc && for pid in [0-9]*; do grep -s '^Seccomp:' $pid/status | sed \"s|^|$pid |\"; done",
+      );
+      const lines = finished.stdout.trim().split("\n");
+      assert.ok(
+        lines.some((line) => line.startsWith("1 ")),
+        finished.stdout,
+      );
+      for (const line of lines) assert.match(line, /^\d+ Seccomp:\s+2$/, finished.stdout);
+    });
+
+    it("leaves no unfiltered process to borrow: the sandbox's init refuses too", async () => {
+      const session = newSessionId();
+      await askShellAgent(harness, arn, session, "true");
+      const command = `python3 - <<'PY'\n${borrowInit}\nPY`;
+      const finished = await runCommand(harness.data, arn, session, command);
+      assert.equal(
+        finished.stdout,
+        "-1\n",
+        `unshare through pid 1 fails with EPERM: ${finished.stderr}`,
+      );
+    });
+
+    it("ends a process that makes another architecture's system calls (x32)", async () => {
+      const finished = await runCommand(
+        harness.data,
+        arn,
+        newSessionId(),
+        "python3 -c 'import ctypes; ctypes.CDLL(None).syscall(0x40000000 | 39)'; echo \"status $?\"",
+      );
+      assert.equal(finished.stdout, "status 159\n", "128 + SIGSYS");
+    });
+
+    it("still lets agents' everyday tools work: npm, git, Python venvs, interface lists", async () => {
+      const finished = await runCommand(
+        harness.data,
+        arn,
+        newSessionId(),
+        [
+          "set -e",
+          "mkdir -p /tmp/lib /tmp/app && cd /tmp/lib",
+          `echo '{"name":"berth-local-lib","version":"1.0.0","main":"index.js"}' > package.json`,
+          "echo 'module.exports = 42;' > index.js",
+          "npm pack --silent > /dev/null",
+          `cd /tmp/app && echo '{"name":"app","version":"1.0.0"}' > package.json`,
+          "npm install --offline --no-audit --no-fund --silent /tmp/lib/berth-local-lib-1.0.0.tgz",
+          `node -e 'console.log("npm:", require("berth-local-lib"))'`,
+          "git init -q /tmp/repo && cd /tmp/repo && echo hello > file && git add file",
+          "git -c user.name=agent -c user.email=agent@example.com commit -qm first",
+          `echo "git: $(git log --oneline | wc -l)"`,
+          "python3 -m venv /tmp/venv",
+          `/tmp/venv/bin/python -c 'import sys; print("venv:", sys.prefix)'`,
+          `python3 -c 'import socket; print("interfaces:", [n for _, n in socket.if_nameindex()])'`,
+        ].join("\n"),
+      );
+      assert.equal(finished.exitCode, 0, finished.stderr);
+      assert.equal(
+        finished.stdout,
+        "npm: 42\ngit: 1\nvenv: /tmp/venv\ninterfaces: ['lo']\n",
+        finished.stderr,
+      );
+    });
+  });
+
+  describe("--bubblewrap-seccomp false", () => {
+    let harness: TestBerth;
+    let arn: string;
+
+    before(async () => {
+      harness = await startTestBerth([
+        "--sandbox-outbound",
+        "none",
+        "--bubblewrap-seccomp",
+        "false",
+      ]);
+      installAgent(harness.dataDir, shellAgent, "shell");
+      arn = (await createRuntime(harness, "shell")).arn;
+    });
+
+    after(async () => {
+      await harness.close();
+      removeDir(harness.dataDir);
+    });
+
+    it("leaves the filter out for agents and commands alike", async () => {
+      const session = newSessionId();
+      const command = "unshare -U true && echo created";
+      assert.equal((await askShellAgent(harness, arn, session, command)).stdout, "created\n");
+      assert.equal((await runCommand(harness.data, arn, session, command)).stdout, "created\n");
+    });
+  });
+
+  describe("slirp4netns", () => {
+    let harness: TestBerth;
+
+    before(async () => {
+      harness = await startTestBerth();
+      installAgent(harness.dataDir, shellAgent, "shell");
+    });
+
+    after(async () => {
+      await harness.close();
+      removeDir(harness.dataDir);
+    });
+
+    it("runs under its own seccomp filter", async () => {
+      const { arn } = await createRuntime(harness, "shell", {
+        networkConfiguration: { networkMode: "PUBLIC" },
+      });
+      await askShellAgent(harness, arn, newSessionId(), "true");
+      const slirp = sandboxPids(harness.settings.bubblewrapCgroupParent).filter(
+        (pid) => readProcFile(pid, "comm").trim() === "slirp4netns",
+      );
+      assert.equal(slirp.length, 1, "the session's network runs");
+      assert.match(readProcFile(slirp[0] ?? 0, "status"), /^Seccomp:\s+2$/m);
+    });
+  });
+
+  function readProcFile(pid: number, name: string): string {
+    try {
+      return readFileSync(join("/proc", String(pid), name), "utf8");
+    } catch {
+      return ""; // gone meanwhile
+    }
+  }
+});

@@ -23,7 +23,7 @@ const harness = useTestBerth(
     String(64 * 2 ** 20),
     // Every session start prepares its sandbox then and there (no shell taken from a pool), so
     // each start goes through Berth's helper and the cgroup count is sessions alone.
-    "--sandbox-prestart",
+    "--bubblewrap-prestart",
     "0",
   ],
   (berth) => {
@@ -32,11 +32,12 @@ const harness = useTestBerth(
 );
 
 /**
- * Berth's root helper (native/berth-exec) of this test's server: Berth (this process) is its
- * parent. Each running command has a keeper forked from it, with the same command line.
+ * Berth's root mount helper (native/berth-mount) of this test's server, which every sandbox start
+ * and teardown asks: Berth (this process) is its parent. Each request has a process forked from
+ * it, with the same command line.
  */
-function execHelperPid(): number {
-  const socket = join(harness().dataDir, "sessions", "exec", "berth-exec.sock");
+function mountHelperPid(): number {
+  const socket = join(harness().dataDir, "mount-helper.sock");
   const pids = readdirSync("/proc")
     .filter((name) => /^\d+$/.test(name))
     .filter((pid) => {
@@ -44,7 +45,7 @@ function execHelperPid(): number {
         const parent = /^PPid:\s+(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
         return (
           Number(parent) === process.pid &&
-          readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(`berth-exec\0serve\0${socket}`)
+          readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(`berth-mount\0serve\0${socket}`)
         );
       } catch {
         return false; // gone meanwhile
@@ -73,7 +74,7 @@ describe("a version change with concurrent requests", () => {
     const runtime = await createRuntime(harness(), "probe", workspace);
     const session = newSessionId();
     await invokeProbe(harness().data, runtime.arn, session, { action: "remember", value: "v1" });
-    const groupsBefore = sandboxGroups(harness().settings.cgroupParent).length;
+    const groupsBefore = sandboxGroups(harness().settings.bubblewrapCgroupParent).length;
     await newProbeVersion(harness(), runtime.id);
 
     const invokes = [1, 2, 3, 4, 5, 6].map((value) =>
@@ -112,7 +113,7 @@ describe("a version change with concurrent requests", () => {
       "one session, of the new version",
     );
     assert.equal(
-      sandboxGroups(harness().settings.cgroupParent).length,
+      sandboxGroups(harness().settings.bubblewrapCgroupParent).length,
       groupsBefore,
       "the old sandbox was replaced by exactly one new one: none runs unlisted",
     );
@@ -133,7 +134,7 @@ describe("Berth's own failures while starting a session", () => {
   it("answers InternalServerException and logs an error when its helper dies mid-start", async () => {
     const runtime = await createRuntime(harness(), "probe");
     const session = newSessionId();
-    const helper = execHelperPid();
+    const helper = mountHelperPid();
     const foldersBefore = new Set(runFolders());
     // Stopped, the helper takes no connection: the start waits on its first request to it.
     process.kill(helper, "SIGSTOP");
@@ -163,7 +164,7 @@ describe("Berth's own failures while starting a session", () => {
     );
     assert.ok(logged, "the failure is in the server log");
     assert.equal(logged["level"], "error");
-    assert.match(String(logged["error"]), /berth-exec|ECONNRESET/);
+    assert.match(String(logged["error"]), /berth-mount|ECONNRESET/);
     // Berth's helper is started again: the same session now starts.
     assert.deepEqual(
       await invokeProbe(harness().data, runtime.arn, session, { action: "recall" }),
@@ -190,8 +191,8 @@ describe("a command whose session is stopped", () => {
     >;
     await events.next(); // contentStart
     assert.equal((await events.next()).value?.chunk?.contentDelta?.stdout, "running\n");
-    // A busy host: the sandbox's teardown (its unmounts go through the helper) takes a while.
-    const helper = execHelperPid();
+    // A busy host: the sandbox's teardown (its unmounts go through the mount helper) takes a while.
+    const helper = mountHelperPid();
     process.kill(helper, "SIGSTOP");
     let stopped: Promise<unknown> | undefined;
     let ending: unknown;

@@ -10,7 +10,7 @@ import {
 } from "@aws-sdk/client-bedrock-agentcore";
 import { DeleteAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore-control";
 import { agentSources, installAgent, installAgentZip, waitFor } from "./support/agents.ts";
-import { quickLifecycleArgs, useTestBerth } from "./support/berth.ts";
+import { hostSuite, quickLifecycleArgs, useTestBerth } from "./support/berth.ts";
 import { createRuntime as createRuntimeIn, newSessionId } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
@@ -69,19 +69,23 @@ async function sessionsOf(runtimeId: string) {
 }
 
 describe("invoking agents", () => {
-  it("runs an agent written with the bedrock-agentcore npm SDK, keeping its memory per session", async () => {
-    const runtime = await createRuntime("node-example");
-    const session = newSessionId();
-    const first = await invokeJson(runtime.arn, session, { prompt: "hello" });
-    assert.equal(first["turns"], 1);
-    assert.match(String(first["reply"]), new RegExp(`session ${session}`));
-    const second = await invokeJson(runtime.arn, session, { prompt: "again" });
-    assert.equal(second["turns"], 2, "the same session reaches the same agent process");
-    const other = await invokeJson(runtime.arn, newSessionId(), { prompt: "hi" });
-    assert.equal(other["turns"], 1, "a new session id gets a fresh sandbox");
-  });
+  it(
+    "runs an agent written with the bedrock-agentcore npm SDK, keeping its memory per session",
+    hostSuite,
+    async () => {
+      const runtime = await createRuntime("node-example");
+      const session = newSessionId();
+      const first = await invokeJson(runtime.arn, session, { prompt: "hello" });
+      assert.equal(first["turns"], 1);
+      assert.match(String(first["reply"]), new RegExp(`session ${session}`));
+      const second = await invokeJson(runtime.arn, session, { prompt: "again" });
+      assert.equal(second["turns"], 2, "the same session reaches the same agent process");
+      const other = await invokeJson(runtime.arn, newSessionId(), { prompt: "hi" });
+      assert.equal(other["turns"], 1, "a new session id gets a fresh sandbox");
+    },
+  );
 
-  it("streams the SDK agent's SSE frames through unchanged", async () => {
+  it("streams the SDK agent's SSE frames through unchanged", hostSuite, async () => {
     const runtime = await createRuntime("node-example");
     const response = await invoke(
       runtime.arn,
@@ -96,7 +100,7 @@ describe("invoking agents", () => {
     assert.match(body, /"delta":"two "/);
   });
 
-  it("runs a plain Python agent using only the standard library", async () => {
+  it("runs a plain Python agent using only the standard library", hostSuite, async () => {
     const runtime = await createRuntime("python-example", {}, "main.py");
     const session = newSessionId();
     const reply = await invokeJson(runtime.arn, session, { prompt: "ping" });
@@ -158,7 +162,7 @@ describe("invoking agents", () => {
     assert.equal((await sessionsOf(runtime.id)).length, 1);
   });
 
-  it("runs an agent shipped as a .zip code artifact", async () => {
+  it("runs an agent shipped as a .zip code artifact", hostSuite, async () => {
     installAgentZip(harness().dataDir, agentSources.probe, "probe-zipped");
     const runtime = await createRuntime("probe-zipped.zip");
     const who = (await invokeJson(runtime.arn, newSessionId(), { action: "whoami" })) as {
@@ -214,7 +218,7 @@ describe("invoking agents", () => {
   });
 });
 
-describe("isolation", () => {
+describe("isolation", hostSuite, () => {
   let runtime: { arn: string; id: string };
   before(async () => {
     runtime = await createRuntime("probe", { environmentVariables: { MODEL: "tiny" } });
@@ -230,7 +234,7 @@ describe("isolation", () => {
     assert.equal(who.uid, 1000);
     assert.equal(who.hostname, "sandbox");
     assert.equal(who.cwd, "/app");
-    const hostPids = sandboxPids(harness().settings.cgroupParent);
+    const hostPids = sandboxPids(harness().settings.bubblewrapCgroupParent);
     assert.ok(hostPids.length > 0);
     for (const pid of hostPids) {
       const uid = statSync(`/proc/${pid}`).uid;
@@ -323,7 +327,7 @@ describe("isolation", () => {
   });
 });
 
-describe("limits", () => {
+describe("limits", hostSuite, () => {
   it("a fork bomb and a memory hog in one session leave another session answering", async () => {
     const runtime = await createRuntime("probe");
     const noisy = newSessionId();

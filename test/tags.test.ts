@@ -14,7 +14,7 @@ import {
 } from "@aws-sdk/client-bedrock-agentcore-control";
 import { agentSources, installAgent } from "./support/agents.ts";
 import { codeArtifact, placeCodeArtifact } from "./support/artifacts.ts";
-import { useTestBerth } from "./support/berth.ts";
+import { hostSuite, useTestBerth } from "./support/berth.ts";
 import { runCommand } from "./support/commands.ts";
 import { createRuntime, newProbeVersion, newSessionId, workspace } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
@@ -242,7 +242,7 @@ describe("TagResource, UntagResource and ListTagsForResource", () => {
     );
   });
 
-  it("changes what Berth does through its own berth: tags", async () => {
+  it("changes what Berth does through its own berth: tags", hostSuite, async () => {
     // berth:session-storage-on-version-change=keep, set after create, keeps a session's files.
     const runtime = await createRuntime(harness(), "probe", workspace);
     const session = newSessionId("tags");

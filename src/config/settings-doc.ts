@@ -1,15 +1,17 @@
-import { envName, flagName, settingDeclarations } from "./settings.ts";
+import { envName, flagName, settingDeclarations, settingParts } from "./settings.ts";
 
 /** docs/configuration.md, generated from the declarations so the two cannot drift. */
 export function renderConfigurationDoc(): string {
-  const rows = Object.entries(settingDeclarations).map(([name, declaration]) => {
-    const shownDefault =
-      "defaultShown" in declaration
-        ? declaration.defaultShown
-        : JSON.stringify(declaration.default);
-    const flag = "secret" in declaration ? "(none: secret)" : `\`${flagName(name)}\``;
-    return `| \`${name}\` | ${flag} | \`${envName(name)}\` | \`${shownDefault}\` | ${declaration.doc} |`;
-  });
+  const sections = Object.entries(settingParts).flatMap(([part, title]) => [
+    `## ${title}`,
+    "",
+    "| setting (config key) | flag | environment | default | meaning |",
+    "|---|---|---|---|---|",
+    ...Object.entries(settingDeclarations)
+      .filter(([, declaration]) => declaration.part === part)
+      .map(([name, declaration]) => row(name, declaration)),
+    "",
+  ]);
   return [
     "# Configuration",
     "",
@@ -19,9 +21,25 @@ export function renderConfigurationDoc(): string {
     "`BERTH_CONFIG`, an object keyed by the names below), `BERTH_*` environment variables, then flags.",
     "All settings are validated at start and every problem is reported at once (exit code 2).",
     "",
-    "| setting (config key) | flag | environment | default | meaning |",
-    "|---|---|---|---|---|",
-    ...rows,
+    "The server is assembled from parts, each chosen by a setting of the first table; every other",
+    "setting belongs to one part, and that part alone receives it. A setting that was renamed still",
+    "works under its former name (flag, environment variable and config key), with a warning in the",
+    "log naming the new one.",
     "",
+    ...sections,
   ].join("\n");
+}
+
+function row(
+  name: string,
+  declaration: (typeof settingDeclarations)[keyof typeof settingDeclarations],
+): string {
+  const shownDefault =
+    "defaultShown" in declaration ? declaration.defaultShown : JSON.stringify(declaration.default);
+  const flag = "secret" in declaration ? "(none: secret)" : `\`${flagName(name)}\``;
+  const formerly =
+    "formerly" in declaration
+      ? ` Formerly \`${declaration.formerly}\` (\`${flagName(declaration.formerly)}\`, \`${envName(declaration.formerly)}\`), still accepted.`
+      : "";
+  return `| \`${name}\` | ${flag} | \`${envName(name)}\` | \`${shownDefault}\` | ${declaration.doc}${formerly} |`;
 }

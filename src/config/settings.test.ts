@@ -1,9 +1,14 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { loadSettings, SettingsError } from "./settings.ts";
+import {
+  loadSettings,
+  loadSettingsWithWarnings,
+  settingDeclarations,
+  SettingsError,
+} from "./settings.ts";
 
 describe("loadSettings", () => {
   it("uses the documented defaults", () => {
@@ -63,5 +68,73 @@ describe("loadSettings", () => {
   it("reads a boolean flag without a value", () => {
     assert.equal(loadSettings(["--insecure-no-auth"], {}).insecureNoAuth, true);
     assert.equal(loadSettings([], { BERTH_INSECURE_NO_AUTH: "false" }).insecureNoAuth, false);
+  });
+
+  it("still takes a renamed setting under its former flag, variable and config key, with a warning", () => {
+    const folder = mkdtempSync(join(tmpdir(), "berth-settings-"));
+    try {
+      const file = join(folder, "berth.json");
+      writeFileSync(file, JSON.stringify({ sandboxPrestart: 3 }));
+      const fromFlag = loadSettingsWithWarnings(["--sandbox-uid-base", "20000"], {});
+      assert.equal(fromFlag.settings.bubblewrapUidBase, 20_000);
+      assert.deepEqual(fromFlag.warnings, [
+        "--sandbox-uid-base is a former name of bubblewrapUidBase; it still works, but use --bubblewrap-uid-base, BERTH_BUBBLEWRAP_UID_BASE or config key bubblewrapUidBase (the former names will go in a future release)",
+      ]);
+      const fromEnvironment = loadSettingsWithWarnings([], { BERTH_CGROUP_PARENT: "old-parent" });
+      assert.equal(fromEnvironment.settings.bubblewrapCgroupParent, "old-parent");
+      assert.match(fromEnvironment.warnings[0] ?? "", /^BERTH_CGROUP_PARENT is a former name/);
+      const fromFile = loadSettingsWithWarnings(["--config", file], {});
+      assert.equal(fromFile.settings.bubblewrapPrestart, 3);
+      assert.match(fromFile.warnings[0] ?? "", /^config file key sandboxPrestart is a former name/);
+    } finally {
+      rmSync(folder, { recursive: true, force: true });
+    }
+  });
+
+  it("prefers a setting's current name to its former one, in whichever order they come", () => {
+    for (const args of [
+      ["--sandbox-seccomp", "true", "--bubblewrap-seccomp", "false"],
+      ["--bubblewrap-seccomp", "false", "--sandbox-seccomp", "true"],
+    ]) {
+      const { settings, warnings } = loadSettingsWithWarnings(args, {});
+      assert.equal(settings.bubblewrapSeccomp, false, args.join(" "));
+      assert.deepEqual(warnings, [], args.join(" "));
+    }
+    const { settings } = loadSettingsWithWarnings([], {
+      BERTH_BUBBLEWRAP_PRESTART: "1",
+      BERTH_SANDBOX_PRESTART: "5",
+    });
+    assert.equal(settings.bubblewrapPrestart, 1);
+  });
+
+  it("names a bad value under the name it was given", () => {
+    assert.throws(
+      () => loadSettings(["--sandbox-uid-base", "x"], {}),
+      /--sandbox-uid-base must be a whole number/,
+    );
+  });
+
+  it("chooses each part by a setting, with the embedded defaults", () => {
+    const settings = loadSettings([], {});
+    assert.equal(settings.metadataStore, "sqlite");
+    assert.equal(settings.sandboxDriver, "bubblewrap");
+    assert.equal(settings.sessionStorage, "local");
+    assert.throws(
+      () => loadSettings(["--sandbox-driver", "docker"], {}),
+      /--sandbox-driver must be one of bubblewrap, process \(got "docker"\)/,
+    );
+  });
+
+  it("declares no setting that nothing reads", () => {
+    const sourceRoot = new URL("../", import.meta.url);
+    const sources = readdirSync(sourceRoot, { recursive: true, encoding: "utf8" })
+      .filter((file) => file.endsWith(".ts") && !file.endsWith(".test.ts"))
+      .filter((file) => !file.startsWith("config/settings"))
+      .map((file) => readFileSync(new URL(file, sourceRoot), "utf8"))
+      .join("\n");
+    const unread = Object.keys(settingDeclarations).filter(
+      (name) => !new RegExp(`\\bsettings\\.${name}\\b`).test(sources),
+    );
+    assert.deepEqual(unread, [], "settings declared but never read (as settings.NAME) in src/");
   });
 });

@@ -2,6 +2,7 @@ import { constants } from "node:os";
 import type { Readable } from "node:stream";
 import { BerthError } from "./errors.ts";
 import { InputReader } from "./input-reader.ts";
+import { CommandOutputEncoder } from "./output-encoder.ts";
 import { outputTextLength, type OutputText } from "./output-text.ts";
 import type { CommandOutput, SandboxCommand, SandboxExit } from "./sandbox.ts";
 import type { SessionLease } from "./sessions.ts";
@@ -190,32 +191,48 @@ const maxGatheredText = 65_536;
  * Sends output as it is read. Whatever has arrived by the time the receiver can take more goes
  * out together, consecutive pieces of one stream as one event: small writes are coalesced
  * without a timer, so no latency is added, and stdout and stderr keep the order they were read.
+ * Bytes are encoded as output text here, one encoder per stream, so a character cut between
+ * two reads waits for its rest; at the output's end, what still waits goes out as escapes.
  */
 async function relayOutput(
   output: Readable,
   sink: CommandEventSink,
   signal: AbortSignal | undefined,
 ): Promise<void> {
+  const encoder = new CommandOutputEncoder();
   for await (const batch of batches(output, signal)) {
-    let stream: CommandOutput["stream"] | undefined;
-    let gathered: Buffer[] = [];
-    let gatheredLength = 0;
-    for (const piece of batch) {
-      const length = outputTextLength(piece.text);
-      if (
-        stream !== undefined &&
-        (piece.stream !== stream || gatheredLength + length > maxGatheredText)
-      ) {
-        await send(sink, delta(stream, gathered), signal);
-        gathered = [];
-        gatheredLength = 0;
-      }
-      stream = piece.stream;
-      gathered.push(...piece.text);
-      gatheredLength += length;
-    }
-    if (stream !== undefined) await send(sink, delta(stream, gathered), signal);
+    const texts = batch.map((piece) => ({ stream: piece.stream, text: encoder.textOf(piece) }));
+    await sendGathered(texts, sink, signal);
   }
+  await sendGathered(encoder.end(), sink, signal);
+}
+
+/** Sends the pieces, consecutive ones of a stream gathered into one event up to maxGatheredText. */
+async function sendGathered(
+  pieces: readonly { stream: CommandOutput["stream"]; text: OutputText }[],
+  sink: CommandEventSink,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  let stream: CommandOutput["stream"] | undefined;
+  let gathered: Buffer[] = [];
+  let gatheredLength = 0;
+  for (const piece of pieces) {
+    const length = outputTextLength(piece.text);
+    // All of its bytes wait for the rest of a character.
+    if (length === 0) continue;
+    if (
+      stream !== undefined &&
+      (piece.stream !== stream || gatheredLength + length > maxGatheredText)
+    ) {
+      await send(sink, delta(stream, gathered), signal);
+      gathered = [];
+      gatheredLength = 0;
+    }
+    stream = piece.stream;
+    gathered.push(...piece.text);
+    gatheredLength += length;
+  }
+  if (stream !== undefined) await send(sink, delta(stream, gathered), signal);
 }
 
 function delta(stream: CommandOutput["stream"], text: OutputText): CommandEvent {

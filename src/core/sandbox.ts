@@ -8,6 +8,18 @@ import type { OutputText } from "./output-text.ts";
  */
 export interface SandboxDriver {
   start(spec: SandboxSpec, signal: AbortSignal): Promise<Sandbox>;
+  /**
+   * The kinds of volume handle this driver can attach, most preferred first; session storage
+   * asks its volume store for the first kind the store can give.
+   */
+  readonly volumeKinds: readonly VolumeHandle["kind"][];
+  /**
+   * What an unpacked image root must hold for this driver to start a sandbox on it: the folders
+   * and files it mounts over, created by the image store (as what they must be) before first use.
+   */
+  readonly imageRootNeeds: ImageRootNeeds;
+  /** One line for the start-up log: the technology and its options. */
+  describe(): string;
   /** Kills every sandbox and releases host resources; called at shutdown. */
   close(): Promise<void>;
 }
@@ -45,8 +57,8 @@ export interface SandboxSpec {
   /** The image's environment (if any), the runtime's environmentVariables and what an agent
    * expects (PORT, ...). Nothing else. */
   environment: Record<string, string>;
-  /** Host directories to mount read-write at their mountPath (under /mnt) before the agent starts. */
-  volumes: { mountPath: string; hostPath: string }[];
+  /** Session storage, attached read-write at each mountPath (under /mnt) before the agent starts. */
+  volumes: { mountPath: string; volume: VolumeHandle }[];
   /**
    * Called with each line the agent writes to stdout or stderr. A driver holds no more than a
    * bounded line: a longer one comes cut (and marked as cut), its rest dropped.
@@ -82,10 +94,37 @@ export interface Sandbox {
   exec(argv: string[]): Promise<SandboxCommand>;
 }
 
-/** A piece of a command's output, whole characters and escapes, as output text (output-text.ts). */
-export interface CommandOutput {
-  stream: "stdout" | "stderr";
-  text: OutputText;
+/**
+ * A piece of a command's output: the bytes the program wrote, which the core encodes as output
+ * text (output-encoder.ts), or output text a driver already encoded where it read them (a fast
+ * path: whole characters and escapes, see output-text.ts).
+ */
+export type CommandOutput =
+  | { stream: "stdout" | "stderr"; bytes: Buffer }
+  | { stream: "stdout" | "stderr"; text: OutputText };
+
+/**
+ * A session's storage volume as a sandbox driver receives it; each driver attaches the kinds it
+ * knows its own way.
+ */
+export type VolumeHandle =
+  /** A folder on this host holding the volume's files (mounted or plain), to be bound in. */
+  | { kind: "host-directory"; volumeId: string; path: string }
+  /** A filesystem image file on this host (ext4), for drivers that attach block devices. */
+  | { kind: "block-image"; volumeId: string; path: string; filesystem: "ext4" };
+
+/** See SandboxDriver.imageRootNeeds; paths relative to the root, without a leading slash. */
+export interface ImageRootNeeds {
+  folders: readonly string[];
+  files: readonly string[];
+}
+
+/**
+ * Thrown by SandboxDriver.start when every sandbox slot of this host is taken (its uids, for
+ * bubblewrap): a busy server, not a fault of the caller's request; a retry may succeed.
+ */
+export class NoSandboxSlotError extends Error {
+  override readonly name = "NoSandboxSlotError";
 }
 
 /** A program started with Sandbox.exec. */

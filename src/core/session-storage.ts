@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { BerthError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
 import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
-import type { SandboxIdentity } from "./sandbox.ts";
+import type { SandboxIdentity, VolumeHandle } from "./sandbox.ts";
 import type { SessionStorageRecord, MetadataStore } from "./store.ts";
 
 /**
@@ -23,18 +23,23 @@ export class NoRoomForVolumeError extends Error {
 }
 
 /**
- * Where session storage lives: one volume per (runtime, session, mount path), a filesystem of
- * its own with a hard size limit. On one machine, a loop-mounted ext4 image on local disk.
+ * Where session storage lives: one volume per (runtime, session, mount path). On one machine, a
+ * loop-mounted ext4 image on local disk (a filesystem of its own with a hard size limit), or a
+ * plain folder (no limit; for tests and hosts without loop devices). A store hands a volume to
+ * the sandbox driver as a VolumeHandle of a kind the driver attaches its own way.
  */
 export interface VolumeStore {
   /** owner: who owns the new volume's root folder; the store's default sandbox user if absent. */
   create(volumeId: string, sizeBytes: number, owner?: SandboxIdentity): Promise<void>;
+  /** The handle kinds this store can give, most preferred first. */
+  readonly handleKinds: readonly VolumeHandle["kind"][];
   /**
-   * Mounts the volume on the host and returns its directory. Throws UnreadableVolumeError when
-   * the volume itself is missing or damaged, another error when the host could not mount it.
+   * Makes the volume ready for a sandbox and returns a handle of the first of `kinds` (the
+   * driver's, most preferred first) this store can give. Throws UnreadableVolumeError when the
+   * volume itself is missing or damaged, another error when the host could not attach it.
    */
-  attach(volumeId: string): Promise<string>;
-  /** Flushes everything to disk and unmounts; returns the bytes in use at that moment. */
+  attach(volumeId: string, kinds: readonly VolumeHandle["kind"][]): Promise<VolumeHandle>;
+  /** Once no sandbox uses it: flushes everything and lets go; returns the bytes in use then. */
   detach(volumeId: string): Promise<number | undefined>;
   remove(volumeId: string): Promise<void>;
   usage(volumeId: string): Promise<VolumeUsage>;
@@ -42,6 +47,29 @@ export interface VolumeStore {
   list(): Promise<string[]>;
   /** Unmounts whatever a previous run of the server left mounted. */
   recover(): Promise<void>;
+}
+
+/**
+ * The first of the driver's `accepted` handle kinds (most preferred first) that a volume store
+ * `gives`; throws, naming both lists, when they share none: the driver and the volume store
+ * chosen in the settings cannot work together.
+ */
+export function agreedHandleKind(
+  accepted: readonly VolumeHandle["kind"][],
+  gives: readonly VolumeHandle["kind"][],
+): VolumeHandle["kind"] {
+  const kind = accepted.find((candidate) => gives.includes(candidate));
+  if (kind === undefined) {
+    throw new Error(
+      `the sandbox driver attaches volumes as ${kindList(accepted)}, but the volume store gives ` +
+        `only ${kindList(gives)}: choose a volume store and a sandbox driver that share a handle kind`,
+    );
+  }
+  return kind;
+}
+
+function kindList(kinds: readonly VolumeHandle["kind"][]): string {
+  return kinds.length === 0 ? "nothing" : kinds.map((kind) => `"${kind}"`).join(", ");
 }
 
 export interface VolumeUsage {
@@ -52,11 +80,11 @@ export interface VolumeUsage {
   allocatedBytes: number;
 }
 
-/** A session's volume attached on the host, for the sandbox driver to mount at mountPath. */
+/** A session's volume made ready, for the sandbox driver to attach at mountPath. */
 export interface AttachedVolume {
   mountPath: string;
   volumeId: string;
-  hostPath: string;
+  handle: VolumeHandle;
 }
 
 export interface SessionStorageSettings {
@@ -81,29 +109,50 @@ export interface StorageView extends SessionStorageRecord {
 export class SessionStorage {
   private readonly store: MetadataStore;
   private readonly volumes: VolumeStore;
+  /** The handle kinds the sandbox driver attaches, most preferred first. */
+  private readonly kinds: readonly VolumeHandle["kind"][];
   private readonly settings: SessionStorageSettings;
   private readonly log: Logger;
   private readonly now: () => Date;
-  /** Volume ids attached to a live sandbox: never swept or deleted under it. */
-  private readonly inUse = new Set<string>();
+  /**
+   * Who this process is when it claims volumes in the metadata store. A volume a sandbox uses is
+   * claimed there, not remembered here, so no Berth process sharing the store attaches, sweeps or
+   * deletes it under that sandbox.
+   */
+  private readonly holder: string;
+  /** Who this process is when it claims a volume to delete it (a claim no sandbox can share). */
+  private readonly remover: string;
 
   constructor(options: {
     store: MetadataStore;
     volumes: VolumeStore;
+    /** The sandbox driver's volumeKinds. */
+    kinds: readonly VolumeHandle["kind"][];
     settings: SessionStorageSettings;
     log: Logger;
     now: () => Date;
+    /** This Berth process's name in volume claims: the same across its restarts. */
+    holder: string;
   }) {
+    // A driver and a volume store with no kind in common are a configuration mistake: found
+    // here, at start, rather than as a failure of every session that has storage.
+    agreedHandleKind(options.kinds, options.volumes.handleKinds);
     this.store = options.store;
     this.volumes = options.volumes;
+    this.kinds = options.kinds;
     this.settings = options.settings;
     this.log = options.log;
     this.now = options.now;
+    this.holder = options.holder;
+    this.remover = `${options.holder} (deleting)`;
   }
 
   /** After a restart: unmount what the last run left, and drop volumes no record names. */
   async recover(): Promise<void> {
     await this.volumes.recover();
+    // Whatever this process held before its restart, no sandbox of it holds now.
+    await this.store.releaseSessionStorageClaims(this.holder);
+    await this.store.releaseSessionStorageClaims(this.remover);
     const known = new Set((await this.store.listSessionStorage()).map((record) => record.volumeId));
     for (const volumeId of await this.volumes.list()) {
       if (!known.has(volumeId)) await this.volumes.remove(volumeId);
@@ -124,8 +173,8 @@ export class SessionStorage {
     try {
       for (const mountPath of version.config.sessionStorageMountPaths) {
         const record = await this.recordFor(runtime, version, sessionId, mountPath, owner);
-        const hostPath = await this.attachVolume(record);
-        attached.push({ mountPath, volumeId: record.volumeId, hostPath });
+        const handle = await this.attachVolume(record);
+        attached.push({ mountPath, volumeId: record.volumeId, handle });
       }
       return attached;
     } catch (error) {
@@ -134,7 +183,7 @@ export class SessionStorage {
     }
   }
 
-  /** Flushes and unmounts; call once the sandbox that used the volumes is gone. */
+  /** Flushes and lets go of the volumes; call once the sandbox that used them is gone. */
   async detach(volumes: AttachedVolume[]): Promise<void> {
     for (const volume of volumes) {
       try {
@@ -146,7 +195,7 @@ export class SessionStorage {
           error: String(error),
         });
       } finally {
-        this.inUse.delete(volume.volumeId);
+        await this.release(volume.volumeId, this.holder);
       }
     }
   }
@@ -171,20 +220,28 @@ export class SessionStorage {
     const records = (await this.store.listSessionStorage(runtimeId)).filter(
       (record) => record.sessionId === sessionId,
     );
-    if (records.some((record) => this.inUse.has(record.volumeId))) {
-      throw new BerthError(
-        "ConflictException",
-        `Session ${sessionId} is running; stop it (StopRuntimeSession) before deleting its storage`,
-      );
+    for (const record of records) {
+      if (!(await this.removeRecord(record, "deleted by the operator"))) {
+        throw new BerthError(
+          "ConflictException",
+          `Session ${sessionId} is running; stop it (StopRuntimeSession) before deleting its storage`,
+        );
+      }
     }
-    for (const record of records) await this.removeRecord(record, "deleted by the operator");
     return records.length > 0;
   }
 
   /** Deletes every volume of a runtime (it is being deleted; its sessions are stopped). */
   async removeRuntime(runtimeId: string): Promise<void> {
     for (const record of await this.store.listSessionStorage(runtimeId)) {
-      await this.removeRecord(record, "runtime deleted");
+      if (!(await this.removeRecord(record, "runtime deleted")))
+        this.log.warn(
+          "session storage of a deleted runtime is still in use; the sweep removes it",
+          {
+            volumeId: record.volumeId,
+            heldBy: record.heldBy,
+          },
+        );
     }
   }
 
@@ -192,8 +249,8 @@ export class SessionStorage {
   async sweep(): Promise<void> {
     const before = new Date(this.now().getTime() - this.settings.retentionMs).toISOString();
     for (const record of await this.store.listSessionStorage()) {
-      if (record.lastUsedAt >= before || this.inUse.has(record.volumeId)) continue;
-      await this.removeRecord(record, "retention period passed");
+      // One in use now is skipped by removeRecord: its claim says so.
+      if (record.lastUsedAt < before) await this.removeRecord(record, "retention period passed");
     }
   }
 
@@ -210,7 +267,8 @@ export class SessionStorage {
         await this.store.setSessionStorageVersion(existing.volumeId, version.version);
         return { ...existing, version: version.version };
       }
-      await this.removeRecord(existing, `the endpoint now serves version ${version.version}`);
+      const reason = `the endpoint now serves version ${version.version}`;
+      if (!(await this.removeRecord(existing, reason))) throw volumeInUse(existing);
     } else if (existing !== undefined) {
       return existing;
     }
@@ -231,30 +289,53 @@ export class SessionStorage {
       usedBytes: undefined,
       createdAt: now,
       lastUsedAt: now,
+      heldBy: undefined,
     };
     await this.store.putSessionStorage(record);
     return record;
   }
 
-  private async attachVolume(record: SessionStorageRecord): Promise<string> {
-    this.inUse.add(record.volumeId);
+  private async attachVolume(record: SessionStorageRecord): Promise<VolumeHandle> {
+    // lastUsedAt is recorded at detach; while attached, the claim keeps sweeps away.
+    if (!(await this.claim(record.volumeId, this.holder))) throw volumeInUse(record);
     try {
-      // lastUsedAt is recorded at detach; while attached, inUse keeps the sweeper away.
-      return await this.volumes.attach(record.volumeId);
+      return await this.volumes.attach(record.volumeId, this.kinds);
     } catch (error) {
-      this.inUse.delete(record.volumeId);
+      await this.release(record.volumeId, this.holder);
       throw attachFailure(record, error);
     }
   }
 
-  private async removeRecord(record: SessionStorageRecord, reason: string): Promise<void> {
-    await this.volumes.remove(record.volumeId);
-    await this.store.deleteSessionStorage(record.volumeId);
+  /** Deletes the volume and its record, unless a sandbox has it: then false, nothing done. */
+  private async removeRecord(record: SessionStorageRecord, reason: string): Promise<boolean> {
+    if (!(await this.claim(record.volumeId, this.remover))) return false;
+    try {
+      await this.volumes.remove(record.volumeId);
+      await this.store.deleteSessionStorage(record.volumeId);
+    } catch (error) {
+      await this.release(record.volumeId, this.remover);
+      throw error;
+    }
     this.log.info("session storage deleted", {
       runtimeId: record.runtimeId,
       sessionId: record.sessionId,
       mountPath: record.mountPath,
       reason,
+    });
+    return true;
+  }
+
+  private claim(volumeId: string, holder: string): Promise<boolean> {
+    return this.store.claimSessionStorage(volumeId, holder, this.now().toISOString());
+  }
+
+  /** A claim that cannot be released is logged: the next start of this process releases it. */
+  private async release(volumeId: string, holder: string): Promise<void> {
+    await this.store.releaseSessionStorage(volumeId, holder).catch((error: unknown) => {
+      this.log.error("could not release a session storage claim", {
+        volumeId,
+        error: String(error),
+      });
     });
   }
 }
@@ -280,6 +361,15 @@ function attachFailure(record: SessionStorageRecord, error: unknown): BerthError
     `Berth could not attach the session's storage at ${record.mountPath} (${reason}). ` +
       "Its data was not touched and the agent was not started; retry the request",
     { cause: error },
+  );
+}
+
+/** Another sandbox (of this process or another sharing the store) has the volume, or it is being deleted. */
+function volumeInUse(record: SessionStorageRecord): BerthError {
+  return new BerthError(
+    "ConflictException",
+    `The session's storage at ${record.mountPath} is in use by another sandbox of this session or being deleted; ` +
+      "the agent was not started. Retry once that ends (StopRuntimeSession ends a session)",
   );
 }
 

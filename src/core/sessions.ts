@@ -3,14 +3,15 @@ import { BerthError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
 import type { AttachedVolume, SessionStorage } from "./session-storage.ts";
 import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
-import type {
-  AgentEndpoint,
-  Sandbox,
-  SandboxCommand,
-  SandboxDriver,
-  SandboxExit,
-  SandboxFilesystem,
-  SandboxUsage,
+import {
+  NoSandboxSlotError,
+  type AgentEndpoint,
+  type Sandbox,
+  type SandboxCommand,
+  type SandboxDriver,
+  type SandboxExit,
+  type SandboxFilesystem,
+  type SandboxUsage,
 } from "./sandbox.ts";
 
 export type AgentHealth = "Healthy" | "HealthyBusy";
@@ -111,9 +112,9 @@ const outputTailLines = 20;
 /** How long a request that lost its sandbox waits to learn why (see endReasonSoon). */
 const endNoticeMs = 50;
 /**
- * Most idle sessions whose /ping the sweep asks at once. Each ask ends within agentPingTimeoutMs, and
- * the sessions asked longest ago go first, so every idle session is asked within a few sweeps
- * however many agents answer slowly.
+ * Most idle sessions whose /ping is asked at once. Each ask ends within agentPingTimeoutMs and
+ * lets the next queued one start, and the sessions asked longest ago go first, so every idle
+ * session is asked within a few sweeps however many agents answer slowly.
  */
 const maxConcurrentIdleProbes = 16;
 
@@ -138,6 +139,8 @@ export class SessionManager {
   private readonly settings: SessionSettings;
   private readonly nowMs: () => number;
   private idleProbes = 0;
+  /** Idle sessions whose /ping is still to be asked, asked longest ago first (see sweep()). */
+  private idleQueue: LiveSession[] = [];
   private closed = false;
 
   constructor(options: {
@@ -363,9 +366,9 @@ export class SessionManager {
 
   /**
    * What a failed start answers. What the agent did (it exited, never answered /ping) is already
-   * a RuntimeClientError; a start cut short by the session's end says why it ended. Anything
-   * else is Berth's own failure (its helper, a sandbox slot, the host): a server fault, logged
-   * as an error, that a retry may get past.
+   * a RuntimeClientError; a start cut short by the session's end says why it ended. No free
+   * sandbox slot is a busy server: retryable, logged as a warning. Anything else is Berth's own
+   * failure (its helper, the host): a server fault, logged as an error, that a retry may get past.
    */
   private startFailure(session: LiveSession, error: unknown, endedMeanwhile?: string): BerthError {
     if (endedMeanwhile !== undefined) {
@@ -377,6 +380,7 @@ export class SessionManager {
           );
     }
     if (BerthError.isInstance(error)) return error;
+    if (error instanceof NoSandboxSlotError) return this.noSandboxSlot(session, error);
     this.log.error("session failed to start", {
       runtimeId: session.runtimeId,
       sessionId: session.sessionId,
@@ -386,6 +390,20 @@ export class SessionManager {
     return new BerthError(
       "InternalServerException",
       `Berth could not start the session's sandbox: a fault of the server, not of the agent. The cause is in the server log ("session failed to start", session ${session.sessionId})`,
+      { cause: error },
+    );
+  }
+
+  private noSandboxSlot(session: LiveSession, error: NoSandboxSlotError): BerthError {
+    this.log.warn("no sandbox slot free", {
+      runtimeId: session.runtimeId,
+      sessionId: session.sessionId,
+      sessionsRunning: this.sessions.size,
+      error: error.message,
+    });
+    return new BerthError(
+      "ThrottlingException",
+      `This server has no free sandbox slot for a new session: ${error.message}. Sessions that just ended give theirs back once their sandboxes are gone: retry in a moment (the AWS SDKs retry ThrottlingException). If it persists, the server is at capacity: stop idle sessions or raise maxSessions`,
       { cause: error },
     );
   }
@@ -401,7 +419,7 @@ export class SessionManager {
         {
           filesystem: plan.filesystem,
           command: plan.command,
-          volumes: volumes.map(({ mountPath, hostPath }) => ({ mountPath, hostPath })),
+          volumes: volumes.map(({ mountPath, handle }) => ({ mountPath, volume: handle })),
           environment: {
             ...plan.environment,
             ...version.config.environmentVariables,
@@ -501,9 +519,22 @@ export class SessionManager {
       else if (this.isIdle(session, now) && !session.probing) idle.push(session);
     }
     idle.sort((first, second) => first.lastProbeMs - second.lastProbeMs);
-    for (const session of idle) {
-      if (this.idleProbes >= maxConcurrentIdleProbes) break;
-      void this.probeIdle(session);
+    this.idleQueue = idle;
+    this.probeQueued();
+  }
+
+  /**
+   * Asks queued idle sessions' /ping, up to maxConcurrentIdleProbes at once. Called again as each
+   * answer arrives, so sessions that went idle together are asked as fast as their agents
+   * answer, not 16 per sweep interval (200 sessions took 13 sweeps: 650 ms at 50 ms).
+   */
+  private probeQueued(): void {
+    while (this.idleProbes < maxConcurrentIdleProbes) {
+      const session = this.idleQueue.shift();
+      if (session === undefined) return;
+      const stillIdle =
+        this.sessions.get(session.key) === session && this.isIdle(session, this.nowMs());
+      if (stillIdle && !session.probing) void this.probeIdle(session);
     }
   }
 
@@ -526,6 +557,7 @@ export class SessionManager {
     if (health === "HealthyBusy") session.lastActivityMs = this.nowMs();
     else if (this.sessions.get(session.key) === session && this.isIdle(session, this.nowMs()))
       this.endInBackground(session, "idle timeout");
+    this.probeQueued();
   }
 
   private endInBackground(session: LiveSession, reason: string): void {

@@ -31,6 +31,11 @@ export interface SessionStorageRecord {
   usedBytes: number | undefined;
   createdAt: string;
   lastUsedAt: string;
+  /**
+   * The Berth process whose sandbox has the volume attached (see claimSessionStorage), or
+   * undefined while no sandbox uses it.
+   */
+  heldBy: string | undefined;
 }
 
 /**
@@ -58,7 +63,9 @@ export interface PageRequest {
 /**
  * Metadata storage. Each mutating method is one atomic transaction, including the idempotency
  * record it is given, so a crash never leaves a created runtime without its token (or the
- * reverse). Implementations: SQLite (embedded default); PostgreSQL can satisfy the same contract.
+ * reverse). Records returned are the caller's own copies. Implementations: SQLite (embedded
+ * default) and in-memory (tests); each passes test/contracts/metadata-store.test.ts, as a
+ * PostgreSQL store would have to.
  */
 export interface MetadataStore {
   /** Throws NameTakenError when a live runtime already has the name. */
@@ -143,8 +150,12 @@ export interface MetadataStore {
     sessionId: string,
     mountPath: string,
   ): Promise<SessionStorageRecord | undefined>;
-  /** Every volume, or a runtime's, oldest first. */
+  /** Every volume, or a runtime's, oldest first (by createdAt). */
   listSessionStorage(runtimeId?: string): Promise<SessionStorageRecord[]>;
+  /**
+   * Inserts a new record, held by record.heldBy. Rejects a record whose volume id, or whose
+   * (runtime, session, mount path), another record already has.
+   */
   putSessionStorage(record: SessionStorageRecord): Promise<void>;
   /** Records a use; usedBytes undefined keeps the last measurement. */
   touchSessionStorage(
@@ -153,7 +164,28 @@ export interface MetadataStore {
     usedBytes: number | undefined,
   ): Promise<void>;
   setSessionStorageVersion(volumeId: string, version: number): Promise<void>;
+  /** Deletes the record whether or not it is claimed: the caller checks heldBy first. */
   deleteSessionStorage(volumeId: string): Promise<void>;
+
+  /*
+   * Claims say which volumes a sandbox is using. They live in the store, not in one process's
+   * memory, so that two Berth processes sharing a store never attach one volume twice, and a
+   * volume in use is never swept or deleted by a process that did not attach it.
+   */
+
+  /**
+   * Claims the volume for `holder` (one Berth process), as one atomic step. True when it was
+   * free or already held by `holder` (it is then held by `holder`, claimed `at`); false when
+   * another holder has it, or no record names it.
+   */
+  claimSessionStorage(volumeId: string, holder: string, at: string): Promise<boolean>;
+  /** Frees the volume if `holder` holds it; a claim held by anyone else is left alone. */
+  releaseSessionStorage(volumeId: string, holder: string): Promise<void>;
+  /**
+   * Frees every volume `holder` holds: a process that restarts under the same name has no
+   * sandbox left from its previous run, so its old claims name nothing in use.
+   */
+  releaseSessionStorageClaims(holder: string): Promise<void>;
 
   close(): Promise<void>;
 }

@@ -6,7 +6,6 @@ import type { Writable } from "node:stream";
 import { codeArtifactCheck } from "../adapters/artifacts/local-artifact-store.ts";
 import { startContainerImages } from "./container-images.ts";
 import { imageOperations } from "../wire/images-api.ts";
-import { SqliteMetadataStore } from "../adapters/sqlite/store.ts";
 import type { Settings } from "../config/settings.ts";
 import type { CoreContext } from "../core/context.ts";
 import type { Logger } from "../core/logger.ts";
@@ -20,25 +19,20 @@ import { ArchiveUploads } from "../adapters/artifacts/archive-uploads.ts";
 import { pingAgent } from "../wire/agent-client.ts";
 import { SessionManager } from "../core/sessions.ts";
 import { SessionStorage } from "../core/session-storage.ts";
-import { LoopVolumes } from "../adapters/volumes/loop-volumes.ts";
-import { sandboxUser } from "../adapters/bubblewrap/mounts.ts";
-import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
 import {
   launchPlanner,
   planCodeLaunch,
   requireInterpreter,
 } from "../adapters/artifacts/launch-plan.ts";
-import { findPythonInstalls, pythonRuntimeVersions } from "../config/python-installs.ts";
-import { exposePythonInstalls, type ExposedPythons } from "./python-interpreters.ts";
-import { nativeBinary } from "../adapters/bubblewrap/native-binaries.ts";
 import { CodeFolders } from "../adapters/artifacts/code-folders.ts";
-import { binaryForSandboxes, requireTraversableByOthers } from "./sandbox-host.ts";
 import { createRequestHandler } from "../wire/handler.ts";
 import { RequestDrain } from "../wire/drain.ts";
 import { BerthError } from "../core/errors.ts";
 import { BodyHolder } from "../wire/signed-body.ts";
 import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
 import { loadOrCreateCredentials } from "./credentials.ts";
+import { assembleParts } from "./parts.ts";
+import { loadOrCreateNodeId } from "./node-id.ts";
 
 export interface RunningBerth {
   url: string;
@@ -80,19 +74,10 @@ export async function startBerth(
   environment: BerthEnvironment,
 ): Promise<RunningBerth> {
   const { log, now = () => new Date() } = environment;
-  if (process.getuid?.() !== 0) {
-    throw new Error(
-      "berth serve must run as root: each session's sandbox gets its own unprivileged host uid",
-    );
-  }
   mkdirSync(settings.dataDir, { recursive: true, mode: 0o711 });
   // Sandbox users pass through the data dir to their own folders; they cannot list it, and the
   // database and credentials inside are 0600.
   chmodSync(settings.dataDir, 0o711);
-  requireTraversableByOthers(
-    settings.dataDir,
-    "the data directory holds session folders and artifacts",
-  );
   const artifactsDir = join(settings.dataDir, "artifacts");
   mkdirSync(artifactsDir, { recursive: true, mode: 0o755 });
 
@@ -105,12 +90,16 @@ export async function startBerth(
     join(settings.dataDir, "artifact-cache"),
     unpackLimits,
   );
-  const { key, generated } = loadOrCreateCredentials(settings.dataDir, settings);
-  const store = new SqliteMetadataStore(join(settings.dataDir, "berth.db"));
-  const containerImages = startContainerImages(settings, store, log, now);
-  const { images } = containerImages;
+  const { key, generated } = loadOrCreateCredentials(settings.dataDir, {
+    accessKeyId: settings.accessKeyId,
+    secretAccessKey: settings.secretAccessKey,
+  });
+  const parts = await assembleParts(settings, log);
+  const { store, driver, pythons } = parts;
   const checkCode = codeArtifactCheck(codeFolders);
-  const pythons = exposePythons(settings, log);
+  // After the driver: image roots are unpacked with what it mounts over in them.
+  const containerImages = startContainerImages(settings, store, log, now, driver.imageRootNeeds);
+  const { images } = containerImages;
   const preparer = new VersionPreparer({
     store,
     check: async (artifact, signal) => {
@@ -121,34 +110,11 @@ export async function startBerth(
     now,
     log,
   });
-  const driver = await BubblewrapDriver.create({
-    runRoot: join(settings.dataDir, "sessions"),
-    uidBase: settings.sandboxUidBase,
-    maxSandboxes: settings.maxSessions,
-    limits: {
-      memoryBytes: settings.sessionMemoryBytes,
-      pids: settings.sessionPids,
-      cpus: settings.sessionCpus,
-    },
-    totalLimits: { memoryBytes: settings.sandboxesMemoryBytes, pids: settings.sandboxesPids },
-    interpreters: {
-      node: binaryForSandboxes(settings.nodeBinary, join(settings.dataDir, "interpreters")),
-    },
-    bridge: nativeBinary("berth-bridge"),
-    cgroupParent: settings.cgroupParent,
-    outbound: settings.sandboxOutbound,
-    allowedNetworks: settings.sandboxAllowedNetworks,
-    prestartPerVersion: settings.sandboxPrestart,
-    seccomp: settings.sandboxSeccomp,
-    maxOutputLineBytes: settings.maxAgentOutputLineBytes,
-  });
   const storage = new SessionStorage({
     store,
-    // Files are stored as the sandbox's own user; each sandbox sees them through an idmapping.
-    volumes: new LoopVolumes(join(settings.dataDir, "storage"), sandboxUser.uid, {
-      mountImage: (image, target) => driver.mountImage(image, target),
-      unmount: (target) => driver.unmount(target),
-    }),
+    volumes: parts.volumes,
+    kinds: driver.volumeKinds,
+    holder: loadOrCreateNodeId(settings.dataDir),
     settings: {
       sizeBytes: settings.sessionStorageBytes,
       retentionMs: settings.sessionStorageRetentionSeconds * 1000,
@@ -291,7 +257,7 @@ export async function startBerth(
       clearInterval(storageSweep);
       await sessions.close();
       await driver.close();
-      pythons.release();
+      await parts.release();
       await drain.drain(server, AbortSignal.timeout(lastWordsMs));
       server.closeAllConnections();
       await serverClosed;
@@ -303,26 +269,6 @@ export async function startBerth(
 
 function anyOf(signal: AbortSignal, other: AbortSignal | undefined): AbortSignal {
   return other === undefined ? signal : AbortSignal.any([signal, other]);
-}
-
-/**
- * Finds the Python of each Python runtime (configured, else looked for on this host) and makes
- * each visible to sandboxes. Reads Berth's own PATH and PYENV_ROOT, at start only.
- */
-function exposePythons(settings: Settings, log: Logger): ExposedPythons {
-  const installs = findPythonInstalls(settings.pythonInterpreters, {
-    path: process.env["PATH"],
-    pyenvRoot: process.env["PYENV_ROOT"],
-  });
-  log.info("python runtimes", {
-    ...Object.fromEntries(
-      Object.keys(pythonRuntimeVersions).map((runtime) => [runtime, "none (its versions fail)"]),
-    ),
-    ...Object.fromEntries(
-      Object.entries(installs).map(([runtime, install]) => [runtime, install.executable]),
-    ),
-  });
-  return exposePythonInstalls(installs, join(settings.dataDir, "interpreters", "python"));
 }
 
 /** Slow clients get 408 and lose their connection; the check runs often enough to be on time. */

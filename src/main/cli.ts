@@ -1,10 +1,12 @@
 import {
   envName,
   flagName,
-  loadSettings,
+  loadSettingsWithWarnings,
   settingDeclarations,
+  settingParts,
   SettingsError,
 } from "../config/settings.ts";
+import { testOnlyPartsChosen } from "./parts.ts";
 import { clientCommandLines, clientNotes, runClientCommand } from "../cli/main.ts";
 import { startBerth } from "./berth.ts";
 import { closeInheritedDescriptors } from "./inherited-descriptors.ts";
@@ -25,11 +27,20 @@ Examples:
   BERTH_ACCESS_KEY_ID=... BERTH_SECRET_ACCESS_KEY=... berth serve --host 0.0.0.0
 
 serve options (each also as a BERTH_* environment variable or a key in --config FILE, a JSON object):
-${Object.entries(settingDeclarations)
+${Object.entries(settingParts)
   .map(
-    ([name, declaration]) => `  ${flagName(name).padEnd(30)} ${declaration.doc} [${envName(name)}]`,
+    ([part, title]) =>
+      `\n ${title}:\n` +
+      Object.entries(settingDeclarations)
+        .filter(([, declaration]) => declaration.part === part)
+        .map(
+          ([name, declaration]) =>
+            `  ${flagName(name).padEnd(30)} ${declaration.doc} [${envName(name)}]`,
+        )
+        .join("\n"),
   )
   .join("\n")}
+
   --config FILE                  JSON file of settings (lowest precedence after defaults) [BERTH_CONFIG]
 `;
 
@@ -54,13 +65,16 @@ export async function runCli(args: readonly string[], env: NodeJS.ProcessEnv): P
   return serve(rest, env);
 }
 
+/** Set to 1 by Berth's own test suite, and nothing else, to serve on test-only parts. */
+const allowTestPartsVariable = "BERTH_ALLOW_TEST_PARTS";
+
 /** How soon after the first a SIGINT counts as the same Ctrl-C, relayed by npx. */
 const duplicateSignalMs = 1000;
 
 async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
-  let settings;
+  let loaded;
   try {
-    settings = loadSettings(args, env);
+    loaded = loadSettingsWithWarnings(args, env);
   } catch (error) {
     if (error instanceof SettingsError) {
       process.stderr.write(`berth serve: ${error.message}\n`);
@@ -68,7 +82,17 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
     }
     throw error;
   }
+  const { settings, warnings } = loaded;
+  const testOnly = testOnlyPartsChosen(settings);
+  if (testOnly.length > 0 && env[allowTestPartsVariable] !== "1") {
+    process.stderr.write(
+      `berth serve: ${testOnly.join(", ")} exists for Berth's own tests (it gives up isolation or limits that Berth promises); choose metadataStore=sqlite, sandboxDriver=bubblewrap, sessionStorage=local\n`,
+    );
+    return 2;
+  }
   const log = jsonLogger(process.stdout);
+  for (const warning of warnings) log.warn(warning);
+  if (testOnly.length > 0) log.warn("running on test-only parts", { parts: testOnly });
   const closed = closeInheritedDescriptors();
   if (closed.length > 0) log.info("closed inherited descriptors", { descriptors: closed });
   // Listen before starting, so a signal that arrives during start-up still shuts down cleanly.

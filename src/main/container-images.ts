@@ -6,23 +6,27 @@ import { RegistryClient } from "../adapters/images/registry-client.ts";
 import { credentialsFromFile, insecureRegistries } from "../adapters/images/registry-settings.ts";
 import type { Settings } from "../config/settings.ts";
 import type { Logger } from "../core/logger.ts";
+import type { ImageRootNeeds } from "../core/sandbox.ts";
 import type { MetadataStore } from "../core/store.ts";
 
 /**
  * The container image cache under `<data-dir>/images`, its registry client, and its garbage
  * collection: images no version pins and no load names go once unused for imageRetentionSeconds.
+ * `rootNeeds`: what the sandbox driver mounts over in an image root (its imageRootNeeds).
  */
 export function startContainerImages(
   settings: Settings,
   store: MetadataStore,
   log: Logger,
   now: () => Date,
+  rootNeeds: ImageRootNeeds,
 ): { images: ContainerImages; collectGarbage: () => Promise<string[]>; stop: () => void } {
   const cacheDir = join(settings.dataDir, "images");
   const images = new ContainerImages({
     store: new ImageStore(cacheDir, {
       maxImageBytes: settings.maxImageBytes,
       maxImageMetadataBytes: settings.maxImageMetadataBytes,
+      rootNeeds,
     }),
     registry: new RegistryClient({
       credentials: credentialsFromFile(settings.registryCredentialsFile),
@@ -35,7 +39,7 @@ export function startContainerImages(
   });
   const collectGarbage = async (): Promise<string[]> => {
     const pinned = await store.listArtifactDigests();
-    const removed = images.collectGarbage(
+    const removed = await images.collectGarbage(
       pinned,
       settings.imageRetentionSeconds * 1000,
       now().getTime(),

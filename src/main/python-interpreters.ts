@@ -54,6 +54,17 @@ export function exposePythonInstalls(installs: PythonInstalls, viewsDir: string)
   };
 }
 
+/**
+ * The installs as they are, for sandboxes that see the host's own files (the process driver):
+ * nothing to bind, nothing to release.
+ */
+export function pythonsAsInstalled(installs: PythonInstalls): ExposedPythons {
+  const interpreters: Partial<Record<PythonRuntime, SandboxInterpreter>> = {};
+  for (const [runtime, install] of Object.entries(installs) as [PythonRuntime, PythonInstall][])
+    interpreters[runtime] = { binds: [], commands: commandsOf(install) };
+  return { interpreters, release: () => undefined };
+}
+
 /** `python`, `python3` and `python3.X` run the install's interpreter; pip likewise, if it has one. */
 function commandsOf(install: PythonInstall): Record<string, string> {
   const commands: Record<string, string> = {};

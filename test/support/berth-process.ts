@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { BedrockAgentCoreClient } from "@aws-sdk/client-bedrock-agentcore";
 import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
-import { isolationArgs } from "./berth.ts";
+import { isolationArgs, onTestParts } from "./berth.ts";
 
 export const berthBin = fileURLToPath(new URL("../../bin/berth.ts", import.meta.url));
 
@@ -16,6 +16,11 @@ export interface BerthProcess {
   lines: Record<string, unknown>[];
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
+
+/** What `berth serve` needs in its environment to run on the test-only parts, when they are used. */
+export const testPartsEnvironment: NodeJS.ProcessEnv = onTestParts
+  ? { BERTH_ALLOW_TEST_PARTS: "1" }
+  : {};
 
 /** The command line of `berth serve` on port 0 with these settings, as a user would run it. */
 export function serveCommand(args: string[], isolation: string[] = isolationArgs()): string[] {
@@ -30,7 +35,7 @@ export async function spawnBerth(
 ): Promise<BerthProcess> {
   const [program = "", ...programArgs] = serveCommand(args, isolation);
   const child = spawn(program, programArgs, {
-    env: { PATH: process.env["PATH"], HOME: process.env["HOME"], ...env },
+    env: { PATH: process.env["PATH"], HOME: process.env["HOME"], ...testPartsEnvironment, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   return untilListening(child);

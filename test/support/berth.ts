@@ -30,6 +30,33 @@ export const quickLifecycleArgs = [
   "50",
 ] as const;
 
+/**
+ * Whether this run assembles test servers from the test-only parts (in-memory metadata, plain
+ * processes for sandboxes, plain folders for session storage): under `npm run test:unit`, and
+ * whenever the tests do not run as root, which the real parts need.
+ */
+export const onTestParts = process.env["BERTH_TEST_PARTS"] === "fakes" || process.getuid?.() !== 0;
+
+/**
+ * Options for a `describe` of a suite that tests the host's isolation itself (bubblewrap,
+ * cgroups, loop devices, mounts, the firewall): it runs under `npm test` as root and is skipped,
+ * saying so, on the test-only parts.
+ */
+export const hostSuite: { skip?: string } = onTestParts
+  ? {
+      skip: "tests the host's isolation (needs root and the real parts): run `npm test` as root",
+    }
+  : {};
+
+const testPartArgs = [
+  "--metadata-store",
+  "memory",
+  "--sandbox-driver",
+  "process",
+  "--session-storage",
+  "directory",
+];
+
 /** A real Berth on port 0 with a fresh data directory, and official SDK clients pointed at it. */
 export async function startTestBerth(
   extraArgs: string[] = [],
@@ -106,16 +133,17 @@ export function useTestBerth(
 let servers = 0;
 
 /**
- * A cgroup parent and a uid range of its own for each test server, so test files running at
- * the same time never see (or clean up) each other's sandboxes.
+ * The parts of a test server: on the real ones, a cgroup parent and a uid range of its own, so
+ * test files running at the same time never see (or clean up) each other's sandboxes.
  */
 export function isolationArgs(): string[] {
+  if (onTestParts) return [...testPartArgs, "--max-sessions", "64"];
   servers += 1;
   const slot = (process.pid * 16 + servers) % 60_000;
   return [
-    "--cgroup-parent",
+    "--bubblewrap-cgroup-parent",
     `berth-test-${process.pid}-${servers}`,
-    "--sandbox-uid-base",
+    "--bubblewrap-uid-base",
     String(3_000_000 + slot * 64),
     "--max-sessions",
     "64",

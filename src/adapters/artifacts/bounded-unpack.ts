@@ -10,7 +10,7 @@ import {
 import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
 import { BerthError } from "../../core/errors.ts";
-import { unpackUid } from "./unpack-workspace.ts";
+import { berthIsRoot, unpackUid } from "./unpack-workspace.ts";
 
 /** How much one archive may unpack to: a small archive can otherwise fill the disk. */
 export interface UnpackLimits {
@@ -110,15 +110,14 @@ class Unpacker {
   private stopReason: BerthError | undefined;
 
   constructor(command: string[], options: { input?: boolean } = {}) {
-    this.child = spawn(
-      "setpriv",
-      [`--reuid=${unpackUid}`, `--regid=${unpackUid}`, "--clear-groups", ...command],
-      {
-        stdio: [options.input === true ? "pipe" : "ignore", "pipe", "pipe"],
-        detached: true,
-        env: { PATH: "/usr/bin:/bin", LC_ALL: "C" },
-      },
-    );
+    const [program = "", ...args] = berthIsRoot
+      ? ["setpriv", `--reuid=${unpackUid}`, `--regid=${unpackUid}`, "--clear-groups", ...command]
+      : command;
+    this.child = spawn(program, args, {
+      stdio: [options.input === true ? "pipe" : "ignore", "pipe", "pipe"],
+      detached: true,
+      env: { PATH: "/usr/bin:/bin", LC_ALL: "C" },
+    });
     // Kept short: an archive can make the command complain about every member.
     let stderr = "";
     this.child.stderr?.on("data", (chunk: Buffer) => {

@@ -1,6 +1,7 @@
 import type { Dirent } from "node:fs";
 import { chmod, lchown, lstat, readdir } from "node:fs/promises";
 import { join } from "node:path";
+import { berthIsRoot } from "./unpack-workspace.ts";
 
 /**
  * Makes an unpacked tree root's and read-only for everyone else: folders 0755, files 0755 when
@@ -35,7 +36,12 @@ export async function sealTree(tree: string): Promise<number> {
 
 async function sealFolder(folder: string): Promise<void> {
   await chmod(folder, 0o755);
-  await lchown(folder, 0, 0);
+  await makeRoots(folder);
+}
+
+/** Root's, when Berth is root; unprivileged, everything is Berth's own already. */
+async function makeRoots(path: string): Promise<void> {
+  if (berthIsRoot) await lchown(path, 0, 0);
 }
 
 /** Seals one entry of a sealed folder, except folders (sealed before they are listed). */
@@ -43,12 +49,12 @@ async function sealEntry(folder: string, entry: Dirent): Promise<"file" | "other
   const path = join(folder, entry.name);
   if (entry.isDirectory()) return "other";
   if (entry.isSymbolicLink()) {
-    await lchown(path, 0, 0);
+    await makeRoots(path);
     return "other";
   }
   // Mode first: a setuid bit is dropped while the file still belongs to the unpacker.
   const executable = ((await lstat(path)).mode & 0o111) !== 0;
   await chmod(path, executable ? 0o755 : 0o644);
-  await lchown(path, 0, 0);
+  await makeRoots(path);
   return entry.isFile() ? "file" : "other";
 }

@@ -6,6 +6,13 @@ import { join } from "node:path";
 export const unpackUid = 65534;
 
 /**
+ * Whether Berth runs as root, as it does in production: only then can it unpack as another user
+ * and seal trees as root's. Unprivileged (the unit suite, on test-only parts), it has no one to
+ * protect its files from but itself, and unpacks and keeps them as its own user.
+ */
+export const berthIsRoot = process.getuid?.() === 0;
+
+/**
  * A private place to unpack one archive: `<parent>/.unpacking/<random>/`, root's and 0711 (the
  * unpacking user may pass through but not list), holding `tree/`, the one folder the unpacking
  * user may write. Other users cannot write there, and other processes that happen to run as
@@ -30,7 +37,7 @@ export class UnpackWorkspace {
     const workspace = new UnpackWorkspace(await mkdtemp(join(area, "u-")));
     await chmod(workspace.dir, 0o711);
     await mkdir(workspace.tree, { mode: 0o700 });
-    await chown(workspace.tree, unpackUid, unpackUid);
+    if (berthIsRoot) await chown(workspace.tree, unpackUid, unpackUid);
     return workspace;
   }
 
@@ -54,7 +61,7 @@ function unpackingArea(parent: string): string {
 
 function requireRootsFolder(path: string): void {
   const stats = lstatSync(path);
-  if (!stats.isDirectory() || stats.uid !== 0) {
+  if (!stats.isDirectory() || stats.uid !== (process.getuid?.() ?? 0)) {
     throw new Error(`${path} must be a folder of root's (it is where archives are unpacked)`);
   }
 }

@@ -1,5 +1,13 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statfsSync } from "node:fs";
-import { mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  statfsSync,
+  writeFileSync,
+} from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
@@ -151,7 +159,7 @@ export class CgroupTree {
       rmdirSync(group); // in memory, like createChild
     } catch {
       // Busy for a moment after its last process exited: retry without holding the caller.
-      void removeEmptyGroup(group).catch(() => undefined);
+      void removeWhenEmpty(group, { kill: false }).catch(() => undefined);
     }
   }
 
@@ -231,33 +239,53 @@ export class CgroupTree {
   private async removeGroup(group: string): Promise<void> {
     for (const child of childGroups(group)) await this.removeGroup(child);
     if (!existsSync(group)) return;
-    if (this.layout === "v2")
-      await writeFile(join(group, "cgroup.kill"), "1").catch(() => undefined);
-    await removeEmptyGroup(group, killProcesses);
+    if (this.layout === "v2") {
+      try {
+        writeFileSync(join(group, "cgroup.kill"), "1"); // in memory, like createChild
+      } catch {
+        // gone meanwhile, or a kernel before 5.14: the processes are signalled one by one
+      }
+    }
+    await removeWhenEmpty(group, { kill: true });
   }
 }
+
+/** Longest the removal of a group waits for its processes to be gone. */
+const groupRemovalTimeoutMs = 5_000;
+/** Longest pause between two looks at a group whose processes are still going. */
+const maxGroupLookPauseMs = 32;
 
 /**
- * rmdir of a group, retried while the kernel answers EBUSY (it does for a few ms after the last
- * process exits); `beforeEach` runs before every try, e.g. to kill what is still there.
+ * Removes a group once no process is left in it; with `kill`, SIGKILLs what is still there at
+ * each look (a process forking while it is killed lands in the group too). A look reads
+ * cgroupfs, which lives in memory (microseconds), so it is done synchronously; the pauses
+ * between looks grow from 1 ms. Hundreds of sandboxes ending at once each take a few looks
+ * while the kernel tears their processes down. (They were an rmdir through the thread pool
+ * every 5 ms, failing with EBUSY until the group was empty: tens of thousands of calls that
+ * queued every other sandbox's file work behind them.)
  */
-async function removeEmptyGroup(group: string, beforeEach?: (group: string) => void) {
-  for (let attempt = 0; ; attempt += 1) {
-    beforeEach?.(group);
-    try {
-      await rmdir(group);
-      return;
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === "ENOENT") return;
-      if (code !== "EBUSY" || attempt >= 200) throw error;
-      await delay(5);
+async function removeWhenEmpty(group: string, options: { kill: boolean }): Promise<void> {
+  const deadline = performance.now() + groupRemovalTimeoutMs;
+  for (let pauseMs = 1; ; pauseMs = Math.min(pauseMs * 2, maxGroupLookPauseMs)) {
+    const left = options.kill ? signalProcesses(group, "SIGKILL") : countProcesses(group);
+    // The kernel still answers EBUSY for a moment after the last process is gone.
+    if (left === 0 && removedOrBusy(group) === "removed") return;
+    if (performance.now() > deadline) {
+      throw new Error(`cgroup ${group} still holds processes after ${groupRemovalTimeoutMs} ms`);
     }
+    await delay(pauseMs);
   }
 }
 
-function killProcesses(group: string): void {
-  signalProcesses(group, "SIGKILL");
+function removedOrBusy(group: string): "removed" | "busy" {
+  try {
+    rmdirSync(group);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "EBUSY") return "busy";
+    if (code !== "ENOENT") throw error;
+  }
+  return "removed";
 }
 
 /** Child groups; none once the group is gone (another removal may have got there first). */
@@ -300,7 +328,7 @@ function signalProcesses(group: string, signal: NodeJS.Signals): number {
 function removeGroupSync(group: string): void {
   for (const child of childGroups(group)) removeGroupSync(child);
   try {
-    killProcesses(group);
+    signalProcesses(group, "SIGKILL");
     rmdirSync(group);
   } catch {
     // see above

@@ -8,6 +8,8 @@ import type {
   SandboxExit,
   SandboxSpec,
 } from "../../core/sandbox.ts";
+import { NoSandboxSlotError } from "../../core/sandbox.ts";
+import type { RootMounts } from "../host/root-mounts.ts";
 import { CgroupTree, type CgroupLimits } from "./cgroups.ts";
 import { ExecServer } from "./exec-server.ts";
 import { HostFirewall } from "./host-firewall.ts";
@@ -29,6 +31,8 @@ export interface BubblewrapOptions {
   interpreters: Record<string, string>;
   /** native/bin/berth-bridge: copied into a root-owned folder every sandbox sees read-only. */
   bridge: string;
+  /** Makes the sandboxes' mounts (run folders, image roots, volumes); the caller's to close. */
+  mounts: RootMounts;
   cgroupParent: string;
   /** "public": outbound through slirp4netns, filtered by the host firewall; "none": loopback only. */
   outbound: "public" | "none";
@@ -52,6 +56,14 @@ const pooledShellLimit = 16;
  * inside the sandbox's own network namespace, so no host port is ever opened.
  */
 export class BubblewrapDriver implements SandboxDriver {
+  /** Session storage comes as a host folder, bound in through an idmapped mount (mountVolumes). */
+  readonly volumeKinds: SandboxDriver["volumeKinds"] = ["host-directory"];
+  /** What an image sandbox's bwrap mounts over in the image's root (imageMountArgs in
+   * mounts.ts, and the bridge's folder at /run/berth). */
+  readonly imageRootNeeds: SandboxDriver["imageRootNeeds"] = {
+    folders: ["proc", "dev", "mnt", "run/berth"],
+    files: ["etc/hosts", "etc/resolv.conf"],
+  };
   private readonly options: BubblewrapOptions;
   private readonly cgroups: CgroupTree;
   private readonly context: ShellContext;
@@ -79,9 +91,9 @@ export class BubblewrapDriver implements SandboxDriver {
       bridgeDir: join(options.runRoot, "bridge"),
       listen: nativeBinary("berth-listen"),
       seccomp: options.seccomp,
-      shareMountPoint: (directory) => this.requireExecServer().shareMountPoint(directory),
-      mountImageRoot: (request) => this.requireExecServer().imageRoot(request),
-      unmount: (directory) => this.requireExecServer().unmount(directory),
+      shareMountPoint: (directory) => options.mounts.shareMountPoint(directory),
+      mountImageRoot: (request) => options.mounts.imageRoot(request),
+      unmount: (directory) => options.mounts.unmount(directory),
     };
     this.pool = new ShellPool({
       perSpec: options.prestartPerVersion,
@@ -145,7 +157,9 @@ export class BubblewrapDriver implements SandboxDriver {
     };
     const shell = this.pool.take(launch) ?? (await PreparedShell.prepare(this.context, launch));
     if (shell === undefined) {
-      throw new Error(`all ${this.options.maxSandboxes} sandbox slots are in use`);
+      throw new NoSandboxSlotError(
+        `every sandbox uid is taken (${this.context.uids.describe()}: from bubblewrapUidBase, maxSessions + ${pooledShellLimit} of them), by running sandboxes, prepared ones and ones still being torn down`,
+      );
     }
     shell.onOutput = spec.onOutput;
     const sandbox = new BubblewrapSandbox(shell, this.cgroups, this.requireExecServer());
@@ -194,19 +208,6 @@ export class BubblewrapDriver implements SandboxDriver {
       throw new AggregateError(failures, "the sandbox driver did not shut down cleanly");
   }
 
-  /** Unmounts a host folder through the driver's root helper (no process to spawn). */
-  unmount(directory: string): Promise<void> {
-    return this.requireExecServer().unmount(directory);
-  }
-
-  /**
-   * Mounts an ext4 image on a host folder through the driver's root helper (no process to spawn:
-   * session storage attaches in milliseconds).
-   */
-  mountImage(image: string, target: string): Promise<void> {
-    return this.requireExecServer().mountImage(image, target);
-  }
-
   /**
    * Mounts each volume in the sandbox's run folder, where bwrap's bind of /mnt picks it up, as an
    * idmapped mount through the sandbox's own user namespace: files stored as the sandbox user
@@ -214,17 +215,15 @@ export class BubblewrapDriver implements SandboxDriver {
    * starts with its storage in place.
    */
   private async mountVolumes(shell: PreparedShell, volumes: SandboxSpec["volumes"]): Promise<void> {
-    for (const volume of volumes) {
-      const name = volume.mountPath.slice(`${sandboxPaths.volumes}/`.length);
+    for (const { mountPath, volume } of volumes) {
+      if (volume.kind !== "host-directory")
+        throw new Error(`bubblewrap attaches host-directory volumes only, not ${volume.kind}`);
+      const name = mountPath.slice(`${sandboxPaths.volumes}/`.length);
       if (!/^[a-zA-Z0-9._-]+$/.test(name) || name === "." || name === "..")
-        throw new Error(`mount path ${volume.mountPath} is not a folder directly under /mnt`);
+        throw new Error(`mount path ${mountPath} is not a folder directly under /mnt`);
       const target = join(shell.runDir, "mnt", name);
       mkdirSync(target);
-      await this.requireExecServer().idmapMount(
-        volume.hostPath,
-        target,
-        `/proc/${String(shell.childPid)}/ns/user`,
-      );
+      await this.options.mounts.idmapMount(volume.path, target, shell.childPid);
     }
   }
 

@@ -1,19 +1,8 @@
-import { spawn, type ChildProcess } from "node:child_process";
-import { once } from "node:events";
-import { connect, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import { constants } from "node:os";
 import { Readable } from "node:stream";
-import type { CommandOutput, SandboxExit, SandboxIdentity } from "../../core/sandbox.ts";
-import { nativeBinary } from "./native-binaries.ts";
-
-export interface ImageRootRequest {
-  root: string;
-  inside: SandboxIdentity;
-  hostId: number;
-  scratch: string;
-  sizeBytes: number;
-  target: string;
-}
+import type { CommandOutput, SandboxExit } from "../../core/sandbox.ts";
+import { encodeEntries, encodeFrame, RootHelper } from "../host/root-helper.ts";
 
 /** What native/berth-exec needs to start a program inside a sandbox. */
 export interface ExecRequest {
@@ -38,134 +27,37 @@ const outputHighWaterMark = 16;
 
 /**
  * The root helper that starts programs inside sandboxes (native/berth-exec; its header comment
- * has the protocol). One runs per driver; each command is one connection to it.
+ * has the protocol). One runs per driver; each command is one connection to it. It runs
+ * commands only: mounts are RootMounts' (adapters/host/root-mounts.ts).
  */
 export class ExecServer {
-  private helper: ChildProcess;
-  private readonly socketPath: string;
-  private readonly seccomp: boolean;
-  private closed = false;
-  /** A restart in progress: concurrent callers share it rather than start helpers of their own. */
-  private restarting: Promise<void> | undefined;
+  private readonly helper: RootHelper;
 
-  private constructor(helper: ChildProcess, socketPath: string, seccomp: boolean) {
+  private constructor(helper: RootHelper) {
     this.helper = helper;
-    this.socketPath = socketPath;
-    this.seccomp = seccomp;
   }
 
   /** With `seccomp`, commands run under Berth's seccomp filter (native/seccomp-filter.h). */
   static async start(socketPath: string, options: { seccomp: boolean }): Promise<ExecServer> {
-    const helper = await startHelper(socketPath, options.seccomp);
-    return new ExecServer(helper, socketPath, options.seccomp);
+    const args = ["serve", socketPath, ...(options.seccomp ? [] : ["--no-seccomp"])];
+    return new ExecServer(await RootHelper.start("berth-exec", args, socketPath));
   }
 
   /** Starts a program; rejects with the helper's reason if it could not start. */
   async run(request: ExecRequest): Promise<ExecHandle> {
-    const socket = await this.connect();
+    const socket = await this.helper.connect();
     socket.write(encodeFrame("r", encodeRequest(request)));
     const reader = new FrameReader(socket);
     return reader.started;
   }
 
-  /**
-   * Mounts a copy of the mount at `source` on `target`, its ids mapped through the user namespace
-   * `usernsFile` (see idmap_mount in native/berth-exec.c).
-   */
-  idmapMount(source: string, target: string, usernsFile: string): Promise<void> {
-    return this.mountRequest(`source=${source}\0target=${target}\0userns=${usernsFile}\0`);
+  close(): Promise<void> {
+    return this.helper.close();
   }
-
-  /**
-   * Makes `directory` a shared mount point: a sandbox whose mount namespace is copied from the
-   * host's after this receives what is mounted below it later (its volumes).
-   */
-  shareMountPoint(directory: string): Promise<void> {
-    return this.mountRequest(`share=${directory}\0`);
-  }
-
-  /**
-   * Mounts an image sandbox's root on `target`: the unpacked image at `root`, read-only, its
-   * `inside` user's files owned by `hostId`, under a writable tmpfs layer of `sizeBytes` at
-   * `scratch` (see image_root in native/berth-exec.c).
-   */
-  imageRoot(request: ImageRootRequest): Promise<void> {
-    const ids = `${request.inside.uid}:${request.inside.gid}:${request.hostId}`;
-    return this.mountRequest(
-      `root=${request.root}\0ids=${ids}\0scratch=${request.scratch}\0size=${request.sizeBytes}\0target=${request.target}\0`,
-    );
-  }
-
-  /** Unmounts `directory`, lazily if it is busy (see unmount_folder in native/berth-exec.c). */
-  unmount(directory: string): Promise<void> {
-    return this.mountRequest(`unmount=${directory}\0`);
-  }
-
-  /** Mounts an ext4 image on `target` through a loop device that detaches itself at unmount. */
-  mountImage(image: string, target: string): Promise<void> {
-    return this.mountRequest(`image=${image}\0target=${target}\0`);
-  }
-
-  private async mountRequest(payloadText: string): Promise<void> {
-    const socket = await this.connect();
-    socket.end(encodeFrame("m", Buffer.from(payloadText)));
-    const chunks: Buffer[] = [];
-    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
-    await once(socket, "close");
-    const answer = Buffer.concat(chunks);
-    const message = answer.subarray(5).toString("utf8");
-    if (answer.subarray(0, 1).toString("latin1") !== "x" || message !== "exit 0")
-      throw new Error(`berth-exec: ${message || "no answer"}`);
-  }
-
-  /** A connection to the helper, starting a new one first if the last one died. */
-  private async connect(): Promise<Socket> {
-    if (this.closed) throw new Error("the sandbox driver is shut down");
-    if (this.helper.exitCode !== null || this.helper.signalCode !== null) {
-      this.restarting ??= startHelper(this.socketPath, this.seccomp)
-        .then((helper) => {
-          this.helper = helper;
-        })
-        .finally(() => {
-          this.restarting = undefined;
-        });
-      await this.restarting;
-    }
-    return connect(this.socketPath);
-  }
-
-  async close(): Promise<void> {
-    this.closed = true;
-    await this.restarting?.catch(() => undefined);
-    if (this.helper.exitCode !== null || this.helper.signalCode !== null) return;
-    const exited = once(this.helper, "exit");
-    this.helper.stdin?.end();
-    await exited;
-  }
-}
-
-async function startHelper(socketPath: string, seccomp: boolean): Promise<ChildProcess> {
-  // stdin stays an open pipe that Berth never writes: its end tells the helper Berth is gone.
-  const args = ["serve", socketPath, ...(seccomp ? [] : ["--no-seccomp"])];
-  const helper = spawn(nativeBinary("berth-exec"), args, {
-    stdio: ["pipe", "pipe", "pipe"],
-    env: {},
-  });
-  const errors: string[] = [];
-  helper.stderr.on("data", (chunk: Buffer) => errors.push(chunk.toString("utf8")));
-  // A dead helper's pipe would keep Berth's event loop alive for nothing.
-  helper.once("exit", () => helper.stdin.destroy());
-  const exited = once(helper, "exit").then(() => {
-    throw new Error(`berth-exec failed to start: ${errors.join("").trim() || "no output"}`);
-  });
-  await Promise.race([once(helper.stdout, "data"), exited]);
-  helper.stdout.resume();
-  exited.catch(() => undefined);
-  return helper;
 }
 
 function encodeRequest(request: ExecRequest): Buffer {
-  const entries = [
+  return encodeEntries([
     `target=${request.targetPid}`,
     `uid=${request.uid}`,
     `gid=${request.gid}`,
@@ -173,18 +65,7 @@ function encodeRequest(request: ExecRequest): Buffer {
     ...request.cgroupProcsFiles.map((file) => `cgroup=${file}`),
     ...Object.entries(request.environment).map(([name, value]) => `env=${name}=${value}`),
     ...request.argv.map((word) => `arg=${word}`),
-  ];
-  for (const entry of entries) {
-    if (entry.includes("\0")) throw new Error("a NUL character cannot be passed to a program");
-  }
-  return Buffer.from(`${entries.join("\0")}\0`);
-}
-
-function encodeFrame(type: string, payload: Buffer): Buffer {
-  const header = Buffer.alloc(5);
-  header.write(type, 0, "latin1");
-  header.writeUInt32BE(payload.length, 1);
-  return Buffer.concat([header, payload]);
+  ]);
 }
 
 /** Turns the helper's frames into a started promise, an output stream and an exit. */

@@ -132,7 +132,7 @@ export function seenByCodeSandboxes(path: string): boolean {
 
 /**
  * An image sandbox's filesystem: the image's root (already mounted at rootDir as an overlay,
- * see ExecServer.imageRoot), fresh /proc and /dev, Berth's hosts and resolv.conf, the run folder
+ * see RootMounts.imageRoot), fresh /proc and /dev, Berth's hosts and resolv.conf, the run folder
  * and the session's volumes. The mount points exist in every unpacked image (see
  * prepareMountPoints), so bwrap never has to create one in a root the sandbox may not own.
  */

@@ -1,11 +1,10 @@
 import type { ChildProcess } from "node:child_process";
-import { mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, readdirSync, rmdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Readable, Writable } from "node:stream";
 import type { SandboxExit, SandboxFilesystem, SandboxIdentity } from "../../core/sandbox.ts";
-import { readAgentOutput } from "./agent-output.ts";
+import { readAgentOutput } from "../host/agent-output.ts";
 import type { CgroupLimits, CgroupTree } from "./cgroups.ts";
-import type { ImageRootRequest } from "./exec-server.ts";
 import {
   joinCgroups,
   mapIdentity,
@@ -16,6 +15,7 @@ import {
 } from "./launch.ts";
 import { codeMountArgs, imageMountArgs, sandboxPaths, sandboxUser } from "./mounts.ts";
 import { mountPointsUnder } from "../host/mount-table.ts";
+import type { ImageRootRequest } from "../host/root-mounts.ts";
 import type { UidPool } from "./uid-pool.ts";
 
 /** What a sandbox runs: everything that shapes its bwrap command line. */
@@ -43,11 +43,11 @@ export interface ShellContext {
   listen: string;
   /** Whether berth-bridge installs Berth's seccomp filter (see native/berth-bridge.c). */
   seccomp: boolean;
-  /** Makes a folder a shared mount point (see ExecServer.shareMountPoint). */
+  /** Makes a folder a shared mount point (see RootMounts.shareMountPoint). */
   shareMountPoint: (directory: string) => Promise<void>;
-  /** Mounts an image sandbox's root (see ExecServer.imageRoot). */
+  /** Mounts an image sandbox's root (see RootMounts.imageRoot). */
   mountImageRoot: (request: ImageRootRequest) => Promise<void>;
-  /** Unmounts a folder (see ExecServer.unmount). */
+  /** Unmounts a folder (see RootMounts.unmount). */
   unmount: (directory: string) => Promise<void>;
 }
 
@@ -272,10 +272,32 @@ function killQuietly(pid: number): void {
  * not go stops the removal (the next start of the server clears it).
  */
 async function removeRunDir(context: ShellContext, runDir: string): Promise<void> {
+  if (await removedAsMade(context, runDir).catch(() => false)) return;
   for (const point of mountPointsUnder(runDir)) {
     if (point !== runDir) await context.unmount(point);
   }
   rmSync(runDir, { recursive: true, force: true });
+}
+
+/**
+ * The common case, without reading the host's whole mount table: a code sandbox without
+ * volumes has one mount point (its `mnt`) and a few entries, each removed by name, never
+ * recursively. Anything else in the folder (a volume's mount point, an image's root) leaves it
+ * to removeRunDir's full way. Returns whether the folder is gone. (Reading the table and a
+ * recursive removal, on Berth's one thread for every sandbox, cost O(all mounts) each: with 200
+ * sandboxes ending together they ended one after another, see bench/session-expiry.ts.)
+ */
+async function removedAsMade(context: ShellContext, runDir: string): Promise<boolean> {
+  const host = join(runDir, "host");
+  const volumes = join(runDir, "mnt");
+  const holds = (folder: string, allowed: string[]) =>
+    readdirSync(folder).every((entry) => allowed.includes(entry));
+  if (!holds(runDir, ["host", "mnt"]) || !holds(volumes, []) || !holds(host, ["agent.sock"]))
+    return false;
+  await context.unmount(volumes);
+  rmSync(join(host, "agent.sock"), { force: true });
+  for (const folder of [host, volumes, runDir]) rmdirSync(folder);
+  return true;
 }
 
 /** Resolves on berth-bridge's byte on its ready pipe; rejects if the sandbox exits first. */

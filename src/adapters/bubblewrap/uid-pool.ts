@@ -13,6 +13,7 @@ export class UidPool {
     this.free = Array.from({ length: size }, (_, index) => base + index);
   }
 
+  /** A free uid, or undefined when every one is held by a sandbox (running, prepared or ending). */
   take(): number | undefined {
     return this.free.shift();
   }
@@ -20,5 +21,10 @@ export class UidPool {
   give(uid: number): void {
     if (uid >= this.base && uid < this.base + this.size && !this.free.includes(uid))
       this.free.push(uid);
+  }
+
+  /** The range, for messages: "80 uids, 2000000 to 2000079". */
+  describe(): string {
+    return `${this.size} uids, ${this.base} to ${this.base + this.size - 1}`;
   }
 }

@@ -6,9 +6,9 @@ import {
   mkdirSync,
   openSync,
   readFileSync,
-  rmSync,
   writeSync,
 } from "node:fs";
+import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Writable, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -144,7 +144,8 @@ export class ContainerImages implements ImageCatalog {
       if (loaded === undefined) throw new Error(`image ${digest} vanished while loading`);
       return loaded;
     } finally {
-      rmSync(layout, { recursive: true, force: true });
+      // Off the event loop: the layout holds the whole archive's blobs.
+      await rm(layout, { recursive: true, force: true });
     }
   }
 
@@ -168,7 +169,7 @@ export class ContainerImages implements ImageCatalog {
   }
 
   /** Removes cached images nothing needs (see ImageStore.collectGarbage). */
-  collectGarbage(pinned: Iterable<string>, retentionMs: number, nowMs: number): string[] {
+  collectGarbage(pinned: Iterable<string>, retentionMs: number, nowMs: number): Promise<string[]> {
     return this.store.collectGarbage(new Set(pinned), retentionMs, nowMs);
   }
 }

@@ -19,6 +19,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { ArtifactProblem } from "../../core/preparation.ts";
+import type { ImageRootNeeds } from "../../core/sandbox.ts";
 import { entryParts, ImageRoot, removeAny } from "./image-root.ts";
 import type { EntryBody, TarEntry } from "./tar-reader.ts";
 
@@ -113,23 +114,29 @@ export class ImageRootWriter extends ImageRoot {
   }
 
   /**
-   * Makes sure the mount points a sandbox needs exist as what they must be, so bwrap never has
-   * to create one (the sandbox's user may not own the root): folders /proc, /dev, /mnt and
-   * /run/berth; files /etc/hosts and /etc/resolv.conf (a symlink there, common in images, would
-   * point the mount elsewhere); /tmp if the image has none. (Working directories depend on the
-   * image's config, not its layers: see ImageRoot.ensureFolder.)
+   * Makes the finished root ready for sandboxes. Every root gets a /tmp (world-writable and
+   * sticky when the image brought none). Then what the sandbox driver mounts over (`needs`, see
+   * SandboxDriver.imageRootNeeds) is made to exist as what it must be, so the driver never has to
+   * create a mount point in a root the sandbox's user may not own: a folder, or an empty file
+   * where a file is bound (a symlink there, common for /etc/resolv.conf in images, would point
+   * the mount elsewhere). (Working directories depend on the image's config, not its layers:
+   * see ImageRoot.ensureFolder.)
    */
-  prepareMountPoints(): void {
+  prepareForSandboxes(needs: ImageRootNeeds): void {
     const hadTmp = lstatSync(this.lookup("tmp"), { throwIfNoEntry: false }) !== undefined;
-    for (const folder of ["proc", "dev", "mnt", "run/berth", "etc", "tmp"])
-      this.ensureFolder(folder);
+    this.ensureFolder("tmp");
     if (!hadTmp) chmodSync(this.lookup("tmp"), 0o1777);
-    for (const file of ["etc/hosts", "etc/resolv.conf"]) {
-      const path = this.lookup(file);
-      if (lstatSync(path, { throwIfNoEntry: false })?.isFile() === true) continue;
-      removeAny(path);
-      writeFileSync(path, "", { mode: 0o644 });
-    }
+    for (const folder of needs.folders) this.ensureFolder(folder);
+    for (const file of needs.files) this.ensureEmptyFile(file);
+  }
+
+  /** Makes `path` a plain file (an empty one, unless the image has a file there already). */
+  private ensureEmptyFile(path: string): void {
+    const target = this.lookup(path);
+    if (lstatSync(target, { throwIfNoEntry: false })?.isFile() === true) return;
+    removeAny(target);
+    // Exclusive: never through a link that appeared meanwhile.
+    writeFileSync(target, "", { mode: 0o644, flag: "wx" });
   }
 
   private writeDirectory(target: string, entry: TarEntry): void {

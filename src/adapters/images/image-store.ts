@@ -16,6 +16,7 @@ import { PassThrough, Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createZstdDecompress } from "node:zlib";
 import { ArtifactProblem } from "../../core/preparation.ts";
+import type { ImageRootNeeds } from "../../core/sandbox.ts";
 import {
   launchOf,
   requireHostPlatform,
@@ -52,6 +53,9 @@ export interface ImageStoreOptions {
   maxImageBytes: number;
   /** Largest config, and largest PAX or long-name member of a layer: both are held whole. */
   maxImageMetadataBytes: number;
+  /** What the sandbox driver mounts over in a root (SandboxDriver.imageRootNeeds): every root
+   * unpacked here is made to hold it. */
+  rootNeeds: ImageRootNeeds;
 }
 
 const layerMediaTypes: Record<string, "gzip" | "zstd" | "none"> = {
@@ -71,16 +75,22 @@ const layerMediaTypes: Record<string, "gzip" | "zstd" | "none"> = {
  *   roots/<key>.json      a root's size
  *   images/<hex>.json     one record per manifest digest (its launch settings, its root key)
  *   names/<hex>.json      references loaded from local files (`berth images load`)
- *   staging/              unpacking in progress; cleared at start
+ *   staging/              unpacking in progress, and roots being removed; cleared at start
  * A root is renamed into place only once every layer is unpacked and verified, and a record is
  * written only after its root: whatever a crash leaves is either complete or in staging. An
- * image whose record exists costs nothing to pull again.
+ * image whose record exists costs nothing to pull again. A root leaves `roots/` in one rename
+ * before its files are removed, so nothing ever finds a root half removed.
  */
 export class ImageStore {
   private readonly dir: string;
   private readonly options: ImageStoreOptions;
   /** Roots being unpacked, so two versions pulling the same image share the work. */
   private readonly unpacking = new Map<string, Promise<number>>();
+  /**
+   * Roots an install is using, from before it looks for the root until its record is written
+   * (with how many installs): garbage collection leaves them alone, since no record names them yet.
+   */
+  private readonly claimedRoots = new Map<string, number>();
 
   constructor(dir: string, options: ImageStoreOptions) {
     this.dir = dir;
@@ -147,15 +157,20 @@ export class ImageStore {
       );
     }
     const rootKey = createHash("sha256").update(diffIds.join("\n")).digest("hex");
-    const sizeBytes = await this.unpackedRoot(rootKey, manifest.layers, diffIds, source, signal);
-    // The launch comes from this image's config: images with the same layers share a root but
-    // may differ in Entrypoint, Env, WorkingDir or User.
-    const root = new ImageRoot(join(this.dir, "roots", rootKey));
-    const launch = launchOf(config, root, source.shown);
-    root.ensureFolder(launch.workingDir);
-    const record: ImageRecord = { digest, rootKey, launch, sizeBytes, source: source.shown };
-    writeAtomically(this.recordPath(digest), JSON.stringify(record, null, 2));
-    return record;
+    const releaseRoot = this.claimRoot(rootKey);
+    try {
+      const sizeBytes = await this.unpackedRoot(rootKey, manifest.layers, diffIds, source, signal);
+      // The launch comes from this image's config: images with the same layers share a root but
+      // may differ in Entrypoint, Env, WorkingDir or User.
+      const root = new ImageRoot(join(this.dir, "roots", rootKey));
+      const launch = launchOf(config, root, source.shown);
+      root.ensureFolder(launch.workingDir);
+      const record: ImageRecord = { digest, rootKey, launch, sizeBytes, source: source.shown };
+      writeAtomically(this.recordPath(digest), JSON.stringify(record, null, 2));
+      return record;
+    } finally {
+      releaseRoot();
+    }
   }
 
   /** Names a loaded image (`reference` -> digest) until it is deleted. */
@@ -198,9 +213,27 @@ export class ImageStore {
 
   /**
    * Removes images that nothing needs: not pinned by a version (`pinned`), not named by a load,
-   * and unused for `retentionMs`; then every unpacked root no remaining image uses.
+   * and unused for `retentionMs`; then every unpacked root no remaining image uses. Resolves
+   * with the removed images' digests once their roots' files are gone.
    */
-  collectGarbage(pinned: Set<string>, retentionMs: number, nowMs: number): string[] {
+  async collectGarbage(pinned: Set<string>, retentionMs: number, nowMs: number): Promise<string[]> {
+    const { removed, setAside } = this.setAsideGarbage(pinned, retentionMs, nowMs);
+    // Off the event loop: a root may be gigabytes in many thousands of files.
+    await Promise.all(setAside.map((folder) => rm(folder, { recursive: true, force: true })));
+    return removed;
+  }
+
+  /**
+   * The decisions of collectGarbage and the moves that carry them out, all synchronous: no
+   * install can run between finding a root unused and moving it out of `roots/` (where the
+   * next install of its layers no longer finds it and unpacks it anew). Returns the removed
+   * images and the set-aside roots left to delete.
+   */
+  private setAsideGarbage(
+    pinned: Set<string>,
+    retentionMs: number,
+    nowMs: number,
+  ): { removed: string[]; setAside: string[] } {
     const named = new Set(this.names().map((entry) => entry.digest));
     const removed: string[] = [];
     for (const image of this.list()) {
@@ -210,12 +243,33 @@ export class ImageStore {
       removed.push(image.digest);
     }
     const usedRoots = new Set(this.list().map((image) => image.rootKey));
+    const setAside: string[] = [];
     for (const entry of readdirSync(join(this.dir, "roots"))) {
       const key = entry.replace(/\.json(\.partial)?$/, "");
-      if (usedRoots.has(key) || this.unpacking.has(key)) continue;
-      rmSync(join(this.dir, "roots", entry), { recursive: true, force: true });
+      if (usedRoots.has(key) || this.claimedRoots.has(key)) continue;
+      const path = join(this.dir, "roots", entry);
+      if (entry === key) {
+        const aside = join(this.dir, "staging", `removed-${randomUUID()}`);
+        renameSync(path, aside);
+        setAside.push(aside);
+      } else {
+        rmSync(path, { force: true }); // its size record: one small file
+      }
     }
-    return removed;
+    return { removed, setAside };
+  }
+
+  /** Marks a root as in use by an install until the returned function is called. */
+  private claimRoot(rootKey: string): () => void {
+    this.claimedRoots.set(rootKey, (this.claimedRoots.get(rootKey) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (this.claimedRoots.get(rootKey) ?? 1) - 1;
+      if (left === 0) this.claimedRoots.delete(rootKey);
+      else this.claimedRoots.set(rootKey, left);
+    };
   }
 
   /** The unpacked root of these layers (unpacking them unless they are here or under way);
@@ -255,6 +309,7 @@ export class ImageStore {
       root: staging,
       maxImageBytes: this.options.maxImageBytes,
       maxMetadataBytes: this.options.maxImageMetadataBytes,
+      rootNeeds: this.options.rootNeeds,
     });
     try {
       for (const [index, layer] of layers.entries()) {

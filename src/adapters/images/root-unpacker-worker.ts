@@ -74,7 +74,7 @@ function handle(message: Exclude<ToUnpacker, { kind: "close" }>): FromUnpacker |
     }
     case "finish": {
       const root = rootWriter();
-      root.prepareMountPoints();
+      root.prepareForSandboxes(settings.rootNeeds);
       return { kind: "finished", sizeBytes: root.bytes };
     }
   }

@@ -2,6 +2,7 @@ import { once } from "node:events";
 import { Writable } from "node:stream";
 import { Worker } from "node:worker_threads";
 import { ArtifactProblem } from "../../core/preparation.ts";
+import type { ImageRootNeeds } from "../../core/sandbox.ts";
 
 /** What the worker (root-unpacker-worker.ts) is started with. */
 export interface UnpackerSettings {
@@ -11,6 +12,8 @@ export interface UnpackerSettings {
   maxImageBytes: number;
   /** Largest PAX or long-name member of a layer. */
   maxMetadataBytes: number;
+  /** What the sandbox driver mounts over in a root: made to exist once the layers are in. */
+  rootNeeds: ImageRootNeeds;
 }
 
 /** Messages to the worker, handled in the order they are sent. */
@@ -82,7 +85,7 @@ export class RootUnpacker {
     return answer.tarDigest;
   }
 
-  /** Prepares the root's mount points; resolves to the image's unpacked size in bytes. */
+  /** Prepares the root for sandboxes (rootNeeds); resolves to the image's unpacked size in bytes. */
   async finish(): Promise<number> {
     const answer = await this.ask({ kind: "finish" });
     if (answer.kind !== "finished") throw unexpectedAnswer("finish", answer.kind);

@@ -78,4 +78,15 @@ export const migrations: readonly { version: number; sql: string }[] = [
       ALTER TABLE runtime_versions ADD COLUMN artifact_digest TEXT;
     `,
   },
+  {
+    version: 4,
+    sql: `
+      -- Which Berth process has a volume attached, and since when: kept here rather than in
+      -- the process's memory, so processes sharing this database never attach one volume twice.
+      -- Existing volumes start free (NULL): a server upgrading has no sandbox running.
+      ALTER TABLE session_storage ADD COLUMN held_by TEXT;
+      ALTER TABLE session_storage ADD COLUMN held_since TEXT;
+      CREATE INDEX session_storage_held_by ON session_storage(held_by);
+    `,
+  },
 ];

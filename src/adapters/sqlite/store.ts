@@ -86,6 +86,11 @@ export class SqliteMetadataStore implements MetadataStore {
     this.statement(sql).run(params);
   }
 
+  /** Runs a write and returns how many rows it changed. */
+  private changes(sql: string, params: Row): number {
+    return Number(this.statement(sql).run(params).changes);
+  }
+
   private get(sql: string, params: Row = {}): Row | undefined {
     return this.statement(sql).get(params);
   }
@@ -446,10 +451,23 @@ export class SqliteMetadataStore implements MetadataStore {
     return settle(() => {
       this.run(
         `INSERT INTO session_storage (volume_id, runtime_id, session_id, mount_path, version,
-           size_bytes, used_bytes, created_at, last_used_at)
+           size_bytes, used_bytes, created_at, last_used_at, held_by, held_since)
          VALUES (:volumeId, :runtimeId, :sessionId, :mountPath, :version, :sizeBytes, :usedBytes,
-           :createdAt, :lastUsedAt)`,
-        { ...record, usedBytes: record.usedBytes ?? null },
+           :createdAt, :lastUsedAt, :heldBy, :heldSince)`,
+        {
+          volumeId: record.volumeId,
+          runtimeId: record.runtimeId,
+          sessionId: record.sessionId,
+          mountPath: record.mountPath,
+          version: record.version,
+          sizeBytes: record.sizeBytes,
+          usedBytes: record.usedBytes ?? null,
+          createdAt: record.createdAt,
+          lastUsedAt: record.lastUsedAt,
+          heldBy: record.heldBy ?? null,
+          // A record written already claimed was claimed when it was made.
+          heldSince: record.heldBy === undefined ? null : record.createdAt,
+        },
       );
     });
   }
@@ -480,6 +498,38 @@ export class SqliteMetadataStore implements MetadataStore {
   deleteSessionStorage(volumeId: string): Promise<void> {
     return settle(() => {
       this.run("DELETE FROM session_storage WHERE volume_id = :volumeId", { volumeId });
+    });
+  }
+
+  claimSessionStorage(volumeId: string, holder: string, at: string): Promise<boolean> {
+    // One statement: the check and the claim happen under SQLite's write lock, so two
+    // processes (or two calls) racing for a free volume cannot both win.
+    return settle(
+      () =>
+        this.changes(
+          `UPDATE session_storage SET held_by = :holder, held_since = :at
+           WHERE volume_id = :volumeId AND (held_by IS NULL OR held_by = :holder)`,
+          { volumeId, holder, at },
+        ) > 0,
+    );
+  }
+
+  releaseSessionStorage(volumeId: string, holder: string): Promise<void> {
+    return settle(() => {
+      this.run(
+        `UPDATE session_storage SET held_by = NULL, held_since = NULL
+         WHERE volume_id = :volumeId AND held_by = :holder`,
+        { volumeId, holder },
+      );
+    });
+  }
+
+  releaseSessionStorageClaims(holder: string): Promise<void> {
+    return settle(() => {
+      this.run(
+        "UPDATE session_storage SET held_by = NULL, held_since = NULL WHERE held_by = :holder",
+        { holder },
+      );
     });
   }
 
@@ -557,6 +607,7 @@ function toSessionStorage(row: Row): SessionStorageRecord {
     usedBytes: row["used_bytes"] === null ? undefined : Number(row["used_bytes"]),
     createdAt: text(row, "created_at"),
     lastUsedAt: text(row, "last_used_at"),
+    heldBy: row["held_by"] === null ? undefined : text(row, "held_by"),
   };
 }
 

@@ -1,36 +1,33 @@
-import { execFile } from "node:child_process";
-import {
-  closeSync,
-  existsSync,
-  fsyncSync,
-  ftruncateSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  realpathSync,
-} from "node:fs";
-import { open, readdir, rm, rmdir, stat, statfs } from "node:fs/promises";
+import { mkdirSync } from "node:fs";
+import { mkdir, open, readdir, rm, rmdir, stat, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
-import { promisify } from "node:util";
-import type { SandboxIdentity } from "../../core/sandbox.ts";
+import type { SandboxIdentity, VolumeHandle } from "../../core/sandbox.ts";
 import {
-  NoRoomForVolumeError,
+  agreedHandleKind,
   UnreadableVolumeError,
   type VolumeStore,
   type VolumeUsage,
 } from "../../core/session-storage.ts";
 import { isMountPoint, mountPointsUnder } from "../host/mount-table.ts";
-
-const run = promisify(execFile);
+import { blockImageProblem, filesystemDamage, formatExt4, reserveBlocks } from "./ext4-image.ts";
+import { LoopDeviceTable } from "./loop-devices.ts";
+import { commandError, runCommand } from "./run-command.ts";
+import { isVolumeId, syncFolder, volumeFileName } from "./volume-files.ts";
 
 /** Mounts an ext4 image file on a folder (loop device, nosuid, nodev). */
 export type ImageMounter = (image: string, target: string) => Promise<void>;
 
 const mountWithCommand: ImageMounter = async (image, target) => {
   try {
-    await run("mount", ["-t", "ext4", "-o", "loop,nosuid,nodev,errors=remount-ro", image, target]);
+    await runCommand("mount", [
+      "-t",
+      "ext4",
+      "-o",
+      "loop,nosuid,nodev,errors=remount-ro",
+      image,
+      target,
+    ]);
   } catch (error) {
     throw new Error(commandError(error));
   }
@@ -40,7 +37,7 @@ const mountWithCommand: ImageMounter = async (image, target) => {
 export type FolderUnmounter = (target: string) => Promise<void>;
 
 const unmountWithCommand: FolderUnmounter = async (target) => {
-  await run("umount", [target]).catch(async () => run("umount", ["--lazy", target]));
+  await runCommand("umount", [target]).catch(async () => runCommand("umount", ["--lazy", target]));
 };
 
 /** How long a detach waits for the kernel to release the image's loop device, and how often it looks. */
@@ -48,22 +45,33 @@ const releaseTimeoutMs = 5000;
 const releasePollMs = 5;
 
 /**
- * Session storage volumes as ext4 images on local disk, loop-mounted while a session runs. Each
- * is a real filesystem (hard links, FIFOs, sockets, xattrs, fallocate all work) with a hard size
- * limit: writing past it gives ENOSPC inside that volume only.
+ * Session storage volumes as ext4 images on local disk. Each is a real filesystem (hard links,
+ * FIFOs, sockets, xattrs, fallocate all work) with a hard size limit: writing past it gives
+ * ENOSPC inside that volume only.
  *
- * Every image's blocks are reserved on the host's disk (fallocate) before it is mounted, and
+ * Handed to a driver as a host directory (the image loop-mounted on a root-only folder here) or
+ * as a block image (the image file, checked but not mounted: the driver attaches it itself, and
+ * its usage is not measured here until it is mounted as a host directory again).
+ *
+ * Every image's blocks are reserved on the host's disk (fallocate) before it is attached, and
  * never given back while it exists (no `discard`): a sparse image would take blocks only as it
  * is written, so a disk filled by anyone else — another session filling its own volume — would
  * leave this one's writes nowhere to go, acknowledged, then lost when its journal aborts. A
  * volume that cannot be reserved is refused before its session starts, loudly.
  */
 export class LoopVolumes implements VolumeStore {
+  readonly handleKinds: VolumeStore["handleKinds"] = ["host-directory", "block-image"];
   private readonly imageDir: string;
   private readonly mountDir: string;
   private readonly ownerId: number;
   private readonly mountImage: ImageMounter;
   private readonly unmount: FolderUnmounter;
+  /**
+   * Volumes this store is attaching or has attached, by handle kind. One ext4 attached twice
+   * would be written through two superblocks: a second attach is refused until detach.
+   */
+  private readonly attached = new Map<string, VolumeHandle["kind"]>();
+  private readonly loopDevices = new LoopDeviceTable();
 
   /**
    * ownerId: the uid and gid files are stored with (the sandbox's own user, via idmapping).
@@ -85,48 +93,57 @@ export class LoopVolumes implements VolumeStore {
   }
 
   async create(volumeId: string, sizeBytes: number, owner?: SandboxIdentity): Promise<void> {
-    const { uid, gid } = owner ?? { uid: this.ownerId, gid: this.ownerId };
     const image = this.imagePath(volumeId);
-    const descriptor = openSync(image, "wx", 0o600);
+    const file = await open(image, "wx", 0o600);
     try {
-      ftruncateSync(descriptor, sizeBytes);
+      await file.truncate(sizeBytes);
       await reserveBlocks(image, sizeBytes);
-      await run("mkfs.ext4", [
-        "-q",
-        "-F",
-        "-m",
-        "0",
-        "-E",
-        `lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=${uid}:${gid}`,
-        image,
-      ]);
-      // The agent's workspace starts empty: lost+found (root's, unreadable to the agent) would
-      // show up in every listing and warn in every `git add -A`. e2fsck recreates it if needed.
-      await run("debugfs", ["-w", "-R", "rmdir lost+found", image]);
-      fsyncSync(descriptor);
+      await formatExt4(image, owner ?? { uid: this.ownerId, gid: this.ownerId });
+      await file.sync();
     } catch (error) {
       await rm(image, { force: true });
       throw error;
     } finally {
-      closeSync(descriptor);
+      await file.close();
     }
-    syncDirectory(this.imageDir);
+    await syncFolder(this.imageDir);
   }
 
-  async attach(volumeId: string): Promise<string> {
+  async attach(volumeId: string, kinds: readonly VolumeHandle["kind"][]): Promise<VolumeHandle> {
+    const kind = agreedHandleKind(kinds, this.handleKinds);
     const image = this.imagePath(volumeId);
-    if (!existsSync(image)) throw new UnreadableVolumeError(`its image ${image} is missing`);
-    // Mounted twice, one ext4 would be written through two superblocks: never attach an image
-    // a loop device still holds (a previous detach that has not let go yet).
-    const holders = loopDevicesBacking(image);
+    // Claimed before the first await: two attaches at once must not both find it free.
+    if (this.attached.has(volumeId)) throw new Error(`its image ${image} is already attached`);
+    this.attached.set(volumeId, kind);
+    try {
+      await this.prepareImage(image);
+      if (kind === "block-image") return await checkedBlockImage(volumeId, image);
+      return { kind, volumeId, path: await this.mounted(volumeId, image) };
+    } catch (error) {
+      this.attached.delete(volumeId);
+      throw error;
+    }
+  }
+
+  /** Checks the image exists and is free, and reserves its blocks if some are not. */
+  private async prepareImage(image: string): Promise<void> {
+    const { size, blocks } = await stat(image).catch((error: unknown) => {
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+      throw new UnreadableVolumeError(`its image ${image} is missing`);
+    });
+    // A loop device may still hold it: a previous detach the kernel has not let go of yet.
+    const holders = await this.loopDevices.backing(image);
     if (holders.length > 0)
       throw new Error(`its image ${image} is still attached to ${holders.join(", ")}`);
     // Images made before blocks were reserved, or restored sparse, get theirs now (a process
     // to start only when some block is missing).
-    const { size, blocks } = await stat(image);
     if (blocks * 512 < size) await reserveBlocks(image, size);
+  }
+
+  /** Loop-mounts the image on its root-only folder; returns that folder. */
+  private async mounted(volumeId: string, image: string): Promise<string> {
     const target = this.mountPath(volumeId);
-    mkdirSync(target, { recursive: true, mode: 0o700 });
+    await mkdir(target, { recursive: true, mode: 0o700 });
     try {
       await this.mountImage(image, target);
     } catch (error) {
@@ -137,13 +154,26 @@ export class LoopVolumes implements VolumeStore {
   }
 
   async detach(volumeId: string): Promise<number | undefined> {
+    try {
+      if (this.attached.get(volumeId) !== "block-image") return await this.unmounted(volumeId);
+      // Its driver has flushed and unmounted it: only its loop device (if the driver used one)
+      // is left to let go. Its usage is the driver's to know: not measured.
+      await this.released(this.imagePath(volumeId));
+      return undefined;
+    } finally {
+      this.attached.delete(volumeId);
+    }
+  }
+
+  /** Flushes and unmounts the volume's folder; the bytes in use then (none if not mounted). */
+  private async unmounted(volumeId: string): Promise<number | undefined> {
     const target = this.mountPath(volumeId);
     if (!isMountPoint(target)) return undefined;
     const usedBytes = await usedBytesOf(target);
     // syncfs first: the superblock may outlive this mount point (a sandbox's copy of it) and
     // must not hold unwritten data when the session is reported stopped. A failed sync still
     // unmounts (a volume left mounted would be attached twice next time), then is reported.
-    const synced = await run("sync", ["--file-system", target]).then(
+    const synced = await runCommand("sync", ["--file-system", target]).then(
       () => undefined,
       (error: unknown) => new Error(`flushing ${target} failed: ${commandError(error)}`),
     );
@@ -162,7 +192,7 @@ export class LoopVolumes implements VolumeStore {
    */
   private async released(image: string): Promise<void> {
     const deadline = performance.now() + releaseTimeoutMs;
-    while (loopDevicesBacking(image).length > 0 && performance.now() < deadline) {
+    while ((await this.loopDevices.backing(image)).length > 0 && performance.now() < deadline) {
       await delay(releasePollMs);
     }
   }
@@ -174,12 +204,16 @@ export class LoopVolumes implements VolumeStore {
 
   async usage(volumeId: string): Promise<VolumeUsage> {
     const image = await stat(this.imagePath(volumeId)).catch(() => undefined);
+    const allocatedBytes = image === undefined ? 0 : image.blocks * 512;
+    if (this.attached.get(volumeId) === "block-image") {
+      return { attached: true, usedBytes: undefined, allocatedBytes };
+    }
     const target = this.mountPath(volumeId);
     const attached = isMountPoint(target);
     return {
       attached,
       usedBytes: attached ? await usedBytesOf(target) : undefined,
-      allocatedBytes: image === undefined ? 0 : image.blocks * 512,
+      allocatedBytes,
     };
   }
 
@@ -191,44 +225,38 @@ export class LoopVolumes implements VolumeStore {
 
   async recover(): Promise<void> {
     for (const mountPoint of mountPointsUnder(this.mountDir)) {
-      await run("umount", ["--lazy", mountPoint]).catch(() => undefined);
+      await runCommand("umount", ["--lazy", mountPoint]).catch(() => undefined);
     }
     for (const name of await readdir(this.mountDir)) {
       await rmdir(join(this.mountDir, name)).catch(() => undefined);
+      // Attachable again only once the kernel has let go of its loop device.
+      if (isVolumeId(name)) await this.released(this.imagePath(name));
     }
   }
 
   private imagePath(volumeId: string): string {
-    return join(this.imageDir, `${safeName(volumeId)}.img`);
+    return join(this.imageDir, `${volumeFileName(volumeId)}.img`);
   }
 
   private mountPath(volumeId: string): string {
-    return join(this.mountDir, safeName(volumeId));
+    return join(this.mountDir, volumeFileName(volumeId));
   }
 }
 
-/** Allocates every block of `image` on the host's disk (kept data stays as it is). */
-async function reserveBlocks(image: string, sizeBytes: number): Promise<void> {
-  try {
-    await run("fallocate", ["--length", String(sizeBytes), image]);
-  } catch (error) {
-    const reason = commandError(error);
-    if (/no space left/i.test(reason)) {
-      throw new NoRoomForVolumeError(
-        `no room to reserve ${sizeBytes} bytes (sessionStorageBytes) for ${image}`,
-      );
-    }
-    throw new Error(`cannot reserve the blocks of ${image}: ${reason}`);
-  }
+/** The image as a block-image handle, once a read-only check finds ext4 in it. */
+async function checkedBlockImage(volumeId: string, image: string): Promise<VolumeHandle> {
+  const problem = await blockImageProblem(image);
+  if (problem !== undefined) throw new UnreadableVolumeError(`its image ${image} ${problem}`);
+  return { kind: "block-image", volumeId, path: image, filesystem: "ext4" };
 }
 
 /**
- * Whose fault a failed mount is. The volume's only when e2fsck, checking it read-only (-n) and in
- * full (-f: a damaged filesystem may still be marked clean), finds its filesystem damaged;
- * otherwise the host failed (no loop device to be had, say) and the volume is as it was.
+ * Whose fault a failed mount is. The volume's only when e2fsck, checking it read-only and in
+ * full (a damaged filesystem may still be marked clean), finds its filesystem damaged; otherwise
+ * the host failed (no loop device to be had, say) and the volume is as it was.
  */
 async function mountFailure(image: string, error: unknown): Promise<unknown> {
-  const damage = await filesystemDamage(image);
+  const damage = await filesystemDamage(image, { full: true });
   if (damage === undefined) return error;
   return new UnreadableVolumeError(
     `${error instanceof Error ? error.message : String(error)}; e2fsck finds its filesystem damaged: ${damage}`,
@@ -236,84 +264,7 @@ async function mountFailure(image: string, error: unknown): Promise<unknown> {
   );
 }
 
-/** What e2fsck -fn reports wrong with the image's filesystem, if anything. */
-async function filesystemDamage(image: string): Promise<string | undefined> {
-  // A journal not yet replayed (after a crash) makes a sound filesystem look inconsistent to a
-  // read-only check, which cannot replay it: no verdict then.
-  if (await journalAwaitsReplay(image)) return undefined;
-  try {
-    await run("e2fsck", ["-f", "-n", image]);
-    return undefined;
-  } catch (error) {
-    // Exit status 4: errors it would fix; 8: it could not open the filesystem at all. Anything
-    // else (e2fsck missing, killed) says nothing about the volume.
-    const status = (error as { code?: unknown }).code;
-    if (typeof status !== "number" || (status & (4 | 8)) === 0) return undefined;
-    const { stdout, stderr } = error as { stdout?: string; stderr?: string };
-    const lines = `${stdout ?? ""}\n${stderr ?? ""}`.split("\n").map((line) => line.trim());
-    // The first problem it names, past its version banner and the names of its passes.
-    const problem = lines.find((line) => line !== "" && !/^(e2fsck \d|Pass \d)/.test(line));
-    return problem ?? `exit status ${status}`;
-  }
-}
-
-/** ext4's superblock: 1 KiB in; its incompatible-features word at byte 0x60, bit 0x4 "recover". */
-const superblockOffset = 1024;
-const incompatibleFeaturesOffset = 0x60;
-const journalRecoverFlag = 0x4;
-
-/** Whether the image's superblock says its journal holds changes not yet replayed. */
-async function journalAwaitsReplay(image: string): Promise<boolean> {
-  const file = await open(image, "r");
-  try {
-    const word = Buffer.alloc(4);
-    await file.read(word, 0, 4, superblockOffset + incompatibleFeaturesOffset);
-    return (word.readUInt32LE(0) & journalRecoverFlag) !== 0;
-  } finally {
-    await file.close();
-  }
-}
-
-function safeName(volumeId: string): string {
-  if (!/^[a-zA-Z0-9-]+$/.test(volumeId)) throw new Error(`bad volume id ${volumeId}`);
-  return volumeId;
-}
-
 async function usedBytesOf(directory: string): Promise<number> {
   const info = await statfs(directory);
   return (info.blocks - info.bfree) * info.bsize;
-}
-
-function syncDirectory(directory: string): void {
-  const descriptor = openSync(directory, "r");
-  try {
-    fsyncSync(descriptor);
-  } finally {
-    closeSync(descriptor);
-  }
-}
-
-/**
- * Loop devices whose backing file is `image` (the kernel lists them under /sys/block by the
- * file's real path); none when the image is gone.
- */
-function loopDevicesBacking(image: string): string[] {
-  if (!existsSync(image)) return [];
-  const backingFile = realpathSync(image);
-  return readdirSync("/sys/block")
-    .filter((name) => name.startsWith("loop"))
-    .filter((name) => {
-      try {
-        return readFileSync(`/sys/block/${name}/loop/backing_file`, "utf8").trim() === backingFile;
-      } catch {
-        return false; // not attached
-      }
-    })
-    .map((name) => `/dev/${name}`);
-}
-
-function commandError(error: unknown): string {
-  const stderr = (error as { stderr?: unknown }).stderr;
-  const text = typeof stderr === "string" ? stderr.trim() : "";
-  return text || (error as Error).message;
 }

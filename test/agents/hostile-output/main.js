@@ -86,4 +86,5 @@ const server = http.createServer(async (request, response) => {
   response.end(JSON.stringify(await action(payload)));
 });
 
-server.listen(8080, "0.0.0.0");
+// PORT is 8080 in a sandbox of its own; the process driver gives each agent a free port.
+server.listen(Number(process.env.PORT ?? 8080), "0.0.0.0");

@@ -14,8 +14,26 @@ if (process.env.PROBE_START === "never") {
   setInterval(() => {}, 1000);
 }
 
+/**
+ * Under Berth's process driver (tests only: no isolation, no mount namespace) a volume is not at
+ * its mount path: its host folder is in BERTH_VOLUME_<MOUNT PATH> (/mnt/workspace ->
+ * BERTH_VOLUME_MNT_WORKSPACE), so a path under a mount path is used there instead.
+ */
+function volumePath(path) {
+  const match = /^(\/mnt\/[^/]+)(\/.*)?$/.exec(path);
+  if (match === null) return path;
+  const name = `BERTH_VOLUME_${match[1]
+    .slice(1)
+    .toUpperCase()
+    .replace(/[^A-Z0-9]/g, "_")}`;
+  const folder = process.env[name];
+  return folder === undefined ? path : `${folder}${match[2] ?? ""}`;
+}
+
 // What the agent saw as it started: session storage must be mounted before that.
-const atStartup = { workspace: attempt(() => fs.readdirSync("/mnt/workspace").sort()) };
+const atStartup = {
+  workspace: attempt(() => fs.readdirSync(volumePath("/mnt/workspace")).sort()),
+};
 const memory = [];
 const releases = new Map();
 let busy = false;
@@ -37,9 +55,9 @@ const actions = {
     cwd: process.cwd(),
     env: process.env,
   }),
-  read: ({ path }) => attempt(() => fs.readFileSync(path, "utf8")),
-  list: ({ path }) => attempt(() => fs.readdirSync(path)),
-  write: ({ path, content }) => attempt(() => fs.writeFileSync(path, content)),
+  read: ({ path }) => attempt(() => fs.readFileSync(volumePath(path), "utf8")),
+  list: ({ path }) => attempt(() => fs.readdirSync(volumePath(path))),
+  write: ({ path, content }) => attempt(() => fs.writeFileSync(volumePath(path), content)),
   remember: ({ value }) => ({ count: memory.push(value) }),
   startup: () => atStartup,
   recall: () => ({ memory }),
@@ -148,4 +166,5 @@ const server = http.createServer(async (request, response) => {
   response.end(JSON.stringify(result));
 });
 
-if (process.env.PROBE_START !== "never") server.listen(8080, "0.0.0.0");
+// PORT is 8080 in a sandbox of its own; the process driver gives each agent a free port.
+if (process.env.PROBE_START !== "never") server.listen(Number(process.env.PORT ?? 8080), "0.0.0.0");

@@ -1,0 +1,168 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { MemoryMetadataStore } from "../adapters/memory/store.ts";
+import { SqliteMetadataStore } from "../adapters/sqlite/store.ts";
+import { DirectoryVolumes } from "../adapters/volumes/directory-volumes.ts";
+import { BerthError } from "./errors.ts";
+import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
+import { agreedHandleKind, SessionStorage } from "./session-storage.ts";
+import type { MetadataStore } from "./store.ts";
+
+describe("handle kinds agreed between a sandbox driver and a volume store", () => {
+  it("takes the driver's most preferred kind that the store gives", () => {
+    const store = ["host-directory", "block-image"] as const;
+    assert.equal(agreedHandleKind(["block-image", "host-directory"], store), "block-image");
+    assert.equal(agreedHandleKind(["host-directory", "block-image"], store), "host-directory");
+    assert.equal(
+      agreedHandleKind(["block-image"], ["host-directory", "block-image"]),
+      "block-image",
+    );
+  });
+
+  it("refuses, naming both lists, when they share no kind", () => {
+    assert.throws(
+      () => agreedHandleKind(["block-image"], ["host-directory"]),
+      /attaches volumes as "block-image", but the volume store gives only "host-directory"/,
+    );
+    assert.throws(() => agreedHandleKind([], ["host-directory"]), /attaches volumes as nothing/);
+  });
+
+  describe("SessionStorage", () => {
+    let folder = "";
+    let store: SqliteMetadataStore | undefined;
+    before(() => {
+      folder = mkdtempSync(join(tmpdir(), "berth-session-storage-"));
+      store = new SqliteMetadataStore(join(folder, "berth.db"));
+    });
+    after(async () => {
+      await store?.close();
+      rmSync(folder, { recursive: true, force: true });
+    });
+
+    const sessionStorage = (kinds: readonly ("host-directory" | "block-image")[]) =>
+      new SessionStorage({
+        store: store ?? assert.fail("opened in before()"),
+        volumes: new DirectoryVolumes(join(folder, "volumes")),
+        kinds,
+        settings: { sizeBytes: 2 ** 20, retentionMs: 60_000 },
+        log: { info: () => undefined, warn: () => undefined, error: () => undefined },
+        now: () => new Date(),
+        holder: "node-a",
+      });
+
+    it("refuses at construction a driver that attaches no kind its volume store gives", () => {
+      assert.throws(
+        () => sessionStorage(["block-image"]),
+        /"block-image", but the volume store gives only "host-directory": choose a volume store and a sandbox driver that share a handle kind/,
+      );
+      assert.doesNotThrow(() => sessionStorage(["block-image", "host-directory"]));
+    });
+  });
+});
+
+describe("volumes in use, as claims in the metadata store two Berth processes share", () => {
+  let folder = "";
+  const store = new MemoryMetadataStore();
+  const runtime: RuntimeRecord = {
+    id: "agent-AAAAAAAAAA",
+    name: "agent",
+    arn: "arn:aws:bedrock-agentcore:us-east-1:123456789012:runtime/agent-AAAAAAAAAA",
+    latestVersion: 1,
+    createdAt: new Date(0).toISOString(),
+    lastUpdatedAt: new Date(0).toISOString(),
+    tags: {},
+  };
+  const version: RuntimeVersionRecord = {
+    runtimeId: runtime.id,
+    version: 1,
+    config: {
+      artifact: {
+        kind: "code",
+        bucket: "agents",
+        prefix: "agent.zip",
+        versionId: undefined,
+        runtime: "NODE_22",
+        entryPoint: ["main.js"],
+      },
+      roleArn: undefined,
+      networkMode: "PUBLIC",
+      description: "",
+      serverProtocol: "HTTP",
+      idleRuntimeSessionTimeoutSeconds: 900,
+      maxLifetimeSeconds: 28_800,
+      environmentVariables: {},
+      sessionStorageMountPaths: ["/mnt/workspace"],
+      requestHeaderAllowlist: [],
+    },
+    status: "READY",
+    failureReason: undefined,
+    createdAt: new Date(0).toISOString(),
+    lastUpdatedAt: new Date(0).toISOString(),
+  };
+  before(async () => {
+    folder = mkdtempSync(join(tmpdir(), "berth-claims-"));
+    await store.createRuntime({
+      runtime,
+      version,
+      defaultEndpoint: {
+        runtimeId: runtime.id,
+        name: "DEFAULT",
+        arn: `${runtime.arn}/runtime-endpoint/DEFAULT`,
+        description: "",
+        targetVersion: 1,
+        liveVersion: 1,
+        createdAt: runtime.createdAt,
+        lastUpdatedAt: runtime.createdAt,
+        tags: {},
+      },
+      idempotency: undefined,
+    });
+  });
+  after(() => {
+    rmSync(folder, { recursive: true, force: true });
+  });
+
+  /** One Berth process's session storage: its own volume store folder, the shared store. */
+  const processNamed = (holder: string, shared: MetadataStore = store) =>
+    new SessionStorage({
+      store: shared,
+      volumes: new DirectoryVolumes(join(folder, "volumes")),
+      kinds: ["host-directory"],
+      settings: { sizeBytes: 2 ** 20, retentionMs: 0 },
+      log: { info: () => undefined, warn: () => undefined, error: () => undefined },
+      now: () => new Date(),
+      holder,
+    });
+  const inUse = (error: unknown) =>
+    error instanceof BerthError && error.code === "ConflictException";
+
+  it("never lets a second process attach, sweep or delete a volume the first one has attached", async () => {
+    const first = processNamed("node-a");
+    const second = processNamed("node-b");
+    const attached = await first.attach(runtime, version, "session-1");
+    await assert.rejects(second.attach(runtime, version, "session-1"), inUse);
+    await assert.rejects(second.removeSession(runtime.id, "session-1"), inUse);
+    await second.sweep(); // retention 0: everything unused is past it
+    assert.equal((await store.listSessionStorage(runtime.id)).length, 1);
+    await first.detach(attached);
+    const again = await second.attach(runtime, version, "session-1");
+    await second.detach(again);
+    assert.equal(await first.removeSession(runtime.id, "session-1"), true);
+  });
+
+  it("takes back, after a restart, the claims its previous run held", async () => {
+    const crashed = processNamed("node-a");
+    await crashed.attach(runtime, version, "session-2"); // never detached: the process died
+    const [record] = (await store.listSessionStorage(runtime.id)).filter(
+      (entry) => entry.sessionId === "session-2",
+    );
+    assert.equal(record?.heldBy, "node-a");
+    const restarted = processNamed("node-a");
+    await restarted.recover();
+    const attached = await processNamed("node-b").attach(runtime, version, "session-2");
+    assert.equal(attached.length, 1);
+  });
+});
