@@ -26,7 +26,13 @@ import { HttpRequest, HttpResponse } from "@smithy/protocol-http";
 import { SignatureV4 } from "@smithy/signature-v4";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
 import { credentialsIn, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
-import { makeDataDir, removeDir, startTestBerth, useTestBerth } from "./support/berth.ts";
+import {
+  hostSuite,
+  makeDataDir,
+  removeDir,
+  startTestBerth,
+  useTestBerth,
+} from "./support/berth.ts";
 import { invokeProbe } from "./support/commands.ts";
 import { OciLayout, tarOf, tarOfFolder } from "./support/oci-images.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
@@ -193,7 +199,7 @@ describe("an upload signed over its SHA-256 is checked before it is used", () =>
     );
   });
 
-  it("refuses an image archive changed after signing, and loads nothing", async () => {
+  it("refuses an image archive changed after signing, and loads nothing", hostSuite, async () => {
     const { berth } = harness();
     const archive = (name: string) => {
       const layout = new OciLayout(join(work, name));

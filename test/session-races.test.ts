@@ -8,7 +8,7 @@ import {
   type InvokeAgentRuntimeCommandStreamOutput,
 } from "@aws-sdk/client-bedrock-agentcore";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
-import { quickLifecycleArgs, useTestBerth } from "./support/berth.ts";
+import { hostSuite, quickLifecycleArgs, useTestBerth } from "./support/berth.ts";
 import { sandboxGroups } from "./support/cgroups.ts";
 import { invokeProbe, runCommand } from "./support/commands.ts";
 import { createRuntime, newProbeVersion, newSessionId, workspace } from "./support/runtimes.ts";
@@ -130,7 +130,7 @@ describe("a version change with concurrent requests", () => {
   });
 });
 
-describe("Berth's own failures while starting a session", () => {
+describe("Berth's own failures while starting a session", hostSuite, () => {
   it("answers InternalServerException and logs an error when its helper dies mid-start", async () => {
     const runtime = await createRuntime(harness(), "probe");
     const session = newSessionId();
@@ -173,7 +173,7 @@ describe("Berth's own failures while starting a session", () => {
   });
 });
 
-describe("a command whose session is stopped", () => {
+describe("a command whose session is stopped", hostSuite, () => {
   it("ends with runtimeClientError naming StopRuntimeSession, however slowly the sandbox goes", async () => {
     const runtime = await createRuntime(harness(), "probe");
     const session = newSessionId();
