@@ -48,10 +48,17 @@ struct held_fds {
   int count;
 };
 
-/* Keeps FD (if it is one) to close later; returns it. */
+/* Keeps FD (if it is one) to close later; returns it. Past the list's room, FD is closed and
+ * -1 returned, so no descriptor ever stays open (one on a mount would keep it busy). No
+ * operation opens nearly as many: this is a guard, not a limit anyone meets. */
 static int hold(struct held_fds *held, int fd) {
-  if (fd >= 0 && held->count < (int)(sizeof held->fds / sizeof held->fds[0]))
-    held->fds[held->count++] = fd;
+  if (fd < 0) return fd;
+  if (held->count >= (int)(sizeof held->fds / sizeof held->fds[0])) {
+    close(fd);
+    errno = EMFILE;
+    return -1;
+  }
+  held->fds[held->count++] = fd;
   return fd;
 }
 
@@ -121,7 +128,10 @@ static int idmap_bind(const struct mount_server *server, const struct mount_requ
   if (target < 0) return -1;
   int userns = hold(held, process_userns(request->userns_pid, problem));
   if (userns < 0) return -1;
-  int tree = hold(held, idmapped_copy(source, request->source.given, userns, 0, problem));
+  /* nosuid, nodev whatever the source's own flags: a plain-folder volume inherits the data
+   * disk's, and nothing a session stores may gain privileges or reach a device. */
+  int tree = hold(held, idmapped_copy(source, request->source.given, userns,
+                                      MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, problem));
   if (tree < 0) return -1;
   return attach_tree(tree, target, request->target.given, problem);
 }

@@ -5,7 +5,7 @@ import { isUtf8 } from "node:buffer";
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
-import { nativeBinary } from "../src/adapters/bubblewrap/native-binaries.ts";
+import { nativeBinary } from "../src/adapters/host/native-binaries.ts";
 import { outputTextToBytes } from "../src/core/output-text.ts";
 
 /** berth-exec escape: the helper's output text for BYTES, read at most readSize at a time. */

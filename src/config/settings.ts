@@ -395,7 +395,7 @@ export const settingDeclarations = {
   bubblewrapUidBase: {
     part: "bubblewrap",
     formerly: "sandboxUidBase",
-    doc: "First host uid given to sandboxes; each running session gets its own uid from [base, base + maxSessions). Must not overlap real users.",
+    doc: "First host uid given to sandboxes; each running session, and each sandbox prepared ahead, gets its own uid from [base, base + maxSessions + 16). Must not overlap real users.",
     default: 2_000_000,
     parse: integer(10_000, 4_000_000_000),
   },
@@ -461,6 +461,10 @@ export const settingDeclarations = {
 type Declarations = typeof settingDeclarations;
 export type SettingName = keyof Declarations;
 export type Settings = { [Name in SettingName]: Declarations[Name]["default"] };
+/** The settings of one part: what that part's factory is given, and nothing else. */
+export type SettingsOf<Part extends SettingPart> = {
+  [Name in SettingName as Declarations[Name]["part"] extends Part ? Name : never]: Settings[Name];
+};
 
 export function flagName(name: string): string {
   return `--${name.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`)}`;

@@ -236,7 +236,7 @@ export class SessionStorage {
     for (const record of await this.store.listSessionStorage(runtimeId)) {
       if (!(await this.removeRecord(record, "runtime deleted")))
         this.log.warn(
-          "session storage of a deleted runtime is still in use; the sweep removes it",
+          "session storage of a deleted runtime is still in use; the next sweep after it is free removes it",
           {
             volumeId: record.volumeId,
             heldBy: record.heldBy,
@@ -246,11 +246,26 @@ export class SessionStorage {
   }
 
   /** Deletes storage unused for longer than the retention setting. */
+  /**
+   * Deletes storage unused for longer than the retention setting, and storage whose runtime is
+   * gone (deleted while a sandbox still had it).
+   */
   async sweep(): Promise<void> {
     const before = new Date(this.now().getTime() - this.settings.retentionMs).toISOString();
     for (const record of await this.store.listSessionStorage()) {
-      // One in use now is skipped by removeRecord: its claim says so.
-      if (record.lastUsedAt < before) await this.removeRecord(record, "retention period passed");
+      if ((await this.store.findRuntime(record.runtimeId)) === undefined) {
+        await this.removeRecord(record, "runtime deleted");
+      } else if (record.lastUsedAt < before) {
+        // Used again since the listing? The record says so once the removal's claim holds it.
+        await this.removeRecord(record, "retention period passed", async () => {
+          const now = await this.store.findSessionStorage(
+            record.runtimeId,
+            record.sessionId,
+            record.mountPath,
+          );
+          return now !== undefined && now.lastUsedAt < before;
+        });
+      }
     }
   }
 
@@ -306,9 +321,20 @@ export class SessionStorage {
     }
   }
 
-  /** Deletes the volume and its record, unless a sandbox has it: then false, nothing done. */
-  private async removeRecord(record: SessionStorageRecord, reason: string): Promise<boolean> {
+  /**
+   * Deletes the volume and its record, unless a sandbox has it or `stillDue` (asked once the
+   * claim is held) says no: then false, nothing done.
+   */
+  private async removeRecord(
+    record: SessionStorageRecord,
+    reason: string,
+    stillDue: () => Promise<boolean> = () => Promise.resolve(true),
+  ): Promise<boolean> {
     if (!(await this.claim(record.volumeId, this.remover))) return false;
+    if (!(await stillDue())) {
+      await this.release(record.volumeId, this.remover);
+      return false;
+    }
     try {
       await this.volumes.remove(record.volumeId);
       await this.store.deleteSessionStorage(record.volumeId);

@@ -126,8 +126,9 @@ const maxConcurrentIdleProbes = 16;
 export class SessionManager {
   private readonly sessions = new Map<string, LiveSession>();
   /**
-   * Per session key, storage still being flushed and detached for a sandbox that is gone or
-   * going: the next sandbox of that session waits for it before attaching the same volumes.
+   * Per session key, the latest session's end to come: its start settled and its sandbox's
+   * storage flushed and detached. The next sandbox of that key waits for it before attaching
+   * the same volumes.
    */
   private readonly releases = new Map<string, Promise<void>>();
   private readonly sweeper: NodeJS.Timeout;
@@ -308,9 +309,22 @@ export class SessionManager {
       shell: "/bin/bash",
       released: Promise.resolve(),
     };
-    session.ready = this.boot(session, runtime, version);
+    // The session before this one of the same id may still be starting or letting go of its
+    // volumes (ended mid-start by a stop or a version change): this one waits for all of that.
+    const previous = this.releases.get(key) ?? Promise.resolve();
+    session.ready = this.boot(session, runtime, version, previous);
     // Callers await ready themselves; this only keeps a failed start from being unhandled.
     session.ready.catch(() => undefined);
+    // Settles once this session's start has settled and whatever sandbox it made has let go of
+    // its volumes: known from the first moment, so the next session of the id always finds it.
+    const finished = session.ready.then(
+      () => session.released,
+      () => session.released,
+    );
+    this.releases.set(key, finished);
+    void finished.finally(() => {
+      if (this.releases.get(key) === finished) this.releases.delete(key);
+    });
     this.sessions.set(key, session);
     this.log.info("session starting", {
       runtimeId: runtime.id,
@@ -324,22 +338,18 @@ export class SessionManager {
     session: LiveSession,
     runtime: RuntimeRecord,
     version: RuntimeVersionRecord,
+    previous: Promise<void>,
   ): Promise<Sandbox> {
     const startedAt = performance.now();
     try {
       const plan = await this.plan(version);
       session.shell = plan.shell;
-      await this.releases.get(session.key);
+      await previous;
       const owner = plan.filesystem.kind === "image" ? plan.filesystem.user : undefined;
       const volumes = await this.storage.attach(runtime, version, session.sessionId, owner);
       const sandbox = await this.startSandbox(session, plan, version, volumes);
       session.sandbox = sandbox;
-      const released = sandbox.exited.then(() => this.storage.detach(volumes));
-      session.released = released;
-      this.releases.set(session.key, released);
-      void released.finally(() => {
-        if (this.releases.get(session.key) === released) this.releases.delete(session.key);
-      });
+      session.released = sandbox.exited.then(() => this.storage.detach(volumes));
       void sandbox.exited.then((exit) => {
         this.onSandboxExit(session, exit);
       });

@@ -67,6 +67,11 @@ export interface BerthEnvironment {
   /** Where the one-time credentials text goes (a person's terminal). */
   console: Writable;
   now?: () => Date;
+  /**
+   * Lets settings choose the test-only parts (see src/main/parts.ts). Only Berth's own tests set
+   * it; without it a server on those parts is refused, whoever starts it.
+   */
+  allowTestParts?: boolean;
 }
 
 export async function startBerth(
@@ -94,7 +99,7 @@ export async function startBerth(
     accessKeyId: settings.accessKeyId,
     secretAccessKey: settings.secretAccessKey,
   });
-  const parts = await assembleParts(settings, log);
+  const parts = await assembleParts(settings, log, environment.allowTestParts === true);
   const { store, driver, pythons } = parts;
   const checkCode = codeArtifactCheck(codeFolders);
   // After the driver: image roots are unpacked with what it mounts over in them.

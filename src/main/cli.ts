@@ -6,7 +6,7 @@ import {
   settingParts,
   SettingsError,
 } from "../config/settings.ts";
-import { testOnlyPartsChosen } from "./parts.ts";
+import { TestPartsRefusedError, testOnlyPartsChosen } from "./parts.ts";
 import { clientCommandLines, clientNotes, runClientCommand } from "../cli/main.ts";
 import { startBerth } from "./berth.ts";
 import { closeInheritedDescriptors } from "./inherited-descriptors.ts";
@@ -84,10 +84,9 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
   }
   const { settings, warnings } = loaded;
   const testOnly = testOnlyPartsChosen(settings);
-  if (testOnly.length > 0 && env[allowTestPartsVariable] !== "1") {
-    process.stderr.write(
-      `berth serve: ${testOnly.join(", ")} exists for Berth's own tests (it gives up isolation or limits that Berth promises); choose metadataStore=sqlite, sandboxDriver=bubblewrap, sessionStorage=local\n`,
-    );
+  const allowTestParts = env[allowTestPartsVariable] === "1";
+  if (testOnly.length > 0 && !allowTestParts) {
+    process.stderr.write(`berth serve: ${new TestPartsRefusedError(testOnly).message}\n`);
     return 2;
   }
   const log = jsonLogger(process.stdout);
@@ -100,7 +99,7 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
     process.once("SIGTERM", resolve);
     process.once("SIGINT", resolve);
   });
-  const berth = await startBerth(settings, { log, console: process.stderr });
+  const berth = await startBerth(settings, { log, console: process.stderr, allowTestParts });
   log.info("shutting down", {
     signal: await signal,
     shutdownGraceSeconds: settings.shutdownGraceSeconds,

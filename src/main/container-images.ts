@@ -4,7 +4,7 @@ import { ImageStore } from "../adapters/images/image-store.ts";
 import { RegistryAddressPolicy } from "../adapters/images/registry-addresses.ts";
 import { RegistryClient } from "../adapters/images/registry-client.ts";
 import { credentialsFromFile, insecureRegistries } from "../adapters/images/registry-settings.ts";
-import type { Settings } from "../config/settings.ts";
+import type { Settings, SettingsOf } from "../config/settings.ts";
 import type { Logger } from "../core/logger.ts";
 import type { ImageRootNeeds } from "../core/sandbox.ts";
 import type { MetadataStore } from "../core/store.ts";
@@ -15,7 +15,7 @@ import type { MetadataStore } from "../core/store.ts";
  * `rootNeeds`: what the sandbox driver mounts over in an image root (its imageRootNeeds).
  */
 export function startContainerImages(
-  settings: Settings,
+  settings: SettingsOf<"containerImages"> & Pick<Settings, "dataDir">,
   store: MetadataStore,
   log: Logger,
   now: () => Date,

@@ -1,4 +1,4 @@
-import { closeSync, readdirSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, readdirSync, readFileSync } from "node:fs";
 
 /** O_CLOEXEC as /proc/self/fdinfo's octal `flags:` line shows it. */
 const closeOnExec = 0o2000000;
@@ -13,6 +13,9 @@ const closeOnExec = 0o2000000;
  */
 export function closeInheritedDescriptors(): number[] {
   const closed: number[] = [];
+  // Only Linux tells a descriptor's flags this way; elsewhere (macOS, where only the test-only
+  // parts run) there are no sandboxes to keep descriptors from.
+  if (!existsSync("/proc/self/fdinfo")) return closed;
   for (const name of readdirSync("/proc/self/fdinfo")) {
     const descriptor = Number(name);
     if (!(descriptor > 2)) continue;

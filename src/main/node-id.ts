@@ -1,20 +1,40 @@
 import { randomUUID } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import { join } from "node:path";
 
 /**
  * This Berth's name in what it shares through the metadata store (volume claims): made once and
- * kept in the data directory, so a restart knows which claims were its own.
+ * kept in the data directory, so a restart knows which claims were its own. Written whole or not
+ * at all (a temporary file, fsynced, renamed); a damaged one is refused, never replaced: a new
+ * name would leave every claim of the old one held for good.
  */
 export function loadOrCreateNodeId(dataDir: string): string {
   const path = join(dataDir, "node-id");
+  let text: string;
   try {
-    const text = readFileSync(path, "utf8").trim();
-    if (/^[0-9a-f-]{36}$/.test(text)) return text;
+    text = readFileSync(path, "utf8").trim();
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+    return createNodeId(path);
   }
+  if (!/^[0-9a-f-]{36}$/.test(text)) {
+    throw new Error(
+      `${path} does not hold a node id (a UUID); restore it, or delete it if no Berth shares this data directory's metadata store (volumes this Berth claimed are then freed only by hand)`,
+    );
+  }
+  return text;
+}
+
+function createNodeId(path: string): string {
   const id = randomUUID();
-  writeFileSync(path, `${id}\n`, { mode: 0o600 });
+  const temporary = `${path}.new`;
+  const descriptor = openSync(temporary, "w", 0o600);
+  try {
+    writeSync(descriptor, `${id}\n`);
+    fsyncSync(descriptor);
+  } finally {
+    closeSync(descriptor);
+  }
+  renameSync(temporary, path);
   return id;
 }

@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
-import { nativeBinary } from "../adapters/bubblewrap/native-binaries.ts";
+import { nativeBinary } from "../adapters/host/native-binaries.ts";
 import { RootMounts } from "../adapters/host/root-mounts.ts";
 import { MemoryMetadataStore } from "../adapters/memory/store.ts";
 import { ProcessDriver } from "../adapters/process/driver.ts";
@@ -107,6 +107,11 @@ const sandboxDrivers: Record<
     });
   },
   process: (settings, tools) => {
+    if (process.getuid?.() === 0) {
+      throw new Error(
+        "sandboxDriver=process runs agents as Berth's own user, and Berth runs as root: refused (run the test-only parts as an ordinary user)",
+      );
+    }
     tools.log.warn(
       "SANDBOXES ARE OFF (sandboxDriver=process): agents run as plain processes of Berth's own user; for Berth's own tests only",
     );
@@ -141,7 +146,16 @@ const testOnlyParts: { [Part in PartChoice]?: Settings[Part][] } = {
 
 type PartChoice = "metadataStore" | "sandboxDriver" | "sessionStorage";
 
-/** The test-only parts these settings choose, as `name=value`; `berth serve` refuses them. */
+/** Settings chose test-only parts where nothing allowed them. */
+export class TestPartsRefusedError extends Error {
+  constructor(parts: string[]) {
+    super(
+      `${parts.join(", ")} exists for Berth's own tests (it gives up isolation or limits that Berth promises); choose metadataStore=sqlite, sandboxDriver=bubblewrap, sessionStorage=local`,
+    );
+  }
+}
+
+/** The test-only parts these settings choose, as `name=value`. */
 export function testOnlyPartsChosen(settings: Settings): string[] {
   return (Object.entries(testOnlyParts) as [PartChoice, string[]][])
     .filter(([part, values]) => values.includes(settings[part]))
@@ -149,7 +163,13 @@ export function testOnlyPartsChosen(settings: Settings): string[] {
 }
 
 /** Builds the chosen parts; on a failure, releases those already built. */
-export async function assembleParts(settings: Settings, log: Logger): Promise<BerthParts> {
+export async function assembleParts(
+  settings: Settings,
+  log: Logger,
+  allowTestParts: boolean,
+): Promise<BerthParts> {
+  const testOnly = testOnlyPartsChosen(settings);
+  if (testOnly.length > 0 && !allowTestParts) throw new TestPartsRefusedError(testOnly);
   let mounts: Promise<RootMounts> | undefined;
   const tools: PartTools = {
     log,

@@ -32,10 +32,10 @@ export const quickLifecycleArgs = [
 
 /**
  * Whether this run assembles test servers from the test-only parts (in-memory metadata, plain
- * processes for sandboxes, plain folders for session storage): under `npm run test:unit`, and
- * whenever the tests do not run as root, which the real parts need.
+ * processes for sandboxes, plain folders for session storage): whenever the tests do not run as
+ * root, which the real parts need (and the plain-process driver refuses to run as).
  */
-export const onTestParts = process.env["BERTH_TEST_PARTS"] === "fakes" || process.getuid?.() !== 0;
+export const onTestParts = process.getuid?.() !== 0;
 
 /**
  * Options for a `describe` of a suite that tests the host's isolation itself (bubblewrap,
@@ -81,7 +81,11 @@ export async function startTestBerth(
       done();
     },
   });
-  const berth = await startBerth(settings, { log: jsonLogger(sink), console });
+  const berth = await startBerth(settings, {
+    log: jsonLogger(sink),
+    console,
+    allowTestParts: onTestParts,
+  });
   const clientConfig = {
     endpoint: berth.url,
     region: settings.region,

@@ -14,7 +14,7 @@ import { CgroupTree, type CgroupLimits } from "./cgroups.ts";
 import { ExecServer } from "./exec-server.ts";
 import { HostFirewall } from "./host-firewall.ts";
 import { prepareSandboxEtc, sandboxPaths, unmountAllUnder } from "./mounts.ts";
-import { nativeBinary } from "./native-binaries.ts";
+import { nativeBinary } from "../host/native-binaries.ts";
 import { PreparedShell, type ShellContext } from "./shell.ts";
 import { ShellPool } from "./shell-pool.ts";
 import { UidPool } from "./uid-pool.ts";

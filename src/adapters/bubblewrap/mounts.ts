@@ -134,7 +134,7 @@ export function seenByCodeSandboxes(path: string): boolean {
  * An image sandbox's filesystem: the image's root (already mounted at rootDir as an overlay,
  * see RootMounts.imageRoot), fresh /proc and /dev, Berth's hosts and resolv.conf, the run folder
  * and the session's volumes. The mount points exist in every unpacked image (see
- * prepareMountPoints), so bwrap never has to create one in a root the sandbox may not own.
+ * prepareForSandboxes), so bwrap never has to create one in a root the sandbox may not own.
  */
 export function imageMountArgs(options: {
   rootDir: string;

@@ -225,7 +225,8 @@ export class LoopVolumes implements VolumeStore {
 
   async recover(): Promise<void> {
     for (const mountPoint of mountPointsUnder(this.mountDir)) {
-      await runCommand("umount", ["--lazy", mountPoint]).catch(() => undefined);
+      // Through the same helper as every other unmount (lazily, if the volume is busy).
+      await this.unmount(mountPoint).catch(() => undefined);
     }
     for (const name of await readdir(this.mountDir)) {
       await rmdir(join(this.mountDir, name)).catch(() => undefined);

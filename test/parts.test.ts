@@ -1,0 +1,73 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { describe, it } from "node:test";
+import { Writable } from "node:stream";
+import { loadSettings } from "../src/config/settings.ts";
+import { startBerth } from "../src/main/berth.ts";
+import { jsonLogger } from "../src/main/json-logger.ts";
+import { TestPartsRefusedError } from "../src/main/parts.ts";
+import { berthBin, spawnBerth } from "./support/berth-process.ts";
+import { makeDataDir, removeDir } from "./support/berth.ts";
+
+const discard = () =>
+  new Writable({
+    write(_chunk, _encoding, done) {
+      done();
+    },
+  });
+
+describe("parts chosen by settings", () => {
+  it("berth serve refuses the test-only parts in one line and exit code 2", async () => {
+    const dataDir = makeDataDir();
+    try {
+      const child = spawn(
+        process.execPath,
+        [berthBin, "serve", "--port", "0", "--data-dir", dataDir, "--sandbox-driver", "process"],
+        { env: { PATH: process.env["PATH"], HOME: process.env["HOME"] }, stdio: "pipe" },
+      );
+      let stderr = "";
+      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+      const [code] = (await once(child, "close")) as [number | null];
+      assert.equal(code, 2);
+      assert.equal(stderr.trim().split("\n").length, 1, stderr);
+      assert.match(stderr, /^berth serve: sandboxDriver=process exists for Berth's own tests/);
+    } finally {
+      removeDir(dataDir);
+    }
+  });
+
+  it("refuses the test-only parts to anyone who starts a server without allowing them", async () => {
+    const dataDir = makeDataDir();
+    try {
+      const settings = loadSettings(
+        ["--port", "0", "--data-dir", dataDir, "--metadata-store", "memory"],
+        {},
+      );
+      await assert.rejects(
+        startBerth(settings, { log: jsonLogger(discard()), console: discard() }),
+        (error: unknown) =>
+          error instanceof TestPartsRefusedError && /metadataStore=memory/.test(error.message),
+      );
+    } finally {
+      removeDir(dataDir);
+    }
+  });
+
+  it("still takes a setting under its former name, and logs a warning naming the new one", async () => {
+    const dataDir = makeDataDir();
+    const berth = await spawnBerth(["--data-dir", dataDir, "--sandbox-prestart", "0"]);
+    try {
+      const warning = berth.lines.find((line) => /former name/.test(String(line["msg"])));
+      assert.equal(warning?.["level"], "warn");
+      assert.match(
+        String(warning["msg"]),
+        /^--sandbox-prestart is a former name of bubblewrapPrestart/,
+      );
+    } finally {
+      berth.child.kill("SIGTERM");
+      await berth.exit;
+      removeDir(dataDir);
+    }
+  });
+});
