@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { once } from "node:events";
 import { describe, it } from "node:test";
 import { Writable } from "node:stream";
@@ -8,7 +10,7 @@ import { startBerth } from "../src/main/berth.ts";
 import { jsonLogger } from "../src/main/json-logger.ts";
 import { TestPartsRefusedError } from "../src/main/parts.ts";
 import { berthBin, spawnBerth } from "./support/berth-process.ts";
-import { makeDataDir, removeDir } from "./support/berth.ts";
+import { isolationArgs, makeDataDir, onTestParts, removeDir } from "./support/berth.ts";
 
 const discard = () =>
   new Writable({
@@ -70,4 +72,46 @@ describe("parts chosen by settings", () => {
       removeDir(dataDir);
     }
   });
+
+  it("leaves nothing running when a start fails half-way (its port taken)", async () => {
+    const dataDir = makeDataDir();
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    const address = taken.address();
+    const port = typeof address === "object" && address !== null ? address.port : 0;
+    try {
+      const settings = loadSettings(
+        ["--port", String(port), "--data-dir", dataDir, ...isolationArgs()],
+        {},
+      );
+      await assert.rejects(
+        startBerth(settings, {
+          log: jsonLogger(discard()),
+          console: discard(),
+          allowTestParts: onTestParts,
+        }),
+        /EADDRINUSE/,
+      );
+      assert.deepEqual(childrenNaming(dataDir), [], "no helper of the failed start still runs");
+    } finally {
+      taken.close();
+      removeDir(dataDir);
+    }
+  });
 });
+
+/** This process's children whose command line names `text` (Berth's helpers name its data dir). */
+function childrenNaming(text: string): string[] {
+  if (process.platform !== "linux") return [];
+  return readdirSync("/proc")
+    .filter((name) => /^\d+$/.test(name))
+    .flatMap((pid) => {
+      try {
+        const parent = /^PPid:\s+(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
+        const command = readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ");
+        return Number(parent) === process.pid && command.includes(text) ? [command] : [];
+      } catch {
+        return []; // gone meanwhile
+      }
+    });
+}

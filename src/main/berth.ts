@@ -4,7 +4,6 @@ import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Writable } from "node:stream";
 import { codeArtifactCheck } from "../adapters/artifacts/local-artifact-store.ts";
-import { startContainerImages } from "./container-images.ts";
 import { imageOperations } from "../wire/images-api.ts";
 import type { Settings } from "../config/settings.ts";
 import type { CoreContext } from "../core/context.ts";
@@ -15,7 +14,6 @@ import { dataPlaneOperations } from "../wire/data-plane.ts";
 import { commandOperation } from "../wire/commands.ts";
 import { storageOperations } from "../wire/storage-api.ts";
 import { artifactOperations } from "../wire/artifacts-api.ts";
-import { ArchiveUploads } from "../adapters/artifacts/archive-uploads.ts";
 import { pingAgent } from "../wire/agent-client.ts";
 import { SessionManager } from "../core/sessions.ts";
 import { SessionStorage } from "../core/session-storage.ts";
@@ -24,14 +22,13 @@ import {
   planCodeLaunch,
   requireInterpreter,
 } from "../adapters/artifacts/launch-plan.ts";
-import { CodeFolders } from "../adapters/artifacts/code-folders.ts";
 import { createRequestHandler } from "../wire/handler.ts";
 import { RequestDrain } from "../wire/drain.ts";
 import { BerthError } from "../core/errors.ts";
 import { BodyHolder } from "../wire/signed-body.ts";
 import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
 import { loadOrCreateCredentials } from "./credentials.ts";
-import { assembleParts } from "./parts.ts";
+import { assembleParts, type BerthParts } from "./parts.ts";
 import { loadOrCreateNodeId } from "./node-id.ts";
 
 export interface RunningBerth {
@@ -83,27 +80,31 @@ export async function startBerth(
   // Sandbox users pass through the data dir to their own folders; they cannot list it, and the
   // database and credentials inside are 0600.
   chmodSync(settings.dataDir, 0o711);
-  const artifactsDir = join(settings.dataDir, "artifacts");
-  mkdirSync(artifactsDir, { recursive: true, mode: 0o755 });
-
-  const unpackLimits = {
-    maxUnpackedBytes: settings.maxArtifactUnpackedBytes,
-    maxEntries: settings.maxArtifactEntries,
-  };
-  const codeFolders = new CodeFolders(
-    artifactsDir,
-    join(settings.dataDir, "artifact-cache"),
-    unpackLimits,
-  );
   const { key, generated } = loadOrCreateCredentials(settings.dataDir, {
     accessKeyId: settings.accessKeyId,
     secretAccessKey: settings.secretAccessKey,
   });
-  const parts = await assembleParts(settings, log, environment.allowTestParts === true);
-  const { store, driver, pythons } = parts;
+  const parts = await assembleParts(settings, { log, now }, environment.allowTestParts === true);
+  try {
+    return await serveOn(parts, settings, environment, { key, generated });
+  } catch (error) {
+    // A start that failed half-way (the port taken, say) leaves nothing running behind it.
+    await parts.abandon();
+    throw error;
+  }
+}
+
+/** Wires the core and the wire layer to the parts, and starts serving. */
+async function serveOn(
+  parts: BerthParts,
+  settings: Settings,
+  environment: BerthEnvironment,
+  { key, generated }: { key: AccessKey; generated: boolean },
+): Promise<RunningBerth> {
+  const { store, driver, pythons, log, now } = parts;
+  const { folders: codeFolders, uploads } = parts.artifacts;
   const checkCode = codeArtifactCheck(codeFolders);
-  // After the driver: image roots are unpacked with what it mounts over in them.
-  const containerImages = startContainerImages(settings, store, log, now, driver.imageRootNeeds);
+  const containerImages = parts.images;
   const { images } = containerImages;
   const preparer = new VersionPreparer({
     store,
@@ -193,9 +194,7 @@ export async function startBerth(
         shutdown: shutdown.signal,
       }),
       ...storageOperations(context, storage),
-      ...artifactOperations(
-        new ArchiveUploads(artifactsDir, { ...unpackLimits, maxBytes: settings.maxArtifactBytes }),
-      ),
+      ...artifactOperations(uploads),
       ...imageOperations(images),
     ],
     verifier: settings.insecureNoAuth

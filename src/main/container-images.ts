@@ -9,6 +9,14 @@ import type { Logger } from "../core/logger.ts";
 import type { ImageRootNeeds } from "../core/sandbox.ts";
 import type { MetadataStore } from "../core/store.ts";
 
+export interface StartedContainerImages {
+  images: ContainerImages;
+  /** Removes cached images nothing needs now (it also runs every imageGcIntervalMs). */
+  collectGarbage: () => Promise<string[]>;
+  /** Stops the collection timer. */
+  stop: () => void;
+}
+
 /**
  * The container image cache under `<data-dir>/images`, its registry client, and its garbage
  * collection: images no version pins and no load names go once unused for imageRetentionSeconds.
@@ -20,7 +28,7 @@ export function startContainerImages(
   log: Logger,
   now: () => Date,
   rootNeeds: ImageRootNeeds,
-): { images: ContainerImages; collectGarbage: () => Promise<string[]>; stop: () => void } {
+): StartedContainerImages {
   const cacheDir = join(settings.dataDir, "images");
   const images = new ContainerImages({
     store: new ImageStore(cacheDir, {

@@ -1,4 +1,7 @@
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { ArchiveUploads } from "../adapters/artifacts/archive-uploads.ts";
+import { CodeFolders } from "../adapters/artifacts/code-folders.ts";
 import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
 import { nativeBinary } from "../adapters/host/native-binaries.ts";
 import { RootMounts } from "../adapters/host/root-mounts.ts";
@@ -23,6 +26,7 @@ import {
   pythonsAsInstalled,
   type ExposedPythons,
 } from "./python-interpreters.ts";
+import { startContainerImages, type StartedContainerImages } from "./container-images.ts";
 import { binaryForSandboxes, requireTraversableByOthers } from "./sandbox-host.ts";
 
 /**
@@ -34,10 +38,24 @@ export interface BerthParts {
   store: MetadataStore;
   driver: SandboxDriver;
   volumes: VolumeStore;
+  /** The container image cache (its pulls, and its garbage collection on a timer). */
+  images: StartedContainerImages;
+  /** Code artifacts: where uploads land and versions' code folders are unpacked. */
+  artifacts: { folders: CodeFolders; uploads: ArchiveUploads };
   /** Each Python runtime's interpreter, as this driver's sandboxes reach it. */
   pythons: ExposedPythons;
+  log: Logger;
+  now: () => Date;
   /** Lets go of what the parts hold on the host (mount helper, Python views); after the driver. */
   release(): Promise<void>;
+  /** For a start that failed: closes every part, in order, as no session ever ran. */
+  abandon(): Promise<void>;
+}
+
+/** The logger and the clock every part shares. */
+export interface SharedParts {
+  log: Logger;
+  now: () => Date;
 }
 
 /** What a part's factory gets besides the settings: what other parts made before it. */
@@ -165,7 +183,7 @@ export function testOnlyPartsChosen(settings: Settings): string[] {
 /** Builds the chosen parts; on a failure, releases those already built. */
 export async function assembleParts(
   settings: Settings,
-  log: Logger,
+  { log, now }: SharedParts,
   allowTestParts: boolean,
 ): Promise<BerthParts> {
   const testOnly = testOnlyPartsChosen(settings);
@@ -185,14 +203,28 @@ export async function assembleParts(
     const driver = (built.driver = await sandboxDrivers[settings.sandboxDriver](settings, tools));
     const pythons = (built.pythons = exposePythons(settings, log));
     const volumes = await volumeStores[settings.sessionStorage](settings, tools);
+    const artifacts = codeArtifacts(settings);
+    // After the driver: image roots are unpacked with what it mounts over in them.
+    const images = startContainerImages(settings, store, log, now, driver.imageRootNeeds);
+    const releaseAll = async (): Promise<void> => {
+      pythons.release();
+      await release();
+    };
     return {
       store,
       driver,
       volumes,
+      images,
+      artifacts,
       pythons,
-      release: async () => {
-        pythons.release();
-        await release();
+      log,
+      now,
+      release: releaseAll,
+      abandon: async () => {
+        images.stop();
+        await driver.close();
+        await releaseAll();
+        await store.close();
       },
     };
   } catch (error) {
@@ -202,6 +234,23 @@ export async function assembleParts(
     await release();
     throw error;
   }
+}
+
+/** The local artifact store under the data directory: uploads, and code folders unpacked from them. */
+function codeArtifacts(settings: Settings): BerthParts["artifacts"] {
+  const artifactsDir = join(settings.dataDir, "artifacts");
+  mkdirSync(artifactsDir, { recursive: true, mode: 0o755 });
+  const unpackLimits = {
+    maxUnpackedBytes: settings.maxArtifactUnpackedBytes,
+    maxEntries: settings.maxArtifactEntries,
+  };
+  return {
+    folders: new CodeFolders(artifactsDir, join(settings.dataDir, "artifact-cache"), unpackLimits),
+    uploads: new ArchiveUploads(artifactsDir, {
+      ...unpackLimits,
+      maxBytes: settings.maxArtifactBytes,
+    }),
+  };
 }
 
 /**
