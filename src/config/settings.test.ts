@@ -98,7 +98,9 @@ describe("loadSettings", () => {
     ]) {
       const { settings, warnings } = loadSettingsWithWarnings(args, {});
       assert.equal(settings.bubblewrapSeccomp, false, args.join(" "));
-      assert.deepEqual(warnings, [], args.join(" "));
+      // Overridden, the former name still gets its warning: it is still in someone's set-up.
+      assert.equal(warnings.length, 1, args.join(" "));
+      assert.match(warnings[0] ?? "", /^--sandbox-seccomp is a former name of bubblewrapSeccomp/);
     }
     const { settings } = loadSettingsWithWarnings([], {
       BERTH_BUBBLEWRAP_PRESTART: "1",

@@ -519,14 +519,22 @@ export function loadSettingsWithWarnings(
   env: NodeJS.ProcessEnv,
 ): LoadedSettings {
   const problems: string[] = [];
-  const flags = parseFlags(args, problems);
+  // Every use of a former name is warned about, also one that a current name overrides: the
+  // user still has it somewhere, and it stops working in a future release.
+  const warnings: string[] = [];
+  const flags = parseFlags(args, problems, warnings);
   const configPath = flags.get("config")?.value ?? env["BERTH_CONFIG"];
   flags.delete("config");
   const fileValues =
-    configPath === undefined ? new Map<string, GivenValue>() : readConfigFile(configPath, problems);
+    configPath === undefined
+      ? new Map<string, GivenValue>()
+      : readConfigFile(configPath, problems, warnings);
+  for (const [former, name] of currentNames) {
+    if (env[envName(former)] !== undefined && env[envName(former)] !== "")
+      warnings.push(renamedWarning(envName(former), name));
+  }
 
   const settings: Record<string, unknown> = {};
-  const warnings: string[] = [];
   for (const [name, declaration] of Object.entries(declarations)) {
     const fromFlag = flags.get(name);
     flags.delete(name);
@@ -544,7 +552,6 @@ export function loadSettingsWithWarnings(
       settings[name] = declaration.default;
       continue;
     }
-    if (given.formerly !== undefined) warnings.push(renamedWarning(given, name));
     const parsed = declaration.parse(given.value);
     if (typeof parsed === "object" && parsed !== null && "problem" in parsed) {
       problems.push(`${given.source} ${String(parsed.problem)}`);
@@ -578,14 +585,18 @@ function fromEnvironment(
     : { value: former, source: envName(declaration.formerly), formerly: declaration.formerly };
 }
 
-function renamedWarning(given: GivenValue, name: string): string {
+function renamedWarning(source: string, name: string): string {
   return (
-    `${given.source} is a former name of ${name}; it still works, but use ${flagName(name)}, ` +
+    `${source} is a former name of ${name}; it still works, but use ${flagName(name)}, ` +
     `${envName(name)} or config key ${name} (the former names will go in a future release)`
   );
 }
 
-function parseFlags(args: readonly string[], problems: string[]): Map<string, GivenValue> {
+function parseFlags(
+  args: readonly string[],
+  problems: string[],
+  warnings: string[],
+): Map<string, GivenValue> {
   const flags = new Map<string, GivenValue>();
   for (let index = 0; index < args.length; index += 1) {
     const arg = args[index] ?? "";
@@ -608,6 +619,7 @@ function parseFlags(args: readonly string[], problems: string[]): Map<string, Gi
         index += 1;
       }
     }
+    if (spelled !== name) warnings.push(renamedWarning(flagName(spelled), name));
     // The current name wins over a former one given too, whatever their order.
     const earlier = flags.get(name);
     if (spelled !== name && earlier !== undefined && earlier.formerly === undefined) continue;
@@ -620,7 +632,11 @@ function parseFlags(args: readonly string[], problems: string[]): Map<string, Gi
   return flags;
 }
 
-function readConfigFile(path: string, problems: string[]): Map<string, GivenValue> {
+function readConfigFile(
+  path: string,
+  problems: string[],
+  warnings: string[],
+): Map<string, GivenValue> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(readFileSync(path, "utf8"));
@@ -639,6 +655,7 @@ function readConfigFile(path: string, problems: string[]): Map<string, GivenValu
       problems.push(`config file ${path}: unknown key ${key}`);
       continue;
     }
+    if (name !== key) warnings.push(renamedWarning(`config file key ${key}`, name));
     // The current name wins over a former one given too.
     if (name !== key && Object.hasOwn(parsed, name)) continue;
     values.set(name, {
