@@ -1,0 +1,391 @@
+import { homedir, totalmem } from "node:os";
+import { join, resolve } from "node:path";
+import { noPythonsNamed, parsePythonInterpreters } from "./python-installs.ts";
+import {
+  anyText,
+  boolean,
+  commaList,
+  decimal,
+  integer,
+  matching,
+  oneOf,
+  type SettingDeclaration,
+} from "./setting-parsers.ts";
+
+type OutboundMode = "public" | "none";
+const defaultOutbound: OutboundMode = "public";
+
+/** The embedded defaults: the other choices exist for Berth's own tests (see src/main/parts.ts). */
+const defaultParts: {
+  metadataStore: "sqlite" | "memory";
+  sandboxDriver: "bubblewrap" | "process";
+  sessionStorage: "local" | "directory";
+} = { metadataStore: "sqlite", sandboxDriver: "bubblewrap", sessionStorage: "local" };
+
+/** Every setting Berth reads, in one place. docs/configuration.md is generated from this. */
+export const settingDeclarations = {
+  metadataStore: {
+    part: "parts",
+    doc: "Where runtimes, versions, endpoints and session storage records are kept: sqlite (<data-dir>/berth.db). memory keeps nothing across a restart and exists for Berth's own tests: berth serve refuses it.",
+    default: defaultParts.metadataStore,
+    parse: oneOf(["sqlite", "memory"] as const),
+  },
+  sandboxDriver: {
+    part: "parts",
+    doc: "What isolates each session: bubblewrap (namespaces, cgroups, seccomp and a uid of its own; needs root). process runs agents as plain processes of Berth's own user, with no isolation at all, and exists for Berth's own tests: berth serve refuses it.",
+    default: defaultParts.sandboxDriver,
+    parse: oneOf(["bubblewrap", "process"] as const),
+  },
+  sessionStorage: {
+    part: "parts",
+    doc: "Where session storage volumes live: local (an ext4 image per volume on the data directory's disk, its blocks reserved, loop-mounted while its session runs; needs root). directory (a plain folder per volume: no size limit, so one session could fill the disk) exists for Berth's own tests: berth serve refuses it.",
+    default: defaultParts.sessionStorage,
+    parse: oneOf(["local", "directory"] as const),
+  },
+  host: {
+    part: "server",
+    doc: "Address the HTTP server listens on.",
+    default: "127.0.0.1",
+    parse: anyText,
+  },
+  port: {
+    part: "server",
+    doc: "Port the HTTP server listens on (0 picks a free one).",
+    default: 8787,
+    parse: integer(0, 65_535),
+  },
+  dataDir: {
+    part: "server",
+    doc: "Directory for the metadata database, credentials, artifacts and session folders. Made mode 0711: sandbox users may pass through it to their own folders but not list it; the database and credentials inside are 0600.",
+    default: process.getuid?.() === 0 ? "/var/lib/berth" : join(homedir(), ".berth"),
+    defaultShown: "/var/lib/berth (root), ~/.berth (others)",
+    parse: (text: string) => resolve(text),
+  },
+  region: {
+    part: "server",
+    doc: "AWS region Berth answers as: used in ARNs and in SigV4 credential scopes.",
+    default: "us-east-1",
+    parse: matching(/^[a-z]{2}(-[a-z]+)+-\d+$/, "a region name like us-east-1"),
+  },
+  accountId: {
+    part: "server",
+    doc: "12-digit account id used in ARNs.",
+    default: "123456789012",
+    parse: matching(/^\d{12}$/, "12 digits"),
+  },
+  accessKeyId: {
+    part: "server",
+    doc: "SigV4 access key id clients sign with. With secretAccessKey; when both are unset, a key pair is generated on first start and kept in <data-dir>/credentials.json.",
+    default: "",
+    parse: matching(/^[A-Z0-9]{16,128}$/, "16 to 128 uppercase letters and digits"),
+  },
+  secretAccessKey: {
+    part: "server",
+    doc: "SigV4 secret access key (environment or config file only).",
+    default: "",
+    parse: matching(/^.{16,128}$/, "16 to 128 characters"),
+    secret: true,
+  },
+  insecureNoAuth: {
+    part: "server",
+    doc: "Accept unsigned requests. Anyone who can reach the port can then run code: only for throwaway local experiments.",
+    default: false,
+    parse: boolean,
+  },
+  clockSkewSeconds: {
+    part: "server",
+    doc: "How far a request's x-amz-date may be from the server's clock.",
+    default: 300,
+    parse: integer(1, 3600),
+  },
+  sessionStorageBytes: {
+    part: "sessionStorage",
+    doc: "Size of each session storage volume (a filesystem of its own: writing past it gives ENOSPC).",
+    default: 1_073_741_824,
+    parse: integer(16_777_216, 1_099_511_627_776),
+  },
+  sessionStorageRetentionSeconds: {
+    part: "sessionStorage",
+    doc: "Session storage unused for this long is deleted (AgentCore: 14 days).",
+    default: 1_209_600,
+    parse: integer(1, 315_360_000),
+  },
+  sessionStorageSweepIntervalMs: {
+    part: "sessionStorage",
+    doc: "How often storage past its retention is looked for.",
+    default: 60_000,
+    parse: integer(50, 86_400_000),
+  },
+  maxArtifactBytes: {
+    part: "codeArtifacts",
+    doc: "Largest code upload (PUT /berth/v1/artifacts/..., what `berth runtimes create --code` sends).",
+    default: 1_073_741_824,
+    parse: integer(1024, 1_099_511_627_776),
+  },
+  maxArtifactUnpackedBytes: {
+    part: "codeArtifacts",
+    doc: "Largest code artifact once decompressed (an upload's .tar.gz, or a .zip in the artifact store): unpacking stops and is undone past it, so a small archive cannot fill the disk. AgentCore's quota: 750 MB uncompressed.",
+    default: 786_432_000,
+    parse: integer(1024, 1_099_511_627_776),
+  },
+  maxArtifactEntries: {
+    part: "codeArtifacts",
+    doc: "Most files, folders and links a code artifact may unpack to (an upload's .tar.gz, or a .zip in the artifact store).",
+    default: 200_000,
+    parse: integer(1, 100_000_000),
+  },
+  registryCredentialsFile: {
+    part: "containerImages",
+    doc: 'A JSON file of credentials for container registries, in Docker\'s config.json form: {"auths": {"registry.example.com:5000": {"username": "...", "password": "..."}}} (or "auth": base64 of user:password). Read at every pull, so changes need no restart. Keep it mode 0600.',
+    default: "",
+    defaultShown: "(none: registries are used anonymously)",
+    parse: anyText,
+  },
+  registryInsecureHosts: {
+    part: "containerImages",
+    doc: "Comma-separated registries (host or host:port) that may be reached over plain HTTP instead of HTTPS. Loopback addresses are always allowed to be (reaching them at all takes registryPrivateHosts).",
+    default: [] as string[],
+    defaultShown: "(none besides loopback)",
+    parse: commaList,
+  },
+  registryPrivateHosts: {
+    part: "containerImages",
+    doc: "Comma-separated registries (host or host:port) that may be reached although they resolve to a loopback, private, link-local or other non-public address, or to one of this machine's own. Others are refused, and so are redirects and token realms that lead to such an address: an image reference must not make Berth, which runs as root outside the sandboxes' firewall, query the services of this machine or its network.",
+    default: [] as string[],
+    defaultShown: "(none: only public addresses)",
+    parse: commaList,
+  },
+  maxImageBytes: {
+    part: "containerImages",
+    doc: "Largest container image accepted, unpacked (file contents and the layers' tar metadata); a bigger one fails its version with CREATE_FAILED/UPDATE_FAILED.",
+    default: 17_179_869_184,
+    parse: integer(1_048_576, 1_099_511_627_776),
+  },
+  maxImageMetadataBytes: {
+    part: "containerImages",
+    doc: "Largest piece of image metadata Berth holds in memory while pulling: a manifest, an image config, a token answer, or one PAX or GNU long-name header of a layer. A bigger one fails its version.",
+    default: 4_194_304,
+    parse: integer(65_536, 268_435_456),
+  },
+  imageRetentionSeconds: {
+    part: "containerImages",
+    doc: "Container images no version uses and no one loaded by name are removed from the cache after this long unused.",
+    default: 86_400,
+    parse: integer(0, 315_360_000),
+  },
+  imageGcIntervalMs: {
+    part: "containerImages",
+    doc: "How often the image cache is swept for images past their retention.",
+    default: 3_600_000,
+    parse: integer(50, 86_400_000),
+  },
+  commandKillGraceMs: {
+    part: "sessions",
+    doc: "After a command's timeout, how long its processes get between SIGTERM and SIGKILL.",
+    default: 2000,
+    parse: integer(0, 60_000),
+  },
+  shutdownGraceSeconds: {
+    part: "server",
+    doc: "On SIGTERM or SIGINT, Berth stops taking requests (new connections are refused) and gives those in flight this long to finish. Then what still runs is ended, each with a clear last word: a command's stream an internalServerException event, an event-stream (SSE) answer a last `event: error`. A second signal ends the wait at once.",
+    default: 30,
+    parse: integer(0, 3600),
+  },
+  maxRequestBodyBytes: {
+    part: "server",
+    doc: "Largest control-plane request body accepted.",
+    default: 1_048_576,
+    parse: integer(1024, 104_857_600),
+  },
+  maxConnections: {
+    part: "server",
+    doc: "Most HTTP connections open at once; past it, new connections are closed as soon as they are accepted.",
+    default: 1024,
+    parse: integer(1, 1_000_000),
+  },
+  requestHeadersTimeoutSeconds: {
+    part: "server",
+    doc: "How long a client has to send a request's headers; a slower one gets 408 and its connection closed.",
+    default: 60,
+    parse: integer(1, 3600),
+  },
+  requestTimeoutSeconds: {
+    part: "server",
+    doc: "How long a client has to send a whole request, headers and body (uploads included); a slower one gets 408 and its connection closed. Answers may stream for longer.",
+    default: 300,
+    parse: integer(1, 86_400),
+  },
+  maxUnauthenticatedBufferBytes: {
+    part: "server",
+    doc: "Most bytes, in memory and on disk, that request bodies may hold together before their signature is checked (SigV4 signs the body's SHA-256, so a body is held until it is known; an access key id is no secret). Past it, requests get ThrottlingException. Bodies signed as UNSIGNED-PAYLOAD (invocations and uploads) stream and need none.",
+    default: 268_435_456,
+    parse: integer(65_536, 1_099_511_627_776),
+  },
+  maxInMemoryBodyBytes: {
+    part: "server",
+    doc: "A request body held until its signature is checked stays in memory up to this size; a bigger one is written to an already-unlinked file in <data-dir>/request-bodies (root only, mode 0600), gone when the request ends.",
+    default: 65_536,
+    parse: integer(0, 104_857_600),
+  },
+  idempotencyWindowSeconds: {
+    part: "server",
+    doc: "How long a clientToken's first answer is kept for retries.",
+    default: 28_800,
+    parse: integer(60, 604_800),
+  },
+  maxPayloadBytes: {
+    part: "sessions",
+    doc: "Largest InvokeAgentRuntime payload accepted (AgentCore: 100 MB).",
+    default: 104_857_600,
+    parse: integer(1, 1_073_741_824),
+  },
+  maxSessions: {
+    part: "sessions",
+    doc: "Most sessions (sandboxes) running at once; more answer ServiceQuotaExceededException.",
+    default: 64,
+    parse: integer(1, 65_536),
+  },
+  sessionMemoryBytes: {
+    part: "sandboxes",
+    doc: "Memory limit of one session's sandbox (cgroup); the kernel OOM-kills past it.",
+    default: 2_147_483_648,
+    parse: integer(16_777_216, 1_099_511_627_776),
+  },
+  sessionPids: {
+    part: "sandboxes",
+    doc: "Most processes and threads in one session's sandbox (cgroup); fork fails past it.",
+    default: 1024,
+    parse: integer(16, 1_048_576),
+  },
+  sessionCpus: {
+    part: "sandboxes",
+    doc: "CPU time one session may use, in CPUs (cgroup quota); sessions also get equal CPU shares.",
+    default: 2,
+    parse: decimal(0.05, 1024),
+  },
+  sandboxesMemoryBytes: {
+    part: "sandboxes",
+    doc: "Memory all sessions together may use (the parent cgroup's limit), whatever maxSessions × sessionMemoryBytes adds up to: the host and Berth itself keep the rest.",
+    default: Math.floor((totalmem() * 3) / 4),
+    defaultShown: "3/4 of the host's memory",
+    parse: integer(16_777_216, 1_099_511_627_776 * 64),
+  },
+  sandboxesPids: {
+    part: "sandboxes",
+    doc: "Most processes and threads all sessions together may have (the parent cgroup's limit).",
+    default: 32_768,
+    parse: integer(16, 4_194_304),
+  },
+  agentStartupTimeoutSeconds: {
+    part: "sessions",
+    doc: "How long a new session's agent has to answer GET /ping before the invocation fails with RuntimeClientError.",
+    default: 30,
+    parse: integer(1, 600),
+  },
+  agentPingTimeoutMs: {
+    part: "sessions",
+    doc: "How long an agent's GET /ping may take, answer and body together; a slower answer counts as unhealthy (a session past its idle timeout then ends).",
+    default: 1000,
+    parse: integer(50, 60_000),
+  },
+  agentPingMaxBytes: {
+    part: "sessions",
+    doc: "Most bytes of an agent's GET /ping answer body read; a longer answer counts as unhealthy.",
+    default: 4096,
+    parse: integer(256, 1_048_576),
+  },
+  minLifecycleSeconds: {
+    part: "sessions",
+    doc: "Smallest idleRuntimeSessionTimeout and maxLifetime a runtime may ask for (AgentCore: 60). Lower it for tests and demos.",
+    default: 60,
+    parse: integer(1, 60),
+  },
+  sessionSweepIntervalMs: {
+    part: "sessions",
+    doc: "How often idle and max-lifetime deadlines are checked.",
+    default: 1000,
+    parse: integer(10, 60_000),
+  },
+  maxAgentOutputLineBytes: {
+    part: "sessions",
+    doc: "Longest line of an agent's stdout or stderr Berth keeps: a longer one is logged cut there (and marked as cut), the rest of it read and dropped up to its newline.",
+    default: 16_384,
+    parse: integer(256, 1_048_576),
+  },
+  agentLogBytesPerSecond: {
+    part: "sessions",
+    doc: "Log bytes one session's agent output may use per second, on average (a token bucket, with agentLogBurstBytes). Lines past it are dropped; one 'agent output dropped' record a second says how many. The agent is never slowed: its output is still read as fast as it writes.",
+    default: 262_144,
+    parse: integer(1024, 1_073_741_824),
+  },
+  agentLogBurstBytes: {
+    part: "sessions",
+    doc: "Log bytes one session's agent output may use at once after a quiet spell (see agentLogBytesPerSecond). A line whose record is bigger than this is always dropped.",
+    default: 1_048_576,
+    parse: integer(65_536, 1_073_741_824),
+  },
+  bubblewrapUidBase: {
+    part: "bubblewrap",
+    formerly: "sandboxUidBase",
+    doc: "First host uid given to sandboxes; each running session, and each sandbox prepared ahead, gets its own uid from [base, base + maxSessions + 16). Must not overlap real users.",
+    default: 2_000_000,
+    parse: integer(10_000, 4_000_000_000),
+  },
+  bubblewrapCgroupParent: {
+    part: "bubblewrap",
+    formerly: "cgroupParent",
+    doc: "Name of the cgroup under which each session gets its own (in every v1 controller, or the v2 tree). Leftovers in it are killed at start.",
+    default: "berth",
+    parse: matching(/^[a-zA-Z0-9_.-]{1,64}$/, "letters, digits, '.', '_' or '-'"),
+  },
+  sandboxOutbound: {
+    part: "sandboxes",
+    doc: "Network for sandboxes of PUBLIC runtimes: public (outbound through a user-mode network stack; the host itself, loopback, link-local and private ranges are blocked) or none (loopback only).",
+    default: defaultOutbound,
+    parse: (text: string): OutboundMode | { problem: string } =>
+      text === "public" || text === "none"
+        ? text
+        : { problem: `must be public or none (got "${text}")` },
+  },
+  sandboxAllowedNetworks: {
+    part: "sandboxes",
+    doc: "Comma-separated IPv4 CIDRs sandboxes may reach even though they are private, e.g. an internal model gateway.",
+    default: [] as string[],
+    defaultShown: "(none)",
+    parse: (text: string): string[] | { problem: string } => {
+      const networks = commaList(text);
+      const bad = networks.filter((network) => !/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(network));
+      return bad.length === 0
+        ? networks
+        : { problem: `must be IPv4 CIDRs like 10.1.0.0/16 (bad: ${bad.join(", ")})` };
+    },
+  },
+  bubblewrapSeccomp: {
+    part: "bubblewrap",
+    formerly: "sandboxSeccomp",
+    doc: "Run every process of a session under Berth's seccomp filter, which refuses system calls agents do not need that expose the kernel: new namespaces, mounts, keyrings, eBPF, io_uring, raw and packet sockets and more (docs/security.md lists them). Written for x86_64: elsewhere, set false.",
+    default: true,
+    parse: boolean,
+  },
+  bubblewrapPrestart: {
+    part: "bubblewrap",
+    formerly: "sandboxPrestart",
+    doc: "Sandboxes prepared ahead (namespaces, cgroup, uid; no agent process yet) per recently used runtime version, so a new session only waits for its agent to start. One taken is replaced a second later, after its agent's start. 0 turns this off.",
+    default: 2,
+    parse: integer(0, 8),
+  },
+  nodeBinary: {
+    part: "codeArtifacts",
+    doc: "Interpreter for runtime NODE_22 (any Node.js >= 22 runs NODE_22 agents; the default is the Node 24 Berth runs on).",
+    default: process.execPath,
+    defaultShown: "the Node.js running Berth",
+    parse: (text: string) => resolve(text),
+  },
+  pythonInterpreters: {
+    part: "codeArtifacts",
+    doc: "The Python each Python runtime runs on, as comma-separated RUNTIME=PATH entries, e.g. PYTHON_3_12=/opt/python3.12/bin/python3.12. A runtime not named uses the first python3.X found on Berth's PATH, in /usr/local/bin, /usr/bin, /opt/*/bin or pyenv's versions ($PYENV_ROOT, /root/.pyenv); one with none fails its versions (CREATE_FAILED) instead of running another version.",
+    default: noPythonsNamed,
+    defaultShown: "(found as described)",
+    parse: parsePythonInterpreters,
+  },
+} satisfies Record<string, SettingDeclaration<unknown>>;
