@@ -5,50 +5,15 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { MemoryMetadataStore } from "../adapters/memory/store.ts";
 import { DirectoryVolumes } from "../adapters/volumes/directory-volumes.ts";
-import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
+import { runtimeRecord, storeRuntime, versionRecord } from "../../test/support/records.ts";
 import type { Sandbox, SandboxDriver, SandboxExit } from "./sandbox.ts";
 import { SessionStorage } from "./session-storage.ts";
 import { SessionManager } from "./sessions.ts";
 
 const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined };
 
-const runtime: RuntimeRecord = {
-  id: "agent-BBBBBBBBBB",
-  name: "agent",
-  arn: "arn:aws:bedrock-agentcore:us-east-1:123456789012:runtime/agent-BBBBBBBBBB",
-  latestVersion: 1,
-  createdAt: new Date(0).toISOString(),
-  lastUpdatedAt: new Date(0).toISOString(),
-  tags: {},
-};
-
-const version: RuntimeVersionRecord = {
-  runtimeId: runtime.id,
-  version: 1,
-  config: {
-    artifact: {
-      kind: "code",
-      bucket: "agents",
-      prefix: "agent.zip",
-      versionId: undefined,
-      runtime: "NODE_22",
-      entryPoint: ["main.js"],
-    },
-    roleArn: undefined,
-    networkMode: "PUBLIC",
-    description: "",
-    serverProtocol: "HTTP",
-    idleRuntimeSessionTimeoutSeconds: 900,
-    maxLifetimeSeconds: 28_800,
-    environmentVariables: {},
-    sessionStorageMountPaths: ["/mnt/workspace"],
-    requestHeaderAllowlist: [],
-  },
-  status: "READY",
-  failureReason: undefined,
-  createdAt: new Date(0).toISOString(),
-  lastUpdatedAt: new Date(0).toISOString(),
-};
+const runtime = runtimeRecord("agent-BBBBBBBBBB");
+const version = versionRecord(runtime);
 
 /** A sandbox that runs until killed. */
 function idleSandbox(name: string): Sandbox {
@@ -103,22 +68,7 @@ describe("a session ended while it still starts", () => {
 
   it("makes the next start of its id wait until its storage is let go, then start on it", async () => {
     const store = new MemoryMetadataStore();
-    await store.createRuntime({
-      runtime,
-      version,
-      defaultEndpoint: {
-        runtimeId: runtime.id,
-        name: "DEFAULT",
-        arn: `${runtime.arn}/runtime-endpoint/DEFAULT`,
-        description: "",
-        targetVersion: 1,
-        liveVersion: 1,
-        createdAt: runtime.createdAt,
-        lastUpdatedAt: runtime.createdAt,
-        tags: {},
-      },
-      idempotency: undefined,
-    });
+    await storeRuntime(store, runtime, version);
     const { driver, firstStartBegins, letFirstStartFinish } = slowFirstStartDriver();
     const sessions = new SessionManager({
       driver,

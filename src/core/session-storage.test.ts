@@ -7,7 +7,7 @@ import { MemoryMetadataStore } from "../adapters/memory/store.ts";
 import { SqliteMetadataStore } from "../adapters/sqlite/store.ts";
 import { DirectoryVolumes } from "../adapters/volumes/directory-volumes.ts";
 import { BerthError } from "./errors.ts";
-import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
+import { runtimeRecord, storeRuntime, versionRecord } from "../../test/support/records.ts";
 import { agreedHandleKind, SessionStorage } from "./session-storage.ts";
 import type { MetadataStore } from "./store.ts";
 
@@ -66,60 +66,11 @@ describe("handle kinds agreed between a sandbox driver and a volume store", () =
 describe("volumes in use, as claims in the metadata store two Berth processes share", () => {
   let folder = "";
   const store = new MemoryMetadataStore();
-  const runtime: RuntimeRecord = {
-    id: "agent-AAAAAAAAAA",
-    name: "agent",
-    arn: "arn:aws:bedrock-agentcore:us-east-1:123456789012:runtime/agent-AAAAAAAAAA",
-    latestVersion: 1,
-    createdAt: new Date(0).toISOString(),
-    lastUpdatedAt: new Date(0).toISOString(),
-    tags: {},
-  };
-  const version: RuntimeVersionRecord = {
-    runtimeId: runtime.id,
-    version: 1,
-    config: {
-      artifact: {
-        kind: "code",
-        bucket: "agents",
-        prefix: "agent.zip",
-        versionId: undefined,
-        runtime: "NODE_22",
-        entryPoint: ["main.js"],
-      },
-      roleArn: undefined,
-      networkMode: "PUBLIC",
-      description: "",
-      serverProtocol: "HTTP",
-      idleRuntimeSessionTimeoutSeconds: 900,
-      maxLifetimeSeconds: 28_800,
-      environmentVariables: {},
-      sessionStorageMountPaths: ["/mnt/workspace"],
-      requestHeaderAllowlist: [],
-    },
-    status: "READY",
-    failureReason: undefined,
-    createdAt: new Date(0).toISOString(),
-    lastUpdatedAt: new Date(0).toISOString(),
-  };
+  const runtime = runtimeRecord("agent-AAAAAAAAAA");
+  const version = versionRecord(runtime);
   before(async () => {
     folder = mkdtempSync(join(tmpdir(), "berth-claims-"));
-    await store.createRuntime({
-      runtime,
-      version,
-      defaultEndpoint: {
-        runtimeId: runtime.id,
-        name: "DEFAULT",
-        arn: `${runtime.arn}/runtime-endpoint/DEFAULT`,
-        description: "",
-        targetVersion: 1,
-        liveVersion: 1,
-        createdAt: runtime.createdAt,
-        lastUpdatedAt: runtime.createdAt,
-        tags: {},
-      },
-      idempotency: undefined,
-    });
+    await storeRuntime(store, runtime, version);
   });
   after(() => {
     rmSync(folder, { recursive: true, force: true });
