@@ -51,6 +51,7 @@ describe("parts chosen by settings", () => {
         (error: unknown) =>
           error instanceof TestPartsRefusedError && /metadataStore=memory/.test(error.message),
       );
+      assert.deepEqual(readdirSync(dataDir), [], "refused before anything was written");
     } finally {
       removeDir(dataDir);
     }

@@ -28,7 +28,7 @@ import { BerthError } from "../core/errors.ts";
 import { BodyHolder } from "../wire/signed-body.ts";
 import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
 import { loadOrCreateCredentials } from "./credentials.ts";
-import { assembleParts, type BerthParts } from "./parts.ts";
+import { assembleParts, refuseTestPartsUnlessAllowed, type BerthParts } from "./parts.ts";
 import { loadOrCreateNodeId } from "./node-id.ts";
 
 export interface RunningBerth {
@@ -75,6 +75,8 @@ export async function startBerth(
   settings: Settings,
   environment: BerthEnvironment,
 ): Promise<RunningBerth> {
+  // Before anything is written to the data directory.
+  refuseTestPartsUnlessAllowed(settings, environment.allowTestParts === true);
   const { log, now = () => new Date() } = environment;
   mkdirSync(settings.dataDir, { recursive: true, mode: 0o711 });
   // Sandbox users pass through the data dir to their own folders; they cannot list it, and the
@@ -84,7 +86,7 @@ export async function startBerth(
     accessKeyId: settings.accessKeyId,
     secretAccessKey: settings.secretAccessKey,
   });
-  const parts = await assembleParts(settings, { log, now }, environment.allowTestParts === true);
+  const parts = await assembleParts(settings, { log, now });
   try {
     return await serveOn(parts, settings, environment, { key, generated });
   } catch (error) {

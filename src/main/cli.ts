@@ -6,7 +6,7 @@ import {
   settingParts,
   SettingsError,
 } from "../config/settings.ts";
-import { TestPartsRefusedError, testOnlyPartsChosen } from "./parts.ts";
+import { refuseTestPartsUnlessAllowed, TestPartsRefusedError } from "./parts.ts";
 import { clientCommandLines, clientNotes, runClientCommand } from "../cli/main.ts";
 import { startBerth } from "./berth.ts";
 import { closeInheritedDescriptors } from "./inherited-descriptors.ts";
@@ -83,15 +83,18 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
     throw error;
   }
   const { settings, warnings } = loaded;
-  const testOnly = testOnlyPartsChosen(settings);
   const allowTestParts = env[allowTestPartsVariable] === "1";
-  if (testOnly.length > 0 && !allowTestParts) {
-    process.stderr.write(`berth serve: ${new TestPartsRefusedError(testOnly).message}\n`);
-    return 2;
+  try {
+    refuseTestPartsUnlessAllowed(settings, allowTestParts);
+  } catch (error) {
+    if (error instanceof TestPartsRefusedError) {
+      process.stderr.write(`berth serve: ${error.message}\n`);
+      return 2;
+    }
+    throw error;
   }
   const log = jsonLogger(process.stdout);
   for (const warning of warnings) log.warn(warning);
-  if (testOnly.length > 0) log.warn("running on test-only parts", { parts: testOnly });
   const closed = closeInheritedDescriptors();
   if (closed.length > 0) log.info("closed inherited descriptors", { descriptors: closed });
   // Listen before starting, so a signal that arrives during start-up still shuts down cleanly.

@@ -173,21 +173,32 @@ export class TestPartsRefusedError extends Error {
   }
 }
 
+/**
+ * Throws TestPartsRefusedError when the settings choose test-only parts the caller did not
+ * allow; called before anything is written to the data directory.
+ */
+export function refuseTestPartsUnlessAllowed(settings: Settings, allowed: boolean): void {
+  const testOnly = testOnlyPartsChosen(settings);
+  if (testOnly.length > 0 && !allowed) throw new TestPartsRefusedError(testOnly);
+}
+
 /** The test-only parts these settings choose, as `name=value`. */
-export function testOnlyPartsChosen(settings: Settings): string[] {
+function testOnlyPartsChosen(settings: Settings): string[] {
   return (Object.entries(testOnlyParts) as [PartChoice, string[]][])
     .filter(([part, values]) => values.includes(settings[part]))
     .map(([part]) => `${part}=${settings[part]}`);
 }
 
-/** Builds the chosen parts; on a failure, releases those already built. */
+/**
+ * Builds the chosen parts; on a failure, releases those already built. Test-only parts must have
+ * been allowed first (refuseTestPartsUnlessAllowed).
+ */
 export async function assembleParts(
   settings: Settings,
   { log, now }: SharedParts,
-  allowTestParts: boolean,
 ): Promise<BerthParts> {
   const testOnly = testOnlyPartsChosen(settings);
-  if (testOnly.length > 0 && !allowTestParts) throw new TestPartsRefusedError(testOnly);
+  if (testOnly.length > 0) log.warn("running on test-only parts", { parts: testOnly });
   let mounts: Promise<RootMounts> | undefined;
   const tools: PartTools = {
     log,
