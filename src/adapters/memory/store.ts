@@ -54,6 +54,19 @@ export class ConstraintError extends Error {
 export class MemoryMetadataStore implements MetadataStore {
   private tables = new Tables();
 
+  /** A change recorded with its idempotency record, all or nothing, settled as a promise. */
+  private mutation(
+    idempotency: IdempotencyRecord | undefined,
+    change: (tables: Tables) => void,
+  ): Promise<void> {
+    return settle(() => {
+      this.transaction((tables) => {
+        saveIdempotency(tables, idempotency);
+        change(tables);
+      });
+    });
+  }
+
   private transaction<T>(work: (tables: Tables) => T): T {
     const draft = this.tables.copy();
     const result = work(draft);
@@ -63,17 +76,14 @@ export class MemoryMetadataStore implements MetadataStore {
 
   createRuntime(write: Parameters<MetadataStore["createRuntime"]>[0]): Promise<void> {
     const { runtime, version, defaultEndpoint, idempotency } = write;
-    return settle(() => {
-      this.transaction((tables) => {
-        saveIdempotency(tables, idempotency);
-        const taken = [...tables.runtimes.values()].some(
-          (row) => row.id === runtime.id || row.name === runtime.name,
-        );
-        if (taken) throw new NameTakenError(runtime.name);
-        tables.runtimes.set(runtime.id, runtimeRow(runtime, (tables.lastRuntimeSeq += 1)));
-        insertVersion(tables, version);
-        insertEndpoint(tables, defaultEndpoint);
-      });
+    return this.mutation(idempotency, (tables) => {
+      const taken = [...tables.runtimes.values()].some(
+        (row) => row.id === runtime.id || row.name === runtime.name,
+      );
+      if (taken) throw new NameTakenError(runtime.name);
+      tables.runtimes.set(runtime.id, runtimeRow(runtime, (tables.lastRuntimeSeq += 1)));
+      insertVersion(tables, version);
+      insertEndpoint(tables, defaultEndpoint);
     });
   }
 
@@ -125,19 +135,16 @@ export class MemoryMetadataStore implements MetadataStore {
   }
 
   deleteRuntime(runtimeId: string, idempotency: IdempotencyRecord | undefined): Promise<void> {
-    return settle(() => {
-      this.transaction((tables) => {
-        saveIdempotency(tables, idempotency);
-        tables.runtimes.delete(runtimeId);
-        // SQLite's ON DELETE CASCADE: versions and endpoints go with their runtime; session
-        // storage and idempotency records, which have no foreign key, stay.
-        for (const row of versionsOf(tables, runtimeId)) {
-          tables.versions.delete(keyOf(runtimeId, row.version));
-        }
-        for (const row of endpointsOf(tables, runtimeId)) {
-          tables.endpoints.delete(keyOf(runtimeId, row.name));
-        }
-      });
+    return this.mutation(idempotency, (tables) => {
+      tables.runtimes.delete(runtimeId);
+      // SQLite's ON DELETE CASCADE: versions and endpoints go with their runtime; session
+      // storage and idempotency records, which have no foreign key, stay.
+      for (const row of versionsOf(tables, runtimeId)) {
+        tables.versions.delete(keyOf(runtimeId, row.version));
+      }
+      for (const row of endpointsOf(tables, runtimeId)) {
+        tables.endpoints.delete(keyOf(runtimeId, row.name));
+      }
     });
   }
 
@@ -146,11 +153,8 @@ export class MemoryMetadataStore implements MetadataStore {
     version: number,
     idempotency: IdempotencyRecord | undefined,
   ): Promise<void> {
-    return settle(() => {
-      this.transaction((tables) => {
-        saveIdempotency(tables, idempotency);
-        tables.versions.delete(keyOf(runtimeId, version));
-      });
+    return this.mutation(idempotency, (tables) => {
+      tables.versions.delete(keyOf(runtimeId, version));
     });
   }
 
@@ -225,14 +229,11 @@ export class MemoryMetadataStore implements MetadataStore {
     endpoint: EndpointRecord,
     idempotency: IdempotencyRecord | undefined,
   ): Promise<void> {
-    return settle(() => {
-      this.transaction((tables) => {
-        saveIdempotency(tables, idempotency);
-        if (tables.endpoints.has(keyOf(endpoint.runtimeId, endpoint.name))) {
-          throw new NameTakenError(endpoint.name);
-        }
-        insertEndpoint(tables, endpoint);
-      });
+    return this.mutation(idempotency, (tables) => {
+      if (tables.endpoints.has(keyOf(endpoint.runtimeId, endpoint.name))) {
+        throw new NameTakenError(endpoint.name);
+      }
+      insertEndpoint(tables, endpoint);
     });
   }
 
@@ -240,16 +241,13 @@ export class MemoryMetadataStore implements MetadataStore {
     endpoint: EndpointRecord,
     idempotency: IdempotencyRecord | undefined,
   ): Promise<void> {
-    return settle(() => {
-      this.transaction((tables) => {
-        saveIdempotency(tables, idempotency);
-        // Only what an update may change: name, ARN, tags and creation time stay.
-        replace(tables.endpoints, keyOf(endpoint.runtimeId, endpoint.name), {
-          description: endpoint.description,
-          targetVersion: endpoint.targetVersion,
-          liveVersion: endpoint.liveVersion,
-          lastUpdatedAt: endpoint.lastUpdatedAt,
-        });
+    return this.mutation(idempotency, (tables) => {
+      // Only what an update may change: name, ARN, tags and creation time stay.
+      replace(tables.endpoints, keyOf(endpoint.runtimeId, endpoint.name), {
+        description: endpoint.description,
+        targetVersion: endpoint.targetVersion,
+        liveVersion: endpoint.liveVersion,
+        lastUpdatedAt: endpoint.lastUpdatedAt,
       });
     });
   }
@@ -259,11 +257,8 @@ export class MemoryMetadataStore implements MetadataStore {
     name: string,
     idempotency: IdempotencyRecord | undefined,
   ): Promise<void> {
-    return settle(() => {
-      this.transaction((tables) => {
-        saveIdempotency(tables, idempotency);
-        tables.endpoints.delete(keyOf(runtimeId, name));
-      });
+    return this.mutation(idempotency, (tables) => {
+      tables.endpoints.delete(keyOf(runtimeId, name));
     });
   }
 
