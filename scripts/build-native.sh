@@ -2,7 +2,8 @@
 # Builds Berth's native helpers into native/bin (see the comment at the top of each source):
 # berth-exec, the root server that runs commands inside sandboxes, berth-mount, the root server
 # that makes sessions' mounts (confined to Berth's data directory), berth-listen, which makes each
-# sandbox's agent socket in a root-only folder, and berth-bridge, the static first program of
+# sandbox's agent socket in a root-only folder, berth-snapshot, which clones session volumes'
+# images and maps their blocks for checkpoints, and berth-bridge, the static first program of
 # every sandbox. Each is rebuilt only when its sources are newer than the binary. (native/
 # parser-fuzz.c is not built here: test/native-parser.test.ts builds it with the sanitizers.)
 set -euo pipefail
@@ -21,5 +22,6 @@ build() {
 build berth-exec
 build berth-mount
 build berth-listen
+build berth-snapshot
 # Static: it runs inside container images, whatever libc they have, if any.
 build berth-bridge -static

@@ -8,12 +8,15 @@ cd "$(dirname "$0")/.."
 # firewall; unzip: .zip code artifacts; python3-minimal: PYTHON_3_* runtimes; iproute2: the
 # tests' own network namespaces; gcc + libc6-dev: build native/ (commands inside sandboxes,
 # mounts, the agent port bridge); e2fsprogs: session storage volumes; git: the quick start and
-# tests use it inside sessions. For tests and benchmarks of container images only:
+# tests use it inside sessions; xfsprogs: the reflink pool replicated session storage lives on
+# (docs/decisions/0007); zstd: the object store benchmark's tar.zst baseline. For tests of the
+# object store: radosgw ceph-mon ceph-osd (a real S3 server, Ceph RGW, on loopback). For tests
+# and benchmarks of container images only:
 # docker-registry (a real registry on loopback), skopeo (push test images; with umoci, the
 # image benchmark's baseline), busybox-static (a shell inside test images), apache2-utils
 # (htpasswd for registry auth).
 debian_packages=(bubblewrap slirp4netns iptables unzip python3-minimal iproute2 gcc libc6-dev e2fsprogs git
-  docker-registry skopeo umoci busybox-static apache2-utils)
+  xfsprogs zstd radosgw ceph-mon ceph-osd docker-registry skopeo umoci busybox-static apache2-utils)
 if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
 if [ ${#debian_packages[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -387,8 +387,9 @@ async function artifactOf(context: CommandContext, name: string): Promise<AgentR
       },
     }),
   );
+  let answer: Record<string, unknown>;
   try {
-    await context.connection.berthApi(
+    answer = await context.connection.berthApi(
       "PUT",
       `/berth/v1/artifacts/${uploadBucket}/${encodeURIComponent(prefix)}`,
       counted,
@@ -398,12 +399,26 @@ async function artifactOf(context: CommandContext, name: string): Promise<AgentR
   }
   return {
     codeConfiguration: {
-      code: { s3: { bucket: uploadBucket, prefix } },
+      code: { s3: uploadedCode(answer) ?? { bucket: uploadBucket, prefix } },
       runtime: (optionValue(context.args, "runtime") ??
         (entry.endsWith(".py") ? "PYTHON_3_12" : "NODE_22")) as "NODE_22",
       entryPoint: [entry],
     },
   };
+}
+
+/**
+ * Where the upload's answer says the code now is (with an object store: the object it became);
+ * undefined from a Berth that answers without it, which kept the code where it was sent.
+ */
+function uploadedCode(
+  answer: Record<string, unknown>,
+): { bucket: string; prefix: string; versionId?: string } | undefined {
+  const s3 = answer["s3"];
+  if (typeof s3 !== "object" || s3 === null) return undefined;
+  const { bucket, prefix, versionId } = s3 as Record<string, unknown>;
+  if (typeof bucket !== "string" || typeof prefix !== "string") return undefined;
+  return { bucket, prefix, ...(typeof versionId === "string" ? { versionId } : {}) };
 }
 
 /** Waits (with a progress line) until the latest version is READY or failed, then shows it. */

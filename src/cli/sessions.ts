@@ -149,24 +149,39 @@ export const sessionCommands: CliCommand[] = [
   },
   {
     name: "storage list",
-    summary: "list session storage of a runtime: size, usage, whether attached",
+    summary:
+      "list session storage of a runtime: size, usage, whether attached; with an object store, the last durable generation and whether local changes are pending",
     usage: "storage list RUNTIME",
     options: {},
     examples: ["berth storage list my_agent", "berth storage list my_agent --json"],
     run: (context) =>
       showRuntimeList(context, {
         resource: "storage",
-        columns: ["sessionId", "mountPath", "used", "size", "onDisk", "attached", "lastUsed"],
+        columns: (volumes) => [
+          ...["sessionId", "mountPath", "used", "size", "onDisk", "attached", "lastUsed"],
+          // Only a server with an object store reports replicas.
+          ...(volumes.some((volume) => volume["replica"] !== undefined)
+            ? ["durable", "durableAt", "stored", "pending"]
+            : []),
+        ],
         empty: "No session storage.",
-        row: (volume) => ({
-          sessionId: String(volume["sessionId"]),
-          mountPath: String(volume["mountPath"]),
-          used: formatBytes(volume["usedBytes"] as number | undefined),
-          size: formatBytes(volume["sizeBytes"] as number | undefined),
-          onDisk: formatBytes(volume["allocatedBytes"] as number | undefined),
-          attached: volume["attached"] === true ? "yes" : "no",
-          lastUsed: String(volume["lastUsedAt"]),
-        }),
+        row: (volume) => {
+          const replica = (volume["replica"] ?? {}) as Record<string, unknown>;
+          return {
+            sessionId: String(volume["sessionId"]),
+            mountPath: String(volume["mountPath"]),
+            used: formatBytes(volume["usedBytes"] as number | undefined),
+            size: formatBytes(volume["sizeBytes"] as number | undefined),
+            onDisk: formatBytes(volume["allocatedBytes"] as number | undefined),
+            attached: volume["attached"] === true ? "yes" : "no",
+            lastUsed: String(volume["lastUsedAt"]),
+            durable:
+              replica["generation"] === 0 ? "none" : `generation ${String(replica["generation"])}`,
+            durableAt: typeof replica["durableAt"] === "string" ? replica["durableAt"] : "-",
+            stored: formatBytes(replica["storedBytes"] as number | undefined),
+            pending: pendingText(replica),
+          };
+        },
       }),
   },
   {
@@ -272,7 +287,8 @@ async function showRuntimeList(
   context: CommandContext,
   list: {
     resource: string;
-    columns: string[];
+    /** The columns shown; a function chooses them from the items (columns some lack are left out). */
+    columns: string[] | ((items: Record<string, unknown>[]) => string[]);
     empty: string;
     row: (item: Record<string, unknown>) => Row;
   },
@@ -285,6 +301,16 @@ async function showRuntimeList(
   );
   const items = (answer[list.resource] ?? []) as Record<string, unknown>[];
   if (context.json) printJson(context.io, { [list.resource]: items });
-  else context.io.stdout.write(table(items.map(list.row), list.columns, list.empty));
+  else {
+    const columns = typeof list.columns === "function" ? list.columns(items) : list.columns;
+    context.io.stdout.write(table(items.map(list.row), columns, list.empty));
+  }
   return exitCodes.ok;
+}
+
+/** Whether a volume holds changes its object store lacks, with the last checkpoint's error. */
+function pendingText(replica: Record<string, unknown>): string {
+  const error = replica["lastError"];
+  if (typeof error === "string") return `yes (${error})`;
+  return replica["pending"] === true ? "yes" : "no";
 }

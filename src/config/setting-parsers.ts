@@ -12,6 +12,7 @@ export const settingParts = {
   sandboxes: "Sandboxes: what every sandbox driver enforces",
   bubblewrap: "The bubblewrap sandbox driver",
   sessionStorage: "Session storage",
+  objectStore: "Object store: session storage, code and metadata kept in S3-compatible storage",
   codeArtifacts: "Code artifacts and the runtimes that run them",
   containerImages: "Container images",
 } as const;

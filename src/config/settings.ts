@@ -113,6 +113,22 @@ export function loadSettingsWithWarnings(
       "accessKeyId and secretAccessKey must be set together (or neither, to use generated credentials)",
     );
   }
+  if (
+    Boolean(settings["objectStoreAccessKeyId"]) !== Boolean(settings["objectStoreSecretAccessKey"])
+  ) {
+    problems.push(
+      "objectStoreAccessKeyId and objectStoreSecretAccessKey must be set together (or neither, to use the AWS SDK's default credential chain)",
+    );
+  }
+  // Where to find a store, with no store named: most likely --object-store-url forgotten.
+  const needsObjectStore = ["objectStoreEndpoint", "objectStoreRegion"].filter((name) =>
+    Boolean(settings[name]),
+  );
+  if (!settings["objectStoreUrl"] && needsObjectStore.length > 0) {
+    problems.push(
+      `${needsObjectStore.join(", ")} set without objectStoreUrl: set --object-store-url s3://BUCKET/PREFIX too`,
+    );
+  }
   if (problems.length > 0) throw new SettingsError(problems);
   return { settings: settings as Settings, warnings };
 }

@@ -1,16 +1,28 @@
 import type { Readable } from "node:stream";
 import { BerthError } from "./errors.ts";
 
-/** Where uploaded code goes: unpacked into the local artifact store as s3://bucket/prefix. */
+/**
+ * Where uploaded code goes: unpacked into the local artifact store as s3://bucket/prefix, or,
+ * with an object store, checked by unpacking it and kept there as an object.
+ */
 export interface ArtifactUploader {
   /**
-   * Unpacks a .tar.gz stream; throws if the location is taken, or the archive is too large as
-   * sent or once unpacked (bytes or entries).
+   * Takes a .tar.gz stream; throws if the location is taken, or the archive is too large as
+   * sent or once unpacked (bytes or entries). Answers with what it held and the code location a
+   * runtime names (codeConfiguration.code.s3), which need not be the location asked for.
    */
   unpack(
     location: { bucket: string; prefix: string },
     archive: Readable,
-  ): Promise<{ files: number; bytes: number }>;
+  ): Promise<{ files: number; bytes: number; s3: UploadedCode }>;
+}
+
+/** codeConfiguration.code.s3 for uploaded code. */
+export interface UploadedCode {
+  bucket: string;
+  prefix: string;
+  /** Set when the object store's bucket keeps versions. */
+  versionId?: string;
 }
 
 const bucketPattern = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;

@@ -112,8 +112,21 @@ describe("volumes in use, as claims in the metadata store two Berth processes sh
     );
     assert.equal(record?.heldBy, "node-a");
     const restarted = processNamed("node-a");
-    await restarted.recover();
+    await restarted.recover({ metadataIsOurs: false });
     const attached = await processNamed("node-b").attach(runtime, version, "session-2");
     assert.equal(attached.length, 1);
+  });
+
+  it("keeps other processes' claims after a restart, unless the metadata is its alone", async () => {
+    const elsewhere = processNamed("node-c");
+    await elsewhere.attach(runtime, version, "session-3"); // node-c's machine is gone
+    const heldBy = async () =>
+      (await store.listSessionStorage(runtime.id)).find((entry) => entry.sessionId === "session-3")
+        ?.heldBy;
+    await processNamed("node-d").recover({ metadataIsOurs: false });
+    assert.equal(await heldBy(), "node-c");
+    // Its database restored on a new machine: no one else uses it, every claim in it is stale.
+    await processNamed("node-d").recover({ metadataIsOurs: true });
+    assert.equal(await heldBy(), undefined);
   });
 });

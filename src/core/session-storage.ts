@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { BerthError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
+import { HeldElsewhereError } from "./replication/fenced-head.ts";
 import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
 import type { SandboxIdentity, VolumeHandle } from "./sandbox.ts";
 import type { SessionStorageRecord, MetadataStore } from "./store.ts";
@@ -47,6 +48,8 @@ export interface VolumeStore {
   list(): Promise<string[]>;
   /** Unmounts whatever a previous run of the server left mounted. */
   recover(): Promise<void>;
+  /** Stops background work and lets go of the host's resources; once every volume is detached. */
+  close?(): Promise<void>;
 }
 
 /**
@@ -78,6 +81,23 @@ export interface VolumeUsage {
   usedBytes: number | undefined;
   /** Bytes the volume takes on the host's disk (all of it: its blocks are reserved). */
   allocatedBytes: number;
+  /** With an object store: how much of the volume is durable there. */
+  replica?: ReplicaStatus | undefined;
+}
+
+/** A volume's copy in the object store, as `berth storage list` shows it. */
+export interface ReplicaStatus {
+  /** The last generation durable in the object store (0: none yet). */
+  generation: number;
+  durableAt: string | undefined;
+  /** What that generation's new chunks and manifest took in the store when it was written. */
+  storedBytes: number | undefined;
+  /** The local volume may hold changes no durable generation has yet. */
+  pending: boolean;
+  /** Why the last checkpoint failed, while it has not succeeded since. */
+  lastError: string | undefined;
+  /** How long the last checkpoint that wrote a generation took, clone to durable. */
+  lastCheckpointMs: number | undefined;
 }
 
 /** A session's volume made ready, for the sandbox driver to attach at mountPath. */
@@ -98,6 +118,7 @@ export const keepOnVersionChangeTag = "berth:session-storage-on-version-change";
 export interface StorageView extends SessionStorageRecord {
   attached: boolean;
   allocatedBytes: number;
+  replica?: ReplicaStatus | undefined;
 }
 
 /**
@@ -147,13 +168,23 @@ export class SessionStorage {
     this.remover = `${options.holder} (deleting)`;
   }
 
-  /** After a restart: unmount what the last run left, and drop volumes no record names. */
-  async recover(): Promise<void> {
+  /**
+   * After a restart: unmount what the last run left, and drop volumes no record names.
+   * metadataIsOurs: no other live process shares the metadata store (a SQLite file is one
+   * process's; one restored from the object store was another machine's, now gone), so every
+   * claim in it is stale, whoever made it.
+   */
+  async recover({ metadataIsOurs }: { metadataIsOurs: boolean }): Promise<void> {
     await this.volumes.recover();
     // Whatever this process held before its restart, no sandbox of it holds now.
     await this.store.releaseSessionStorageClaims(this.holder);
     await this.store.releaseSessionStorageClaims(this.remover);
-    const known = new Set((await this.store.listSessionStorage()).map((record) => record.volumeId));
+    const records = await this.store.listSessionStorage();
+    if (metadataIsOurs) {
+      const holders = new Set(records.flatMap((record) => record.heldBy ?? []));
+      for (const holder of holders) await this.store.releaseSessionStorageClaims(holder);
+    }
+    const known = new Set(records.map((record) => record.volumeId));
     for (const volumeId of await this.volumes.list()) {
       if (!known.has(volumeId)) await this.volumes.remove(volumeId);
     }
@@ -210,6 +241,7 @@ export class SessionStorage {
           usedBytes: usage.usedBytes ?? record.usedBytes,
           attached: usage.attached,
           allocatedBytes: usage.allocatedBytes,
+          ...(usage.replica === undefined ? {} : { replica: usage.replica }),
         };
       }),
     );
@@ -374,6 +406,14 @@ export class SessionStorage {
 function attachFailure(record: SessionStorageRecord, error: unknown): BerthError {
   const reason = error instanceof Error ? error.message : String(error);
   if (error instanceof NoRoomForVolumeError) return noRoomFailure(record.mountPath, error);
+  if (error instanceof HeldElsewhereError) {
+    return new BerthError(
+      "ConflictException",
+      `The session's storage at ${record.mountPath} is in use by another Berth process (node ${error.holder}) sharing the object store; ` +
+        "the agent was not started. Retry once the session stops there (StopRuntimeSession on that server)",
+      { cause: error },
+    );
+  }
   if (error instanceof UnreadableVolumeError) {
     return new BerthError(
       "RuntimeClientError",

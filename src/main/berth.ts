@@ -27,7 +27,7 @@ import { RequestDrain } from "../wire/drain.ts";
 import { BerthError } from "../core/errors.ts";
 import { BodyHolder } from "../wire/signed-body.ts";
 import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
-import { loadOrCreateCredentials } from "./credentials.ts";
+import { loadSharedCredentials } from "./shared-credentials.ts";
 import { assembleParts, refuseTestPartsUnlessAllowed, type BerthParts } from "./parts.ts";
 import { loadOrCreateNodeId } from "./node-id.ts";
 
@@ -82,13 +82,11 @@ export async function startBerth(
   // Sandbox users pass through the data dir to their own folders; they cannot list it, and the
   // database and credentials inside are 0600.
   chmodSync(settings.dataDir, 0o711);
-  const { key, generated } = loadOrCreateCredentials(settings.dataDir, {
-    accessKeyId: settings.accessKeyId,
-    secretAccessKey: settings.secretAccessKey,
-  });
   const parts = await assembleParts(settings, { log, now });
   try {
-    return await serveOn(parts, settings, environment, { key, generated });
+    // After the parts: with an object store, once this Berth holds its metadata there.
+    const credentials = await loadSharedCredentials(settings, parts.objectStore, log);
+    return await serveOn(parts, settings, environment, credentials);
   } catch (error) {
     // A start that failed half-way (the port taken, say) leaves nothing running behind it.
     await parts.abandon();
@@ -130,7 +128,9 @@ async function serveOn(
     log,
     now,
   });
-  await storage.recover();
+  // One SQLite file is one process's: claims others made in it (a machine whose database was
+  // restored here) are stale. A store other processes share keeps theirs.
+  await storage.recover({ metadataIsOurs: settings.metadataStore === "sqlite" });
   const storageSweep = setInterval(() => {
     storage.sweep().catch((error: unknown) => {
       log.warn("could not sweep session storage", { error: String(error) });
@@ -269,6 +269,8 @@ async function serveOn(
       await serverClosed;
       await preparer.close();
       await store.close();
+      // After the store's last commit: a last snapshot, then the head is let go.
+      await parts.metadataReplica?.close();
     },
   };
 }

@@ -10,6 +10,7 @@ import { refuseTestPartsUnlessAllowed, TestPartsRefusedError } from "./parts.ts"
 import { clientCommandLines, clientNotes, runClientCommand } from "../cli/main.ts";
 import { startBerth } from "./berth.ts";
 import { closeInheritedDescriptors } from "./inherited-descriptors.ts";
+import { HeldElsewhereError } from "../core/replication/fenced-head.ts";
 import { jsonLogger } from "./json-logger.ts";
 
 const usage = `berth — a self-hosted agent runtime, wire-compatible with Amazon Bedrock AgentCore Runtime
@@ -102,7 +103,19 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
     process.once("SIGTERM", resolve);
     process.once("SIGINT", resolve);
   });
-  const berth = await startBerth(settings, { log, console: process.stderr, allowTestParts });
+  let berth;
+  try {
+    berth = await startBerth(settings, { log, console: process.stderr, allowTestParts });
+  } catch (error) {
+    // Another live Berth holds what these settings share (the object store): a setting to fix.
+    if (error instanceof HeldElsewhereError) {
+      process.stderr.write(
+        `berth serve: ${error.message}: stop that one first, or give this one another --object-store-url (a bucket or prefix of its own)\n`,
+      );
+      return 2;
+    }
+    throw error;
+  }
   log.info("shutting down", {
     signal: await signal,
     shutdownGraceSeconds: settings.shutdownGraceSeconds,

@@ -2,14 +2,24 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { ArchiveUploads } from "../adapters/artifacts/archive-uploads.ts";
 import { CodeFolders } from "../adapters/artifacts/code-folders.ts";
+import { CodeWithFallback } from "../adapters/artifacts/code-with-fallback.ts";
+import type { CodeSource } from "../adapters/artifacts/code-source.ts";
+import { ObjectStoreCode } from "../adapters/artifacts/object-store-code.ts";
+import { ObjectStoreUploads } from "../adapters/artifacts/object-store-uploads.ts";
+import { UnpackedArchives } from "../adapters/artifacts/unpacked-archives.ts";
+import { S3ArtifactObjects } from "../adapters/s3/artifact-objects.ts";
+import type { ArtifactUploader } from "../core/artifact-upload.ts";
 import { BubblewrapDriver } from "../adapters/bubblewrap/driver.ts";
 import { nativeBinary } from "../adapters/host/native-binaries.ts";
 import { RootMounts } from "../adapters/host/root-mounts.ts";
 import { MemoryMetadataStore } from "../adapters/memory/store.ts";
 import { ProcessDriver } from "../adapters/process/driver.ts";
-import { SqliteMetadataStore } from "../adapters/sqlite/store.ts";
+import type { MetadataReplica } from "../adapters/sqlite/replica.ts";
 import { DirectoryVolumes } from "../adapters/volumes/directory-volumes.ts";
 import { LoopVolumes } from "../adapters/volumes/loop-volumes.ts";
+import { ReflinkPool } from "../adapters/volumes/reflink-pool.ts";
+import { ReplicatedVolumes } from "../adapters/volumes/replicated-volumes.ts";
+import { loadOrCreateNodeId } from "./node-id.ts";
 import { sandboxUser } from "../adapters/bubblewrap/mounts.ts";
 import {
   findPythonInstalls,
@@ -21,6 +31,10 @@ import type { Logger } from "../core/logger.ts";
 import type { SandboxDriver } from "../core/sandbox.ts";
 import type { VolumeStore } from "../core/session-storage.ts";
 import type { MetadataStore } from "../core/store.ts";
+import type { ObjectStore } from "../core/object-store.ts";
+import { S3ObjectStore } from "../adapters/s3/object-store.ts";
+import { objectStoreConnection } from "./object-store-connection.ts";
+import { openSqliteMetadata, type OpenedMetadata } from "./replicated-metadata.ts";
 import {
   exposePythonInstalls,
   pythonsAsInstalled,
@@ -41,7 +55,17 @@ export interface BerthParts {
   /** The container image cache (its pulls, and its garbage collection on a timer). */
   images: StartedContainerImages;
   /** Code artifacts: where uploads land and versions' code folders are unpacked. */
-  artifacts: { folders: CodeFolders; uploads: ArchiveUploads };
+  artifacts: { folders: CodeSource; uploads: ArtifactUploader };
+  /**
+   * Where session storage, code and metadata are kept beyond this machine (objectStoreUrl);
+   * undefined when everything stays on local disk.
+   */
+  objectStore: ObjectStore | undefined;
+  /**
+   * The metadata database's replication to the object store (SQLite with an object store);
+   * closed after the store, for a last snapshot.
+   */
+  metadataReplica: MetadataReplica | undefined;
   /** Each Python runtime's interpreter, as this driver's sandboxes reach it. */
   pythons: ExposedPythons;
   log: Logger;
@@ -61,13 +85,19 @@ export interface SharedParts {
 /** What a part's factory gets besides the settings: what other parts made before it. */
 interface PartTools {
   log: Logger;
+  /** The object store, when the settings name one. */
+  objectStore: ObjectStore | undefined;
   /** The root mount helper, started on first need and shared by the parts that mount. */
   rootMounts: () => Promise<RootMounts>;
 }
 
-const metadataStores: Record<Settings["metadataStore"], (settings: Settings) => MetadataStore> = {
-  sqlite: (settings) => new SqliteMetadataStore(join(settings.dataDir, "berth.db")),
-  memory: () => new MemoryMetadataStore(),
+const metadataStores: Record<
+  Settings["metadataStore"],
+  (settings: Settings, tools: PartTools) => Promise<OpenedMetadata>
+> = {
+  // With an object store: taken over there and restored first, then replicated (issue 16).
+  sqlite: (settings, tools) => openSqliteMetadata(settings, tools.objectStore, tools.log),
+  memory: () => Promise.resolve({ store: new MemoryMetadataStore(), replica: undefined }),
 };
 
 const volumeStores: Record<
@@ -77,9 +107,29 @@ const volumeStores: Record<
   local: async (settings, tools) => {
     requireRoot("sessionStorage=local", "it loop-mounts each volume's filesystem image");
     const mounts = await tools.rootMounts();
-    return new LoopVolumes(join(settings.dataDir, "storage"), volumeOwner(settings) ?? 0, {
-      mountImage: (image, target) => mounts.mountImage(image, target),
-      unmount: (target) => mounts.unmount(target),
+    const loopVolumes = (root: string): LoopVolumes =>
+      new LoopVolumes(root, volumeOwner(settings) ?? 0, {
+        mountImage: (image, target) => mounts.mountImage(image, target),
+        unmount: (target) => mounts.unmount(target),
+      });
+    if (tools.objectStore === undefined) return loopVolumes(join(settings.dataDir, "storage"));
+    // Kept in the object store too: the images live on a reflink pool, so that a checkpoint
+    // is an instant clone (ADR 0007).
+    const pool = await ReflinkPool.open(join(settings.dataDir, "storage-replicated"), {
+      initialBytes: 2 * settings.sessionStorageBytes,
+    });
+    return new ReplicatedVolumes({
+      local: loopVolumes(join(pool.path, "volumes")),
+      pool,
+      store: tools.objectStore,
+      holder: loadOrCreateNodeId(settings.dataDir),
+      settings: {
+        checkpointMs: settings.sessionStorageCheckpointSeconds * 1000,
+        durableWaitMs: settings.sessionStorageDurableWaitSeconds * 1000,
+      },
+      log: tools.log,
+      // Volumes made while no object store was set are moved into the pool at their next use.
+      legacyImageDir: join(settings.dataDir, "storage", "images"),
     });
   },
   directory: (settings) =>
@@ -200,8 +250,11 @@ export async function assembleParts(
   const testOnly = testOnlyPartsChosen(settings);
   if (testOnly.length > 0) log.warn("running on test-only parts", { parts: testOnly });
   let mounts: Promise<RootMounts> | undefined;
+  const connection = objectStoreConnection(settings);
+  const objectStore = connection === undefined ? undefined : new S3ObjectStore(connection);
   const tools: PartTools = {
     log,
+    objectStore,
     rootMounts: () =>
       (mounts ??= RootMounts.start(join(settings.dataDir, "mount-helper.sock"), settings.dataDir)),
   };
@@ -210,15 +263,19 @@ export async function assembleParts(
   };
   const built: Partial<Omit<BerthParts, "release">> = {};
   try {
-    const store = (built.store = metadataStores[settings.metadataStore](settings));
+    const metadata = await metadataStores[settings.metadataStore](settings, tools);
+    const store = (built.store = metadata.store);
+    const metadataReplica = (built.metadataReplica = metadata.replica);
     const driver = (built.driver = await sandboxDrivers[settings.sandboxDriver](settings, tools));
     const pythons = (built.pythons = exposePythons(settings, log));
-    const volumes = await volumeStores[settings.sessionStorage](settings, tools);
+    const volumes = (built.volumes = await volumeStores[settings.sessionStorage](settings, tools));
     const artifacts = codeArtifacts(settings);
     // After the driver: image roots are unpacked with what it mounts over in them.
     const images = startContainerImages(settings, store, log, now, driver.imageRootNeeds);
     const releaseAll = async (): Promise<void> => {
       pythons.release();
+      // Its volumes are detached by now (the sessions are closed): it may let go of its disk.
+      await volumes.close?.();
       await release();
     };
     return {
@@ -227,6 +284,8 @@ export async function assembleParts(
       volumes,
       images,
       artifacts,
+      objectStore,
+      metadataReplica,
       pythons,
       log,
       now,
@@ -236,32 +295,47 @@ export async function assembleParts(
         await driver.close();
         await releaseAll();
         await store.close();
+        await metadataReplica?.close();
       },
     };
   } catch (error) {
     built.pythons?.release();
+    await built.volumes?.close?.();
     await built.driver?.close();
     await built.store?.close();
+    await built.metadataReplica?.close();
     await release();
     throw error;
   }
 }
 
-/** The local artifact store under the data directory: uploads, and code folders unpacked from them. */
+/**
+ * Where code artifacts come from and uploads go: with an object store, its buckets (the code
+ * unpacked into the cache under the data directory); else the local artifact store there.
+ */
 function codeArtifacts(settings: Settings): BerthParts["artifacts"] {
-  const artifactsDir = join(settings.dataDir, "artifacts");
-  mkdirSync(artifactsDir, { recursive: true, mode: 0o755 });
   const unpackLimits = {
     maxUnpackedBytes: settings.maxArtifactUnpackedBytes,
     maxEntries: settings.maxArtifactEntries,
   };
-  return {
-    folders: new CodeFolders(artifactsDir, join(settings.dataDir, "artifact-cache"), unpackLimits),
-    uploads: new ArchiveUploads(artifactsDir, {
-      ...unpackLimits,
-      maxBytes: settings.maxArtifactBytes,
-    }),
-  };
+  const uploadLimits = { ...unpackLimits, maxBytes: settings.maxArtifactBytes };
+  const archives = new UnpackedArchives(join(settings.dataDir, "artifact-cache"), unpackLimits);
+  const artifactsDir = join(settings.dataDir, "artifacts");
+  mkdirSync(artifactsDir, { recursive: true, mode: 0o755 });
+  const local = new CodeFolders(artifactsDir, archives);
+  const connection = objectStoreConnection(settings);
+  if (connection !== undefined) {
+    const objects = new S3ArtifactObjects(connection);
+    return {
+      // Versions made before the object store was set find their code where it was put.
+      folders: new CodeWithFallback(
+        new ObjectStoreCode(objects, archives, settings.maxArtifactBytes),
+        local,
+      ),
+      uploads: new ObjectStoreUploads(objects, archives, uploadLimits),
+    };
+  }
+  return { folders: local, uploads: new ArchiveUploads(artifactsDir, uploadLimits) };
 }
 
 /**

@@ -4,8 +4,9 @@ import type { Operation } from "./operation.ts";
 /**
  * Berth's own upload of code: `PUT /berth/v1/artifacts/{bucket}/{prefix}` with a .tar.gz body
  * (the CLI signs it as UNSIGNED-PAYLOAD, so it streams; a body signed over its SHA-256 is held
- * and checked first). The code is then s3://bucket/prefix for CreateAgentRuntime, as if it had
- * been put in the artifact store by hand.
+ * and checked first). The answer's `s3` is then codeConfiguration.code.s3 for
+ * CreateAgentRuntime: s3://bucket/prefix in the local artifact store, as if it had been put
+ * there by hand, or the object the upload became in the object store.
  */
 export function artifactOperations(uploader: ArtifactUploader): Operation[] {
   return [

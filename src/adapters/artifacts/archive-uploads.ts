@@ -2,7 +2,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import { rename } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import type { ArtifactUploader } from "../../core/artifact-upload.ts";
+import type { ArtifactUploader, UploadedCode } from "../../core/artifact-upload.ts";
 import { BerthError } from "../../core/errors.ts";
 import { ByteLimit, untarGz, type UnpackLimits } from "./bounded-unpack.ts";
 import { sealTree } from "./sealed-tree.ts";
@@ -29,7 +29,7 @@ export class ArchiveUploads implements ArtifactUploader {
   async unpack(
     location: { bucket: string; prefix: string },
     archive: Readable,
-  ): Promise<{ files: number; bytes: number }> {
+  ): Promise<{ files: number; bytes: number; s3: UploadedCode }> {
     const bucketDir = join(this.artifactsDir, location.bucket);
     const target = join(bucketDir, location.prefix);
     if (existsSync(target)) throw taken(location);
@@ -41,14 +41,15 @@ export class ArchiveUploads implements ArtifactUploader {
       const files = await sealTree(workspace.tree);
       if (existsSync(target)) throw taken(location);
       await rename(workspace.tree, target);
-      return { files, bytes: compressed.bytes };
+      return { files, bytes: compressed.bytes, s3: { ...location } };
     } finally {
       await workspace.remove();
     }
   }
 }
 
-function tooLarge(maxBytes: number): BerthError {
+/** An upload past maxArtifactBytes. */
+export function tooLarge(maxBytes: number): BerthError {
   return new BerthError(
     "ValidationException",
     `The upload is larger than ${maxBytes} bytes (maxArtifactBytes)`,
@@ -56,7 +57,8 @@ function tooLarge(maxBytes: number): BerthError {
   );
 }
 
-function taken(location: { bucket: string; prefix: string }): BerthError {
+/** An upload to a location that holds code already. */
+export function taken(location: { bucket: string; prefix: string }): BerthError {
   return new BerthError(
     "ConflictException",
     `s3://${location.bucket}/${location.prefix} already exists; upload to a new prefix (runtime versions keep using the code they were created with)`,

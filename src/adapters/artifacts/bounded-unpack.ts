@@ -8,6 +8,7 @@ import {
   type Writable,
 } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { StringDecoder } from "node:string_decoder";
 import { createGunzip } from "node:zlib";
 import { BerthError } from "../../core/errors.ts";
 import { berthIsRoot, unpackUid } from "./unpack-workspace.ts";
@@ -62,9 +63,10 @@ export async function untarGz(
 /**
  * Unpacks a .zip file into `tree` with unzip, run as the unpacking user. unzip writes the files
  * itself, so it first lists the entries and decompresses all of them into a counter: only an
- * archive proven within both limits is unpacked (give it a private copy, so that all three reads
- * see the same bytes). unzip leaves out `..` and absolute paths and never writes through a
- * symbolic link it made.
+ * archive proven within both limits, with no entry named outside its folder (`..`, an absolute
+ * path: refused as GNU tar refuses them, where unzip alone would quietly rename them), is
+ * unpacked (give it a private copy, so that all three reads see the same bytes). unzip never
+ * writes through a symbolic link it made.
  */
 export async function unzipFile(
   zipPath: string,
@@ -74,6 +76,7 @@ export async function unzipFile(
 ): Promise<void> {
   const listing = new Unpacker(["unzip", "-Z1", zipPath]);
   listing.limitLines(limits.maxEntries, () => tooManyEntries(what, limits));
+  listing.checkLines((name) => (leavesFolder(name) ? entryOutside(what, name) : undefined));
   await listing.succeeded(what, ".zip");
   const content = new Unpacker(["unzip", "-p", zipPath]);
   content.limitBytes(limits.maxUnpackedBytes, () => tooLarge(what, limits));
@@ -146,6 +149,25 @@ class Unpacker {
     });
   }
 
+  /**
+   * Stops the command at the first line of its output `problem` finds fault with. (A line is a
+   * member's name: a .zip limits those to 64 KiB.)
+   */
+  checkLines(problem: (line: string) => BerthError | undefined): void {
+    const decoder = new StringDecoder("utf8");
+    let partial = "";
+    this.child.stdout?.on("data", (chunk: Buffer) => {
+      const lines = (partial + decoder.write(chunk)).split("\n");
+      partial = lines.pop() ?? "";
+      for (const line of lines) {
+        const found = problem(line);
+        if (found === undefined) continue;
+        this.stop(found);
+        return;
+      }
+    });
+  }
+
   /** Stops the command once its output has more than `max` bytes. */
   limitBytes(max: number, tooMany: () => BerthError): void {
     let bytes = 0;
@@ -171,6 +193,11 @@ class Unpacker {
   }
 }
 
+/** An absolute name, or one with a `..` part (either slash: unzip reads DOS names too). */
+function leavesFolder(name: string): boolean {
+  return name.startsWith("/") || name.split(/[/\\]/).includes("..");
+}
+
 function isGzipError(error: unknown): boolean {
   const code = (error as NodeJS.ErrnoException).code;
   return code !== undefined && code.startsWith("Z_");
@@ -188,6 +215,14 @@ function tooManyEntries(what: string, limits: UnpackLimits): BerthError {
   return new BerthError(
     "ValidationException",
     `${what} holds more than ${limits.maxEntries} files, folders and links (maxArtifactEntries): ship fewer, or raise the setting`,
+    { reason: "FieldValidationFailed" },
+  );
+}
+
+function entryOutside(what: string, name: string): BerthError {
+  return new BerthError(
+    "ValidationException",
+    `${what} has an entry outside its folder (${JSON.stringify(name)}): archive the code's folder with paths relative to it`,
     { reason: "FieldValidationFailed" },
   );
 }

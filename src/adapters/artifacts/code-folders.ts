@@ -1,14 +1,10 @@
-import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, rename, stat } from "node:fs/promises";
 import { join, resolve, sep } from "node:path";
-import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { BerthError } from "../../core/errors.ts";
-import { unzipFile, type UnpackLimits } from "./bounded-unpack.ts";
+import type { CodeLocation, CodeSource } from "./code-source.ts";
 import { resolveBeneath, type Beneath } from "./resolve-beneath.ts";
-import { sealTree } from "./sealed-tree.ts";
-import { UnpackWorkspace } from "./unpack-workspace.ts";
+import { sha256Of, type UnpackedArchives } from "./unpacked-archives.ts";
 
 const s3Field = "agentRuntimeArtifact.codeConfiguration.code.s3";
 
@@ -22,22 +18,23 @@ const s3Field = "agentRuntimeArtifact.codeConfiguration.code.s3";
  * uploaded code may hold a symbolic link such as `hostroot -> /`, and a prefix through it must
  * not make the host's root the session's /app (see resolveBeneath).
  */
-export class CodeFolders {
+export class CodeFolders implements CodeSource {
   private readonly artifactsDir: string;
-  private readonly cacheDir: string;
-  private readonly limits: UnpackLimits;
+  private readonly archives: UnpackedArchives;
   private readonly unpacked = new Map<string, Promise<string>>();
 
-  constructor(artifactsDir: string, cacheDir: string, limits: UnpackLimits) {
+  constructor(artifactsDir: string, archives: UnpackedArchives) {
     this.artifactsDir = artifactsDir;
-    this.cacheDir = cacheDir;
-    this.limits = limits;
-    UnpackWorkspace.clearLeftovers(cacheDir);
+    this.archives = archives;
   }
 
   /** `<artifacts>/<bucket>/<prefix>`, refusing anything that escapes the store (for messages). */
-  location(artifact: { bucket: string; prefix: string }): string {
+  location(artifact: CodeLocation): string {
     return insideRoot(this.artifactsDir, join(artifact.bucket, artifact.prefix));
+  }
+
+  notFound(artifact: CodeLocation): string {
+    return `Code artifact s3://${artifact.bucket}/${artifact.prefix} not found: put it at ${this.location(artifact)} (a folder or a .zip)`;
   }
 
   /**
@@ -45,7 +42,7 @@ export class CodeFolders {
    * exist. Throws a ValidationException naming the field for a bucket or prefix that leaves the
    * store, and an Error for a file that is not a .zip.
    */
-  async folder(artifact: { bucket: string; prefix: string }): Promise<string | undefined> {
+  async folder(artifact: CodeLocation): Promise<string | undefined> {
     const bucket = await resolveBeneath(this.artifactsDir, artifact.bucket);
     refuseEscape(bucket, `${s3Field}.bucket`, "the artifact store");
     if (bucket.kind !== "found" || !bucket.stats.isDirectory()) return undefined;
@@ -65,30 +62,20 @@ export class CodeFolders {
     return folder;
   }
 
-  /**
-   * Unpacks a .zip into the cache as the unprivileged unpacking user, within the limits. The
-   * unpacking reads a private copy, keyed by the hash of the very bytes unpacked.
-   */
+  /** Unpacks a .zip into the cache, unless the same bytes were unpacked before. */
   private async unpack(zipPath: string): Promise<string> {
-    const cached = join(this.cacheDir, await sha256(createReadStream(zipPath)));
-    if (await stat(cached).catch(() => undefined)) return cached;
-    await mkdir(this.cacheDir, { recursive: true, mode: 0o755 });
-    const workspace = await UnpackWorkspace.create(this.cacheDir);
-    try {
-      const copy = join(workspace.dir, "archive.zip");
-      await pipeline(createReadStream(zipPath), createWriteStream(copy, { mode: 0o644 }));
-      const target = join(this.cacheDir, await sha256(createReadStream(copy)));
-      if (await stat(target).catch(() => undefined)) return target;
-      await unzipFile(copy, workspace.tree, this.limits, "The .zip");
-      await sealTree(workspace.tree);
-      // The same .zip under another name may have been unpacked meanwhile: it is the same code.
-      await rename(workspace.tree, target).catch(async (error: unknown) => {
-        if (!(await stat(target).catch(() => undefined))) throw error;
-      });
-      return target;
-    } finally {
-      await workspace.remove();
-    }
+    const cached = await this.archives.cached(await sha256Of(createReadStream(zipPath)));
+    if (cached !== undefined) return cached;
+    const tree = await this.archives.unpack(
+      async (copy) => {
+        await pipeline(createReadStream(zipPath), createWriteStream(copy, { flags: "wx" }));
+        return true;
+      },
+      () => Promise.resolve("zip"),
+      "The .zip",
+    );
+    if (tree === undefined) throw new Error(`${zipPath} could not be copied`);
+    return tree;
   }
 }
 
@@ -119,10 +106,4 @@ export function insideRoot(root: string, relative: string): string {
     throw new Error(`${relative} leaves ${base}`);
   }
   return target;
-}
-
-async function sha256(stream: Readable): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of stream) hash.update(chunk as Buffer);
-  return hash.digest("hex");
 }

@@ -2,7 +2,7 @@ import type { ManagedRuntime, RuntimeVersionRecord } from "../../core/model.ts";
 import { ArtifactProblem } from "../../core/preparation.ts";
 import type { SandboxInterpreter } from "../../core/sandbox.ts";
 import type { LaunchPlan, LaunchPlanner } from "../../core/sessions.ts";
-import type { CodeFolders } from "./code-folders.ts";
+import type { CodeSource } from "./code-source.ts";
 
 /** The interpreter of each runtime this server has (NODE_22's node is in every code sandbox). */
 export type RuntimeInterpreters = Partial<Record<ManagedRuntime, SandboxInterpreter>>;
@@ -13,7 +13,7 @@ export type RuntimeInterpreters = Partial<Record<ManagedRuntime, SandboxInterpre
  * entryPoint items the first is a launcher (e.g. `opentelemetry-instrument python3 main.py`).
  */
 export async function planCodeLaunch(
-  folders: CodeFolders,
+  folders: CodeSource,
   version: RuntimeVersionRecord,
   interpreters: RuntimeInterpreters,
 ): Promise<LaunchPlan> {
@@ -22,8 +22,7 @@ export async function planCodeLaunch(
   // A version prepared while its interpreter was there may outlive it (a restart without it).
   requireInterpreter(artifact.runtime, interpreters);
   const codeDir = await folders.folder(artifact);
-  if (codeDir === undefined)
-    throw new Error(`code artifact s3://${artifact.bucket}/${artifact.prefix} is gone`);
+  if (codeDir === undefined) throw new Error(folders.notFound(artifact));
   const interpreter = interpreters[artifact.runtime];
   const command = artifact.runtime === "NODE_22" ? "node" : "python3";
   const [first = "", second] = artifact.entryPoint;

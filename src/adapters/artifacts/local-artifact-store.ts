@@ -1,6 +1,6 @@
 import type { AgentArtifact } from "../../core/model.ts";
 import { ArtifactProblem } from "../../core/preparation.ts";
-import type { CodeFolders } from "./code-folders.ts";
+import type { CodeSource } from "./code-source.ts";
 import { resolveBeneath } from "./resolve-beneath.ts";
 
 /**
@@ -8,20 +8,19 @@ import { resolveBeneath } from "./resolve-beneath.ts";
  * unpacked now, not at the first invoke) and holds the entry point.
  */
 export function codeArtifactCheck(
-  folders: CodeFolders,
+  folders: CodeSource,
 ): (artifact: Extract<AgentArtifact, { kind: "code" }>) => Promise<undefined> {
   return async (artifact) => {
     const shown = `s3://${artifact.bucket}/${artifact.prefix}`;
-    const location = asProblem(() => folders.location(artifact), shown);
+    // Refuses a location that leaves the store before anything is looked up.
+    asProblem(() => folders.location(artifact), shown);
     const folder = await folders.folder(artifact).catch((error: unknown) => {
       throw new ArtifactProblem(
         `Code artifact ${shown} could not be used: ${(error as Error).message}`,
       );
     });
     if (folder === undefined) {
-      throw new ArtifactProblem(
-        `Code artifact ${shown} not found: put it at ${location} (a folder or a .zip)`,
-      );
+      throw new ArtifactProblem(folders.notFound(artifact));
     }
     // The last item is the script (AgentCore allows a launcher before it, e.g. opentelemetry-instrument).
     const entryFile = artifact.entryPoint.at(-1) ?? "";

@@ -2,7 +2,8 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 /** Berth's native helpers (native/*.c, built by scripts/build-native.sh). */
-export type NativeBinary = "berth-exec" | "berth-mount" | "berth-bridge" | "berth-listen";
+export type NativeBinary =
+  "berth-exec" | "berth-mount" | "berth-bridge" | "berth-listen" | "berth-snapshot";
 
 /**
  * The path of one of Berth's native helpers, with an error that says how to build it when it is

@@ -235,11 +235,13 @@ export class LoopVolumes implements VolumeStore {
     }
   }
 
-  private imagePath(volumeId: string): string {
+  /** The volume's image file (root's alone). */
+  imagePath(volumeId: string): string {
     return join(this.imageDir, `${volumeFileName(volumeId)}.img`);
   }
 
-  private mountPath(volumeId: string): string {
+  /** Where the volume is mounted on the host while attached as a host directory (root's alone). */
+  mountPath(volumeId: string): string {
     return join(this.mountDir, volumeFileName(volumeId));
   }
 }

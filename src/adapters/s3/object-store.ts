@@ -1,0 +1,164 @@
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3ServiceException,
+  type S3Client,
+} from "@aws-sdk/client-s3";
+import {
+  PreconditionFailedError,
+  type ObjectInfo,
+  type ObjectStore,
+  type StoredObject,
+  type WriteCondition,
+} from "../../core/object-store.ts";
+import { parseObjectStoreUrl, s3Client, type ObjectStoreConnection } from "./client.ts";
+
+/** How many deletes run at once (one request each: not every S3 server takes DeleteObjects' checksums). */
+const deleteConcurrency = 8;
+
+/** Berth's objects in an S3 bucket, under the URL's prefix. */
+export class S3ObjectStore implements ObjectStore {
+  readonly location: string;
+  private readonly client: S3Client;
+  private readonly bucket: string;
+  private readonly prefix: string;
+
+  constructor(connection: ObjectStoreConnection, client: S3Client = s3Client(connection)) {
+    const { bucket, prefix } = parseObjectStoreUrl(connection.url);
+    this.client = client;
+    this.bucket = bucket;
+    this.prefix = prefix;
+    this.location = `s3://${bucket}/${prefix}`;
+  }
+
+  async get(key: string): Promise<StoredObject | undefined> {
+    try {
+      const answer = await this.client.send(
+        new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }),
+      );
+      const body = Buffer.from((await answer.Body?.transformToByteArray()) ?? []);
+      return { body, etag: bareEtag(answer.ETag) };
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw storeError(error, `reading ${key}`);
+    }
+  }
+
+  async put(key: string, body: Uint8Array, condition?: WriteCondition): Promise<{ etag: string }> {
+    try {
+      const answer = await this.client.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: this.prefix + key,
+          Body: body,
+          ContentLength: body.byteLength,
+          ...(condition === undefined
+            ? {}
+            : "ifNoneMatch" in condition
+              ? { IfNoneMatch: "*" }
+              : { IfMatch: condition.ifMatch }),
+        }),
+      );
+      return { etag: bareEtag(answer.ETag) };
+    } catch (error) {
+      if (isPreconditionFailure(error)) {
+        throw new PreconditionFailedError(`${this.location}${key} was written by someone else`, {
+          cause: error,
+        });
+      }
+      throw storeError(error, `writing ${key}`);
+    }
+  }
+
+  async head(key: string): Promise<ObjectInfo | undefined> {
+    try {
+      const answer = await this.client.send(
+        new HeadObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }),
+      );
+      return {
+        key,
+        etag: bareEtag(answer.ETag),
+        size: answer.ContentLength ?? 0,
+        lastModified: answer.LastModified ?? new Date(0),
+      };
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw storeError(error, `looking up ${key}`);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    let token: string | undefined;
+    do {
+      const page = await this.client
+        .send(
+          new ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix: this.prefix + prefix,
+            ContinuationToken: token,
+          }),
+        )
+        .catch((error: unknown) => {
+          throw storeError(error, `listing ${prefix}`);
+        });
+      for (const object of page.Contents ?? []) {
+        if (object.Key === undefined) continue;
+        yield {
+          key: object.Key.slice(this.prefix.length),
+          etag: bareEtag(object.ETag),
+          size: object.Size ?? 0,
+          lastModified: object.LastModified ?? new Date(0),
+        };
+      }
+      token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
+    } while (token !== undefined);
+  }
+
+  async delete(keys: readonly string[]): Promise<void> {
+    const queue = [...keys];
+    const worker = async (): Promise<void> => {
+      for (let key = queue.shift(); key !== undefined; key = queue.shift()) {
+        await this.client
+          .send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }))
+          .catch((error: unknown) => {
+            if (!isNotFound(error)) throw storeError(error, `deleting ${key}`);
+          });
+      }
+    };
+    await Promise.all(Array.from({ length: deleteConcurrency }, worker));
+  }
+}
+
+/** ETags as stores compare them in If-Match: without the quotes (Ceph RGW wants them bare). */
+function bareEtag(etag: string | undefined): string {
+  return (etag ?? "").replace(/^"|"$/g, "");
+}
+
+function statusOf(error: unknown): number | undefined {
+  return error instanceof S3ServiceException ? error.$metadata.httpStatusCode : undefined;
+}
+
+function isNotFound(error: unknown): boolean {
+  return statusOf(error) === 404;
+}
+
+/** 412, or AWS's 409 for a conditional write that raced another. */
+function isPreconditionFailure(error: unknown): boolean {
+  const status = statusOf(error);
+  return (
+    status === 412 || (status === 409 && (error as Error).name === "ConditionalRequestConflict")
+  );
+}
+
+/** The store's failure, saying which object and what the store said. */
+function storeError(error: unknown, doing: string): Error {
+  const status = statusOf(error);
+  const said = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  return new Error(
+    `object store: ${doing} failed (${status === undefined ? said : `HTTP ${status} ${said}`})`,
+    { cause: error },
+  );
+}

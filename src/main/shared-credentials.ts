@@ -1,0 +1,49 @@
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Settings } from "../config/settings.ts";
+import type { Logger } from "../core/logger.ts";
+import { PreconditionFailedError, type ObjectStore } from "../core/object-store.ts";
+import type { AccessKey } from "../wire/sigv4.ts";
+import { credentialsFileName, loadOrCreateCredentials } from "./credentials.ts";
+
+/** Where the generated key pair is kept in the object store, beside the metadata database. */
+export const sharedCredentialsKey = "metadata/credentials.json";
+
+/**
+ * The key pair clients sign with (loadOrCreateCredentials), kept in the object store too, so
+ * that clients go on signing with it when a new machine takes over: restored into a data
+ * directory that has none, and stored there when the object store has none. Pairs given by
+ * settings stay where they are configured. The bucket then holds Berth's SigV4 secret.
+ */
+export async function loadSharedCredentials(
+  settings: Settings,
+  objectStore: ObjectStore | undefined,
+  log: Logger,
+): Promise<{ key: AccessKey; generated: boolean }> {
+  const configured = {
+    accessKeyId: settings.accessKeyId,
+    secretAccessKey: settings.secretAccessKey,
+  };
+  if (objectStore === undefined || configured.accessKeyId !== "") {
+    return loadOrCreateCredentials(settings.dataDir, configured);
+  }
+  const path = join(settings.dataDir, credentialsFileName);
+  const shared = await objectStore.get(sharedCredentialsKey);
+  if (shared !== undefined && !existsSync(path)) {
+    writeFileSync(path, shared.body, { mode: 0o600, flag: "wx" });
+    log.info("restored the credentials from the object store", { file: path });
+  }
+  const loaded = loadOrCreateCredentials(settings.dataDir, configured);
+  if (shared === undefined) {
+    await objectStore
+      .put(sharedCredentialsKey, readFileSync(path), { ifNoneMatch: "*" })
+      .catch((error: unknown) => {
+        if (!(error instanceof PreconditionFailedError)) throw error;
+        log.warn(
+          "another Berth stored other credentials in the object store first: this one keeps its own",
+          { objectStore: objectStore.location, file: path },
+        );
+      });
+  }
+  return loaded;
+}

@@ -1,0 +1,228 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { gunzipSync } from "node:zlib";
+import { DatabaseSync } from "node:sqlite";
+import {
+  CreateAgentRuntimeEndpointCommand,
+  GetAgentRuntimeCommand,
+  GetAgentRuntimeEndpointCommand,
+  ListAgentRuntimeEndpointsCommand,
+  type BedrockAgentCoreControlClient,
+} from "@aws-sdk/client-bedrock-agentcore-control";
+import { PutObjectCommand } from "@aws-sdk/client-s3";
+import { s3Client } from "../src/adapters/s3/client.ts";
+import { S3ObjectStore } from "../src/adapters/s3/object-store.ts";
+import { agentSources, waitFor } from "./support/agents.ts";
+import {
+  clientsOf,
+  credentialsIn,
+  serveCommand,
+  spawnBerth,
+  testPartsEnvironment,
+  type BerthProcess,
+} from "./support/berth-process.ts";
+import { hostSuite, makeDataDir, removeDir } from "./support/berth.ts";
+import { cephMissing, startCephS3, type CephS3 } from "./support/ceph-s3.ts";
+import { zipOf } from "./support/hostile-archives.ts";
+import { createRuntime } from "./support/runtimes.ts";
+
+describe(
+  "the metadata database in the object store (real Berth processes and Ceph RGW, as root)",
+  { skip: hostSuite.skip ?? cephMissing() },
+  () => {
+    const bucket = "berth-metadata";
+    const objectStoreUrl = `s3://${bucket}/cluster`;
+    const dirs: string[] = [];
+    const running: BerthProcess[] = [];
+    let ceph: CephS3 | undefined;
+    let objectStore: S3ObjectStore;
+    let serveArgs: string[];
+
+    before(async () => {
+      const s3Server = (ceph = await startCephS3());
+      await s3Server.bucket(bucket);
+      objectStore = new S3ObjectStore(s3Server.connection(objectStoreUrl));
+      const s3 = s3Client(s3Server.connection(objectStoreUrl));
+      const probe = readFileSync(join(agentSources.probe, "main.js"), "utf8");
+      await s3.send(
+        new PutObjectCommand({
+          Bucket: bucket,
+          Key: "code/probe.zip",
+          Body: zipOf([{ path: "main.js", content: probe }]),
+        }),
+      );
+      s3.destroy();
+      // The object store's keys are secrets: settings take them from a file or the environment.
+      const configDir = mkdtempSync(join(tmpdir(), "berth-test-config-"));
+      dirs.push(configDir);
+      const config = join(configDir, "berth.json");
+      writeFileSync(
+        config,
+        JSON.stringify({
+          objectStoreAccessKeyId: s3Server.accessKeyId,
+          objectStoreSecretAccessKey: s3Server.secretAccessKey,
+        }),
+      );
+      serveArgs = [
+        "--config",
+        config,
+        "--object-store-url",
+        objectStoreUrl,
+        "--object-store-endpoint",
+        s3Server.endpoint,
+        "--object-store-force-path-style",
+        "true",
+        // A lease of 3 s: a machine that died is taken over 3 s later.
+        "--session-storage-checkpoint-seconds",
+        "1",
+      ];
+    });
+
+    after(async () => {
+      for (const berth of running) {
+        if (berth.child.exitCode === null && berth.child.signalCode === null) {
+          berth.child.kill("SIGKILL");
+          await berth.exit;
+        }
+      }
+      for (const dir of dirs) removeDir(dir);
+      await ceph?.stop();
+    });
+
+    function emptyDataDir(): string {
+      const dir = makeDataDir();
+      dirs.push(dir);
+      return dir;
+    }
+
+    async function start(dataDir: string): Promise<BerthProcess> {
+      const berth = await spawnBerth(["--data-dir", dataDir, ...serveArgs]);
+      running.push(berth);
+      return berth;
+    }
+
+    /** What the object store holds as current: the head, and its snapshot opened. */
+    async function currentSnapshot<T>(read: (database: DatabaseSync) => T): Promise<T> {
+      const head = await objectStore.get("metadata/head");
+      assert.ok(head !== undefined, "the object store has a metadata head");
+      const payload = (JSON.parse(head.body.toString("utf8")) as { payload: { key: string } })
+        .payload;
+      const snapshot = await objectStore.get(payload.key);
+      assert.ok(snapshot !== undefined, `${payload.key} exists`);
+      const file = join(emptyDataDir(), "snapshot.db");
+      writeFileSync(file, gunzipSync(snapshot.body));
+      const database = new DatabaseSync(file, { readOnly: true });
+      try {
+        return read(database);
+      } finally {
+        database.close();
+      }
+    }
+
+    /** What a client sees of a runtime and its endpoints (the answers without their metadata). */
+    async function seenBy(control: BedrockAgentCoreControlClient, runtimeId: string) {
+      const answer = (output: object) =>
+        Object.fromEntries(Object.entries(output).filter(([field]) => field !== "$metadata"));
+      return {
+        runtime: answer(
+          await control.send(new GetAgentRuntimeCommand({ agentRuntimeId: runtimeId })),
+        ),
+        endpoints: answer(
+          await control.send(new ListAgentRuntimeEndpointsCommand({ agentRuntimeId: runtimeId })),
+        ),
+      };
+    }
+
+    let first: BerthProcess;
+    let second: BerthProcess;
+    let firstDataDir: string;
+    let secondDataDir: string;
+    let runtimeId = "";
+    let seenOnFirst: Awaited<ReturnType<typeof seenBy>>;
+
+    it("a Berth killed outright is replaced by one on an empty data directory, serving the same runtimes to the same keys", async () => {
+      firstDataDir = emptyDataDir();
+      first = await start(firstDataDir);
+      const { control } = clientsOf(first.url, firstDataDir);
+      const runtime = await createRuntime({ control }, "probe", {
+        agentRuntimeArtifact: {
+          codeConfiguration: {
+            code: { s3: { bucket, prefix: "code/probe.zip" } },
+            runtime: "NODE_22",
+            entryPoint: ["main.js"],
+          },
+        },
+      });
+      runtimeId = runtime.id;
+      await control.send(
+        new CreateAgentRuntimeEndpointCommand({ agentRuntimeId: runtimeId, name: "live" }),
+      );
+      await waitFor("the live endpoint to be ready", async () => {
+        const endpoint = await control.send(
+          new GetAgentRuntimeEndpointCommand({ agentRuntimeId: runtimeId, endpointName: "live" }),
+        );
+        return endpoint.status === "READY";
+      });
+      seenOnFirst = await seenBy(control, runtimeId);
+      control.destroy();
+      // Durable: the object store's current snapshot holds both endpoints, serving version 1.
+      await waitFor("the snapshot with both endpoints to be current", () =>
+        currentSnapshot(
+          (database) =>
+            database
+              .prepare(
+                "SELECT COUNT(*) AS ready FROM endpoints WHERE runtime_id = ? AND live_version = 1",
+              )
+              .get(runtimeId)?.["ready"] === 2,
+        ),
+      );
+
+      first.child.kill("SIGKILL");
+      await first.exit;
+      secondDataDir = emptyDataDir();
+      second = await start(secondDataDir);
+      assert.ok(
+        second.lines.some(
+          (line) => line["msg"] === "restored the metadata database from the object store",
+        ),
+      );
+      assert.deepEqual(credentialsIn(secondDataDir), credentialsIn(firstDataDir));
+      // The first machine's keys, as its clients hold them, sign requests to the second.
+      const clients = clientsOf(second.url, firstDataDir);
+      assert.deepEqual(await seenBy(clients.control, runtimeId), seenOnFirst);
+      clients.control.destroy();
+    });
+
+    it("refuses another Berth while one holds the object store, naming it, with exit code 2", async () => {
+      const [program = "", ...args] = serveCommand(["--data-dir", emptyDataDir(), ...serveArgs]);
+      const child = spawn(program, args, {
+        env: { PATH: process.env["PATH"], HOME: process.env["HOME"], ...testPartsEnvironment },
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      const stderr: string[] = [];
+      child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk.toString("utf8")));
+      const [code] = (await once(child, "exit")) as [number | null];
+      const owner = readFileSync(join(secondDataDir, "node-id"), "utf8").trim();
+      assert.equal(code, 2, stderr.join(""));
+      assert.equal(
+        stderr.join(""),
+        `berth serve: the metadata database in ${objectStoreUrl}/ is in use by another Berth process (node ${owner}) sharing the object store: stop that one first, or give this one another --object-store-url (a bucket or prefix of its own)\n`,
+      );
+    });
+
+    it("lets go of the metadata on a graceful stop", async () => {
+      second.child.kill("SIGTERM");
+      assert.equal((await second.exit).code, 0);
+      const head = await objectStore.get("metadata/head");
+      assert.equal(
+        (JSON.parse(head?.body.toString("utf8") ?? "{}") as { holder: unknown }).holder,
+        null,
+      );
+    });
+  },
+);
