@@ -49,10 +49,12 @@ try {
     await store.updateTags(resource, () => ({ change: String(index) }));
     await replica.replicateNow();
   });
-  const head = JSON.parse((await objectStore.get("metadata/head"))?.body.toString() ?? "{}") as {
+  const head = JSON.parse(
+    (await objectStore.get("metadata/head", 2 ** 30))?.body.toString() ?? "{}",
+  ) as {
     payload: { storedBytes: number; databaseBytes: number; key: string };
   };
-  const snapshotBody = (await objectStore.get(head.payload.key))?.body ?? Buffer.alloc(0);
+  const snapshotBody = (await objectStore.get(head.payload.key, 2 ** 30))?.body ?? Buffer.alloc(0);
   const putMs = await timeEach(samples, (index) =>
     objectStore.put(`baseline/${index}.db.gz`, snapshotBody),
   );

@@ -108,11 +108,11 @@ describe(
 
     /** What the object store holds as current: the head, and its snapshot opened. */
     async function currentSnapshot<T>(read: (database: DatabaseSync) => T): Promise<T> {
-      const head = await objectStore.get("metadata/head");
+      const head = await objectStore.get("metadata/head", 2 ** 30);
       assert.ok(head !== undefined, "the object store has a metadata head");
       const payload = (JSON.parse(head.body.toString("utf8")) as { payload: { key: string } })
         .payload;
-      const snapshot = await objectStore.get(payload.key);
+      const snapshot = await objectStore.get(payload.key, 2 ** 30);
       assert.ok(snapshot !== undefined, `${payload.key} exists`);
       const file = join(emptyDataDir(), "snapshot.db");
       writeFileSync(file, gunzipSync(snapshot.body));
@@ -218,7 +218,7 @@ describe(
     it("lets go of the metadata on a graceful stop", async () => {
       second.child.kill("SIGTERM");
       assert.equal((await second.exit).code, 0);
-      const head = await objectStore.get("metadata/head");
+      const head = await objectStore.get("metadata/head", 2 ** 30);
       assert.equal(
         (JSON.parse(head?.body.toString("utf8") ?? "{}") as { holder: unknown }).holder,
         null,

@@ -63,10 +63,10 @@ class WatchedStore implements ObjectStore {
     this.location = inner.location;
   }
 
-  async get(key: string) {
+  async get(key: string, maxBytes: number) {
     this.reach();
     if (key.includes("/packs/")) this.packGets += 1;
-    return this.inner.get(key);
+    return this.inner.get(key, maxBytes);
   }
 
   async put(key: string, body: Uint8Array, condition?: WriteCondition) {
@@ -486,7 +486,7 @@ describe("session volumes replicated to an object store", cephSuite(), () => {
     );
     assert.ok(ref.length > chunkBytes, "an incompressible chunk is stored");
     const pack = volumeKeys.pack(volumeId, ref.pack);
-    const original = (await store.get(pack)) ?? assert.fail("the pack is stored");
+    const original = (await store.get(pack, 2 ** 30)) ?? assert.fail("the pack is stored");
     const middle = ref.offset + Math.floor(ref.length / 2);
     const flipped = Buffer.from(original.body);
     flipped.fill(~(flipped[middle] ?? 0) & 0xff, middle, middle + 1);
@@ -609,7 +609,8 @@ async function keysUnder(store: ObjectStore, prefix: string): Promise<string[]> 
 }
 
 async function storedHead(store: ObjectStore, volumeId: string): Promise<HeadRecord> {
-  const found = (await store.get(volumeKeys.head(volumeId))) ?? assert.fail("no head stored");
+  const found =
+    (await store.get(volumeKeys.head(volumeId), 2 ** 30)) ?? assert.fail("no head stored");
   return JSON.parse(found.body.toString("utf8")) as HeadRecord;
 }
 
@@ -622,7 +623,7 @@ async function storedManifest(
   const prefix = volumeKeys.generation(volumeId, generation, 0).replace(/0$/, "");
   const [key] = await keysUnder(store, prefix);
   const found =
-    (key === undefined ? undefined : await store.get(key)) ?? assert.fail(`no ${prefix}*`);
+    (key === undefined ? undefined : await store.get(key, 2 ** 30)) ?? assert.fail(`no ${prefix}*`);
   return decodeManifest(found.body, prefix);
 }
 
@@ -637,7 +638,7 @@ async function assertEveryReferencedPackStored(
   const stored = new Set(await keysUnder(store, volumeKeys.packs(volumeId)));
   const referenced = new Set<string>();
   for (const key of await keysUnder(store, volumeKeys.generations(volumeId))) {
-    const found = (await store.get(key)) ?? assert.fail(`${key} vanished`);
+    const found = (await store.get(key, 2 ** 30)) ?? assert.fail(`${key} vanished`);
     for (const ref of decodeManifest(found.body, key).chunks.values()) {
       const pack = volumeKeys.pack(volumeId, ref.pack);
       assert.ok(stored.has(pack), `${pack}, referenced by ${key}, is not stored`);

@@ -10,8 +10,11 @@
 export interface ObjectStore {
   /** s3://bucket/prefix, for messages and logs. */
   readonly location: string;
-  /** The object's bytes and etag; undefined when there is none. */
-  get(key: string): Promise<StoredObject | undefined>;
+  /**
+   * The object's bytes and etag; undefined when there is none. Throws TooLargeObjectError for an
+   * object past maxBytes, before reading it: what the store holds is not trusted to be small.
+   */
+  get(key: string, maxBytes: number): Promise<StoredObject | undefined>;
   /** Stores `body` at `key`; returns its new etag. */
   put(key: string, body: Uint8Array, condition?: WriteCondition): Promise<{ etag: string }>;
   head(key: string): Promise<ObjectInfo | undefined>;

@@ -6,6 +6,9 @@ import { PreconditionFailedError, type ObjectStore } from "../core/object-store.
 import type { AccessKey } from "../wire/sigv4.ts";
 import { credentialsFileName, loadOrCreateCredentials } from "./credentials.ts";
 
+/** A credentials file is a few hundred bytes: anything much larger is not one Berth wrote. */
+const maxCredentialsBytes = 64 * 1024;
+
 /** Where the generated key pair is kept in the object store, beside the metadata database. */
 export const sharedCredentialsKey = "metadata/credentials.json";
 
@@ -28,7 +31,7 @@ export async function loadSharedCredentials(
     return loadOrCreateCredentials(settings.dataDir, configured);
   }
   const path = join(settings.dataDir, credentialsFileName);
-  const shared = await objectStore.get(sharedCredentialsKey);
+  const shared = await objectStore.get(sharedCredentialsKey, maxCredentialsBytes);
   if (shared !== undefined && !existsSync(path)) {
     writeFileSync(path, shared.body, { mode: 0o600, flag: "wx" });
     log.info("restored the credentials from the object store", { file: path });

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import {
   PreconditionFailedError,
+  TooLargeObjectError,
   type ObjectInfo,
   type ObjectStore,
   type StoredObject,
@@ -16,10 +17,12 @@ export class MemoryObjectStore implements ObjectStore {
   failing = false;
   private readonly objects = new Map<string, { body: Buffer; etag: string; lastModified: Date }>();
 
-  get(key: string): Promise<StoredObject | undefined> {
+  get(key: string, maxBytes: number): Promise<StoredObject | undefined> {
     return this.answer(() => {
       const found = this.objects.get(key);
-      return found === undefined ? undefined : { body: Buffer.from(found.body), etag: found.etag };
+      if (found === undefined) return undefined;
+      if (found.body.byteLength > maxBytes) throw tooLarge(key, found.body.byteLength, maxBytes);
+      return { body: Buffer.from(found.body), etag: found.etag };
     });
   }
 
@@ -79,4 +82,8 @@ export class MemoryObjectStore implements ObjectStore {
 
 function info(key: string, found: { body: Buffer; etag: string; lastModified: Date }): ObjectInfo {
   return { key, etag: found.etag, size: found.body.byteLength, lastModified: found.lastModified };
+}
+
+function tooLarge(key: string, size: number, maxBytes: number): TooLargeObjectError {
+  return new TooLargeObjectError(`${key} holds ${size} bytes, more than the ${maxBytes} expected`);
 }

@@ -9,6 +9,7 @@ import {
 } from "@aws-sdk/client-s3";
 import {
   PreconditionFailedError,
+  TooLargeObjectError,
   type ObjectInfo,
   type ObjectStore,
   type StoredObject,
@@ -34,15 +35,29 @@ export class S3ObjectStore implements ObjectStore {
     this.location = `s3://${bucket}/${prefix}`;
   }
 
-  async get(key: string): Promise<StoredObject | undefined> {
+  async get(key: string, maxBytes: number): Promise<StoredObject | undefined> {
+    let answer;
     try {
-      const answer = await this.client.send(
+      answer = await this.client.send(
         new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }),
       );
-      const body = Buffer.from((await answer.Body?.transformToByteArray()) ?? []);
-      return { body, etag: bareEtag(answer.ETag) };
     } catch (error) {
       if (isNotFound(error)) return undefined;
+      throw storeError(error, `reading ${key}`);
+    }
+    const size = answer.ContentLength;
+    if (size === undefined || size > maxBytes) {
+      // Not read: the body is dropped with its connection.
+      (answer.Body as { destroy?: () => void } | undefined)?.destroy?.();
+      throw new TooLargeObjectError(
+        `${this.location}${key} holds ${String(size ?? "an unknown number of")} bytes, more than the ${maxBytes} expected`,
+      );
+    }
+    try {
+      const body = Buffer.from((await answer.Body?.transformToByteArray()) ?? []);
+      if (body.byteLength !== size) throw new Error(`got ${body.byteLength} of ${size} bytes`);
+      return { body, etag: bareEtag(answer.ETag) };
+    } catch (error) {
       throw storeError(error, `reading ${key}`);
     }
   }

@@ -16,6 +16,9 @@ import type { Logger } from "../../core/logger.ts";
 import type { ObjectStore } from "../../core/object-store.ts";
 import type { HeadRecord } from "../../core/replication/fenced-head.ts";
 
+/** The largest metadata snapshot read back, stored or unpacked: what the store gives is not trusted to be small. */
+const maxSnapshotBytes = 1024 ** 3;
+
 /**
  * Where the metadata database lives in the object store, and on this machine beside it: the
  * head names the current snapshot; each snapshot is a gzipped copy of the whole database.
@@ -148,7 +151,7 @@ async function download(
   generation: number,
 ): Promise<Buffer> {
   const where = `${objectStore.location}${payload.key}`;
-  const found = await objectStore.get(payload.key);
+  const found = await objectStore.get(payload.key, maxSnapshotBytes);
   if (found === undefined) {
     throw new Error(
       `the metadata database's current generation ${generation} (${where}) is missing from the object store; Berth does not start on an older or empty database in its place`,
@@ -159,7 +162,7 @@ async function download(
       `the metadata database's current generation ${generation} (${where}) is damaged: its SHA-256 is not the one ${metadataHeadKey} records`,
     );
   }
-  return promisify(gunzip)(found.body);
+  return promisify(gunzip)(found.body, { maxOutputLength: maxSnapshotBytes });
 }
 
 /** Writes the file (0600) and makes it durable before it is renamed into place. */

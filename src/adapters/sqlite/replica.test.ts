@@ -75,7 +75,7 @@ async function openBerth(
 }
 
 async function headOf(objectStore: MemoryObjectStore): Promise<HeadRecord & { etag: string }> {
-  const found = await objectStore.get("metadata/head");
+  const found = await objectStore.get("metadata/head", 2 ** 30);
   assert.ok(found !== undefined, "the head exists");
   return { ...(JSON.parse(found.body.toString("utf8")) as HeadRecord), etag: found.etag };
 }
@@ -83,7 +83,7 @@ async function headOf(objectStore: MemoryObjectStore): Promise<HeadRecord & { et
 /** The runtime ids in the snapshot the head names. */
 async function runtimesInCurrentSnapshot(objectStore: MemoryObjectStore): Promise<string[]> {
   const head = await headOf(objectStore);
-  const found = await objectStore.get(String(head.payload["key"]));
+  const found = await objectStore.get(String(head.payload["key"]), 2 ** 30);
   assert.ok(found !== undefined, "the head's snapshot exists");
   const file = join(dataDir(), "snapshot.db");
   writeFileSync(file, gunzipSync(found.body));

@@ -17,10 +17,6 @@ export async function formatExt4(
     "-F",
     "-m",
     "0",
-    // 4 KiB blocks whatever the size (mkfs picks 1 KiB below 512 MiB): aligned with the pages
-    // and the reflink pool's blocks, so discarded space becomes whole holes.
-    "-b",
-    "4096",
     "-E",
     `lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=${owner.uid}:${owner.gid}`,
     image,

@@ -19,12 +19,12 @@ class UnreliableStore implements ObjectStore {
   nextPut: "fails" | "loses-answer" | undefined;
   failNextGet = false;
 
-  get(objectKey: string) {
+  get(objectKey: string, maxBytes: number) {
     if (this.failNextGet) {
       this.failNextGet = false;
       return Promise.reject(new Error("object store: unreachable (test)"));
     }
-    return this.inner.get(objectKey);
+    return this.inner.get(objectKey, maxBytes);
   }
 
   async put(objectKey: string, body: Uint8Array, condition?: WriteCondition) {

@@ -2,6 +2,9 @@ import { randomUUID } from "node:crypto";
 import { setTimeout as delay } from "node:timers/promises";
 import { PreconditionFailedError, type ObjectStore } from "../object-store.ts";
 
+/** A head is a small JSON record: anything larger is not one Berth wrote. */
+const maxHeadBytes = 64 * 1024;
+
 /**
  * The one object that says which generation of something (a volume, the metadata database) is
  * current, and which Berth process owns it. Only the owner writes it, and every write is
@@ -76,7 +79,7 @@ export class FencedHead {
    * Reads the head without taking it: undefined when there is none (nothing was ever stored).
    */
   async peek(): Promise<HeadRecord | undefined> {
-    const found = await this.options.store.get(this.options.key);
+    const found = await this.options.store.get(this.options.key, maxHeadBytes);
     return found === undefined ? undefined : parseHead(found.body, this.options.key);
   }
 
@@ -88,7 +91,7 @@ export class FencedHead {
     const { store, key, holder } = this.options;
     this.lost = undefined;
     for (;;) {
-      const found = await store.get(key);
+      const found = await store.get(key, maxHeadBytes);
       if (found === undefined) {
         const created = await this.write(
           { holder, fence: 1, generation: 0, payload: {} },
@@ -188,7 +191,9 @@ export class FencedHead {
       this.unconfirmed = undefined;
       return record;
     } catch (error) {
-      const found = await this.options.store.get(this.options.key).catch(() => undefined);
+      const found = await this.options.store
+        .get(this.options.key, maxHeadBytes)
+        .catch(() => undefined);
       if (
         found !== undefined &&
         parseHead(found.body, this.options.key).writeId === record.writeId
@@ -211,7 +216,7 @@ export class FencedHead {
    */
   private async adoptUnconfirmed(): Promise<boolean> {
     if (this.unconfirmed === undefined) return false;
-    const found = await this.options.store.get(this.options.key);
+    const found = await this.options.store.get(this.options.key, maxHeadBytes);
     const unconfirmed = this.unconfirmed;
     this.unconfirmed = undefined;
     if (

@@ -117,7 +117,7 @@ describe("a volume generation's manifest", () => {
     assert.throws(() => decodeManifest(Buffer.from("not gzip"), "m"), /m is not gzipped JSON/);
     const body = (fields: Record<string, unknown>) =>
       gzipSync(JSON.stringify({ ...fields, packs: [], chunks: [] }));
-    const valid = { generation: 1, fence: 1, sizeBytes: chunkBytes, chunkBytes };
+    const valid = { format: 2, generation: 1, fence: 1, sizeBytes: chunkBytes, chunkBytes };
     assert.doesNotThrow(() => decodeManifest(body(valid), "m"));
     for (const [name, value] of [
       ["chunkBytes", 0],

@@ -43,6 +43,19 @@ export const chunkBytes = 64 * 1024;
 /** A pack is closed and uploaded once it holds this many bytes (its last chunk may go past it). */
 export const packBytes = 4 * 1024 * 1024;
 
+/** The most a stored pack can hold: a full pack and one incompressible chunk past it. */
+export const maxPackObjectBytes = packBytes + 2 * chunkBytes;
+
+/**
+ * The most a manifest may take, stored and unpacked: a fully written volume of 128 GiB (2
+ * million chunks) fits. What the store gives back is not trusted to be small.
+ */
+export const maxManifestBytes = 128 * 1024 * 1024;
+const maxManifestJsonBytes = 512 * 1024 * 1024;
+
+/** The largest volume a manifest may describe (sessionStorageBytes' own limit). */
+const maxVolumeBytes = 1024 ** 4;
+
 export const volumeKeys = {
   prefix: (volumeId: string) => `volumes/${volumeId}/`,
   head: (volumeId: string) => `volumes/${volumeId}/head`,
@@ -77,7 +90,9 @@ const packName = /^[0-9a-f-]{36}$/;
 export function decodeManifest(body: Buffer, key: string): Manifest {
   let parsed: Record<string, unknown>;
   try {
-    parsed = JSON.parse(gunzipSync(body).toString("utf8")) as Record<string, unknown>;
+    parsed = JSON.parse(
+      gunzipSync(body, { maxOutputLength: maxManifestJsonBytes }).toString("utf8"),
+    ) as Record<string, unknown>;
   } catch (error) {
     throw new Error(`manifest ${key} is not gzipped JSON`, { cause: error });
   }
@@ -93,8 +108,9 @@ export function decodeManifest(body: Buffer, key: string): Manifest {
     );
   }
   const sizeBytes = number("sizeBytes");
+  if (sizeBytes > maxVolumeBytes) throw new Error(`manifest ${key} has no valid sizeBytes`);
   const size = number("chunkBytes");
-  if (size <= 0) throw new Error(`manifest ${key} has no valid chunkBytes`);
+  if (size !== chunkBytes) throw new Error(`manifest ${key} has no valid chunkBytes`);
   const packs = parsed["packs"];
   if (
     !Array.isArray(packs) ||

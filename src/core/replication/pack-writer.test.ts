@@ -22,8 +22,8 @@ class PackStore implements ObjectStore {
   inFlight = 0;
   mostInFlight = 0;
 
-  get(key: string) {
-    return this.inner.get(key);
+  get(key: string, maxBytes: number) {
+    return this.inner.get(key, maxBytes);
   }
   async put(key: string, body: Uint8Array, condition?: WriteCondition) {
     this.inFlight += 1;
@@ -57,7 +57,7 @@ function add(writer: PackWriter, chunk: Buffer): ChunkRef {
 }
 
 async function packOf(store: PackStore, ref: ChunkRef): Promise<Buffer> {
-  const found = await store.inner.get(volumeKeys.pack(volumeId, ref.pack));
+  const found = await store.inner.get(volumeKeys.pack(volumeId, ref.pack), 2 ** 30);
   return found?.body ?? assert.fail(`pack ${ref.pack} is not stored`);
 }
 

@@ -89,13 +89,13 @@ class WatchedStore implements ObjectStore {
   packPuts = 0;
   packGets = 0;
 
-  get(key: string) {
+  get(key: string, maxBytes: number) {
     if (key === this.failGetOf) {
       this.failGetOf = undefined;
       return Promise.reject(new Error(`object store: reading ${key} failed (test)`));
     }
     if (key.includes("/packs/")) this.packGets += 1;
-    return this.inner.get(key);
+    return this.inner.get(key, maxBytes);
   }
   put(key: string, body: Uint8Array, condition?: WriteCondition) {
     if (this.failPuts?.test(key) === true && this.failAfter-- <= 0) {
@@ -161,7 +161,7 @@ function keysUnder(store: WatchedStore, prefix: string): string[] {
 
 async function storedManifest(store: WatchedStore, generation: number, fence = 1) {
   const key = volumeKeys.generation(volumeId, generation, fence);
-  const found = (await store.inner.get(key)) ?? assert.fail(`${key} is not stored`);
+  const found = (await store.inner.get(key, 2 ** 30)) ?? assert.fail(`${key} is not stored`);
   return decodeManifest(found.body, key);
 }
 
@@ -321,7 +321,7 @@ describe("a volume's replica in the object store", () => {
     const ref = manifest.chunks.get(1) ?? assert.fail("chunk 1 is stored");
     const packKey = volumeKeys.pack(volumeId, ref.pack);
     assert.deepEqual(packsOf(manifest), new Set([packKey]));
-    const original = (await store.inner.get(packKey)) ?? assert.fail("the pack is stored");
+    const original = (await store.inner.get(packKey, 2 ** 30)) ?? assert.fail("the pack is stored");
     const damaged = (change: (pack: Buffer) => Buffer) => () =>
       store.inner.put(packKey, change(Buffer.from(original.body)));
     const middle = ref.offset + Math.floor(ref.length / 2);

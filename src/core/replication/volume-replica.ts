@@ -2,11 +2,13 @@ import { createHash } from "node:crypto";
 import { promisify } from "node:util";
 import { zstdCompress, zstdDecompress } from "node:zlib";
 import type { Logger } from "../logger.ts";
-import type { ObjectStore } from "../object-store.ts";
+import { TooLargeObjectError, type ObjectStore, type StoredObject } from "../object-store.ts";
 import { FencedHead, type HeadRecord } from "./fenced-head.ts";
 import {
   chunkBytes,
   decodeManifest,
+  maxManifestBytes,
+  maxPackObjectBytes,
   encodeManifest,
   volumeKeys,
   type ChunkRef,
@@ -209,7 +211,7 @@ export class VolumeReplica {
     }
     await forEachAtOnce([...byPack], packDownloadsAtOnce, async ([pack, entries]) => {
       const key = volumeKeys.pack(this.volumeId, pack);
-      const found = await this.store.get(key);
+      const found = await this.getData(key, maxPackObjectBytes);
       if (found === undefined) {
         throw new ReplicaDataError(
           `pack ${key} of generation ${manifest.generation} is missing from ${this.store.location}`,
@@ -281,8 +283,16 @@ export class VolumeReplica {
     return this.head.owned();
   }
 
+  /** An object of the volume's data; one larger than it can be is the data's fault. */
+  private async getData(key: string, maxBytes: number): Promise<StoredObject | undefined> {
+    return this.store.get(key, maxBytes).catch((error: unknown) => {
+      if (!(error instanceof TooLargeObjectError)) throw error;
+      throw new ReplicaDataError(`${error.message} (corrupt)`, { cause: error });
+    });
+  }
+
   private async readManifest(key: string): Promise<Manifest> {
-    const found = await this.store.get(key);
+    const found = await this.getData(key, maxManifestBytes);
     if (found === undefined) {
       throw new ReplicaDataError(`manifest ${key} is missing from ${this.store.location}`);
     }
@@ -354,13 +364,13 @@ async function unpackChunk(
   if (ref.offset + ref.length > pack.byteLength) {
     throw new ReplicaDataError(`pack ${key} is shorter than its manifest says (corrupt)`);
   }
-  const bytes = await decompress(pack.subarray(ref.offset, ref.offset + ref.length)).catch(
-    (error: unknown) => {
-      throw new ReplicaDataError(`a chunk in pack ${key} is not readable zstd (corrupt)`, {
-        cause: error,
-      });
-    },
-  );
+  const bytes = await decompress(pack.subarray(ref.offset, ref.offset + ref.length), {
+    maxOutputLength: size,
+  }).catch((error: unknown) => {
+    throw new ReplicaDataError(`a chunk in pack ${key} is not readable zstd (corrupt)`, {
+      cause: error,
+    });
+  });
   if (bytes.byteLength !== size || sha256(bytes) !== ref.hash) {
     throw new ReplicaDataError(
       `a chunk in pack ${key} does not hold the bytes its hash names (corrupt)`,
