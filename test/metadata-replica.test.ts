@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -42,6 +43,8 @@ describe(
     let ceph: CephS3 | undefined;
     let objectStore: S3ObjectStore;
     let serveArgs: string[];
+    /** The settings of serveArgs but for the object store's URL and endpoint. */
+    let argsFor: (store: { url: string; endpoint: string }) => string[];
 
     before(async () => {
       const s3Server = (ceph = await startCephS3());
@@ -68,19 +71,20 @@ describe(
           objectStoreSecretAccessKey: s3Server.secretAccessKey,
         }),
       );
-      serveArgs = [
+      argsFor = ({ url, endpoint }) => [
         "--config",
         config,
         "--object-store-url",
-        objectStoreUrl,
+        url,
         "--object-store-endpoint",
-        s3Server.endpoint,
+        endpoint,
         "--object-store-force-path-style",
         "true",
         // A lease of 3 s: a machine that died is taken over 3 s later.
         "--session-storage-checkpoint-seconds",
         "1",
       ];
+      serveArgs = argsFor({ url: objectStoreUrl, endpoint: s3Server.endpoint });
     });
 
     after(async () => {
@@ -98,6 +102,19 @@ describe(
       const dir = makeDataDir();
       dirs.push(dir);
       return dir;
+    }
+
+    /** Runs `berth serve` expecting it to refuse to start: its exit code and what it printed. */
+    async function refusedStart(args: string[]): Promise<{ code: number | null; stderr: string }> {
+      const [program = "", ...rest] = serveCommand(args);
+      const child = spawn(program, rest, {
+        env: { PATH: process.env["PATH"], HOME: process.env["HOME"], ...testPartsEnvironment },
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      const stderr: string[] = [];
+      child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk.toString("utf8")));
+      const [code] = (await once(child, "exit")) as [number | null];
+      return { code, stderr: stderr.join("") };
     }
 
     async function start(dataDir: string): Promise<BerthProcess> {
@@ -199,18 +216,11 @@ describe(
     });
 
     it("refuses another Berth while one holds the object store, naming it, with exit code 2", async () => {
-      const [program = "", ...args] = serveCommand(["--data-dir", emptyDataDir(), ...serveArgs]);
-      const child = spawn(program, args, {
-        env: { PATH: process.env["PATH"], HOME: process.env["HOME"], ...testPartsEnvironment },
-        stdio: ["ignore", "ignore", "pipe"],
-      });
-      const stderr: string[] = [];
-      child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk.toString("utf8")));
-      const [code] = (await once(child, "exit")) as [number | null];
+      const { code, stderr } = await refusedStart(["--data-dir", emptyDataDir(), ...serveArgs]);
       const owner = readFileSync(join(secondDataDir, "node-id"), "utf8").trim();
-      assert.equal(code, 2, stderr.join(""));
+      assert.equal(code, 2, stderr);
       assert.equal(
-        stderr.join(""),
+        stderr,
         `berth serve: the metadata database in ${objectStoreUrl}/ is in use by another Berth process (node ${owner}) sharing the object store: stop that one first, or give this one another --object-store-url (a bucket or prefix of its own)\n`,
       );
     });
@@ -224,5 +234,89 @@ describe(
         null,
       );
     });
+
+    it("stops a Berth that another took the object store from while it stalled: as on SIGTERM, exit code 1", async () => {
+      const stalledDataDir = emptyDataDir();
+      const stalled = await start(stalledDataDir);
+      const stalledNode = readFileSync(join(stalledDataDir, "node-id"), "utf8").trim();
+      // Stalled (or cut off from the store) for longer than a lease: it renews nothing.
+      stalled.child.kill("SIGSTOP");
+      const taker = await start(emptyDataDir());
+      const tookOver = taker.lines.find(
+        (line) => line["msg"] === "took over the metadata database from a node that is gone",
+      );
+      assert.equal(tookOver?.["node"], stalledNode);
+
+      stalled.child.kill("SIGCONT");
+      assert.equal((await stalled.exit).code, 1);
+      const shutdown = stalled.lines.find((line) =>
+        /shutting down, as on SIGTERM/.test(String(line["msg"])),
+      );
+      assert.equal(shutdown?.["level"], "error");
+      assert.ok(stalled.lines.some((line) => line["msg"] === "stopped"));
+
+      taker.child.kill("SIGTERM");
+      assert.equal((await taker.exit).code, 0);
+    });
+
+    it("refuses to start, in one line and with exit code 2, when the object store cannot be reached", async () => {
+      const closedPort = await freePort();
+      const endpoint = `http://127.0.0.1:${closedPort}`;
+      const dataDir = emptyDataDir();
+      const { code, stderr } = await refusedStart([
+        "--data-dir",
+        dataDir,
+        ...argsFor({ url: objectStoreUrl, endpoint }),
+      ]);
+      assert.equal(code, 2, stderr);
+      assert.equal(
+        stderr,
+        `berth serve: cannot reach the object store ${endpoint} for ${objectStoreUrl}/ (connect ECONNREFUSED 127.0.0.1:${closedPort}): check --object-store-endpoint, and that the store runs and this machine reaches it\n`,
+      );
+      assert.deepEqual(readdirSync(dataDir), [], "nothing is written to the data directory");
+    });
+
+    it("refuses to start, naming the bucket, when the bucket does not exist", async () => {
+      const endpoint = ceph?.endpoint ?? "";
+      const { code, stderr } = await refusedStart([
+        "--data-dir",
+        emptyDataDir(),
+        ...argsFor({ url: "s3://no-such-bucket/berth", endpoint }),
+      ]);
+      assert.equal(code, 2, stderr);
+      assert.equal(
+        stderr,
+        `berth serve: the bucket "no-such-bucket" of s3://no-such-bucket/berth/ does not exist at ${endpoint}: check the bucket name in --object-store-url and --object-store-endpoint (Berth does not create buckets)\n`,
+      );
+    });
+
+    it("refuses to start on a versioned RGW bucket, which ignores If-None-Match", async () => {
+      const versioned = await (ceph as CephS3).bucket("berth-versioned", { versioned: true });
+      const endpoint = ceph?.endpoint ?? "";
+      const { code, stderr } = await refusedStart([
+        "--data-dir",
+        emptyDataDir(),
+        ...argsFor({ url: `s3://${versioned}/berth`, endpoint }),
+      ]);
+      assert.equal(code, 2, stderr);
+      assert.equal(
+        stderr,
+        `berth serve: s3://${versioned}/berth/ at ${endpoint} does not honour conditional writes (If-None-Match); Berth needs them to keep one writer per volume (Ceph RGW ignores them in versioned buckets): give it a bucket where they hold\n`,
+      );
+    });
   },
 );
+
+/** A loopback port nothing listens on. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => {
+        if (typeof address === "object" && address !== null) resolve(address.port);
+        else reject(new Error("no port"));
+      });
+    });
+  });
+}

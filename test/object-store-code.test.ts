@@ -2,7 +2,15 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -10,6 +18,7 @@ import { fileURLToPath } from "node:url";
 import {
   CreateAgentRuntimeCommand,
   GetAgentRuntimeCommand,
+  UpdateAgentRuntimeCommand,
 } from "@aws-sdk/client-bedrock-agentcore-control";
 import { ListObjectsV2Command, PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { s3Client } from "../src/adapters/s3/client.ts";
@@ -101,23 +110,36 @@ describe("code artifacts from the object store", { skip: hostSuite.skip ?? cephM
     return started().s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body }));
   }
 
+  /** The probe's entry point in codeConfiguration.code.s3. */
+  function artifactAt(code: { bucket: string; prefix: string; versionId?: string }) {
+    return {
+      codeConfiguration: {
+        code: { s3: code },
+        runtime: "NODE_22" as const,
+        entryPoint: ["main.js"],
+      },
+    };
+  }
+
   /** Creates a runtime from codeConfiguration.code.s3 and waits until its version settled. */
   async function createFrom(code: { bucket: string; prefix: string; versionId?: string }) {
     const { control } = started().harness;
     const created = await control.send(
       new CreateAgentRuntimeCommand({
         agentRuntimeName: `object_code_${process.pid}_${(runtimes += 1)}`,
-        agentRuntimeArtifact: {
-          codeConfiguration: { code: { s3: code }, runtime: "NODE_22", entryPoint: ["main.js"] },
-        },
+        agentRuntimeArtifact: artifactAt(code),
         roleArn: undefined,
       }),
     );
+    return settled(created.agentRuntimeId);
+  }
+
+  /** The runtime once its latest version is no longer being prepared. */
+  async function settled(agentRuntimeId: string | undefined) {
+    const { control } = started().harness;
     return waitFor("the version to settle", async () => {
-      const got = await control.send(
-        new GetAgentRuntimeCommand({ agentRuntimeId: created.agentRuntimeId }),
-      );
-      return got.status === "CREATING" ? undefined : got;
+      const got = await control.send(new GetAgentRuntimeCommand({ agentRuntimeId }));
+      return got.status === "CREATING" || got.status === "UPDATING" ? undefined : got;
     });
   }
 
@@ -169,6 +191,43 @@ describe("code artifacts from the object store", { skip: hostSuite.skip ?? cephM
       assert.equal(runtime.status, "READY", runtime.failureReason);
       assert.equal(await answerOf(runtime.agentRuntimeArn), answer);
     }
+  });
+
+  it("runs the new code of an object put again in a new version, without a restart", async () => {
+    const { harness } = started();
+    await put(codeBucket, "agents/changing.zip", probeZip("before"));
+    const runtime = await createFrom({ bucket: codeBucket, prefix: "agents/changing.zip" });
+    assert.equal(runtime.status, "READY", runtime.failureReason);
+    assert.equal(await answerOf(runtime.agentRuntimeArn), "before");
+    await put(codeBucket, "agents/changing.zip", probeZip("after"));
+    const updated = await harness.control.send(
+      new UpdateAgentRuntimeCommand({
+        agentRuntimeId: runtime.agentRuntimeId,
+        agentRuntimeArtifact: artifactAt({ bucket: codeBucket, prefix: "agents/changing.zip" }),
+        roleArn: undefined,
+        networkConfiguration: { networkMode: "PUBLIC" },
+      }),
+    );
+    assert.equal(updated.agentRuntimeVersion, "2");
+    const latest = await settled(runtime.agentRuntimeId);
+    assert.equal(latest.status, "READY", latest.failureReason);
+    // The DEFAULT endpoint serves version 2 now: a new session there runs what the object holds.
+    assert.equal(await answerOf(runtime.agentRuntimeArn), "after");
+  });
+
+  it("runs code the local artifact store holds without looking in a bucket of that name", async () => {
+    const { ceph, harness } = started();
+    // A version made before the object store was set names the local bucket "agents"; on the
+    // object store that name may be a stranger's bucket, with other code in it.
+    await ceph.bucket("agents");
+    await put("agents", "local-first", probeZip("a stranger's"));
+    const local = join(harness.dataDir, "artifacts", "agents", "local-first");
+    mkdirSync(local, { recursive: true });
+    writeFileSync(join(local, "main.js"), probeSource);
+    writeFileSync(join(local, "answer.txt"), "the local artifact store's");
+    const runtime = await createFrom({ bucket: "agents", prefix: "local-first" });
+    assert.equal(runtime.status, "READY", runtime.failureReason);
+    assert.equal(await answerOf(runtime.agentRuntimeArn), "the local artifact store's");
   });
 
   it("fails a version whose object, bucket or version does not exist, naming the s3:// location", async () => {
@@ -249,11 +308,17 @@ describe("code artifacts from the object store", { skip: hostSuite.skip ?? cephM
     assert.equal(created.code, 0, created.stderr);
     assert.match(created.stdout, /^status\s+READY$/m);
     const listed = await s3.send(
-      new ListObjectsV2Command({ Bucket: storeBucket, Prefix: "node-a/code/cli_object_code-" }),
+      new ListObjectsV2Command({
+        Bucket: storeBucket,
+        Prefix: "node-a/code/berth-uploads/cli_object_code-",
+      }),
     );
     const keys = (listed.Contents ?? []).map((object) => object.Key);
     assert.equal(keys.length, 1, JSON.stringify(keys));
-    assert.match(keys[0] ?? "", /^node-a\/code\/cli_object_code-[a-z0-9]+\.tar\.gz$/);
+    assert.match(
+      keys[0] ?? "",
+      /^node-a\/code\/berth-uploads\/cli_object_code-[a-z0-9]+\.tar\.gz$/,
+    );
     const got = await cli(["runtimes", "get", "cli_object_code", "--json"], env);
     const shown = JSON.parse(got.stdout) as {
       agentRuntimeArn: string;
@@ -280,22 +345,42 @@ describe("code artifacts from the object store", { skip: hostSuite.skip ?? cephM
     const archive = tarGzOf([{ path: "main.js", content: probeSource }]);
     const first = await uploadArchive(harness, "berth-uploads", "twice", archive);
     assert.equal(first.status, 200, JSON.stringify(first.json));
-    assert.deepEqual(first.json["s3"], { bucket: storeBucket, prefix: "node-a/code/twice.tar.gz" });
+    assert.deepEqual(first.json["s3"], {
+      bucket: storeBucket,
+      prefix: "node-a/code/berth-uploads/twice.tar.gz",
+    });
     const second = await uploadArchive(harness, "berth-uploads", "twice", archive);
     assert.equal(second.status, 409);
     assert.equal(second.errorType, "ConflictException");
+    // It names the location the caller asked for, not Berth's object.
+    assert.match(
+      String(second.json["message"]),
+      /^s3:\/\/berth-uploads\/twice already exists; upload to a new prefix/,
+    );
+    // The same prefix in another bucket is another location.
+    const elsewhere = await uploadArchive(harness, "other-uploads", "twice", archive);
+    assert.equal(elsewhere.status, 200, JSON.stringify(elsewhere.json));
+    assert.deepEqual(elsewhere.json["s3"], {
+      bucket: storeBucket,
+      prefix: "node-a/code/other-uploads/twice.tar.gz",
+    });
   });
 
-  it("fails a version with a retryable reason while the object store is unreachable", async () => {
+  it("fails a version with a retryable reason while the object store is unreachable, and keeps running code it unpacked", async () => {
     await put(codeBucket, "later.zip", probeZip("later"));
+    await put(codeBucket, "steady.zip", probeZip("steady"));
+    const steady = await createFrom({ bucket: codeBucket, prefix: "steady.zip" });
+    assert.equal(steady.status, "READY", steady.failureReason);
     const { ceph } = started();
     await ceph.stopGateway();
     try {
+      // Its object cannot be looked up: the tree last unpacked from it is used.
+      assert.equal(await answerOf(steady.agentRuntimeArn), "steady");
       const runtime = await createFrom({ bucket: codeBucket, prefix: "later.zip" });
       assert.equal(runtime.status, "CREATE_FAILED");
       assert.match(
         runtime.failureReason ?? "",
-        /the object store \(http:\/\/127\.0\.0\.1:\d+\) could not be reached reading s3:\/\/agent-code\/later\.zip .*retry once the object store answers/,
+        /the object store \(http:\/\/127\.0\.0\.1:\d+\) could not be reached looking up s3:\/\/agent-code\/later\.zip .*retry once the object store answers/,
       );
     } finally {
       await ceph.startGateway();

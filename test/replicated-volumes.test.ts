@@ -118,6 +118,7 @@ class KeptLog implements Logger {
 interface Machine {
   /** Its local disk: the data dir its pool and volumes are in. */
   dir: string;
+  holder: string;
   volumes: ReplicatedVolumes;
   local: LoopVolumes;
   store: WatchedStore;
@@ -167,25 +168,28 @@ describe("session volumes replicated to an object store", cephSuite(), () => {
     name: string,
     store: ObjectStore,
     settings: ReplicationSettings = onDetachOnly,
+    restartOf?: Machine,
   ): Promise<Machine> => {
-    const dir = mkdtempSync(join(tmpdir(), `berth-test-replicated-${name}-`));
+    const dir = restartOf?.dir ?? mkdtempSync(join(tmpdir(), `berth-test-replicated-${name}-`));
     const record: (typeof opened)[number] = { dir };
     opened.push(record);
     const pool = await ReflinkPool.open(dir, { initialBytes: 512 * mebibyte });
     const local = new LoopVolumes(join(pool.path, "volumes"), sandboxUid);
     const watched = new WatchedStore(store);
     const log = new KeptLog();
+    // A restarted machine is the same node: its data dir's node id.
+    const holder = restartOf?.holder ?? `node-${name}-${randomUUID()}`;
     const volumes = new ReplicatedVolumes({
       local,
       pool,
       store: watched,
-      holder: `node-${name}-${randomUUID()}`,
+      holder,
       settings,
       log,
     });
     record.volumes = volumes;
     await volumes.recover();
-    return { dir, volumes, local, store: watched, log };
+    return { dir, volumes, local, store: watched, log, holder };
   };
 
   it("restores a volume on another machine as the exact tree its sandbox user wrote", async (t) => {
@@ -351,6 +355,63 @@ describe("session volumes replicated to an object store", cephSuite(), () => {
     const back = await a.volumes.attach(volumeId, hostDirectory);
     assert.deepEqual(await treeDigest(back.path), onBAtTheEnd);
     await a.volumes.detach(volumeId);
+  });
+
+  it("never uploads, after a restart, a local copy another machine's newer generations superseded", async () => {
+    const store = storeFor("superseded");
+    const settings = { checkpointMs: 300, durableWaitMs: 5000 };
+    const [a, b] = [await machine("a", store, settings), await machine("b", store, settings)];
+    const volumeId = randomUUID();
+    await a.volumes.create(volumeId, 128 * mebibyte);
+    const onA = await a.volumes.attach(volumeId, hostDirectory);
+    await writeFile(join(onA.path, "shared.txt"), "before the partition\n");
+    await checkpointedSince(a, volumeId, onA.path);
+    // A is cut off and goes on writing; B takes the volume, writes and stops cleanly.
+    a.store.unreachable = true;
+    await writeFile(join(onA.path, "only-on-a.txt"), "written while cut off\n");
+    const onB = await b.volumes.attach(volumeId, hostDirectory);
+    await writeFile(join(onB.path, "from-b.txt"), "written on B\n");
+    const onBAtTheEnd = await treeDigest(onB.path);
+    await b.volumes.detach(volumeId);
+    const bsHead = await storedHead(store, volumeId);
+    // A loses power with the volume attached, and restarts on the same disk and node id.
+    await a.local.detach(volumeId);
+    await a.volumes.close();
+    const restarted = await machine("a", store, settings, a);
+    await until(
+      async () => !(await replicaStatus(restarted, volumeId)).pending,
+      "A's restart settles what its local copy is",
+    );
+    const head = await storedHead(store, volumeId);
+    assert.equal(head.generation, bsHead.generation, "A uploaded nothing over B's generations");
+    assert.equal(head.payload["manifest"], bsHead.payload["manifest"]);
+    // Any machine, A included, gets B's tree.
+    const back = await restarted.volumes.attach(volumeId, hostDirectory);
+    assert.deepEqual(await treeDigest(back.path), onBAtTheEnd);
+    await restarted.volumes.detach(volumeId);
+  });
+
+  it("uploads the whole volume, not what changed, to a store that holds no generation of it", async () => {
+    const first = storeFor("first-prefix");
+    const a = await machine("a", first);
+    const volumeId = randomUUID();
+    await a.volumes.create(volumeId, 128 * mebibyte);
+    const onA = await a.volumes.attach(volumeId, hostDirectory);
+    await writeSandboxTree(onA.path);
+    await a.volumes.detach(volumeId);
+    // The same machine pointed at a new, empty prefix (its bucket lost, or moved).
+    await a.volumes.close();
+    const second = storeFor("second-prefix");
+    const moved = await machine("a", second, onDetachOnly, a);
+    const again = await moved.volumes.attach(volumeId, hostDirectory);
+    await writeFile(join(again.path, "one-more.txt"), "after the move\n");
+    const tree = await treeDigest(again.path);
+    await moved.volumes.detach(volumeId);
+    const elsewhere = await machine("c", second);
+    const onC = await elsewhere.volumes.attach(volumeId, hostDirectory);
+    assert.deepEqual(await treeDigest(onC.path), tree);
+    await assertGitHistoryWhole(join(onC.path, "repo"));
+    await elsewhere.volumes.detach(volumeId);
   });
 
   it("never collects a pack a kept generation references, and collects every other", async () => {

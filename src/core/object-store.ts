@@ -4,8 +4,9 @@
  *
  * Every write that decides who owns something is conditional (If-None-Match: * to create,
  * If-Match: etag to replace): a store that says 412 throws PreconditionFailedError, the one
- * failure a caller must not retry blindly. Any other failure (the store unreachable, a 5xx) is an
- * ordinary Error, worth retrying later.
+ * failure a caller must not retry blindly. The store unreachable or failing on its side (5xx)
+ * throws ObjectStoreUnavailableError, worth retrying later; anything it refuses (a 4xx such as
+ * 403 AccessDenied) an Error saying the HTTP status and what the store said.
  */
 export interface ObjectStore {
   /** s3://bucket/prefix, for messages and logs. */
@@ -51,6 +52,12 @@ export interface BucketObject {
   versionId?: string | undefined;
 }
 
+/** s3://bucket/key, and ?versionId=... when one is named: an object as messages show it. */
+export function s3Url(object: BucketObject): string {
+  const version = object.versionId === undefined ? "" : `?versionId=${object.versionId}`;
+  return `s3://${object.bucket}/${object.key}${version}`;
+}
+
 /**
  * Code artifacts where AgentCore reads them: codeConfiguration.code.s3 names a bucket, a key and
  * maybe a version, read with the object store's endpoint and credentials.
@@ -60,10 +67,21 @@ export interface BucketObject {
  */
 export interface ArtifactObjects {
   /**
-   * Copies the object to `file` (created, 0600); false when it (or its bucket, or its version)
-   * does not exist. Throws a TooLargeObjectError past maxBytes, leaving no file.
+   * What the object is now: its etag, and its version id when the bucket keeps versions;
+   * undefined when it (or its bucket, or its version) does not exist.
    */
-  download(object: BucketObject, file: string, maxBytes: number): Promise<boolean>;
+  head(object: BucketObject): Promise<{ etag: string; versionId: string | undefined } | undefined>;
+  /**
+   * Copies the object to `file` (created, 0600); false when it (or its bucket, or its version)
+   * does not exist. Throws a TooLargeObjectError past maxBytes, leaving no file; with `ifMatch`,
+   * a PreconditionFailedError when the object no longer has that etag.
+   */
+  download(
+    object: BucketObject,
+    file: string,
+    maxBytes: number,
+    options?: { ifMatch?: string },
+  ): Promise<boolean>;
   /**
    * Stores `file` at the object; returns the version id when the bucket keeps versions. With
    * `ifAbsent`, throws PreconditionFailedError when the key already holds an object.

@@ -27,9 +27,12 @@ import { RequestDrain } from "../wire/drain.ts";
 import { BerthError } from "../core/errors.ts";
 import { BodyHolder } from "../wire/signed-body.ts";
 import { SigV4Verifier, type AccessKey } from "../wire/sigv4.ts";
+import type { LostOwnershipError } from "../core/replication/fenced-head.ts";
 import { loadSharedCredentials } from "./shared-credentials.ts";
 import { assembleParts, refuseTestPartsUnlessAllowed, type BerthParts } from "./parts.ts";
 import { loadOrCreateNodeId } from "./node-id.ts";
+import { objectStoreConnection } from "./object-store-connection.ts";
+import { checkObjectStore } from "./object-store-check.ts";
 
 export interface RunningBerth {
   url: string;
@@ -69,6 +72,12 @@ export interface BerthEnvironment {
    * it; without it a server on those parts is refused, whoever starts it.
    */
   allowTestParts?: boolean;
+  /**
+   * Another Berth took over the metadata database in the object store (this one was cut off
+   * from it, or stalled, for a lease): this one no longer owns what it serves and must stop.
+   * The CLI shuts down as on SIGTERM; without it, this Berth goes on serving unreplicated.
+   */
+  onMetadataLost?: (error: LostOwnershipError) => void;
 }
 
 export async function startBerth(
@@ -77,16 +86,20 @@ export async function startBerth(
 ): Promise<RunningBerth> {
   // Before anything is written to the data directory.
   refuseTestPartsUnlessAllowed(settings, environment.allowTestParts === true);
-  const { log, now = () => new Date() } = environment;
+  const { log, now = () => new Date(), onMetadataLost } = environment;
+  // Before anything else touches the object store: ObjectStoreCheckError says what to fix.
+  const connection = objectStoreConnection(settings);
+  if (connection !== undefined) await checkObjectStore(connection);
   mkdirSync(settings.dataDir, { recursive: true, mode: 0o711 });
   // Sandbox users pass through the data dir to their own folders; they cannot list it, and the
   // database and credentials inside are 0600.
   chmodSync(settings.dataDir, 0o711);
-  const parts = await assembleParts(settings, { log, now });
+  const nodeId = loadOrCreateNodeId(settings.dataDir);
+  const parts = await assembleParts(settings, { log, now, nodeId, onMetadataLost });
   try {
     // After the parts: with an object store, once this Berth holds its metadata there.
     const credentials = await loadSharedCredentials(settings, parts.objectStore, log);
-    return await serveOn(parts, settings, environment, credentials);
+    return await serveOn(parts, settings, environment, credentials, nodeId);
   } catch (error) {
     // A start that failed half-way (the port taken, say) leaves nothing running behind it.
     await parts.abandon();
@@ -100,6 +113,7 @@ async function serveOn(
   settings: Settings,
   environment: BerthEnvironment,
   { key, generated }: { key: AccessKey; generated: boolean },
+  nodeId: string,
 ): Promise<RunningBerth> {
   const { store, driver, pythons, log, now } = parts;
   const { folders: codeFolders, uploads } = parts.artifacts;
@@ -120,7 +134,7 @@ async function serveOn(
     store,
     volumes: parts.volumes,
     kinds: driver.volumeKinds,
-    holder: loadOrCreateNodeId(settings.dataDir),
+    holder: nodeId,
     settings: {
       sizeBytes: settings.sessionStorageBytes,
       retentionMs: settings.sessionStorageRetentionSeconds * 1000,
@@ -132,6 +146,8 @@ async function serveOn(
   // restored here) are stale. A store other processes share keeps theirs.
   await storage.recover({ metadataIsOurs: settings.metadataStore === "sqlite" });
   const storageSweep = setInterval(() => {
+    // A Berth another took the object store from deletes nothing there: it is shutting down.
+    if (parts.metadataReplica?.status().replicating === false) return;
     storage.sweep().catch((error: unknown) => {
       log.warn("could not sweep session storage", { error: String(error) });
     });

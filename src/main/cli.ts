@@ -10,7 +10,8 @@ import { refuseTestPartsUnlessAllowed, TestPartsRefusedError } from "./parts.ts"
 import { clientCommandLines, clientNotes, runClientCommand } from "../cli/main.ts";
 import { startBerth } from "./berth.ts";
 import { closeInheritedDescriptors } from "./inherited-descriptors.ts";
-import { HeldElsewhereError } from "../core/replication/fenced-head.ts";
+import { HeldElsewhereError, LostOwnershipError } from "../core/replication/fenced-head.ts";
+import { ObjectStoreCheckError } from "./object-store-check.ts";
 import { jsonLogger } from "./json-logger.ts";
 
 const usage = `berth — a self-hosted agent runtime, wire-compatible with Amazon Bedrock AgentCore Runtime
@@ -45,7 +46,10 @@ ${Object.entries(settingParts)
   --config FILE                  JSON file of settings (lowest precedence after defaults) [BERTH_CONFIG]
 `;
 
-/** Returns the process exit code: 0 success, 2 bad usage or settings, 1 failure. */
+/**
+ * Returns the process exit code: 0 success, 2 bad usage or settings (an object store that cannot
+ * be used among them), 1 failure (a Berth that stopped because another took its object store).
+ */
 export async function runCli(args: readonly string[], env: NodeJS.ProcessEnv): Promise<number> {
   const [command, ...rest] = args;
   if (command === undefined || command === "help" || command === "--help" || command === "-h") {
@@ -99,14 +103,26 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
   const closed = closeInheritedDescriptors();
   if (closed.length > 0) log.info("closed inherited descriptors", { descriptors: closed });
   // Listen before starting, so a signal that arrives during start-up still shuts down cleanly.
-  const signal = new Promise<NodeJS.Signals>((resolve) => {
-    process.once("SIGTERM", resolve);
-    process.once("SIGINT", resolve);
-  });
+  // Losing the object store to another Berth stops this one the same way (fail-stop): two must
+  // never serve, sweep and checkpoint the same runtimes.
+  const stop = Promise.withResolvers<NodeJS.Signals | LostOwnershipError>();
+  process.once("SIGTERM", stop.resolve);
+  process.once("SIGINT", stop.resolve);
   let berth;
   try {
-    berth = await startBerth(settings, { log, console: process.stderr, allowTestParts });
+    berth = await startBerth(settings, {
+      log,
+      console: process.stderr,
+      allowTestParts,
+      onMetadataLost: stop.resolve,
+    });
   } catch (error) {
+    // The object store is unreachable, refuses these credentials, lacks the bucket, or ignores
+    // conditional writes: a setting to fix, said in one line.
+    if (error instanceof ObjectStoreCheckError) {
+      process.stderr.write(`berth serve: ${error.message}\n`);
+      return 2;
+    }
     // Another live Berth holds what these settings share (the object store): a setting to fix.
     if (error instanceof HeldElsewhereError) {
       process.stderr.write(
@@ -116,10 +132,19 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
     }
     throw error;
   }
-  log.info("shutting down", {
-    signal: await signal,
-    shutdownGraceSeconds: settings.shutdownGraceSeconds,
-  });
+  const reason = await stop.promise;
+  const lost = reason instanceof LostOwnershipError;
+  if (lost) {
+    log.error(
+      "another Berth took over this object store's metadata: shutting down, as on SIGTERM, so that only that one serves it",
+      { error: reason.message, shutdownGraceSeconds: settings.shutdownGraceSeconds },
+    );
+  } else {
+    log.info("shutting down", {
+      signal: reason,
+      shutdownGraceSeconds: settings.shutdownGraceSeconds,
+    });
+  }
   // Requests in flight get the grace period; a second signal says not to wait for them. A SIGINT
   // within a second of the first is the same Ctrl-C twice (the terminal sends it to npx and to
   // Berth, and npx passes its copy on), not a second request.
@@ -136,5 +161,5 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
   process.on("SIGINT", hurryUp);
   await berth.close({ graceMs: settings.shutdownGraceSeconds * 1000, hurry: hurry.signal });
   log.info("stopped");
-  return 0;
+  return lost ? 1 : 0;
 }

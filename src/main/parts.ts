@@ -19,7 +19,6 @@ import { DirectoryVolumes } from "../adapters/volumes/directory-volumes.ts";
 import { LoopVolumes } from "../adapters/volumes/loop-volumes.ts";
 import { ReflinkPool } from "../adapters/volumes/reflink-pool.ts";
 import { ReplicatedVolumes } from "../adapters/volumes/replicated-volumes.ts";
-import { loadOrCreateNodeId } from "./node-id.ts";
 import { sandboxUser } from "../adapters/bubblewrap/mounts.ts";
 import {
   findPythonInstalls,
@@ -31,6 +30,7 @@ import type { Logger } from "../core/logger.ts";
 import type { SandboxDriver } from "../core/sandbox.ts";
 import type { VolumeStore } from "../core/session-storage.ts";
 import type { MetadataStore } from "../core/store.ts";
+import type { LostOwnershipError } from "../core/replication/fenced-head.ts";
 import type { ObjectStore } from "../core/object-store.ts";
 import { S3ObjectStore } from "../adapters/s3/object-store.ts";
 import { objectStoreConnection } from "./object-store-connection.ts";
@@ -76,17 +76,28 @@ export interface BerthParts {
   abandon(): Promise<void>;
 }
 
-/** The logger and the clock every part shares. */
+/** What every part shares: the logger, the clock, this Berth's node id. */
 export interface SharedParts {
   log: Logger;
   now: () => Date;
+  /** This Berth's name in what it shares (loadOrCreateNodeId): who holds volumes and metadata. */
+  nodeId: string;
+  /** Another Berth took the metadata over in the object store: this one must stop. */
+  onMetadataLost?: ((error: LostOwnershipError) => void) | undefined;
 }
 
 /** What a part's factory gets besides the settings: what other parts made before it. */
 interface PartTools {
   log: Logger;
+  nodeId: string;
+  onMetadataLost: ((error: LostOwnershipError) => void) | undefined;
   /** The object store, when the settings name one. */
   objectStore: ObjectStore | undefined;
+  /**
+   * Holders known to be gone: the Berth whose metadata this one took over after waiting out its
+   * lease. Its volumes are taken at once. Filled once the metadata store is open.
+   */
+  goneHolders: Set<string>;
   /** The root mount helper, started on first need and shared by the parts that mount. */
   rootMounts: () => Promise<RootMounts>;
 }
@@ -96,7 +107,13 @@ const metadataStores: Record<
   (settings: Settings, tools: PartTools) => Promise<OpenedMetadata>
 > = {
   // With an object store: taken over there and restored first, then replicated (issue 16).
-  sqlite: (settings, tools) => openSqliteMetadata(settings, tools.objectStore, tools.log),
+  sqlite: (settings, tools) =>
+    openSqliteMetadata(settings, {
+      objectStore: tools.objectStore,
+      log: tools.log,
+      nodeId: tools.nodeId,
+      onLost: tools.onMetadataLost,
+    }),
   memory: () => Promise.resolve({ store: new MemoryMetadataStore(), replica: undefined }),
 };
 
@@ -122,7 +139,7 @@ const volumeStores: Record<
       local: loopVolumes(join(pool.path, "volumes")),
       pool,
       store: tools.objectStore,
-      holder: loadOrCreateNodeId(settings.dataDir),
+      holder: tools.nodeId,
       settings: {
         checkpointMs: settings.sessionStorageCheckpointSeconds * 1000,
         durableWaitMs: settings.sessionStorageDurableWaitSeconds * 1000,
@@ -130,6 +147,7 @@ const volumeStores: Record<
       log: tools.log,
       // Volumes made while no object store was set are moved into the pool at their next use.
       legacyImageDir: join(settings.dataDir, "storage", "images"),
+      goneHolders: tools.goneHolders,
     });
   },
   directory: (settings) =>
@@ -245,7 +263,7 @@ function testOnlyPartsChosen(settings: Settings): string[] {
  */
 export async function assembleParts(
   settings: Settings,
-  { log, now }: SharedParts,
+  { log, now, nodeId, onMetadataLost }: SharedParts,
 ): Promise<BerthParts> {
   const testOnly = testOnlyPartsChosen(settings);
   if (testOnly.length > 0) log.warn("running on test-only parts", { parts: testOnly });
@@ -254,7 +272,10 @@ export async function assembleParts(
   const objectStore = connection === undefined ? undefined : new S3ObjectStore(connection);
   const tools: PartTools = {
     log,
+    nodeId,
+    onMetadataLost,
     objectStore,
+    goneHolders: new Set(),
     rootMounts: () =>
       (mounts ??= RootMounts.start(join(settings.dataDir, "mount-helper.sock"), settings.dataDir)),
   };
@@ -266,6 +287,9 @@ export async function assembleParts(
     const metadata = await metadataStores[settings.metadataStore](settings, tools);
     const store = (built.store = metadata.store);
     const metadataReplica = (built.metadataReplica = metadata.replica);
+    if (metadataReplica?.tookOverFrom !== undefined) {
+      tools.goneHolders.add(metadataReplica.tookOverFrom);
+    }
     const driver = (built.driver = await sandboxDrivers[settings.sandboxDriver](settings, tools));
     const pythons = (built.pythons = exposePythons(settings, log));
     const volumes = (built.volumes = await volumeStores[settings.sessionStorage](settings, tools));
@@ -329,8 +353,8 @@ function codeArtifacts(settings: Settings): BerthParts["artifacts"] {
     return {
       // Versions made before the object store was set find their code where it was put.
       folders: new CodeWithFallback(
-        new ObjectStoreCode(objects, archives, settings.maxArtifactBytes),
         local,
+        new ObjectStoreCode(objects, archives, settings.maxArtifactBytes),
       ),
       uploads: new ObjectStoreUploads(objects, archives, uploadLimits),
     };

@@ -5,13 +5,24 @@ import { SqliteMetadataStore } from "../adapters/sqlite/store.ts";
 import type { Settings } from "../config/settings.ts";
 import type { Logger } from "../core/logger.ts";
 import type { ObjectStore } from "../core/object-store.ts";
+import type { LostOwnershipError } from "../core/replication/fenced-head.ts";
 import type { MetadataStore } from "../core/store.ts";
-import { loadOrCreateNodeId } from "./node-id.ts";
 
 /** A metadata store, and its replication to the object store when there is one. */
 export interface OpenedMetadata {
   store: MetadataStore;
   replica: MetadataReplica | undefined;
+}
+
+/** What the metadata part needs besides the settings. */
+export interface MetadataTools {
+  /** Where the metadata is replicated; undefined keeps it on local disk only. */
+  objectStore: ObjectStore | undefined;
+  log: Logger;
+  /** This Berth's node id: who holds the metadata in the object store. */
+  nodeId: string;
+  /** Another Berth took the metadata over: this one must stop (see MetadataReplica). */
+  onLost?: ((error: LostOwnershipError) => void) | undefined;
 }
 
 /**
@@ -21,8 +32,7 @@ export interface OpenedMetadata {
  */
 export async function openSqliteMetadata(
   settings: Settings,
-  objectStore: ObjectStore | undefined,
-  log: Logger,
+  { objectStore, log, nodeId, onLost }: MetadataTools,
 ): Promise<OpenedMetadata> {
   const path = join(settings.dataDir, databaseFileName);
   if (objectStore === undefined)
@@ -30,9 +40,10 @@ export async function openSqliteMetadata(
   const replica = await MetadataReplica.takeOver({
     objectStore,
     dataDir: settings.dataDir,
-    holder: loadOrCreateNodeId(settings.dataDir),
+    holder: nodeId,
     leaseMs: metadataLeaseMs(settings),
     log,
+    onLost,
   });
   let store: SqliteMetadataStore;
   try {

@@ -16,8 +16,8 @@ import { sha256Of, type UnpackedArchives } from "./unpacked-archives.ts";
 
 /**
  * Uploaded code (a .tar.gz, as `berth runtimes create --code DIR` sends it) kept in the object
- * store, as `<prefix>code/<upload prefix>.tar.gz` in Berth's bucket, so that it outlives this
- * machine. It is checked first exactly as local uploads are (unpacked as nobody, within the
+ * store, as `<prefix>code/<upload bucket>/<upload prefix>.tar.gz` in Berth's bucket, so that it
+ * outlives this machine (neither name holds a "/", so two locations never share a key). It is checked first exactly as local uploads are (unpacked as nobody, within the
  * limits); the unpacked tree is kept in the code cache, so the version that names the object
  * next finds it unpacked. An object already there is never replaced: versions that use it would
  * change under their sessions.
@@ -42,7 +42,10 @@ export class ObjectStoreUploads implements ArtifactUploader {
     archive: Readable,
   ): Promise<{ files: number; bytes: number; s3: UploadedCode }> {
     const { bucket, keyPrefix } = this.objects.uploadLocation;
-    const object: BucketObject = { bucket, key: `${keyPrefix}${location.prefix}.tar.gz` };
+    const object: BucketObject = {
+      bucket,
+      key: `${keyPrefix}${location.bucket}/${location.prefix}.tar.gz`,
+    };
     const workspace = await this.archives.workspace();
     try {
       const copy = join(workspace.dir, "archive.tar.gz");
@@ -53,7 +56,7 @@ export class ObjectStoreUploads implements ArtifactUploader {
         workspace.tree,
         await sha256Of(createReadStream(copy)),
       );
-      const { versionId } = await this.store(object, copy);
+      const { versionId } = await this.store(object, copy, location);
       return {
         files,
         bytes,
@@ -81,19 +84,20 @@ export class ObjectStoreUploads implements ArtifactUploader {
   }
 
   /**
-   * Puts the archive at `object`, unless something is there already. (Ceph RGW ignores that
-   * condition in a bucket that keeps versions; there each upload's answer names its own version,
-   * so the versions that use it still never change.)
+   * Puts the archive at `object`, unless something is there already: then the conflict names
+   * the `requested` location, the one the caller knows. (Ceph RGW ignores that condition in a
+   * bucket that keeps versions; there each upload's answer names its own version, so the
+   * versions that use it still never change.)
    */
   private async store(
     object: BucketObject,
     copy: string,
+    requested: { bucket: string; prefix: string },
   ): Promise<{ versionId: string | undefined }> {
     try {
       return await this.objects.upload(object, copy, { ifAbsent: true });
     } catch (error) {
-      if (error instanceof PreconditionFailedError)
-        throw taken({ bucket: object.bucket, prefix: object.key });
+      if (error instanceof PreconditionFailedError) throw taken(requested);
       if (error instanceof ObjectStoreUnavailableError) {
         throw new BerthError(
           "InternalServerException",

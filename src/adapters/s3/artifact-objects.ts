@@ -4,18 +4,19 @@ import { Readable, Transform, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import {
   GetObjectCommand,
+  HeadObjectCommand,
   PutObjectCommand,
-  S3ServiceException,
   type S3Client,
 } from "@aws-sdk/client-s3";
 import {
-  ObjectStoreUnavailableError,
   PreconditionFailedError,
+  s3Url,
   TooLargeObjectError,
   type ArtifactObjects,
   type BucketObject,
 } from "../../core/object-store.ts";
-import { parseObjectStoreUrl, s3Client, type ObjectStoreConnection } from "./client.ts";
+import { endpointOf, parseObjectStoreUrl, s3Client, type ObjectStoreConnection } from "./client.ts";
+import { statusOf, storeError } from "./store-errors.ts";
 
 /**
  * Code artifacts in any bucket the object store's credentials reach, streamed to and from files
@@ -30,10 +31,33 @@ export class S3ArtifactObjects implements ArtifactObjects {
     const { bucket, prefix } = parseObjectStoreUrl(connection.url);
     this.uploadLocation = { bucket, keyPrefix: `${prefix}code/` };
     this.client = client;
-    this.endpoint = connection.endpoint ?? "AWS S3";
+    this.endpoint = endpointOf(connection);
   }
 
-  async download(object: BucketObject, file: string, maxBytes: number): Promise<boolean> {
+  async head(
+    object: BucketObject,
+  ): Promise<{ etag: string; versionId: string | undefined } | undefined> {
+    try {
+      const answer = await this.client.send(
+        new HeadObjectCommand({
+          Bucket: object.bucket,
+          Key: object.key,
+          VersionId: object.versionId,
+        }),
+      );
+      return { etag: answer.ETag ?? "", versionId: answer.VersionId };
+    } catch (error) {
+      if (isMissing(error, object)) return undefined;
+      throw storeError(error, `looking up ${s3Url(object)}`, this.endpoint);
+    }
+  }
+
+  async download(
+    object: BucketObject,
+    file: string,
+    maxBytes: number,
+    options: { ifMatch?: string } = {},
+  ): Promise<boolean> {
     let body: Readable;
     try {
       const answer = await this.client.send(
@@ -41,6 +65,7 @@ export class S3ArtifactObjects implements ArtifactObjects {
           Bucket: object.bucket,
           Key: object.key,
           VersionId: object.versionId,
+          IfMatch: options.ifMatch,
         }),
       );
       if (!(answer.Body instanceof Readable)) throw new Error("the answer has no body to read");
@@ -51,7 +76,12 @@ export class S3ArtifactObjects implements ArtifactObjects {
       }
     } catch (error) {
       if (isMissing(error, object)) return false;
-      throw this.failure(error, `reading ${shown(object)}`);
+      if (statusOf(error) === 412) {
+        throw new PreconditionFailedError(`${s3Url(object)} changed while it was being read`, {
+          cause: error,
+        });
+      }
+      throw storeError(error, `reading ${s3Url(object)}`, this.endpoint);
     }
     // Created here, so that a failure removes only what this download wrote.
     const handle = await open(file, "wx", 0o600).catch((error: unknown) => {
@@ -67,7 +97,7 @@ export class S3ArtifactObjects implements ArtifactObjects {
       return true;
     } catch (error) {
       await rm(file, { force: true });
-      throw this.failure(error, `reading ${shown(object)}`);
+      throw storeError(error, `reading ${s3Url(object)}`, this.endpoint);
     } finally {
       await handle.close().catch(() => undefined);
     }
@@ -92,29 +122,10 @@ export class S3ArtifactObjects implements ArtifactObjects {
       return { versionId: answer.VersionId };
     } catch (error) {
       if (statusOf(error) === 412) {
-        throw new PreconditionFailedError(`${shown(object)} already exists`, { cause: error });
+        throw new PreconditionFailedError(`${s3Url(object)} already exists`, { cause: error });
       }
-      throw this.failure(error, `writing ${shown(object)}`);
+      throw storeError(error, `writing ${s3Url(object)}`, this.endpoint);
     }
-  }
-
-  /**
-   * What a failed request throws: the limit passed as it is; the store unreachable or failing on
-   * its side as ObjectStoreUnavailableError; anything it refused as an Error saying what it said.
-   */
-  private failure(error: unknown, doing: string): Error {
-    if (error instanceof TooLargeObjectError) return error;
-    const status = statusOf(error);
-    const said = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-    if (status === undefined || status >= 500) {
-      return new ObjectStoreUnavailableError(
-        `the object store (${this.endpoint}) could not be reached ${doing} (${status === undefined ? said : `HTTP ${status} ${said}`})`,
-        { cause: error },
-      );
-    }
-    return new Error(`the object store refused ${doing} (HTTP ${status} ${said})`, {
-      cause: error,
-    });
   }
 }
 
@@ -137,18 +148,8 @@ class ByteCounter extends Transform {
   }
 }
 
-/** s3://bucket/key, and ?versionId=... when one is named. */
-function shown(object: BucketObject): string {
-  const version = object.versionId === undefined ? "" : `?versionId=${object.versionId}`;
-  return `s3://${object.bucket}/${object.key}${version}`;
-}
-
 function tooLarge(object: BucketObject, maxBytes: number): TooLargeObjectError {
-  return new TooLargeObjectError(`${shown(object)} is larger than ${maxBytes} bytes`);
-}
-
-function statusOf(error: unknown): number | undefined {
-  return error instanceof S3ServiceException ? error.$metadata.httpStatusCode : undefined;
+  return new TooLargeObjectError(`${s3Url(object)} is larger than ${maxBytes} bytes`);
 }
 
 /**

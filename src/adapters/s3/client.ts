@@ -40,6 +40,11 @@ export function s3Client(connection: ObjectStoreConnection): S3Client {
   });
 }
 
+/** The store's address as messages name it. */
+export function endpointOf(connection: ObjectStoreConnection): string {
+  return connection.endpoint ?? "AWS S3";
+}
+
 /** The bucket and key prefix ("" or ending in "/") of an s3://bucket/prefix URL. */
 export function parseObjectStoreUrl(url: string): { bucket: string; prefix: string } {
   const match = /^s3:\/\/([^/]+)\/?(.*)$/.exec(url);

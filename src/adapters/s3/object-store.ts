@@ -4,7 +4,6 @@ import {
   HeadObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
-  S3ServiceException,
   type S3Client,
 } from "@aws-sdk/client-s3";
 import {
@@ -15,7 +14,8 @@ import {
   type StoredObject,
   type WriteCondition,
 } from "../../core/object-store.ts";
-import { parseObjectStoreUrl, s3Client, type ObjectStoreConnection } from "./client.ts";
+import { endpointOf, parseObjectStoreUrl, s3Client, type ObjectStoreConnection } from "./client.ts";
+import { statusOf, storeError } from "./store-errors.ts";
 
 /** How many deletes run at once (one request each: not every S3 server takes DeleteObjects' checksums). */
 const deleteConcurrency = 8;
@@ -26,6 +26,7 @@ export class S3ObjectStore implements ObjectStore {
   private readonly client: S3Client;
   private readonly bucket: string;
   private readonly prefix: string;
+  private readonly endpoint: string;
 
   constructor(connection: ObjectStoreConnection, client: S3Client = s3Client(connection)) {
     const { bucket, prefix } = parseObjectStoreUrl(connection.url);
@@ -33,6 +34,7 @@ export class S3ObjectStore implements ObjectStore {
     this.bucket = bucket;
     this.prefix = prefix;
     this.location = `s3://${bucket}/${prefix}`;
+    this.endpoint = endpointOf(connection);
   }
 
   async get(key: string, maxBytes: number): Promise<StoredObject | undefined> {
@@ -43,7 +45,7 @@ export class S3ObjectStore implements ObjectStore {
       );
     } catch (error) {
       if (isNotFound(error)) return undefined;
-      throw storeError(error, `reading ${key}`);
+      throw this.failure(error, "reading", key);
     }
     const size = answer.ContentLength;
     if (size === undefined || size > maxBytes) {
@@ -58,7 +60,7 @@ export class S3ObjectStore implements ObjectStore {
       if (body.byteLength !== size) throw new Error(`got ${body.byteLength} of ${size} bytes`);
       return { body, etag: bareEtag(answer.ETag) };
     } catch (error) {
-      throw storeError(error, `reading ${key}`);
+      throw this.failure(error, "reading", key);
     }
   }
 
@@ -84,7 +86,7 @@ export class S3ObjectStore implements ObjectStore {
           cause: error,
         });
       }
-      throw storeError(error, `writing ${key}`);
+      throw this.failure(error, "writing", key);
     }
   }
 
@@ -101,7 +103,7 @@ export class S3ObjectStore implements ObjectStore {
       };
     } catch (error) {
       if (isNotFound(error)) return undefined;
-      throw storeError(error, `looking up ${key}`);
+      throw this.failure(error, "looking up", key);
     }
   }
 
@@ -117,7 +119,7 @@ export class S3ObjectStore implements ObjectStore {
           }),
         )
         .catch((error: unknown) => {
-          throw storeError(error, `listing ${prefix}`);
+          throw this.failure(error, "listing", `${prefix}*`);
         });
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined) continue;
@@ -139,21 +141,22 @@ export class S3ObjectStore implements ObjectStore {
         await this.client
           .send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }))
           .catch((error: unknown) => {
-            if (!isNotFound(error)) throw storeError(error, `deleting ${key}`);
+            if (!isNotFound(error)) throw this.failure(error, "deleting", key);
           });
       }
     };
     await Promise.all(Array.from({ length: deleteConcurrency }, worker));
+  }
+
+  /** What a failed request on `key` throws (see storeError), naming the whole s3:// location. */
+  private failure(error: unknown, doing: string, key: string): Error {
+    return storeError(error, `${doing} ${this.location}${key}`, this.endpoint);
   }
 }
 
 /** ETags as stores compare them in If-Match: without the quotes (Ceph RGW wants them bare). */
 function bareEtag(etag: string | undefined): string {
   return (etag ?? "").replace(/^"|"$/g, "");
-}
-
-function statusOf(error: unknown): number | undefined {
-  return error instanceof S3ServiceException ? error.$metadata.httpStatusCode : undefined;
 }
 
 function isNotFound(error: unknown): boolean {
@@ -165,15 +168,5 @@ function isPreconditionFailure(error: unknown): boolean {
   const status = statusOf(error);
   return (
     status === 412 || (status === 409 && (error as Error).name === "ConditionalRequestConflict")
-  );
-}
-
-/** The store's failure, saying which object and what the store said. */
-function storeError(error: unknown, doing: string): Error {
-  const status = statusOf(error);
-  const said = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-  return new Error(
-    `object store: ${doing} failed (${status === undefined ? said : `HTTP ${status} ${said}`})`,
-    { cause: error },
   );
 }

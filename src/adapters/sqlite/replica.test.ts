@@ -15,7 +15,11 @@ import { gunzipSync } from "node:zlib";
 import { DatabaseSync } from "node:sqlite";
 import { runtimeRecord, storeRuntime, versionRecord } from "../../../test/support/records.ts";
 import type { Logger } from "../../core/logger.ts";
-import { HeldElsewhereError, type HeadRecord } from "../../core/replication/fenced-head.ts";
+import {
+  HeldElsewhereError,
+  LostOwnershipError,
+  type HeadRecord,
+} from "../../core/replication/fenced-head.ts";
 import { MemoryObjectStore } from "../memory/object-store.ts";
 import { MetadataReplica, type MetadataReplicaOptions } from "./replica.ts";
 import { SqliteMetadataStore } from "./store.ts";
@@ -195,6 +199,46 @@ describe("MetadataReplica", () => {
       "closing did not release node-b's head",
     );
     await taker.close();
+  });
+
+  it("tells onLost, once, that another Berth took the metadata over, naming whom it took it from", async () => {
+    const objectStore = new MemoryObjectStore();
+    const lost: LostOwnershipError[] = [];
+    const stale = await openBerth(objectStore, {
+      holder: "node-a",
+      leaseMs: 200,
+      onLost: (error) => lost.push(error),
+    });
+    await stale.replica.replicateNow();
+    assert.equal(stale.replica.tookOverFrom, undefined, "the object store was empty");
+    // node-a stalls for a lease (a partition): node-b waits it out and takes over.
+    const taker = await openBerth(objectStore, { holder: "node-b", leaseMs: 200 });
+    assert.equal(taker.replica.tookOverFrom, "node-a");
+    assert.ok(taker.lines.some((line) => /from a node that is gone/.test(line.message)));
+
+    await addRuntime(stale.store, "after-loss-aaaaa");
+    await stale.replica.replicateNow();
+    await stale.replica.replicateNow();
+    assert.equal(lost.length, 1);
+    assert.ok(lost[0] instanceof LostOwnershipError);
+    assert.match(lost[0].message, /taken over by another Berth process/);
+    await stale.close();
+    assert.equal(lost.length, 1);
+    await taker.close();
+  });
+
+  it("names no gone node when it took the metadata from one that stopped cleanly", async () => {
+    const objectStore = new MemoryObjectStore();
+    const first = await openBerth(objectStore, { holder: "node-a" });
+    await first.close();
+    const lost: LostOwnershipError[] = [];
+    const second = await openBerth(objectStore, {
+      holder: "node-b",
+      onLost: (error) => lost.push(error),
+    });
+    assert.equal(second.replica.tookOverFrom, undefined);
+    await second.close();
+    assert.deepEqual(lost, [], "a clean stop of its own is no loss");
   });
 
   it("refuses to take the head from a live owner, naming it", async () => {

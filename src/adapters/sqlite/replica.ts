@@ -40,6 +40,11 @@ export interface MetadataReplicaOptions {
   maxRetryMs?: number;
   /** A monotonic clock in ms (tests move it to make a renewal due). */
   monotonicNow?: () => number;
+  /**
+   * Called once when another Berth took the metadata over (this one was partitioned or stalled
+   * for a lease): this Berth no longer owns what it serves, and must stop (fail-stop).
+   */
+  onLost?: ((error: LostOwnershipError) => void) | undefined;
 }
 
 /** For the operator API: how far the object store's copy of the metadata is. */
@@ -70,6 +75,12 @@ const gzipAsync = promisify(gzip);
  * head to another can never advance it.
  */
 export class MetadataReplica {
+  /**
+   * The node this Berth took the metadata from because that node was gone: its head stayed
+   * unchanged for a whole lease. Undefined when the head was free, let go by a clean stop, or
+   * this node's own. That node's volumes need no lease of their own to wait out.
+   */
+  readonly tookOverFrom: string | undefined;
   private readonly options: Required<MetadataReplicaOptions>;
   private readonly head: FencedHead;
   private database: DatabaseSync | undefined;
@@ -111,6 +122,13 @@ export class MetadataReplica {
       });
     }
     const record = await head.acquire();
+    if (head.tookOverFrom !== undefined) {
+      log.info("took over the metadata database from a node that is gone", {
+        objectStore: objectStore.location,
+        node: head.tookOverFrom,
+        unchangedForMs: leaseMs,
+      });
+    }
     try {
       const restored = await restoreIfBehind({ objectStore, head: record, dataDir, log });
       return new MetadataReplica(options, head, record, !restored);
@@ -130,9 +148,11 @@ export class MetadataReplica {
       pollMs: defaultPollMs,
       maxRetryMs: defaultMaxRetryMs,
       monotonicNow: () => performance.now(),
+      onLost: undefined,
       ...options,
     };
     this.head = head;
+    this.tookOverFrom = head.tookOverFrom;
     this.pendingAtStart = pendingAtStart;
     this.durable = {
       generation: record.generation,
@@ -368,7 +388,10 @@ export class MetadataReplica {
     return Math.min(this.options.maxRetryMs, firstRetryMs * 2 ** (this.failures - 1));
   }
 
-  /** True (and replication stopped) when another Berth took the object store over. */
+  /**
+   * True (and replication stopped) when another Berth took the object store over; tells onLost,
+   * unless this Berth is stopping anyway.
+   */
   private lostOwnership(error: unknown): boolean {
     if (!(error instanceof LostOwnershipError)) return false;
     this.replicating = false;
@@ -377,6 +400,7 @@ export class MetadataReplica {
       "another Berth took over the metadata database in the object store: this one stops replicating it",
       { objectStore: this.options.objectStore.location, error: error.message },
     );
+    if (!this.closed) this.options.onLost?.(error);
     return true;
   }
 }

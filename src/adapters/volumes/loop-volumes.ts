@@ -61,7 +61,8 @@ const releasePollMs = 5;
  */
 export class LoopVolumes implements VolumeStore {
   readonly handleKinds: VolumeStore["handleKinds"] = ["host-directory", "block-image"];
-  private readonly imageDir: string;
+  /** Where the images are (root's alone). */
+  readonly imageDir: string;
   private readonly mountDir: string;
   private readonly ownerId: number;
   private readonly mountImage: ImageMounter;

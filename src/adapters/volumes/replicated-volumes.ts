@@ -1,16 +1,11 @@
 import { mkdirSync } from "node:fs";
-import { open, readdir, rename, rm, stat } from "node:fs/promises";
+import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import type { Logger } from "../../core/logger.ts";
 import type { ObjectStore } from "../../core/object-store.ts";
 import { HeldElsewhereError, LostOwnershipError } from "../../core/replication/fenced-head.ts";
-import {
-  ReplicaDataError,
-  VolumeReplica,
-  type BlockSnapshot,
-  type CheckpointResult,
-} from "../../core/replication/volume-replica.ts";
+import { ReplicaDataError, VolumeReplica } from "../../core/replication/volume-replica.ts";
 import type { SandboxIdentity, VolumeHandle } from "../../core/sandbox.ts";
 import {
   agreedHandleKind,
@@ -20,13 +15,17 @@ import {
   type VolumeUsage,
 } from "../../core/session-storage.ts";
 import { isMountPoint } from "../host/mount-table.ts";
-import { changedChunks, cloneImage, imageExtents } from "./block-snapshots.ts";
-import { reserveBlocks } from "./ext4-image.ts";
-import { runCommand } from "./run-command.ts";
 import type { LoopVolumes } from "./loop-volumes.ts";
 import type { ReflinkPool } from "./reflink-pool.ts";
-import { ReplicaStates } from "./replica-state.ts";
+import { ReplicaStates, type ReplicaState } from "./replica-state.ts";
+import {
+  checkpointImage,
+  StaleLocalCopyError,
+  type ImageCheckpoint,
+  type ImageFiles,
+} from "./volume-checkpoint.ts";
 import { volumeFileName } from "./volume-files.ts";
+import { adoptLegacyImage, partialImageSuffixes, restoreImage } from "./volume-restore.ts";
 
 export interface ReplicationSettings {
   /** How often an attached volume is checkpointed. */
@@ -51,16 +50,22 @@ interface Attached {
   lost: boolean;
 }
 
+/** A detached volume's last state going up in the background. */
+interface Upload {
+  done: Promise<boolean>;
+  stop: AbortController;
+}
+
 /**
  * Session storage kept in an object store as well as on local disk (issue 16, ADR 0007). The
  * ext4 image on local disk stays the working copy (LoopVolumes, on a reflink pool); while it is
- * attached it is checkpointed every `checkpointMs`, and once more after its sandbox is gone:
- * the image is cloned in an instant (its filesystem frozen only for the clone), the chunks that
- * differ from the last durable generation's snapshot are found from the two clones' block maps
- * and uploaded, then the volume's head in the store moves (VolumeReplica).
+ * attached it is checkpointed every `checkpointMs`, and once more after its sandbox is gone
+ * (volume-checkpoint.ts: a live clone, the chunks that changed since the last durable
+ * generation's clone, then the volume's head moves).
  *
- * Attaching on a machine whose image is older than the store's current generation (or that has
- * none) first restores the image from the store; one that holds it locally uses it as it is.
+ * Attaching on a machine whose image is not based on the store's current generation (or that
+ * has none) first restores the image from the store (volume-restore.ts); one that holds it
+ * locally uses it as it is.
  */
 export class ReplicatedVolumes implements VolumeStore {
   readonly handleKinds: VolumeStore["handleKinds"] = ["host-directory"];
@@ -73,14 +78,14 @@ export class ReplicatedVolumes implements VolumeStore {
   private readonly log: Logger;
   private readonly states: ReplicaStates;
   private readonly snapshotDir: string;
+  private readonly legacyImageDir: string | undefined;
+  private readonly goneHolders: ReadonlySet<string>;
   private readonly attached = new Map<string, Attached>();
   /** Per volume: the operation running on it (checkpoints, detach, remove never overlap). */
   private readonly busy = new Map<string, Promise<unknown>>();
   /** Detached volumes whose last changes are not durable yet, retried in the background. */
-  private readonly uploading = new Map<string, Promise<boolean>>();
+  private readonly uploading = new Map<string, Upload>();
   private readonly lastErrors = new Map<string, string>();
-  /** Where volumes made before the object store was set have their images, if anywhere. */
-  private readonly legacyImageDir: string | undefined;
   private closed = false;
 
   constructor(options: {
@@ -92,8 +97,12 @@ export class ReplicatedVolumes implements VolumeStore {
     log: Logger;
     /** LoopVolumes' image folder before the object store was set (images to adopt). */
     legacyImageDir?: string;
+    /**
+     * Holders known to be gone (the machine whose metadata this one took over): their volumes
+     * are taken at once, without waiting out a lease.
+     */
+    goneHolders?: ReadonlySet<string>;
   }) {
-    this.legacyImageDir = options.legacyImageDir;
     this.local = options.local;
     this.pool = options.pool;
     this.store = options.store;
@@ -102,6 +111,8 @@ export class ReplicatedVolumes implements VolumeStore {
     // The owner rewrites the head at every checkpoint; three missed in a row mean it is gone.
     this.leaseMs = 3 * options.settings.checkpointMs;
     this.log = options.log;
+    this.legacyImageDir = options.legacyImageDir;
+    this.goneHolders = options.goneHolders ?? new Set();
     this.states = new ReplicaStates(join(options.pool.path, "replica-state"));
     this.snapshotDir = join(options.pool.path, "snapshots");
     mkdirSync(this.snapshotDir, { recursive: true, mode: 0o700 });
@@ -110,64 +121,33 @@ export class ReplicatedVolumes implements VolumeStore {
   async create(volumeId: string, sizeBytes: number, owner?: SandboxIdentity): Promise<void> {
     await this.pool.ensureFree(sizeBytes);
     await this.local.create(volumeId, sizeBytes, owner);
-    await this.states.write(volumeId, {
-      generation: 0,
-      pending: true,
-      durableAt: undefined,
-      storedBytes: undefined,
-    });
+    await this.states.write(volumeId, this.unknownState());
   }
 
   async attach(volumeId: string, kinds: readonly VolumeHandle["kind"][]): Promise<VolumeHandle> {
     agreedHandleKind(kinds, this.handleKinds);
     if (this.attached.has(volumeId)) throw new Error(`volume ${volumeId} is already attached`);
-    // A detach's upload still running in the background finishes first: it owns the volume.
-    await this.uploading.get(volumeId);
+    await this.uploadFinished(volumeId);
     const replica = this.replicaOf(volumeId);
-    const head = await replica.acquire().catch((error: unknown) => {
+    await replica.acquire({ goneHolders: this.goneHolders }).catch((error: unknown) => {
       if (error instanceof HeldElsewhereError) throw error;
       throw new Error(
-        `the object store ${this.store.location} could not be reached to take the volume (${String(error)})`,
+        `the object store ${this.store.location} did not let Berth take the volume (${String(error)})`,
         { cause: error },
       );
     });
     try {
-      const state = await this.states.read(volumeId);
-      const image = this.local.imagePath(volumeId);
-      const sizeBytes = (await stat(image).catch(() => undefined))?.size;
-      if (
-        sizeBytes === undefined &&
-        head.generation === 0 &&
-        (await this.adoptLegacyImage(volumeId))
-      ) {
-        // A volume from before the object store was set: kept as it is, uploaded from now on.
-      } else if (sizeBytes === undefined || state.generation < head.generation) {
-        if (head.generation === 0) {
-          throw new UnreadableVolumeError(
-            `its image ${image} is missing and ${this.store.location} holds no generation of it`,
-          );
-        }
-        if (sizeBytes !== undefined && state.pending) {
-          this.log.warn(
-            "session storage: a newer generation was written elsewhere; local changes not in it are dropped",
-            {
-              volumeId,
-              localGeneration: state.generation,
-              storeGeneration: head.generation,
-            },
-          );
-        }
-        await this.restore(replica, volumeId);
-      }
-      const restoredSize = (await stat(image)).size;
+      const files = this.filesOf(volumeId);
+      await this.bringUpToDate(volumeId, replica, files);
+      const sizeBytes = (await stat(files.image)).size;
       // Copy-on-write room: every block of each attached volume may be rewritten once between
       // two checkpoints, while the last snapshot still holds the old one.
-      await this.pool.ensureFree(restoredSize + this.attachedBytes());
-      await this.states.update(volumeId, { pending: true });
+      await this.pool.ensureFree(sizeBytes + this.attachedBytes());
+      await this.states.update(volumeId, this.unknownState(), { pending: true });
       const handle = await this.local.attach(volumeId, ["host-directory"]);
       const entry: Attached = {
         replica,
-        sizeBytes: restoredSize,
+        sizeBytes,
         timer: undefined,
         failures: 0,
         generationsSinceCollection: 0,
@@ -193,16 +173,13 @@ export class ReplicatedVolumes implements VolumeStore {
     if (entry === undefined) return this.local.detach(volumeId);
     clearTimeout(entry.timer);
     this.attached.delete(volumeId);
+    // A checkpoint under way finishes first: it may hold the mount open.
     await this.busy.get(volumeId)?.catch(() => undefined);
     const usedBytes = await this.local.detach(volumeId);
-    // Unmounted: nothing writes to the image any more; its last state goes up unfrozen.
-    const upload = this.uploadUntilDurable(volumeId, entry.replica, usedBytes);
-    this.uploading.set(volumeId, upload);
-    void upload.finally(() => {
-      if (this.uploading.get(volumeId) === upload) this.uploading.delete(volumeId);
-    });
+    // Unmounted: nothing writes to the image any more; its last state goes up as it is.
+    const upload = this.startUpload(volumeId, entry.replica, usedBytes);
     const outcome = await Promise.race([
-      upload.then((durable) => (durable ? "durable" : "given up")),
+      upload.done.then((durable) => (durable ? "durable" : "given up")),
       delay(this.settings.durableWaitMs, "still uploading", { ref: false }),
     ]);
     if (outcome !== "durable") {
@@ -227,14 +204,22 @@ export class ReplicatedVolumes implements VolumeStore {
       clearTimeout(entry.timer);
       this.attached.delete(volumeId);
     }
-    await this.busy.get(volumeId)?.catch(() => undefined);
-    await this.uploading.get(volumeId)?.catch(() => undefined);
-    await this.local.remove(volumeId);
-    await rm(this.baseSnapshot(volumeId), { force: true });
-    await rm(this.nextSnapshot(volumeId), { force: true });
-    await VolumeReplica.removeAll(this.store, volumeId);
-    await this.states.remove(volumeId);
-    this.lastErrors.delete(volumeId);
+    // Its background upload, if any, is moot: stopped, not waited out.
+    const upload = this.uploading.get(volumeId);
+    upload?.stop.abort();
+    await upload?.done;
+    await this.exclusively(volumeId, async () => {
+      // Only the volume's owner deletes it from the store: one that lost it deletes nothing.
+      const replica = entry?.replica ?? this.replicaOf(volumeId);
+      if (replica.current === undefined) await replica.acquire({ goneHolders: this.goneHolders });
+      await replica.removeAll();
+      await this.local.remove(volumeId);
+      const files = this.filesOf(volumeId);
+      await rm(files.base, { force: true });
+      await rm(files.next, { force: true });
+      await this.states.remove(volumeId);
+      this.lastErrors.delete(volumeId);
+    });
   }
 
   async usage(volumeId: string): Promise<VolumeUsage> {
@@ -247,21 +232,24 @@ export class ReplicatedVolumes implements VolumeStore {
   }
 
   /**
-   * After a restart: unmounts what the last run left, then uploads in the background every volume whose local
-   * image may hold changes the store lacks.
+   * After a restart: unmounts what the last run left, removes images it was half-way through
+   * making, then uploads in the background every volume whose local image may hold changes the
+   * store lacks.
    */
   async recover(): Promise<void> {
     await this.local.recover();
     for (const name of await readdir(this.snapshotDir)) {
       if (name.endsWith(".next")) await rm(join(this.snapshotDir, name), { force: true });
     }
+    for (const name of await readdir(this.local.imageDir)) {
+      if (partialImageSuffixes.some((suffix) => name.endsWith(suffix))) {
+        await rm(join(this.local.imageDir, name), { force: true });
+      }
+    }
     for (const volumeId of await this.local.list()) {
-      if (!(await this.states.read(volumeId)).pending) continue;
-      const upload = this.uploadUntilDurable(volumeId, this.replicaOf(volumeId), undefined, {
-        acquire: true,
-      });
-      this.uploading.set(volumeId, upload);
-      void upload.finally(() => this.uploading.delete(volumeId));
+      if ((await this.states.find(volumeId))?.pending !== false) {
+        this.startUpload(volumeId, this.replicaOf(volumeId), undefined);
+      }
     }
   }
 
@@ -269,13 +257,93 @@ export class ReplicatedVolumes implements VolumeStore {
   async close(): Promise<void> {
     this.closed = true;
     for (const entry of this.attached.values()) clearTimeout(entry.timer);
-    await Promise.allSettled([...this.uploading.values()]);
+    for (const upload of this.uploading.values()) upload.stop.abort();
+    await Promise.allSettled([...this.uploading.values()].map((upload) => upload.done));
     await this.pool.close();
   }
 
-  /** The volume's replication as `berth storage list` shows it. */
+  /**
+   * Makes the local image the store's current generation: used as it is when based on it (or
+   * when the store has none yet), else restored from the store; a volume from before the object
+   * store was set is moved into the pool.
+   */
+  private async bringUpToDate(
+    volumeId: string,
+    replica: VolumeReplica,
+    files: ImageFiles,
+  ): Promise<void> {
+    const current = replica.currentManifestKey;
+    const hasImage = (await stat(files.image).catch(() => undefined)) !== undefined;
+    if (current === undefined) {
+      if (hasImage) return;
+      if (this.legacyImageDir !== undefined) {
+        if (await adoptLegacyImage(this.legacyImageDir, volumeId, files.image)) {
+          this.log.info(
+            "session storage from before the object store was set moved into the pool",
+            {
+              volumeId,
+            },
+          );
+          return;
+        }
+      }
+      throw new UnreadableVolumeError(
+        `its image ${files.image} is missing and ${this.store.location} holds no generation of it`,
+      );
+    }
+    const state = await this.states.find(volumeId);
+    if (hasImage && this.basedOn(state) === current) return;
+    if (hasImage && state?.pending === true) {
+      this.log.warn(
+        "session storage: a newer generation was written elsewhere; local changes not in it are dropped",
+        {
+          volumeId,
+          localGeneration: state.generation,
+          storeGeneration: replica.current?.generation,
+        },
+      );
+    }
+    const started = performance.now();
+    const manifest = await restoreImage(replica, files);
+    await this.states.write(volumeId, {
+      ...this.unknownState(),
+      generation: manifest.generation,
+      manifestKey: current,
+      pending: false,
+      durableAt: manifest.createdAt,
+    });
+    this.log.info("session storage restored from the object store", {
+      volumeId,
+      generation: manifest.generation,
+      chunks: manifest.chunks.size,
+      ms: Math.round(performance.now() - started),
+    });
+  }
+
+  /** The manifest this machine's image is based on, in this object store; undefined if none. */
+  private basedOn(state: ReplicaState | undefined): string | undefined {
+    return state?.objectStore === this.store.location ? state.manifestKey : undefined;
+  }
+
+  /**
+   * The volume's replication as `berth storage list` shows it. A volume this machine knows
+   * nothing of (a new machine, before its first use) is as its head in the store says.
+   */
   private async status(volumeId: string): Promise<ReplicaStatus> {
-    const state = await this.states.read(volumeId);
+    const state = await this.states.find(volumeId);
+    if (state === undefined) {
+      const head = await this.replicaOf(volumeId)
+        .peek()
+        .catch(() => undefined);
+      return {
+        generation: head?.generation ?? 0,
+        durableAt: head?.writtenAt,
+        storedBytes: undefined,
+        pending: false,
+        lastError: this.lastErrors.get(volumeId),
+        lastCheckpointMs: undefined,
+      };
+    }
     return {
       generation: state.generation,
       durableAt: state.durableAt,
@@ -283,6 +351,18 @@ export class ReplicatedVolumes implements VolumeStore {
       pending: state.pending,
       lastError: this.lastErrors.get(volumeId),
       lastCheckpointMs: state.lastCheckpointMs,
+    };
+  }
+
+  private unknownState(): ReplicaState {
+    return {
+      objectStore: this.store.location,
+      generation: 0,
+      manifestKey: undefined,
+      pending: true,
+      durableAt: undefined,
+      storedBytes: undefined,
+      lastCheckpointMs: undefined,
     };
   }
 
@@ -294,6 +374,15 @@ export class ReplicatedVolumes implements VolumeStore {
       leaseMs: this.leaseMs,
       log: this.log,
     });
+  }
+
+  private filesOf(volumeId: string): ImageFiles {
+    const name = volumeFileName(volumeId);
+    return {
+      image: this.local.imagePath(volumeId),
+      base: join(this.snapshotDir, `${name}.base`),
+      next: join(this.snapshotDir, `${name}.next`),
+    };
   }
 
   private attachedBytes(): number {
@@ -319,24 +408,26 @@ export class ReplicatedVolumes implements VolumeStore {
 
   private async checkpointAttached(volumeId: string, entry: Attached): Promise<void> {
     try {
-      const usedBytes = (await this.local.usage(volumeId)).usedBytes;
-      const result = await this.exclusively(volumeId, () =>
-        this.checkpoint(volumeId, entry.replica, {
+      await this.exclusively(volumeId, async () => {
+        // Detached or removed while this one waited its turn: nothing is mounted to clone.
+        if (this.attached.get(volumeId) !== entry) return;
+        const usedBytes = (await this.local.usage(volumeId)).usedBytes;
+        const result = await this.checkpoint(volumeId, entry.replica, {
           liveMount: this.local.mountPath(volumeId),
           usedBytes,
-        }),
-      );
-      if (result.written) entry.generationsSinceCollection += 1;
-      if (entry.generationsSinceCollection >= collectEvery) {
-        entry.generationsSinceCollection = 0;
-        await this.exclusively(volumeId, () => entry.replica.collectGarbage(2 * this.leaseMs));
-      }
+        });
+        if (result.written) entry.generationsSinceCollection += 1;
+        if (entry.generationsSinceCollection >= collectEvery) {
+          entry.generationsSinceCollection = 0;
+          await entry.replica.collectGarbage(2 * this.leaseMs);
+        }
+      });
       this.succeeded(volumeId, entry.failures);
       entry.failures = 0;
     } catch (error) {
       entry.failures += 1;
       this.failed(volumeId, error, entry.failures);
-      if (error instanceof LostOwnershipError) {
+      if (error instanceof LostOwnershipError || error instanceof StaleLocalCopyError) {
         // No checkpoint of this process can succeed again: stop trying, say so once.
         entry.lost = true;
         this.log.error(
@@ -347,149 +438,116 @@ export class ReplicatedVolumes implements VolumeStore {
     }
   }
 
+  /** Starts uploading a detached volume's last state in the background (see uploadUntilDurable). */
+  private startUpload(
+    volumeId: string,
+    replica: VolumeReplica,
+    usedBytes: number | undefined,
+  ): Upload {
+    const stop = new AbortController();
+    const done = this.uploadUntilDurable(volumeId, replica, usedBytes, stop.signal);
+    const upload = { done, stop };
+    this.uploading.set(volumeId, upload);
+    void done.finally(() => {
+      if (this.uploading.get(volumeId) === upload) this.uploading.delete(volumeId);
+    });
+    return upload;
+  }
+
   /**
-   * Uploads a detached volume's last state, retrying with backoff until it is durable (or the
-   * store is closed); then lets the volume go, so any machine may take it at once. False when it
-   * gives up: closed, or the volume is another process's now (retrying could never succeed).
+   * Waits, at most durableWaitMs, for a background upload of the volume to finish: it owns the
+   * volume until then. Past that, the attach fails (retryably) rather than hang.
+   */
+  private async uploadFinished(volumeId: string): Promise<void> {
+    const upload = this.uploading.get(volumeId);
+    if (upload === undefined) return;
+    const finished = await Promise.race([
+      upload.done.then(() => true),
+      delay(this.settings.durableWaitMs, false, { ref: false }),
+    ]);
+    if (!finished) {
+      throw new Error(
+        `its last state is still being uploaded to ${this.store.location} (${this.lastErrors.get(volumeId) ?? "in progress"}); retry once the object store answers`,
+      );
+    }
+  }
+
+  /**
+   * Uploads a detached volume's last state, retrying with backoff until it is durable; then lets
+   * the volume go, so any machine may take it at once. False when it gives up: stopped, or the
+   * volume is another process's now (retrying could never succeed).
    */
   private async uploadUntilDurable(
     volumeId: string,
     replica: VolumeReplica,
     usedBytes: number | undefined,
-    options: { acquire?: boolean } = {},
+    signal: AbortSignal,
   ): Promise<boolean> {
-    for (let failures = 0; !this.closed; failures += 1) {
+    for (let failures = 0; !signal.aborted; failures += 1) {
       try {
         await this.exclusively(volumeId, async () => {
-          if (options.acquire === true && replica.current === undefined) await replica.acquire();
+          if (replica.current === undefined) {
+            await replica.acquire({ goneHolders: this.goneHolders });
+          }
           await this.checkpoint(volumeId, replica, { usedBytes });
           await replica.collectGarbage(2 * this.leaseMs);
           await replica.release();
-          await this.states.update(volumeId, { pending: false });
+          await this.states.update(volumeId, this.unknownState(), { pending: false });
         });
         this.succeeded(volumeId, failures);
         return true;
       } catch (error) {
         this.failed(volumeId, error, failures + 1);
+        if (error instanceof StaleLocalCopyError) {
+          // The next attach restores the store's generation over it: nothing to upload.
+          await replica.release().catch(() => undefined);
+          await this.states.update(volumeId, this.unknownState(), { pending: false });
+          return false;
+        }
         if (error instanceof HeldElsewhereError || error instanceof LostOwnershipError) {
           return false;
         }
-        await delay(Math.min(this.settings.checkpointMs * 2 ** failures, maxBackoffMs));
+        const backoffMs = Math.min(this.settings.checkpointMs * 2 ** failures, maxBackoffMs);
+        await delay(backoffMs, undefined, { signal }).catch(() => undefined);
       }
     }
     return false;
   }
 
-  /** One checkpoint: clone, find what changed since the base snapshot, upload it, keep the clone. */
+  /** One checkpoint of the volume, its outcome recorded in its state. */
   private async checkpoint(
     volumeId: string,
     replica: VolumeReplica,
     options: { liveMount?: string; usedBytes: number | undefined },
-  ): Promise<CheckpointResult> {
-    const started = performance.now();
-    const image = this.local.imagePath(volumeId);
-    const base = this.baseSnapshot(volumeId);
-    const next = this.nextSnapshot(volumeId);
-    await rm(next, { force: true });
+  ): Promise<ImageCheckpoint> {
     // Room for the clone's copy-on-write: every attached volume may rewrite each of its blocks
     // (or fill each discarded one) once more while this clone and the last one both exist.
     await this.pool.ensureFree(2 * this.attachedBytes());
-    // Still mounted (a running session): cloned live; otherwise nothing writes to it.
+    const state = await this.states.find(volumeId);
     const liveMount =
       options.liveMount !== undefined && isMountPoint(options.liveMount)
         ? options.liveMount
         : undefined;
-    await cloneImage(image, next, liveMount === undefined ? {} : { liveMount });
-    try {
-      const snapshot = await snapshotOf(next, await existingFile(base));
-      const result = await replica
-        .checkpoint(snapshot.blocks, options.usedBytes)
-        .finally(() => snapshot.close());
-      // The clone is now what the current generation is: the base of the next comparison.
-      await rename(next, base);
-      const head = replica.current;
-      await this.states.update(volumeId, {
-        generation: result.generation,
-        ...(result.written
-          ? {
-              durableAt: new Date().toISOString(),
-              storedBytes: result.bytesUploaded,
-              lastCheckpointMs: Math.round(performance.now() - started),
-            }
-          : {}),
-      });
-      if (!result.written && head !== undefined) await replica.renew();
-      return result;
-    } finally {
-      await rm(next, { force: true });
-    }
-  }
-
-  /**
-   * Moves a volume's image made before the object store was set (on the data directory's disk,
-   * outside the pool) into the pool; false when there is none.
-   */
-  private async adoptLegacyImage(volumeId: string): Promise<boolean> {
-    if (this.legacyImageDir === undefined) return false;
-    const legacy = join(this.legacyImageDir, `${volumeFileName(volumeId)}.img`);
-    if ((await stat(legacy).catch(() => undefined)) === undefined) return false;
-    const image = this.local.imagePath(volumeId);
-    const partial = `${image}.adopting`;
-    await rm(partial, { force: true });
-    await runCommand("cp", ["--sparse=always", legacy, partial]);
-    await rename(partial, image);
-    await rm(legacy);
-    this.log.info("session storage from before the object store was set moved into the pool", {
-      volumeId,
+    const result = await checkpointImage({
+      files: this.filesOf(volumeId),
+      replica,
+      basedOn: this.basedOn(state),
+      liveMount,
+      usedBytes: options.usedBytes,
     });
-    return true;
-  }
-
-  /** Writes the store's current generation into a new image, then makes it the base snapshot. */
-  private async restore(replica: VolumeReplica, volumeId: string): Promise<void> {
-    const started = performance.now();
-    const image = this.local.imagePath(volumeId);
-    const partial = `${image}.restoring`;
-    const manifest = await replica.currentManifest();
-    if (manifest === undefined) throw new ReplicaDataError(`volume ${volumeId} has no manifest`);
-    await this.pool.ensureFree(manifest.sizeBytes + this.attachedBytes());
-    await rm(partial, { force: true });
-    const file = await open(partial, "wx", 0o600);
-    try {
-      await file.truncate(manifest.sizeBytes);
-      await reserveBlocks(partial, manifest.sizeBytes);
-      await replica.restore({
-        writeChunk: async (index, size, bytes) => {
-          await file.write(
-            bytes,
-            0,
-            Math.min(size, manifest.sizeBytes - index * size),
-            index * size,
-          );
-        },
-      });
-      await file.sync();
-    } catch (error) {
-      await file.close();
-      await rm(partial, { force: true });
-      throw error;
-    }
-    await file.close();
-    await rename(partial, image);
-    await rm(this.baseSnapshot(volumeId), { force: true });
-    await cloneImage(image, this.baseSnapshot(volumeId));
-    await this.states.write(volumeId, {
-      generation: manifest.generation,
-      pending: false,
-      durableAt: manifest.createdAt,
-      storedBytes: undefined,
+    await this.states.update(volumeId, this.unknownState(), {
+      objectStore: this.store.location,
+      generation: result.generation,
+      manifestKey: result.manifestKey,
+      ...(result.written
+        ? {
+            durableAt: new Date().toISOString(),
+            storedBytes: result.bytesUploaded,
+            lastCheckpointMs: result.ms,
+          }
+        : {}),
     });
-    this.log.info("session storage restored from the object store", {
-      volumeId,
-      generation: manifest.generation,
-      chunks: manifest.chunks.size,
-      ms: Math.round(performance.now() - started),
-    });
+    return result;
   }
 
   /** Runs `work` when no other operation on the volume runs. */
@@ -527,39 +585,4 @@ export class ReplicatedVolumes implements VolumeStore {
       });
     }
   }
-
-  private baseSnapshot(volumeId: string): string {
-    return join(this.snapshotDir, `${volumeFileName(volumeId)}.base`);
-  }
-
-  private nextSnapshot(volumeId: string): string {
-    return join(this.snapshotDir, `${volumeFileName(volumeId)}.next`);
-  }
-}
-
-async function existingFile(path: string): Promise<string | undefined> {
-  return (await stat(path).catch(() => undefined)) === undefined ? undefined : path;
-}
-
-/** A clone as a BlockSnapshot, compared with `base` (undefined: every written chunk changed). */
-async function snapshotOf(
-  clone: string,
-  base: string | undefined,
-): Promise<{ blocks: BlockSnapshot; close: () => Promise<void> }> {
-  const file = await open(clone, "r");
-  const sizeBytes = (await file.stat()).size;
-  const after = await imageExtents(clone);
-  const before = base === undefined ? undefined : await imageExtents(base);
-  return {
-    blocks: {
-      sizeBytes,
-      changedChunks: (size) => Promise.resolve(changedChunks(before, after, size, sizeBytes)),
-      readChunk: async (index, size) => {
-        const bytes = Buffer.alloc(size);
-        await file.read(bytes, 0, size, index * size);
-        return bytes;
-      },
-    },
-    close: () => file.close(),
-  };
 }

@@ -10,14 +10,17 @@ import { FencedHead, HeldElsewhereError, LostOwnershipError } from "./fenced-hea
 const key = "volumes/v/head";
 
 /**
- * The memory store, whose next write can fail before it lands, or land and lose its answer (a
- * connection cut after the store wrote); and whose next read can fail.
+ * The memory store, whose next write can fail before it lands, land and lose its answer (a
+ * connection cut after the store wrote), or time out and land only later, when the test says
+ * (landLateWrite); and whose next read can fail.
  */
 class UnreliableStore implements ObjectStore {
   readonly location = "memory://unreliable";
   readonly inner = new MemoryObjectStore();
-  nextPut: "fails" | "loses-answer" | undefined;
+  nextPut: "fails" | "loses-answer" | "lands-later" | undefined;
   failNextGet = false;
+  /** The write that timed out, still on its way to the store. */
+  private late: (() => Promise<unknown>) | undefined;
 
   get(objectKey: string, maxBytes: number) {
     if (this.failNextGet) {
@@ -31,9 +34,20 @@ class UnreliableStore implements ObjectStore {
     const failure = this.nextPut;
     this.nextPut = undefined;
     if (failure === "fails") throw new Error("object store: unreachable (test)");
+    if (failure === "lands-later") {
+      this.late = () => this.inner.put(objectKey, body, condition);
+      throw new Error("object store: request timed out (test)");
+    }
     const written = await this.inner.put(objectKey, body, condition);
     if (failure === "loses-answer") throw new Error("object store: connection reset (test)");
     return written;
+  }
+
+  /** The write that timed out reaches the store now. */
+  async landLateWrite(): Promise<void> {
+    assert.ok(this.late !== undefined, "a write timed out");
+    await this.late();
+    this.late = undefined;
   }
 
   head(objectKey: string) {
@@ -130,6 +144,34 @@ describe("a fenced head in the object store", () => {
     assert.deepEqual(now?.payload, { manifest: "b2" });
   });
 
+  it("says which holder it was taken from once that one's lease ran out", async () => {
+    const store = new MemoryObjectStore();
+    await headOf(store, "node-a", foreverMs).acquire();
+    const taker = headOf(store, "node-b", 100);
+    await taker.acquire();
+    assert.equal(taker.tookOverFrom, "node-a");
+  });
+
+  it("is taken at once from a holder named gone, and from no other", async () => {
+    const store = new MemoryObjectStore();
+    await headOf(store, "node-a", foreverMs).acquire();
+    const taker = headOf(store, "node-b", foreverMs);
+    const taken = await taker.acquire({ goneHolders: new Set(["node-a"]) });
+    assert.deepEqual({ holder: taken.holder, fence: taken.fence }, { holder: "node-b", fence: 2 });
+    assert.equal(taker.tookOverFrom, "node-a");
+
+    // node-b is alive (it renews): naming another node gone does not skip its lease.
+    const renewing = setInterval(() => void taker.renew(), 20);
+    try {
+      await assert.rejects(
+        headOf(store, "node-c", 200).acquire({ goneHolders: new Set(["node-a"]) }),
+        HeldElsewhereError,
+      );
+    } finally {
+      clearInterval(renewing);
+    }
+  });
+
   it("is taken at once, with no lease to wait, once its owner released it", async () => {
     const store = new MemoryObjectStore();
     const first = headOf(store, "node-a", foreverMs);
@@ -137,12 +179,15 @@ describe("a fenced head in the object store", () => {
     await first.advance({ manifest: "a1" });
     await first.release();
     assert.equal((await first.peek())?.holder, null);
-    const taken = await headOf(store, "node-b", foreverMs).acquire();
+    const taker = headOf(store, "node-b", foreverMs);
+    const taken = await taker.acquire();
     assert.deepEqual(
       { holder: taken.holder, fence: taken.fence, generation: taken.generation },
       { holder: "node-b", fence: 2, generation: 1 },
     );
     assert.deepEqual(taken.payload, { manifest: "a1" });
+    // A holder that let go stopped cleanly: it is not one that is gone.
+    assert.equal(taker.tookOverFrom, undefined);
   });
 
   it("is taken at once by its own node after a restart, with a new fence", async () => {
@@ -184,6 +229,24 @@ describe("a fenced head in the object store", () => {
     await assert.rejects(head.advance({ manifest: "m2" }), /did land; try again/);
     assert.equal((await head.advance({ manifest: "m2" })).generation, 2);
     assert.equal((await head.peek())?.holder, "node-a");
+  });
+
+  it("learns that a write which timed out landed after its read-back, and goes on", async () => {
+    const store = new UnreliableStore();
+    const head = headOf(store, "node-a", foreverMs);
+    await head.acquire();
+    store.nextPut = "lands-later";
+    // The read-back finds generation 0 still: the write has not reached the store yet.
+    await assert.rejects(head.advance({ manifest: "m1" }), /timed out/);
+    await store.landLateWrite();
+    assert.equal((await head.peek())?.generation, 1);
+    // The 412 that follows is this process's own late write, not a takeover.
+    await assert.rejects(head.advance({ manifest: "m2" }), (error: unknown) => {
+      assert.ok(!(error instanceof LostOwnershipError), String(error));
+      assert.match(String(error), /did land; try again/);
+      return true;
+    });
+    assert.equal((await head.advance({ manifest: "m2" })).generation, 2);
   });
 
   it("stays the owner's after a write that failed before reaching the store", async () => {

@@ -57,17 +57,44 @@ export interface FencedHeadOptions {
   what: string;
 }
 
+export interface AcquireOptions {
+  /**
+   * Holders known to be gone (for volumes: the node whose metadata lease this Berth waited out):
+   * a head one of them holds is taken at once, with no lease to wait.
+   */
+  goneHolders?: ReadonlySet<string>;
+}
+
+/** How many failed writes since the head last changed are remembered (see unconfirmed). */
+const maxUnconfirmedWrites = 16;
+
 export class FencedHead {
   private readonly options: FencedHeadOptions;
   /** The head as this process last wrote it, and its etag; undefined until acquired. */
   private current: { record: HeadRecord; etag: string } | undefined;
-  /** A write whose answer was lost and could not be read back: it may have landed. */
-  private unconfirmed: HeadRecord | undefined;
+  /**
+   * Writes since the head last changed whose failure was not a 412 (a timeout, a cut connection):
+   * each may have landed, or may still land later (a PUT that timed out on our side can reach the
+   * store after a read-back saw it absent). All were conditional on the same version, so at most
+   * one of them lands; a later 412 is checked against them before it is taken for a takeover.
+   */
+  private unconfirmed: HeadRecord[] = [];
+  /** Set by acquire: whom the head was taken from because that holder was proved gone. */
+  private goneHolder: string | undefined;
   /** Set once another process took the head over: every later write fails with it. */
   private lost: LostOwnershipError | undefined;
 
   constructor(options: FencedHeadOptions) {
     this.options = options;
+  }
+
+  /**
+   * After acquire: the holder the head was taken from because it was gone (its head unchanged
+   * for a whole lease, or named in goneHolders). Undefined when the head was new, let go, or
+   * already this node's: a holder that released is not gone, it stopped cleanly.
+   */
+  get tookOverFrom(): string | undefined {
+    return this.goneHolder;
   }
 
   /** The head as last read or written; undefined before acquire. */
@@ -85,11 +112,14 @@ export class FencedHead {
 
   /**
    * Makes this process the owner, creating the head (generation 0) if there is none. Waits out a
-   * lease when another process holds it; throws HeldElsewhereError if that one is alive.
+   * lease when another process holds it; throws HeldElsewhereError if that one is alive. A holder
+   * in `goneHolders` is known to be gone already (its node's metadata lease ran out): its head
+   * is taken at once.
    */
-  async acquire(): Promise<HeadRecord> {
+  async acquire(options: AcquireOptions = {}): Promise<HeadRecord> {
     const { store, key, holder } = this.options;
     this.lost = undefined;
+    this.goneHolder = undefined;
     for (;;) {
       const found = await store.get(key, maxHeadBytes);
       if (found === undefined) {
@@ -101,12 +131,13 @@ export class FencedHead {
         continue;
       }
       const head = parseHead(found.body, key);
-      if (head.holder !== null && head.holder !== holder) {
+      const other = head.holder !== null && head.holder !== holder ? head.holder : undefined;
+      if (other !== undefined && options.goneHolders?.has(other) !== true) {
         if (!(await this.stillUnchangedAfterLease(found.etag))) {
           // Changed while watched: its owner is alive, unless the change was letting go.
           const now = await this.peek();
           if (now?.holder !== null && now?.holder !== holder) {
-            throw new HeldElsewhereError(this.options.what, now?.holder ?? head.holder);
+            throw new HeldElsewhereError(this.options.what, now?.holder ?? other);
           }
           continue;
         }
@@ -115,7 +146,10 @@ export class FencedHead {
         { ...head, holder, fence: head.fence + 1 },
         { ifMatch: found.etag },
       ).catch(retryIfRaced);
-      if (taken !== undefined) return taken;
+      if (taken !== undefined) {
+        this.goneHolder = other;
+        return taken;
+      }
     }
   }
 
@@ -169,8 +203,10 @@ export class FencedHead {
   }
 
   /**
-   * Writes the head under `condition`. A store that lost its answer and is asked again reports a
-   * 412 for our own write: the head is read back and, if it carries our write id, it is ours.
+   * Writes the head under `condition`. On a failure the head is read back: if it carries this
+   * write's id, the write landed and only its answer was lost (a store asked again may even
+   * answer 412 for our own write). A failure other than a 412 is remembered as unconfirmed even
+   * when the read-back shows the head unchanged: the PUT may still land after it.
    */
   private async write(
     next: Omit<HeadRecord, "writeId" | "writtenAt">,
@@ -187,10 +223,10 @@ export class FencedHead {
     const body = Buffer.from(JSON.stringify(record));
     try {
       const { etag } = await this.options.store.put(this.options.key, body, condition);
-      this.current = { record, etag };
-      this.unconfirmed = undefined;
+      this.settle(record, etag);
       return record;
     } catch (error) {
+      if (!(error instanceof PreconditionFailedError)) this.rememberUnconfirmed(record);
       const found = await this.options.store
         .get(this.options.key, maxHeadBytes)
         .catch(() => undefined);
@@ -198,34 +234,43 @@ export class FencedHead {
         found !== undefined &&
         parseHead(found.body, this.options.key).writeId === record.writeId
       ) {
-        this.current = { record, etag: found.etag };
-        this.unconfirmed = undefined;
+        this.settle(record, found.etag);
         return record;
-      }
-      if (found === undefined && !(error instanceof PreconditionFailedError)) {
-        this.unconfirmed = record;
       }
       throw error;
     }
   }
 
+  /** The head is now `record`, at `etag`: writes that failed before it can no longer land. */
+  private settle(record: HeadRecord, etag: string): void {
+    this.current = { record, etag };
+    this.unconfirmed = [];
+  }
+
   /**
-   * After a 412 on replacing the head: true when the head is a write of ours whose answer was
-   * lost (see write), so the head is still ours, as that write left it. Without this, the 412
-   * would read as another process having taken the head over.
+   * Keeps the most recent few: they pile up only while the store fails every write, and a write
+   * that failed long ago has either landed or never will.
+   */
+  private rememberUnconfirmed(record: HeadRecord): void {
+    this.unconfirmed.push(record);
+    if (this.unconfirmed.length > maxUnconfirmedWrites) this.unconfirmed.shift();
+  }
+
+  /**
+   * After a 412 on replacing the head: true when the head is one of our unconfirmed writes (see
+   * write), so the head is still ours, as that write left it. Without this, the 412 would read
+   * as another process having taken the head over.
    */
   private async adoptUnconfirmed(): Promise<boolean> {
-    if (this.unconfirmed === undefined) return false;
+    if (this.unconfirmed.length === 0) return false;
     const found = await this.options.store.get(this.options.key, maxHeadBytes);
-    const unconfirmed = this.unconfirmed;
-    this.unconfirmed = undefined;
-    if (
-      found === undefined ||
-      parseHead(found.body, this.options.key).writeId !== unconfirmed.writeId
-    ) {
-      return false;
-    }
-    this.current = { record: unconfirmed, etag: found.etag };
+    const candidates = this.unconfirmed;
+    this.unconfirmed = [];
+    if (found === undefined) return false;
+    const writeId = parseHead(found.body, this.options.key).writeId;
+    const landed = candidates.find((record) => record.writeId === writeId);
+    if (landed === undefined) return false;
+    this.settle(landed, found.etag);
     return true;
   }
 

@@ -471,8 +471,46 @@ describe("a volume's replica in the object store", () => {
       await checkpoint(replica, image);
       await replica.release();
     }
-    await VolumeReplica.removeAll(store, volumeId);
+    const remover = new VolumeReplica({
+      store,
+      volumeId,
+      holder: "node-b",
+      leaseMs: foreverMs,
+      log: silent,
+    });
+    await remover.acquire();
+    await remover.removeAll();
     assert.deepEqual(keysUnder(store, volumeKeys.prefix(volumeId)), []);
     assert.ok(keysUnder(store, volumeKeys.prefix("vol-2")).length >= 3);
+  });
+
+  it("lets a process that lost the volume neither remove it nor collect the new owner's generations", async () => {
+    const store = new WatchedStore();
+    const image = new MemoryImage(imageBytes);
+    const replicaOf = (holder: string) =>
+      new VolumeReplica({ store, volumeId: "vol-3", holder, leaseMs: 1, log: silent });
+    const stale = replicaOf("node-a");
+    await stale.acquire();
+    for (let round = 0; round < 3; round += 1) {
+      image.write(round * chunkBytes, randomBytes(chunkBytes));
+      await checkpoint(stale, image);
+    }
+    // node-a goes quiet past its (1 ms) lease; node-b takes the volume and writes on.
+    const owner = replicaOf("node-b");
+    await owner.acquire();
+    for (let round = 3; round < 6; round += 1) {
+      image.write(round * chunkBytes, randomBytes(chunkBytes));
+      await checkpoint(owner, image);
+    }
+    const ownersGenerations = keysUnder(store, volumeKeys.generations("vol-3")).filter((key) =>
+      key.endsWith("-2"),
+    );
+    assert.equal(ownersGenerations.length, 3);
+    await assert.rejects(stale.removeAll(), LostOwnershipError);
+    await stale.collectGarbage(0).catch(() => undefined);
+    for (const key of ownersGenerations.slice(-2)) {
+      assert.ok(keysUnder(store, volumeKeys.generations("vol-3")).includes(key), key);
+    }
+    assert.ok(keysUnder(store, volumeKeys.prefix("vol-3")).length > 0);
   });
 });

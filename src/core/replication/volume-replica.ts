@@ -95,12 +95,20 @@ export class VolumeReplica {
     return this.head.peek();
   }
 
-  /** Takes ownership (waiting out a dead owner's lease); the current generation's head. */
-  acquire(): Promise<HeadRecord> {
+  /**
+   * Takes ownership (waiting out a dead owner's lease, unless it is one of `goneHolders`: known
+   * dead); the current generation's head.
+   */
+  acquire(options: { goneHolders?: ReadonlySet<string> } = {}): Promise<HeadRecord> {
     // Another process may have written generations since: nothing known of them is kept.
     this.manifest = undefined;
     this.previousManifestKey = undefined;
-    return this.head.acquire();
+    return this.head.acquire(options);
+  }
+
+  /** The current generation's manifest key, as the head last read or written says. */
+  get currentManifestKey(): string | undefined {
+    return manifestKeyOf(this.head.record);
   }
 
   /** Proof of life for a volume with nothing new to write. */
@@ -244,9 +252,17 @@ export class VolumeReplica {
           : await this.readManifest(key).catch(namesNoPack);
       for (const ref of manifest?.chunks.values() ?? []) live.add(ref.pack);
     }
+    // Not kept, and written by an earlier owner (what it left is garbage once it lost the
+    // volume), or by this one before the generations kept. Never a later owner's: one that took
+    // the volume while this process still believed it held it.
+    const oldestKept = Math.min(...[...keep].map((key) => generationOf(key)?.generation ?? 0));
     const stale: string[] = [];
     for await (const object of this.store.list(volumeKeys.generations(this.volumeId))) {
-      if (!keep.has(object.key)) stale.push(object.key);
+      const written = generationOf(object.key);
+      if (keep.has(object.key) || written === undefined) continue;
+      const earlierOwner = written.fence < head.fence;
+      const ownOlder = written.fence === head.fence && written.generation < oldestKept;
+      if (earlierOwner || ownOlder) stale.push(object.key);
     }
     const before = Date.now() - graceMs;
     const unreferenced: string[] = [];
@@ -255,6 +271,10 @@ export class VolumeReplica {
       const pack = object.key.slice(packsPrefix.length);
       if (!live.has(pack) && object.lastModified.getTime() < before) unreferenced.push(object.key);
     }
+    // Proof this process still owns the volume, just before deleting: another can take it only
+    // after a whole lease without a head write, far longer than these deletes take. (A process
+    // that lost it fails here, and deletes nothing a newer owner's generations reference.)
+    await this.head.renew();
     // Manifests first: a pack is never gone while a kept manifest names it.
     await this.store.delete(stale);
     await this.store.delete(unreferenced);
@@ -268,14 +288,20 @@ export class VolumeReplica {
     return { packsDeleted: unreferenced.length };
   }
 
-  /** Deletes every object of a volume (its storage was deleted). */
-  static async removeAll(store: ObjectStore, volumeId: string): Promise<void> {
+  /**
+   * Deletes every object of the volume (its storage was deleted). Only its owner may: acquire
+   * first. A process that lost the volume gets LostOwnershipError and deletes nothing.
+   */
+  async removeAll(): Promise<void> {
+    await this.head.renew();
     const keys: string[] = [];
-    for await (const object of store.list(volumeKeys.prefix(volumeId))) keys.push(object.key);
-    // The head last: a removal cut short leaves a volume that still says what it holds.
-    const head = volumeKeys.head(volumeId);
-    await store.delete(keys.filter((key) => key !== head));
-    await store.delete([head]);
+    for await (const object of this.store.list(volumeKeys.prefix(this.volumeId))) {
+      keys.push(object.key);
+    }
+    // The head last: a removal cut short leaves a volume that still says who owns it.
+    const head = volumeKeys.head(this.volumeId);
+    await this.store.delete(keys.filter((key) => key !== head));
+    await this.store.delete([head]);
   }
 
   /** The head this process holds; LostOwnershipError once another process took it over. */
@@ -313,6 +339,12 @@ export class VolumeReplica {
 function namesNoPack(error: unknown): undefined {
   if (error instanceof ReplicaDataError) return undefined;
   throw error;
+}
+
+/** The generation and fence a manifest's key names (volumeKeys.generation). */
+function generationOf(key: string): { generation: number; fence: number } | undefined {
+  const match = /\/(\d+)-(\d+)$/.exec(key);
+  return match === null ? undefined : { generation: Number(match[1]), fence: Number(match[2]) };
 }
 
 function manifestKeyOf(head: HeadRecord | undefined): string | undefined {
