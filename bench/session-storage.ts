@@ -10,12 +10,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import {
-  InvokeAgentRuntimeCommandCommand,
-  StopRuntimeSessionCommand,
-} from "@aws-sdk/client-bedrock-agentcore";
+import { StopRuntimeSessionCommand } from "@aws-sdk/client-bedrock-agentcore";
 import { LoopVolumes } from "../src/adapters/volumes/loop-volumes.ts";
 import {
+  commandStdout,
   createReadyRuntime,
   installExampleAgent,
   percentiles,
@@ -47,23 +45,8 @@ const withStorage = await createReadyRuntime(control, "bench_storage", "node-exa
 const withoutStorage = await createReadyRuntime(control, "bench_plain", "node-example");
 
 /** Runs a command and returns its stdout; throws with its output if it fails. */
-async function command(arn: string, sessionId: string, text: string): Promise<string> {
-  const response = await data.send(
-    new InvokeAgentRuntimeCommandCommand({
-      agentRuntimeArn: arn,
-      runtimeSessionId: sessionId,
-      body: { command: text, timeout: 600 },
-    }),
-  );
-  let stdout = "";
-  let stderr = "";
-  for await (const event of response.stream ?? []) {
-    stdout += event.chunk?.contentDelta?.stdout ?? "";
-    stderr += event.chunk?.contentDelta?.stderr ?? "";
-    if (event.chunk?.contentStop !== undefined && event.chunk.contentStop.exitCode !== 0)
-      throw new Error(`${text} failed: ${stdout}${stderr}`);
-  }
-  return stdout;
+function command(arn: string, sessionId: string, text: string): Promise<string> {
+  return commandStdout(data, arn, sessionId, text);
 }
 
 async function stop(arn: string, sessionId: string): Promise<void> {

@@ -5,7 +5,10 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
-import { BedrockAgentCoreClient } from "@aws-sdk/client-bedrock-agentcore";
+import {
+  BedrockAgentCoreClient,
+  InvokeAgentRuntimeCommandCommand,
+} from "@aws-sdk/client-bedrock-agentcore";
 import {
   BedrockAgentCoreControlClient,
   CreateAgentRuntimeCommand,
@@ -220,4 +223,30 @@ export async function createReadyRuntime(
       throw new Error(`runtime ${String(got.status)}: ${String(got.failureReason)}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+/** Runs a command in a session and returns its stdout; throws with its output if it fails. */
+export async function commandStdout(
+  data: BedrockAgentCoreClient,
+  arn: string,
+  sessionId: string,
+  text: string,
+  timeoutSeconds = 600,
+): Promise<string> {
+  const response = await data.send(
+    new InvokeAgentRuntimeCommandCommand({
+      agentRuntimeArn: arn,
+      runtimeSessionId: sessionId,
+      body: { command: text, timeout: timeoutSeconds },
+    }),
+  );
+  let stdout = "";
+  let stderr = "";
+  for await (const event of response.stream ?? []) {
+    stdout += event.chunk?.contentDelta?.stdout ?? "";
+    stderr += event.chunk?.contentDelta?.stderr ?? "";
+    if (event.chunk?.contentStop !== undefined && event.chunk.contentStop.exitCode !== 0)
+      throw new Error(`${text} failed: ${stdout}${stderr}`);
+  }
+  return stdout;
 }

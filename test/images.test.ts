@@ -15,8 +15,8 @@ import { berthBin } from "./support/berth-process.ts";
 import { agentSources, waitFor } from "./support/agents.ts";
 import { hostSuite, quickLifecycleArgs, useTestBerth } from "./support/berth.ts";
 import { invokeProbe, runCommand } from "./support/commands.ts";
+import { freePort } from "./support/ports.ts";
 import {
-  freePort,
   htpasswdFile,
   nodeImageConfig,
   nodeImageRoot,

@@ -1,9 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { gunzipSync } from "node:zlib";
@@ -21,6 +19,7 @@ import { S3ObjectStore } from "../src/adapters/s3/object-store.ts";
 import { agentSources, waitFor } from "./support/agents.ts";
 import {
   clientsOf,
+  killAll,
   credentialsIn,
   serveCommand,
   spawnBerth,
@@ -31,6 +30,7 @@ import { hostSuite, makeDataDir, removeDir } from "./support/berth.ts";
 import { cephMissing, startCephS3, type CephS3 } from "./support/ceph-s3.ts";
 import { zipOf } from "./support/hostile-archives.ts";
 import { createRuntime } from "./support/runtimes.ts";
+import { freePort } from "./support/ports.ts";
 
 describe(
   "the metadata database in the object store (real Berth processes and Ceph RGW, as root)",
@@ -60,26 +60,9 @@ describe(
         }),
       );
       s3.destroy();
-      // The object store's keys are secrets: settings take them from a file or the environment.
-      const configDir = mkdtempSync(join(tmpdir(), "berth-test-config-"));
-      dirs.push(configDir);
-      const config = join(configDir, "berth.json");
-      writeFileSync(
-        config,
-        JSON.stringify({
-          objectStoreAccessKeyId: s3Server.accessKeyId,
-          objectStoreSecretAccessKey: s3Server.secretAccessKey,
-        }),
-      );
       argsFor = ({ url, endpoint }) => [
-        "--config",
-        config,
-        "--object-store-url",
-        url,
-        "--object-store-endpoint",
-        endpoint,
-        "--object-store-force-path-style",
-        "true",
+        // This server's arguments, with the endpoint a test may point elsewhere.
+        ...s3Server.berthArgs(url).map((arg) => (arg === s3Server.endpoint ? endpoint : arg)),
         // A lease of 3 s: a machine that died is taken over 3 s later.
         "--session-storage-checkpoint-seconds",
         "1",
@@ -88,12 +71,7 @@ describe(
     });
 
     after(async () => {
-      for (const berth of running) {
-        if (berth.child.exitCode === null && berth.child.signalCode === null) {
-          berth.child.kill("SIGKILL");
-          await berth.exit;
-        }
-      }
+      await killAll(running);
       for (const dir of dirs) removeDir(dir);
       await ceph?.stop();
     });
@@ -306,17 +284,3 @@ describe(
     });
   },
 );
-
-/** A loopback port nothing listens on. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => {
-        if (typeof address === "object" && address !== null) resolve(address.port);
-        else reject(new Error("no port"));
-      });
-    });
-  });
-}

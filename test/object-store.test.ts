@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { StopRuntimeSessionCommand } from "@aws-sdk/client-bedrock-agentcore";
@@ -12,7 +11,7 @@ import { PutObjectCommand } from "@aws-sdk/client-s3";
 import { s3Client } from "../src/adapters/s3/client.ts";
 import { S3ObjectStore } from "../src/adapters/s3/object-store.ts";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
-import { clientsOf, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
+import { clientsOf, killAll, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
 import { hostSuite, makeDataDir, removeDir } from "./support/berth.ts";
 import { cephMissing, startCephS3, type CephS3 } from "./support/ceph-s3.ts";
 import { runCommand } from "./support/commands.ts";
@@ -33,7 +32,6 @@ describe(
     const dirs: string[] = [];
     const running: BerthProcess[] = [];
     let ceph: CephS3 | undefined;
-    let config = "";
 
     before(async () => {
       const server = (ceph = await startCephS3());
@@ -48,25 +46,10 @@ describe(
         }),
       );
       s3.destroy();
-      const configDir = mkdtempSync(join(tmpdir(), "berth-test-config-"));
-      dirs.push(configDir);
-      config = join(configDir, "berth.json");
-      writeFileSync(
-        config,
-        JSON.stringify({
-          objectStoreAccessKeyId: server.accessKeyId,
-          objectStoreSecretAccessKey: server.secretAccessKey,
-        }),
-      );
     });
 
     after(async () => {
-      for (const berth of running) {
-        if (berth.child.exitCode === null && berth.child.signalCode === null) {
-          berth.child.kill("SIGKILL");
-          await berth.exit;
-        }
-      }
+      await killAll(running);
       for (const dir of dirs) removeDir(dir);
       await ceph?.stop();
     });
@@ -82,14 +65,7 @@ describe(
       const berth = await spawnBerth([
         "--data-dir",
         dataDir,
-        "--config",
-        config,
-        "--object-store-url",
-        `s3://${bucket}/${prefix}`,
-        "--object-store-endpoint",
-        ceph?.endpoint ?? "",
-        "--object-store-force-path-style",
-        "true",
+        ...(ceph?.berthArgs(`s3://${bucket}/${prefix}`) ?? []),
         "--session-storage-checkpoint-seconds",
         "1",
         "--session-storage-bytes",
@@ -261,8 +237,6 @@ describe(
       const localOnly = await spawnBerth([
         "--data-dir",
         dataDir,
-        "--config",
-        config,
         "--session-storage-bytes",
         String(128 * 2 ** 20),
         "--sandbox-outbound",

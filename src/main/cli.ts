@@ -12,6 +12,8 @@ import { startBerth } from "./berth.ts";
 import { closeInheritedDescriptors } from "./inherited-descriptors.ts";
 import { HeldElsewhereError, LostOwnershipError } from "../core/replication/fenced-head.ts";
 import { ObjectStoreCheckError } from "./object-store-check.ts";
+import { ObjectStoreUnavailableError } from "../core/object-store.ts";
+import { ReplicaDataError } from "../core/replication/volume-replica.ts";
 import { jsonLogger } from "./json-logger.ts";
 
 const usage = `berth — a self-hosted agent runtime, wire-compatible with Amazon Bedrock AgentCore Runtime
@@ -129,6 +131,14 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
         `berth serve: ${error.message}: stop that one first, or give this one another --object-store-url (a bucket or prefix of its own)\n`,
       );
       return 2;
+    }
+    // The object store failed after the check (gone down, a snapshot it cannot give back whole):
+    // nothing to fix in the settings, and no stack trace to read either.
+    if (error instanceof ObjectStoreUnavailableError || error instanceof ReplicaDataError) {
+      process.stderr.write(
+        `berth serve: the object store failed while Berth started: ${error.message}\n`,
+      );
+      return 1;
     }
     throw error;
   }

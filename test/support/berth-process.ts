@@ -82,3 +82,13 @@ export function clientsOf(url: string, dataDir: string) {
     data: new BedrockAgentCoreClient(config),
   };
 }
+
+/** Kills (SIGKILL) every one of `berths` still running, and waits for each to be gone. */
+export async function killAll(berths: readonly BerthProcess[]): Promise<void> {
+  for (const berth of berths) {
+    if (berth.child.exitCode === null && berth.child.signalCode === null) {
+      berth.child.kill("SIGKILL");
+      await berth.exit;
+    }
+  }
+}

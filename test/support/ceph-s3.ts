@@ -1,13 +1,13 @@
 import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
 import { CreateBucketCommand, PutBucketVersioningCommand } from "@aws-sdk/client-s3";
 import { s3Client, type ObjectStoreConnection } from "../../src/adapters/s3/client.ts";
+import { freePort } from "./ports.ts";
 
 const run = promisify(execFile);
 
@@ -20,6 +20,11 @@ export interface CephS3 {
   bucket(name: string, options?: { versioned?: boolean }): Promise<string>;
   /** A connection to s3://bucket/prefix on this server. */
   connection(url: string): ObjectStoreConnection;
+  /**
+   * `berth serve` arguments keeping everything at `url` on this server: its keys in a config
+   * file (secrets are not flags), its endpoint, path-style addressing.
+   */
+  berthArgs(url: string): string[];
   /** Stops only the gateway (data kept: the monitor and OSD keep running); startGateway again. */
   stopGateway(): Promise<void>;
   startGateway(): Promise<void>;
@@ -131,11 +136,29 @@ export async function startCephS3(): Promise<CephS3> {
       forcePathStyle: true,
       credentials: { accessKeyId, secretAccessKey },
     });
+    const config = join(dir, "berth.json");
+    writeFileSync(
+      config,
+      JSON.stringify({
+        objectStoreAccessKeyId: accessKeyId,
+        objectStoreSecretAccessKey: secretAccessKey,
+      }),
+    );
     return {
       endpoint,
       accessKeyId,
       secretAccessKey,
       connection,
+      berthArgs: (url) => [
+        "--config",
+        config,
+        "--object-store-url",
+        url,
+        "--object-store-endpoint",
+        endpoint,
+        "--object-store-force-path-style",
+        "true",
+      ],
       bucket: async (name, options = {}) => {
         const client = s3Client(connection(`s3://${name}`));
         await client.send(new CreateBucketCommand({ Bucket: name }));
@@ -245,17 +268,4 @@ async function until(attempt: () => Promise<unknown>, what: string): Promise<voi
       await delay(100);
     }
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => {
-        if (typeof address === "object" && address !== null) resolve(address.port);
-        else reject(new Error("no port"));
-      });
-    });
-  });
 }

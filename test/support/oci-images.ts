@@ -10,11 +10,11 @@ import {
   writeFileSync,
 } from "node:fs";
 import { once } from "node:events";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { waitFor } from "./agents.ts";
+import { freePort } from "./ports.ts";
 
 /** One member of a hand-made layer: anything a real tar can hold, including what should be refused. */
 export interface LayerEntry {
@@ -278,17 +278,3 @@ export const nodeImageConfig: ImageConfig = {
   WorkingDir: "/app",
   User: "agent",
 };
-
-/** A loopback port nothing listens on (at the moment of asking). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => {
-        if (typeof address === "object" && address !== null) resolve(address.port);
-        else reject(new Error("no port"));
-      });
-    });
-  });
-}

@@ -8,13 +8,14 @@ import {
   renameSync,
   writeSync,
 } from "node:fs";
-import { readFile, rename, writeFile } from "node:fs/promises";
+import { readFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { gunzip } from "node:zlib";
 import type { Logger } from "../../core/logger.ts";
 import type { ObjectStore } from "../../core/object-store.ts";
 import type { HeadRecord } from "../../core/replication/fenced-head.ts";
+import { ReplicaDataError } from "../../core/replication/volume-replica.ts";
 
 /** The largest metadata snapshot read back, stored or unpacked: what the store gives is not trusted to be small. */
 const maxSnapshotBytes = 1024 ** 3;
@@ -71,7 +72,13 @@ interface ReplicaState {
 async function generationHere(dataDir: string, objectStore: string): Promise<number> {
   const text = await readFile(join(dataDir, stateFileName), "utf8").catch(() => undefined);
   if (text === undefined) return 0;
-  const state = JSON.parse(text) as Partial<ReplicaState>;
+  let state: Partial<ReplicaState>;
+  try {
+    state = JSON.parse(text) as Partial<ReplicaState>;
+  } catch {
+    // Cut short by a crash: unknown, so the head's snapshot is restored over the database.
+    return 0;
+  }
   return state.objectStore === objectStore && typeof state.generation === "number"
     ? state.generation
     : 0;
@@ -85,8 +92,9 @@ export async function recordGeneration(
 ): Promise<void> {
   const path = join(dataDir, stateFileName);
   const state: ReplicaState = { objectStore, generation };
-  await writeFile(`${path}.new`, `${JSON.stringify(state)}\n`, { mode: 0o600 });
+  writeDurably(`${path}.new`, Buffer.from(`${JSON.stringify(state)}\n`));
   await rename(`${path}.new`, path);
+  fsyncDirectory(dataDir);
 }
 
 export function payloadOf(head: HeadRecord): SnapshotPayload {
@@ -153,12 +161,12 @@ async function download(
   const where = `${objectStore.location}${payload.key}`;
   const found = await objectStore.get(payload.key, maxSnapshotBytes);
   if (found === undefined) {
-    throw new Error(
+    throw new ReplicaDataError(
       `the metadata database's current generation ${generation} (${where}) is missing from the object store; Berth does not start on an older or empty database in its place`,
     );
   }
   if (sha256(found.body) !== payload.sha256) {
-    throw new Error(
+    throw new ReplicaDataError(
       `the metadata database's current generation ${generation} (${where}) is damaged: its SHA-256 is not the one ${metadataHeadKey} records`,
     );
   }

@@ -304,6 +304,8 @@ export class ReplicatedVolumes implements VolumeStore {
       );
     }
     const started = performance.now();
+    const size = (await replica.currentManifest())?.sizeBytes ?? 0;
+    await this.pool.ensureFree(size + this.attachedBytes());
     const manifest = await restoreImage(replica, files);
     await this.states.write(volumeId, {
       ...this.unknownState(),

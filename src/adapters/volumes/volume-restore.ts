@@ -27,9 +27,9 @@ export async function restoreImage(replica: VolumeReplica, files: ImageFiles): P
     await file.truncate(manifest.sizeBytes);
     await reserveBlocks(partial, manifest.sizeBytes);
     await replica.restore({
-      writeChunk: async (index, size, bytes) => {
-        const length = Math.min(size, manifest.sizeBytes - index * size);
-        await file.write(bytes, 0, length, index * size);
+      writeChunks: async (firstIndex, size, bytes) => {
+        const offset = firstIndex * size;
+        await file.write(bytes, 0, Math.min(bytes.byteLength, manifest.sizeBytes - offset), offset);
       },
     });
     await file.sync();

@@ -69,8 +69,9 @@ class MemorySink implements BlockSink {
   constructor(sizeBytes: number) {
     this.bytes = Buffer.alloc(sizeBytes);
   }
-  writeChunk(index: number, size: number, chunk: Buffer): Promise<void> {
-    chunk.copy(this.bytes, index * size, 0, Math.min(size, this.bytes.byteLength - index * size));
+  writeChunks(firstIndex: number, size: number, chunks: Buffer): Promise<void> {
+    const offset = firstIndex * size;
+    chunks.copy(this.bytes, offset, 0, Math.min(chunks.byteLength, this.bytes.byteLength - offset));
     return Promise.resolve();
   }
 }
