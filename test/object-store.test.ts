@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -11,13 +13,21 @@ import { PutObjectCommand } from "@aws-sdk/client-s3";
 import { s3Client } from "../src/adapters/s3/client.ts";
 import { S3ObjectStore } from "../src/adapters/s3/object-store.ts";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
-import { clientsOf, killAll, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
+import {
+  berthBin,
+  clientsOf,
+  killAll,
+  spawnBerth,
+  type BerthProcess,
+} from "./support/berth-process.ts";
 import { hostSuite, makeDataDir, removeDir } from "./support/berth.ts";
 import { cephMissing, startCephS3, type CephS3 } from "./support/ceph-s3.ts";
 import { runCommand } from "./support/commands.ts";
 import { zipOf } from "./support/hostile-archives.ts";
 import { createRuntime, newSessionId, workspace } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
+
+const runFile = promisify(execFile);
 
 /**
  * Issue 16 end to end: real `berth serve` processes, real sandboxes and volumes, a real S3
@@ -108,6 +118,21 @@ describe(
       return (JSON.parse(answer.body) as { storage: Record<string, unknown>[] }).storage;
     }
 
+    /** Runs the `berth` CLI against `on` as its operator would; its stdout. */
+    async function berthCli(on: Started, args: string[]): Promise<string> {
+      const { stdout } = await runFile(process.execPath, [berthBin, ...args], {
+        env: {
+          PATH: process.env["PATH"],
+          HOME: process.env["HOME"],
+          BERTH_ENDPOINT: on.berth.url,
+          AWS_ACCESS_KEY_ID: on.credentials.accessKeyId,
+          AWS_SECRET_ACCESS_KEY: on.credentials.secretAccessKey,
+          AWS_REGION: "us-east-1",
+        },
+      });
+      return stdout;
+    }
+
     /** Every entry under the workspace: type, mode, owner, size, links, target and content hash. */
     const describeTree =
       "cd /mnt/workspace && find . -printf '%p %y %m %U %G %s %n %l\\n' | sort && find . -type f -exec sha256sum {} + | sort";
@@ -155,6 +180,13 @@ describe(
       const replica = afterStop?.["replica"] as Record<string, unknown>;
       assert.equal(replica["pending"], false);
       assert.ok(Number(replica["generation"]) >= 1);
+      // The operator's view: the last durable generation, its time and size, nothing pending.
+      const listed = await berthCli(first, ["storage", "list", runtime.id]);
+      assert.match(listed, /^SESSION ID .* DURABLE\s+DURABLE AT\s+STORED\s+PENDING$/m);
+      assert.match(
+        listed.split("\n").find((line) => line.startsWith(stopped)) ?? "",
+        new RegExp(`generation ${String(replica["generation"])}\\s+\\S+\\s+\\S+ \\S+\\s+no$`),
+      );
 
       // A running session writing all the time, checkpointed every second.
       const busy = newSessionId("busy");
