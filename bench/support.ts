@@ -106,6 +106,8 @@ export async function startProcess(command: string, args: string[], readyMessage
     ready,
     pid: child.pid,
     stop: async () => {
+      // Stopping one already stopped is done (an exit event would never come again).
+      if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill("SIGTERM");
       await once(child, "exit");
     },
