@@ -367,7 +367,7 @@ async function waitForGeneration(server: Server, runtimeId: string, generation: 
   }
 }
 
-/** The baseline: GET the tar.zst and extract it into an empty folder, streamed. */
+/** The baseline: GET the tar.zst to a file, then `zstd -d | tar -x` it into an empty folder. */
 async function downloadAndExtract(s3: ReturnType<typeof s3Client>, target: string): Promise<void> {
   execFileSync("mkdir", ["-p", target]);
   const answer = await s3.send(

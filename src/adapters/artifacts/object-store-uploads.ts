@@ -85,9 +85,7 @@ export class ObjectStoreUploads implements ArtifactUploader {
 
   /**
    * Puts the archive at `object`, unless something is there already: then the conflict names
-   * the `requested` location, the one the caller knows. (Ceph RGW ignores that condition in a
-   * bucket that keeps versions; there each upload's answer names its own version, so the
-   * versions that use it still never change.)
+   * the `requested` location, the one the caller knows.
    */
   private async store(
     object: BucketObject,

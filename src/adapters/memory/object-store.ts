@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import {
+  ObjectStoreUnavailableError,
   PreconditionFailedError,
   TooLargeObjectError,
   type ObjectInfo,
@@ -71,7 +72,9 @@ export class MemoryObjectStore implements ObjectStore {
   }
 
   private answer<T>(work: () => T): Promise<T> {
-    if (this.failing) return Promise.reject(new Error("object store: unreachable (test)"));
+    if (this.failing) {
+      return Promise.reject(new ObjectStoreUnavailableError("object store: unreachable (test)"));
+    }
     try {
       return Promise.resolve(work());
     } catch (error) {

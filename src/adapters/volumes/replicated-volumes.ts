@@ -34,7 +34,7 @@ export interface ReplicationSettings {
   durableWaitMs: number;
 }
 
-/** Generations between two garbage collections of an attached volume (and one at each detach). */
+/** Generations between two garbage collections of an attached volume (and one after each attach). */
 const collectEvery = 20;
 /** The longest wait between two attempts of a checkpoint that keeps failing. */
 const maxBackoffMs = 60_000;
@@ -52,6 +52,9 @@ interface Attached {
 
 /** A detached volume's last state going up in the background. */
 interface Upload {
+  /** True once its last state is durable and the volume let go. */
+  durable: Promise<boolean>;
+  /** Settled once the upload is over, the volume let go; false when it gave up. */
   done: Promise<boolean>;
   stop: AbortController;
 }
@@ -155,6 +158,7 @@ export class ReplicatedVolumes implements VolumeStore {
       };
       this.attached.set(volumeId, entry);
       this.schedule(volumeId, entry, this.settings.checkpointMs);
+      this.collectSoon(volumeId, entry);
       return handle;
     } catch (error) {
       await replica.release().catch(() => undefined);
@@ -177,9 +181,9 @@ export class ReplicatedVolumes implements VolumeStore {
     await this.busy.get(volumeId)?.catch(() => undefined);
     const usedBytes = await this.local.detach(volumeId);
     // Unmounted: nothing writes to the image any more; its last state goes up as it is.
-    const upload = this.startUpload(volumeId, entry.replica, usedBytes);
+    const upload = this.startUpload(volumeId, entry.replica);
     const outcome = await Promise.race([
-      upload.done.then((durable) => (durable ? "durable" : "given up")),
+      upload.durable.then((durable) => (durable ? "durable" : "given up")),
       delay(this.settings.durableWaitMs, "still uploading", { ref: false }),
     ]);
     if (outcome !== "durable") {
@@ -248,7 +252,7 @@ export class ReplicatedVolumes implements VolumeStore {
     }
     for (const volumeId of await this.local.list()) {
       if ((await this.states.find(volumeId))?.pending !== false) {
-        this.startUpload(volumeId, this.replicaOf(volumeId), undefined);
+        this.startUpload(volumeId, this.replicaOf(volumeId));
       }
     }
   }
@@ -413,10 +417,8 @@ export class ReplicatedVolumes implements VolumeStore {
       await this.exclusively(volumeId, async () => {
         // Detached or removed while this one waited its turn: nothing is mounted to clone.
         if (this.attached.get(volumeId) !== entry) return;
-        const usedBytes = (await this.local.usage(volumeId)).usedBytes;
         const result = await this.checkpoint(volumeId, entry.replica, {
           liveMount: this.local.mountPath(volumeId),
-          usedBytes,
         });
         if (result.written) entry.generationsSinceCollection += 1;
         if (entry.generationsSinceCollection >= collectEvery) {
@@ -440,15 +442,31 @@ export class ReplicatedVolumes implements VolumeStore {
     }
   }
 
+  /**
+   * Collects what the volume's earlier generations left (its owner is this process while it is
+   * attached), in the background, between checkpoints. Also every collectEvery generations.
+   */
+  private collectSoon(volumeId: string, entry: Attached): void {
+    // Queued before any checkpoint or detach of the volume, so it runs while this process still
+    // owns it, even when the session ends at once.
+    void this.exclusively(volumeId, () => entry.replica.collectGarbage(2 * this.leaseMs)).catch(
+      (error: unknown) => {
+        this.log.warn("session storage: collecting old packs failed; the next attach retries", {
+          volumeId,
+          error: String(error),
+        });
+      },
+    );
+  }
+
   /** Starts uploading a detached volume's last state in the background (see uploadUntilDurable). */
-  private startUpload(
-    volumeId: string,
-    replica: VolumeReplica,
-    usedBytes: number | undefined,
-  ): Upload {
+  private startUpload(volumeId: string, replica: VolumeReplica): Upload {
     const stop = new AbortController();
-    const done = this.uploadUntilDurable(volumeId, replica, usedBytes, stop.signal);
-    const upload = { done, stop };
+    let durable!: (outcome: boolean) => void;
+    const isDurable = new Promise<boolean>((resolve) => (durable = resolve));
+    const done = this.uploadUntilDurable(volumeId, replica, stop.signal, durable);
+    void done.then(durable);
+    const upload = { durable: isDurable, done, stop };
     this.uploading.set(volumeId, upload);
     void done.finally(() => {
       if (this.uploading.get(volumeId) === upload) this.uploading.delete(volumeId);
@@ -482,8 +500,8 @@ export class ReplicatedVolumes implements VolumeStore {
   private async uploadUntilDurable(
     volumeId: string,
     replica: VolumeReplica,
-    usedBytes: number | undefined,
     signal: AbortSignal,
+    durable: (outcome: boolean) => void,
   ): Promise<boolean> {
     for (let failures = 0; !signal.aborted; failures += 1) {
       try {
@@ -491,10 +509,11 @@ export class ReplicatedVolumes implements VolumeStore {
           if (replica.current === undefined) {
             await replica.acquire({ goneHolders: this.goneHolders });
           }
-          await this.checkpoint(volumeId, replica, { usedBytes });
-          await replica.collectGarbage(2 * this.leaseMs);
+          await this.checkpoint(volumeId, replica, { settled: true });
+          // Let go before the stop answers: another machine may take the volume at once.
+          // (Old packs are collected at its next attach, not here: a stop waits for no listing.)
           await replica.release();
-          await this.states.update(volumeId, this.unknownState(), { pending: false });
+          durable(true);
         });
         this.succeeded(volumeId, failures);
         return true;
@@ -516,11 +535,14 @@ export class ReplicatedVolumes implements VolumeStore {
     return false;
   }
 
-  /** One checkpoint of the volume, its outcome recorded in its state. */
+  /**
+   * One checkpoint of the volume, its outcome recorded in its state. settled: the volume is
+   * detached, so once this generation is durable nothing local is pending.
+   */
   private async checkpoint(
     volumeId: string,
     replica: VolumeReplica,
-    options: { liveMount?: string; usedBytes: number | undefined },
+    options: { liveMount?: string; settled?: boolean },
   ): Promise<ImageCheckpoint> {
     // Room for the clone's copy-on-write: every attached volume may rewrite each of its blocks
     // (or fill each discarded one) once more while this clone and the last one both exist.
@@ -535,12 +557,21 @@ export class ReplicatedVolumes implements VolumeStore {
       replica,
       basedOn: this.basedOn(state),
       liveMount,
-      usedBytes: options.usedBytes,
     });
-    await this.states.update(volumeId, this.unknownState(), {
+    const unchanged =
+      !result.written &&
+      options.settled !== true &&
+      state !== undefined &&
+      state.manifestKey === result.manifestKey &&
+      state.objectStore === this.store.location;
+    // An idle volume's checkpoint changes nothing here: no durable write every interval.
+    if (unchanged) return result;
+    await this.states.write(volumeId, {
+      ...(state ?? this.unknownState()),
       objectStore: this.store.location,
       generation: result.generation,
       manifestKey: result.manifestKey,
+      ...(options.settled === true ? { pending: false } : {}),
       ...(result.written
         ? {
             durableAt: new Date().toISOString(),

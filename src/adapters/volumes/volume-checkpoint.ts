@@ -42,7 +42,6 @@ export async function checkpointImage(options: {
   replica: VolumeReplica;
   basedOn: string | undefined;
   liveMount: string | undefined;
-  usedBytes: number | undefined;
 }): Promise<ImageCheckpoint> {
   const { files, replica } = options;
   const started = performance.now();
@@ -61,9 +60,7 @@ export async function checkpointImage(options: {
   try {
     const compareWith = current === undefined ? undefined : await existing(files.base);
     const snapshot = await snapshotOf(files.next, compareWith);
-    const result = await replica
-      .checkpoint(snapshot.blocks, options.usedBytes)
-      .finally(() => snapshot.close());
+    const result = await replica.checkpoint(snapshot.blocks).finally(() => snapshot.close());
     // The clone is what the current generation is now: the base of the next comparison.
     await rename(files.next, files.base);
     // Nothing new to write: the head is still rewritten, proof that its owner is alive.

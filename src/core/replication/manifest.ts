@@ -24,8 +24,6 @@ export interface Manifest {
   chunkBytes: number;
   /** Chunk index -> where its bytes are; zero chunks are left out. */
   chunks: Map<number, ChunkRef>;
-  /** Bytes the filesystem had in use when the generation was taken, if known. */
-  usedBytes: number | undefined;
   createdAt: string;
 }
 
@@ -141,7 +139,6 @@ export function decodeManifest(body: Buffer, key: string): Manifest {
     }
     chunks.set(index, { hash, pack: packs[pack] as string, offset, length });
   }
-  const usedBytes = parsed["usedBytes"];
   return {
     format: 2,
     volumeId: String(parsed["volumeId"]),
@@ -150,7 +147,6 @@ export function decodeManifest(body: Buffer, key: string): Manifest {
     sizeBytes,
     chunkBytes: size,
     chunks,
-    usedBytes: typeof usedBytes === "number" ? usedBytes : undefined,
     createdAt: String(parsed["createdAt"]),
   };
 }

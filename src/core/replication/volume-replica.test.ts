@@ -141,7 +141,7 @@ function replicaOf(
 
 /** Checkpoints `image` through `replica`, marking it durable when that worked. */
 async function checkpoint(replica: VolumeReplica, image: MemoryImage) {
-  const result = await replica.checkpoint(image.snapshot(), undefined);
+  const result = await replica.checkpoint(image.snapshot());
   image.checkpointed();
   return result;
 }
@@ -273,7 +273,7 @@ describe("a volume's replica in the object store", () => {
     // Chunks and manifest stored, then the process dies before the head moves.
     image.write(chunkBytes, randomBytes(2 * chunkBytes));
     store.failPuts = /\/head$/;
-    await assert.rejects(crashing.checkpoint(image.snapshot(), undefined), /head failed/);
+    await assert.rejects(crashing.checkpoint(image.snapshot()), /head failed/);
     assert.ok(store.inner.keys().includes(volumeKeys.generation(volumeId, 2, 1)));
     store.failPuts = undefined;
 
@@ -298,7 +298,7 @@ describe("a volume's replica in the object store", () => {
     image.write(4 * chunkBytes, randomBytes(150 * chunkBytes));
     store.failPuts = /\/packs\//;
     store.failAfter = 1;
-    await assert.rejects(replica.checkpoint(image.snapshot(), undefined), /packs.*failed/);
+    await assert.rejects(replica.checkpoint(image.snapshot()), /packs.*failed/);
     store.failPuts = undefined;
     assert.equal(store.packPuts, 2, "one pack of the failed checkpoint was stored before");
     assert.equal((await replica.peek())?.generation, 1);
@@ -381,7 +381,7 @@ describe("a volume's replica in the object store", () => {
     await checkpoint(taker, image);
 
     staleImage.write(9 * chunkBytes, randomBytes(chunkBytes));
-    await assert.rejects(stale.checkpoint(staleImage.snapshot(), undefined), LostOwnershipError);
+    await assert.rejects(stale.checkpoint(staleImage.snapshot()), LostOwnershipError);
     const head = await taker.peek();
     assert.deepEqual(
       { holder: head?.holder, fence: head?.fence, generation: head?.generation },

@@ -142,10 +142,7 @@ export class VolumeReplica {
    * manifest, then the head. Chunks the current generation already holds (by hash) are not
    * uploaded again; all-zero chunks are never stored.
    */
-  async checkpoint(
-    snapshot: BlockSnapshot,
-    usedBytes: number | undefined,
-  ): Promise<CheckpointResult> {
+  async checkpoint(snapshot: BlockSnapshot): Promise<CheckpointResult> {
     const head = this.requireHead();
     const base = await this.currentManifest();
     const changed = await snapshot.changedChunks(chunkBytes);
@@ -186,19 +183,13 @@ export class VolumeReplica {
       sizeBytes: snapshot.sizeBytes,
       chunkBytes,
       chunks,
-      usedBytes,
       createdAt: new Date().toISOString(),
     };
     const key = volumeKeys.generation(this.volumeId, manifest.generation, manifest.fence);
     const encoded = encodeManifest(manifest);
     await this.store.put(key, encoded);
     // The head moves last: until it does, the previous generation is the current one.
-    await this.head.advance({
-      manifest: key,
-      sizeBytes: manifest.sizeBytes,
-      usedBytes: usedBytes ?? null,
-      chunks: chunks.size,
-    });
+    await this.head.advance({ manifest: key });
     this.previousManifestKey = manifestKeyOf(head);
     this.manifest = manifest;
     return {
