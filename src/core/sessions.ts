@@ -109,8 +109,13 @@ export interface SessionLease {
 }
 
 const outputTailLines = 20;
-/** How long a request that lost its sandbox waits to learn why (see endReasonSoon). */
-const endNoticeMs = 50;
+/**
+ * How long a request that lost its sandbox waits to learn why (see endReasonSoon). Ended sooner
+ * when the session ends, which is the usual case; long enough that on a loaded host the
+ * session is gone before the caller hears of the crash, so its next request starts afresh
+ * (seen at 50 ms: a request right after a crash reached the dying sandbox).
+ */
+const endNoticeMs = 1000;
 /**
  * Most idle sessions whose /ping is asked at once. Each ask ends within agentPingTimeoutMs and
  * lets the next queued one start, and the sessions asked longest ago go first, so every idle
