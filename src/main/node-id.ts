@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
+import { readFileSync, renameSync } from "node:fs";
 import { join } from "node:path";
+import { writeFileDurably } from "../adapters/host/durable-files.ts";
 
 /**
  * This Berth's name in what it shares through the metadata store (volume claims): made once and
@@ -28,13 +29,7 @@ export function loadOrCreateNodeId(dataDir: string): string {
 function createNodeId(path: string): string {
   const id = randomUUID();
   const temporary = `${path}.new`;
-  const descriptor = openSync(temporary, "w", 0o600);
-  try {
-    writeSync(descriptor, `${id}\n`);
-    fsyncSync(descriptor);
-  } finally {
-    closeSync(descriptor);
-  }
+  writeFileDurably(temporary, Buffer.from(`${id}\n`));
   renameSync(temporary, path);
   return id;
 }

@@ -1,13 +1,5 @@
 import { createHash } from "node:crypto";
-import {
-  closeSync,
-  existsSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  renameSync,
-  writeSync,
-} from "node:fs";
+import { existsSync, mkdirSync, renameSync } from "node:fs";
 import { readFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -16,6 +8,7 @@ import type { Logger } from "../../core/logger.ts";
 import type { ObjectStore } from "../../core/object-store.ts";
 import type { HeadRecord } from "../../core/replication/fenced-head.ts";
 import { ReplicaDataError } from "../../core/replication/volume-replica.ts";
+import { syncFolderNow, writeFileDurably } from "../host/durable-files.ts";
 
 /** The largest metadata snapshot read back, stored or unpacked: what the store gives is not trusted to be small. */
 const maxSnapshotBytes = 1024 ** 3;
@@ -92,9 +85,9 @@ export async function recordGeneration(
 ): Promise<void> {
   const path = join(dataDir, stateFileName);
   const state: ReplicaState = { objectStore, generation };
-  writeDurably(`${path}.new`, Buffer.from(`${JSON.stringify(state)}\n`));
+  writeFileDurably(`${path}.new`, Buffer.from(`${JSON.stringify(state)}\n`));
   await rename(`${path}.new`, path);
-  fsyncDirectory(dataDir);
+  syncFolderNow(dataDir);
 }
 
 export function payloadOf(head: HeadRecord): SnapshotPayload {
@@ -137,10 +130,10 @@ export async function restoreIfBehind(input: {
   const payload = payloadOf(head);
   const database = await download(objectStore, payload, head.generation);
   const incoming = join(workDir(dataDir), "restoring.db");
-  writeDurably(incoming, database);
+  writeFileDurably(incoming, database);
   const replaced = moveAside(databasePath);
   renameSync(incoming, databasePath);
-  fsyncDirectory(dataDir);
+  syncFolderNow(dataDir);
   await recordGeneration(dataDir, objectStore.location, head.generation);
   log.info("restored the metadata database from the object store", {
     objectStore: objectStore.location,
@@ -173,20 +166,6 @@ async function download(
   return promisify(gunzip)(found.body, { maxOutputLength: maxSnapshotBytes });
 }
 
-/** Writes the file (0600) and makes it durable before it is renamed into place. */
-function writeDurably(path: string, bytes: Uint8Array): void {
-  const descriptor = openSync(path, "w", 0o600);
-  try {
-    // writeSync may write less than asked.
-    for (let written = 0; written < bytes.byteLength;) {
-      written += writeSync(descriptor, bytes, written);
-    }
-    fsyncSync(descriptor);
-  } finally {
-    closeSync(descriptor);
-  }
-}
-
 /**
  * Moves a database about to be replaced (with its WAL and shared-memory files, which belong to
  * it: left beside the new one, SQLite would apply the old WAL to it) to berth.db.replaced-TIME.
@@ -201,13 +180,4 @@ function moveAside(databasePath: string): string | undefined {
     moved = true;
   }
   return moved ? aside : undefined;
-}
-
-function fsyncDirectory(dir: string): void {
-  const descriptor = openSync(dir, "r");
-  try {
-    fsyncSync(descriptor);
-  } finally {
-    closeSync(descriptor);
-  }
 }

@@ -26,18 +26,21 @@ export async function formatExt4(
   await runCommand("debugfs", ["-w", "-R", "rmdir lost+found", image]);
 }
 
-/** Allocates every block of `image` on the host's disk (kept data stays as it is). */
-export async function reserveBlocks(image: string, sizeBytes: number): Promise<void> {
+/**
+ * Allocates every block of `image` on the host's disk (kept data stays as it is). A disk with no
+ * room throws NoRoomForVolumeError, saying `noRoom` (by default: a volume's sessionStorageBytes).
+ */
+export async function reserveBlocks(
+  image: string,
+  sizeBytes: number,
+  noRoom = `no room to reserve ${sizeBytes} bytes (sessionStorageBytes) for ${image}`,
+): Promise<void> {
   try {
     await runCommand("fallocate", ["--length", String(sizeBytes), image]);
   } catch (error) {
     const reason = commandError(error);
-    if (/no space left/i.test(reason)) {
-      throw new NoRoomForVolumeError(
-        `no room to reserve ${sizeBytes} bytes (sessionStorageBytes) for ${image}`,
-      );
-    }
-    throw new Error(`cannot reserve the blocks of ${image}: ${reason}`);
+    if (/no space left/i.test(reason)) throw new NoRoomForVolumeError(noRoom);
+    throw new Error(`cannot reserve the blocks of ${image}: ${reason}`, { cause: error });
   }
 }
 

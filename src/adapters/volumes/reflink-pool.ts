@@ -6,6 +6,7 @@ import { isMountPoint } from "../host/mount-table.ts";
 import { LoopDeviceTable } from "./loop-devices.ts";
 import { commandError, runCommand } from "./run-command.ts";
 import { syncFolder } from "./volume-files.ts";
+import { reserveBlocks } from "./ext4-image.ts";
 
 /**
  * The smallest pool made: mkfs.xfs refuses a filesystem under 300 MB (its log alone takes
@@ -111,7 +112,7 @@ export class ReflinkPool {
 
   /** The file to `sizeBytes` (reserved), then the loop device, then the filesystem. */
   private async grow(sizeBytes: number): Promise<void> {
-    await reserve(this.file, sizeBytes);
+    await reserveBlocks(this.file, sizeBytes, poolNoRoom(this.file, sizeBytes));
     try {
       await runCommand("losetup", ["--set-capacity", this.device]);
       await runCommand("xfs_growfs", ["-d", this.path]);
@@ -156,7 +157,7 @@ async function makePoolFile(file: string, sizeBytes: number): Promise<void> {
   await rm(partial, { force: true });
   const handle = await open(partial, "wx", 0o600);
   try {
-    await reserve(partial, sizeBytes);
+    await reserveBlocks(partial, sizeBytes, poolNoRoom(partial, sizeBytes));
     // -K: nothing to discard in a file just reserved (a discard would give its blocks back).
     await runCommand("mkfs.xfs", ["-q", "-K", "-m", "reflink=1", partial]);
     await handle.sync();
@@ -172,21 +173,6 @@ async function makePoolFile(file: string, sizeBytes: number): Promise<void> {
   }
   await rename(partial, file);
   await syncFolder(dirname(file));
-}
-
-/** Allocates `file`'s blocks on the host's disk up to `sizeBytes` (kept data stays). */
-async function reserve(file: string, sizeBytes: number): Promise<void> {
-  try {
-    await runCommand("fallocate", ["--length", String(sizeBytes), file]);
-  } catch (error) {
-    const reason = commandError(error);
-    if (/no space left/i.test(reason)) {
-      throw new NoRoomForVolumeError(
-        `no room on the host's disk for the reflink pool ${file} at ${sizeBytes} bytes`,
-      );
-    }
-    throw new Error(`cannot reserve the blocks of ${file}: ${reason}`, { cause: error });
-  }
 }
 
 /** Loop-mounts the pool file on `path`; returns the loop device. */
@@ -239,4 +225,8 @@ async function exists(path: string): Promise<boolean> {
       throw error;
     },
   );
+}
+
+function poolNoRoom(file: string, sizeBytes: number): string {
+  return `no room on the host's disk for the reflink pool ${file} at ${sizeBytes} bytes`;
 }
