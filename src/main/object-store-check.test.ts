@@ -3,38 +3,25 @@
 // bucket) are tested against Ceph RGW in test/metadata-replica.test.ts.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { MemoryObjectStore } from "../adapters/memory/object-store.ts";
-import type { ObjectStore, WriteCondition } from "../core/object-store.ts";
+import { ForwardingObjectStore, MemoryObjectStore } from "../adapters/memory/object-store.ts";
+import type { WriteCondition } from "../core/object-store.ts";
 import { checkConditionalWrites, ObjectStoreCheckError } from "./object-store-check.ts";
 
 /** The memory store, dropping the conditions named in `ignored` as a store would ignore them. */
-class IgnoringStore implements ObjectStore {
-  readonly location = "s3://bucket/berth/";
-  readonly inner = new MemoryObjectStore();
+class IgnoringStore extends ForwardingObjectStore {
   private readonly ignored: "ifNoneMatch" | "ifMatch";
 
   constructor(ignored: "ifNoneMatch" | "ifMatch") {
+    super(new MemoryObjectStore(), "s3://bucket/berth/");
     this.ignored = ignored;
   }
 
-  get(key: string, maxBytes: number) {
-    return this.inner.get(key, maxBytes);
-  }
-
-  put(key: string, body: Uint8Array, condition?: WriteCondition) {
+  override put(key: string, body: Uint8Array, condition?: WriteCondition) {
     const ignore = condition !== undefined && this.ignored in condition;
     return this.inner.put(key, body, ignore ? undefined : condition);
   }
 
-  head(key: string) {
-    return this.inner.head(key);
-  }
-
-  list(prefix: string) {
-    return this.inner.list(prefix);
-  }
-
-  delete(keys: readonly string[]) {
+  override delete(keys: readonly string[]) {
     return this.inner.delete(keys);
   }
 }

@@ -4,7 +4,8 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import type { ArtifactUploader, UploadedCode } from "../../core/artifact-upload.ts";
 import { BerthError } from "../../core/errors.ts";
-import { ByteLimit, untarGz, type UnpackLimits } from "./bounded-unpack.ts";
+import { ByteLimit } from "../host/byte-limit.ts";
+import { untarGz, type UnpackLimits } from "./bounded-unpack.ts";
 import { sealTree } from "./sealed-tree.ts";
 import { UnpackWorkspace } from "./unpack-workspace.ts";
 

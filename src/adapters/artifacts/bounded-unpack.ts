@@ -1,17 +1,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import {
-  PassThrough,
-  Transform,
-  type Readable,
-  type TransformCallback,
-  type Writable,
-} from "node:stream";
+import { PassThrough, Transform, type Readable, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { StringDecoder } from "node:string_decoder";
 import { createGunzip } from "node:zlib";
 import { BerthError } from "../../core/errors.ts";
 import { berthIsRoot, unpackUid } from "./unpack-workspace.ts";
+import { ByteLimit } from "../host/byte-limit.ts";
 
 /** How much one archive may unpack to: a small archive can otherwise fill the disk. */
 export interface UnpackLimits {
@@ -82,25 +77,6 @@ export async function unzipFile(
   content.limitBytes(limits.maxUnpackedBytes, () => tooLarge(what, limits));
   await content.succeeded(what, ".zip");
   await new Unpacker(["unzip", "-q", "-o", zipPath, "-d", tree]).succeeded(what, ".zip");
-}
-
-/** Passes bytes through, counting them, until more than `max` came; then fails with `tooMany()`. */
-export class ByteLimit extends Transform {
-  bytes = 0;
-  private readonly max: number;
-  private readonly tooMany: () => BerthError;
-
-  constructor(max: number, tooMany: () => BerthError) {
-    super();
-    this.max = max;
-    this.tooMany = tooMany;
-  }
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    this.bytes += chunk.length;
-    if (this.bytes > this.max) done(this.tooMany());
-    else done(null, chunk);
-  }
 }
 
 /**

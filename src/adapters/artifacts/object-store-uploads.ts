@@ -11,7 +11,8 @@ import {
   type BucketObject,
 } from "../../core/object-store.ts";
 import { taken, tooLarge } from "./archive-uploads.ts";
-import { ByteLimit, untarGz, type UnpackLimits } from "./bounded-unpack.ts";
+import { ByteLimit } from "../host/byte-limit.ts";
+import { untarGz, type UnpackLimits } from "./bounded-unpack.ts";
 import { sha256Of, type UnpackedArchives } from "./unpacked-archives.ts";
 
 /**

@@ -90,3 +90,39 @@ function info(key: string, found: { body: Buffer; etag: string; lastModified: Da
 function tooLarge(key: string, size: number, maxBytes: number): TooLargeObjectError {
   return new TooLargeObjectError(`${key} holds ${size} bytes, more than the ${maxBytes} expected`);
 }
+
+/**
+ * An object store that hands every request to `inner`: a test double extends it and overrides
+ * only the requests it changes (fails, holds, counts).
+ */
+export class ForwardingObjectStore<
+  Inner extends ObjectStore = MemoryObjectStore,
+> implements ObjectStore {
+  readonly location: string;
+  readonly inner: Inner;
+
+  constructor(inner: Inner, location = inner.location) {
+    this.inner = inner;
+    this.location = location;
+  }
+
+  get(key: string, maxBytes: number): Promise<StoredObject | undefined> {
+    return this.inner.get(key, maxBytes);
+  }
+
+  put(key: string, body: Uint8Array, condition?: WriteCondition): Promise<{ etag: string }> {
+    return this.inner.put(key, body, condition);
+  }
+
+  head(key: string): Promise<ObjectInfo | undefined> {
+    return this.inner.head(key);
+  }
+
+  list(prefix: string): AsyncIterable<ObjectInfo> {
+    return this.inner.list(prefix);
+  }
+
+  delete(keys: readonly string[]): Promise<void> {
+    return this.inner.delete(keys);
+  }
+}

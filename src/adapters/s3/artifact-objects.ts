@@ -1,6 +1,6 @@
 import { createReadStream } from "node:fs";
 import { open, rm, stat } from "node:fs/promises";
-import { Readable, Transform, type TransformCallback } from "node:stream";
+import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import {
   GetObjectCommand,
@@ -17,6 +17,7 @@ import {
 } from "../../core/object-store.ts";
 import { endpointOf, parseObjectStoreUrl, s3Client, type ObjectStoreConnection } from "./client.ts";
 import { statusOf, storeError } from "./store-errors.ts";
+import { ByteLimit } from "../host/byte-limit.ts";
 
 /**
  * Code artifacts in any bucket the object store's credentials reach, streamed to and from files
@@ -91,7 +92,7 @@ export class S3ArtifactObjects implements ArtifactObjects {
     try {
       await pipeline(
         body,
-        new ByteCounter(maxBytes, () => tooLarge(object, maxBytes)),
+        new ByteLimit(maxBytes, () => tooLarge(object, maxBytes)),
         handle.createWriteStream(),
       );
       return true;
@@ -126,25 +127,6 @@ export class S3ArtifactObjects implements ArtifactObjects {
       }
       throw storeError(error, `writing ${s3Url(object)}`, this.endpoint);
     }
-  }
-}
-
-/** Passes bytes through, counting them; fails with `tooMany()` once more than `max` came. */
-class ByteCounter extends Transform {
-  private bytes = 0;
-  private readonly max: number;
-  private readonly tooMany: () => Error;
-
-  constructor(max: number, tooMany: () => Error) {
-    super();
-    this.max = max;
-    this.tooMany = tooMany;
-  }
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    this.bytes += chunk.length;
-    if (this.bytes > this.max) done(this.tooMany());
-    else done(null, chunk);
   }
 }
 

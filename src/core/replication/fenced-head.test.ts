@@ -3,7 +3,7 @@
 // on demand.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { MemoryObjectStore } from "../../adapters/memory/object-store.ts";
+import { ForwardingObjectStore, MemoryObjectStore } from "../../adapters/memory/object-store.ts";
 import type { ObjectStore, WriteCondition } from "../object-store.ts";
 import { FencedHead, HeldElsewhereError, LostOwnershipError } from "./fenced-head.ts";
 
@@ -14,15 +14,17 @@ const key = "volumes/v/head";
  * connection cut after the store wrote), or time out and land only later, when the test says
  * (landLateWrite); and whose next read can fail.
  */
-class UnreliableStore implements ObjectStore {
-  readonly location = "memory://unreliable";
-  readonly inner = new MemoryObjectStore();
+class UnreliableStore extends ForwardingObjectStore {
+  constructor() {
+    super(new MemoryObjectStore(), "memory://unreliable");
+  }
+
   nextPut: "fails" | "loses-answer" | "lands-later" | undefined;
   failNextGet = false;
   /** The write that timed out, still on its way to the store. */
   private late: (() => Promise<unknown>) | undefined;
 
-  get(objectKey: string, maxBytes: number) {
+  override get(objectKey: string, maxBytes: number) {
     if (this.failNextGet) {
       this.failNextGet = false;
       return Promise.reject(new Error("object store: unreachable (test)"));
@@ -30,7 +32,7 @@ class UnreliableStore implements ObjectStore {
     return this.inner.get(objectKey, maxBytes);
   }
 
-  async put(objectKey: string, body: Uint8Array, condition?: WriteCondition) {
+  override async put(objectKey: string, body: Uint8Array, condition?: WriteCondition) {
     const failure = this.nextPut;
     this.nextPut = undefined;
     if (failure === "fails") throw new Error("object store: unreachable (test)");
@@ -50,15 +52,7 @@ class UnreliableStore implements ObjectStore {
     this.late = undefined;
   }
 
-  head(objectKey: string) {
-    return this.inner.head(objectKey);
-  }
-
-  list(prefix: string) {
-    return this.inner.list(prefix);
-  }
-
-  delete(keys: readonly string[]) {
+  override delete(keys: readonly string[]) {
     return this.inner.delete(keys);
   }
 }

@@ -4,17 +4,19 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
 import { setImmediate as nextTurn } from "node:timers/promises";
-import { MemoryObjectStore } from "../../adapters/memory/object-store.ts";
-import type { ObjectStore, WriteCondition } from "../object-store.ts";
+import { ForwardingObjectStore, MemoryObjectStore } from "../../adapters/memory/object-store.ts";
+import type { WriteCondition } from "../object-store.ts";
 import { packBytes, volumeKeys, type ChunkRef } from "./manifest.ts";
 import { PackWriter } from "./pack-writer.ts";
 
 const volumeId = "vol-1";
 
 /** The memory store, whose pack uploads can fail, or wait until the test lets them finish. */
-class PackStore implements ObjectStore {
-  readonly location = "memory://packs";
-  readonly inner = new MemoryObjectStore();
+class PackStore extends ForwardingObjectStore {
+  constructor() {
+    super(new MemoryObjectStore(), "memory://packs");
+  }
+
   failPuts = false;
   holdPuts = false;
   /** Uploads the test holds, oldest first: calling one lets it land. */
@@ -22,10 +24,7 @@ class PackStore implements ObjectStore {
   inFlight = 0;
   mostInFlight = 0;
 
-  get(key: string, maxBytes: number) {
-    return this.inner.get(key, maxBytes);
-  }
-  async put(key: string, body: Uint8Array, condition?: WriteCondition) {
+  override async put(key: string, body: Uint8Array, condition?: WriteCondition) {
     this.inFlight += 1;
     this.mostInFlight = Math.max(this.mostInFlight, this.inFlight);
     try {
@@ -36,13 +35,7 @@ class PackStore implements ObjectStore {
       this.inFlight -= 1;
     }
   }
-  head(key: string) {
-    return this.inner.head(key);
-  }
-  list(prefix: string) {
-    return this.inner.list(prefix);
-  }
-  delete(keys: readonly string[]) {
+  override delete(keys: readonly string[]) {
     return this.inner.delete(keys);
   }
 }

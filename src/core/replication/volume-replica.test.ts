@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
-import { MemoryObjectStore } from "../../adapters/memory/object-store.ts";
+import { ForwardingObjectStore, MemoryObjectStore } from "../../adapters/memory/object-store.ts";
 import type { LogFields, Logger } from "../logger.ts";
 import type { ObjectStore, WriteCondition } from "../object-store.ts";
 import { LostOwnershipError } from "./fenced-head.ts";
@@ -80,9 +80,11 @@ class MemorySink implements BlockSink {
  * The memory store, whose writes of keys matching `failPuts` fail, whose next read of `failGetOf`
  * fails, and which counts pack writes and reads.
  */
-class WatchedStore implements ObjectStore {
-  readonly location = "memory://watched";
-  readonly inner = new MemoryObjectStore();
+class WatchedStore extends ForwardingObjectStore {
+  constructor() {
+    super(new MemoryObjectStore(), "memory://watched");
+  }
+
   failPuts: RegExp | undefined;
   /** Writes matching failPuts that still succeed before they start failing. */
   failAfter = 0;
@@ -90,7 +92,7 @@ class WatchedStore implements ObjectStore {
   packPuts = 0;
   packGets = 0;
 
-  get(key: string, maxBytes: number) {
+  override get(key: string, maxBytes: number) {
     if (key === this.failGetOf) {
       this.failGetOf = undefined;
       return Promise.reject(new Error(`object store: reading ${key} failed (test)`));
@@ -98,20 +100,14 @@ class WatchedStore implements ObjectStore {
     if (key.includes("/packs/")) this.packGets += 1;
     return this.inner.get(key, maxBytes);
   }
-  put(key: string, body: Uint8Array, condition?: WriteCondition) {
+  override put(key: string, body: Uint8Array, condition?: WriteCondition) {
     if (this.failPuts?.test(key) === true && this.failAfter-- <= 0) {
       return Promise.reject(new Error(`object store: writing ${key} failed (test)`));
     }
     if (key.includes("/packs/")) this.packPuts += 1;
     return this.inner.put(key, body, condition);
   }
-  head(key: string) {
-    return this.inner.head(key);
-  }
-  list(prefix: string) {
-    return this.inner.list(prefix);
-  }
-  delete(keys: readonly string[]) {
+  override delete(keys: readonly string[]) {
     return this.inner.delete(keys);
   }
 }
