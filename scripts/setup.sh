@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 # image benchmark's baseline), busybox-static (a shell inside test images), apache2-utils
 # (htpasswd for registry auth).
 debian_packages=(bubblewrap slirp4netns iptables unzip python3-minimal iproute2 gcc libc6-dev e2fsprogs git
-  xfsprogs zstd radosgw ceph-mon ceph-osd docker-registry skopeo umoci busybox-static apache2-utils)
+  xfsprogs zstd radosgw ceph-mon ceph-osd postgresql docker-registry skopeo umoci busybox-static apache2-utils)
 if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
 if [ ${#debian_packages[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -4,8 +4,14 @@ import { exitCodes, type Io } from "./output.ts";
 import { runtimeCommands } from "./runtimes.ts";
 import { sessionCommands } from "./sessions.ts";
 import { imageCommands } from "./images.ts";
+import { nodeCommands } from "./nodes.ts";
 
-const clientCommands: CliCommand[] = [...runtimeCommands, ...sessionCommands, ...imageCommands];
+const clientCommands: CliCommand[] = [
+  ...runtimeCommands,
+  ...sessionCommands,
+  ...imageCommands,
+  ...nodeCommands,
+];
 
 /** One line per client command, aligned with `width` columns for the command. */
 export function clientCommandLines(width: number): string {

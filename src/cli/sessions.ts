@@ -116,7 +116,7 @@ export const sessionCommands: CliCommand[] = [
   },
   {
     name: "sessions list",
-    summary: "list a runtime's running sessions with their resource use",
+    summary: "list a runtime's running sessions with the node running each and their resource use",
     usage: "sessions list RUNTIME",
     options: {},
     examples: ["berth sessions list my_agent"],
@@ -125,6 +125,7 @@ export const sessionCommands: CliCommand[] = [
         resource: "sessions",
         columns: [
           "sessionId",
+          "node",
           "state",
           "version",
           "started",
@@ -137,6 +138,7 @@ export const sessionCommands: CliCommand[] = [
           const usage = (session["usage"] ?? {}) as Record<string, number | undefined>;
           return {
             sessionId: String(session["sessionId"]),
+            node: typeof session["node"] === "string" ? session["node"] : "",
             state: String(session["state"]),
             version: Number(session["version"]),
             started: String(session["startedAt"]),

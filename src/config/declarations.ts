@@ -172,6 +172,52 @@ export const settingDeclarations = {
     parse: matching(/^\S{3,256}$/, "3 to 256 characters without spaces"),
     secret: true,
   },
+  databaseUrl: {
+    part: "cluster",
+    doc: "postgres://USER:PASSWORD@HOST:PORT/DATABASE: keep metadata in PostgreSQL instead of SQLite, and take part in a cluster with every Berth node sharing that database (docs/cluster.md). Needs objectStoreUrl and clusterSecret. Unset: SQLite, one node.",
+    default: "",
+    defaultShown: "(none: SQLite in the data directory)",
+    parse: matching(
+      /^postgres(ql)?:\/\/\S+$/,
+      "a PostgreSQL URL such as postgres://berth:PASSWORD@db.example.com:5432/berth",
+    ),
+  },
+  nodeUrl: {
+    part: "cluster",
+    doc: "How the other nodes of the cluster reach this one, e.g. http://10.0.0.5:8787. Unset: the address Berth listens on (--host and --port; the host name when listening on every address).",
+    default: "",
+    defaultShown: "(derived from host and port)",
+    parse: matching(
+      /^https?:\/\/[^\s/]+\/?$/,
+      "an http:// or https:// address such as http://10.0.0.5:8787",
+    ),
+  },
+  nodeName: {
+    part: "cluster",
+    doc: "This node's name in the cluster (berth nodes list, berth nodes drain NAME): unique among the nodes.",
+    default: "",
+    defaultShown: "(the host name)",
+    parse: matching(
+      /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/,
+      "1 to 63 letters, digits, dots, dashes or underscores, starting with a letter or digit",
+    ),
+  },
+  clusterSecret: {
+    part: "cluster",
+    doc: "The secret every node of a cluster shares (environment BERTH_CLUSTER_SECRET or config file only): requests forwarded between nodes are authenticated with it. At least 32 characters; the same on every node.",
+    default: "",
+    parse: matching(
+      /^\S{32,1024}$/,
+      "32 to 1024 characters without spaces (e.g. openssl rand -hex 32)",
+    ),
+    secret: true,
+  },
+  nodeLeaseSeconds: {
+    part: "cluster",
+    doc: "How long a node that stopped renewing its heartbeat (every quarter of this) keeps its sessions. Past it, their next request starts them on another node from their last checkpoint; the silent node, by its own clock, stops them a heartbeat earlier.",
+    default: 15,
+    parse: integer(2, 600),
+  },
   maxArtifactBytes: {
     part: "codeArtifacts",
     doc: "Largest code upload (PUT /berth/v1/artifacts/..., what `berth runtimes create --code` sends), and, with an object store, largest code object a version's codeConfiguration.code.s3 names.",

@@ -13,6 +13,7 @@ export const settingParts = {
   bubblewrap: "The bubblewrap sandbox driver",
   sessionStorage: "Session storage",
   objectStore: "Object store: session storage, code and metadata kept in S3-compatible storage",
+  cluster: "Cluster: several nodes sharing PostgreSQL and the object store",
   codeArtifacts: "Code artifacts and the runtimes that run them",
   containerImages: "Container images",
 } as const;

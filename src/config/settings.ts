@@ -129,6 +129,7 @@ export function loadSettingsWithWarnings(
       `${needsObjectStore.join(", ")} set without objectStoreUrl: set --object-store-url s3://BUCKET/PREFIX too`,
     );
   }
+  if (settings["databaseUrl"]) problems.push(...clusterProblems(settings));
   if (problems.length > 0) throw new SettingsError(problems);
   return { settings: settings as Settings, warnings };
 }
@@ -228,4 +229,23 @@ function readConfigFile(
     });
   }
   return values;
+}
+
+/** A node of a cluster needs what lets sessions move between nodes and nodes trust each other. */
+function clusterProblems(settings: Record<string, unknown>): string[] {
+  const problems: string[] = [];
+  if (!settings["objectStoreUrl"]) {
+    problems.push(
+      "databaseUrl set without objectStoreUrl: nodes of a cluster keep session storage and code in an object store, set --object-store-url s3://BUCKET/PREFIX too",
+    );
+  }
+  if (!settings["clusterSecret"]) {
+    problems.push(
+      "databaseUrl set without clusterSecret: set BERTH_CLUSTER_SECRET (the same on every node, e.g. openssl rand -hex 32)",
+    );
+  }
+  if (settings["metadataStore"] === "memory") {
+    problems.push("databaseUrl and metadataStore=memory contradict each other: choose one");
+  }
+  return problems;
 }

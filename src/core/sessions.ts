@@ -86,6 +86,19 @@ interface LiveSession {
   released: Promise<void>;
 }
 
+/**
+ * Which sessions this Berth may run, when it shares them with other nodes (a cluster). Without
+ * it every session may run here.
+ */
+export interface SessionOwnership {
+  /**
+   * Makes this node the session's owner before its volumes attach, or throws (a BerthError) when
+   * another node owns it. Resolves to what gives the ownership up, called once the session has
+   * let go of its sandbox and volumes.
+   */
+  claim(runtimeId: string, sessionId: string): Promise<() => Promise<void>>;
+}
+
 /** Use of a running session; release() when the request is done, so idle time counts from then. */
 export interface SessionLease {
   agentEndpoint: AgentEndpoint;
@@ -144,6 +157,7 @@ export class SessionManager {
   private readonly log: Logger;
   private readonly settings: SessionSettings;
   private readonly nowMs: () => number;
+  private readonly ownership: SessionOwnership | undefined;
   private idleProbes = 0;
   /** Idle sessions whose /ping is still to be asked, asked longest ago first (see sweep()). */
   private idleQueue: LiveSession[] = [];
@@ -157,7 +171,9 @@ export class SessionManager {
     log: Logger;
     settings: SessionSettings;
     nowMs?: () => number;
+    ownership?: SessionOwnership | undefined;
   }) {
+    this.ownership = options.ownership;
     this.driver = options.driver;
     this.probe = options.probe;
     this.plan = options.plan;
@@ -218,6 +234,35 @@ export class SessionManager {
     if (session === undefined) return false;
     await this.end(session, "stopped by StopRuntimeSession");
     return true;
+  }
+
+  /** Whether the session runs (or is starting) here. */
+  isRunning(runtimeId: string, sessionId: string): boolean {
+    return this.sessions.has(sessionKey(runtimeId, sessionId));
+  }
+
+  /**
+   * Settles once the session of that id that ended last here has let go of everything (its
+   * ownership included); at once when none is ending.
+   */
+  async letGo(runtimeId: string, sessionId: string): Promise<void> {
+    await this.releases.get(sessionKey(runtimeId, sessionId));
+  }
+
+  /** How many sessions run (or are starting) here. */
+  get runningCount(): number {
+    return this.sessions.size;
+  }
+
+  /**
+   * Ends every session here (this node lost them to the cluster), or only those no request is
+   * using (`idleOnly`: a draining node lets them move).
+   */
+  async endAll(reason: string, options: { idleOnly?: boolean } = {}): Promise<void> {
+    const ending = [...this.sessions.values()].filter(
+      (session) => options.idleOnly !== true || session.activeRequests === 0,
+    );
+    await Promise.all(ending.map((session) => this.end(session, reason)));
   }
 
   /** Stops every session of a runtime (it is being deleted). */
@@ -350,11 +395,21 @@ export class SessionManager {
       const plan = await this.plan(version);
       session.shell = plan.shell;
       await previous;
+      const letGo = await this.claimOwnership(session);
       const owner = plan.filesystem.kind === "image" ? plan.filesystem.user : undefined;
-      const volumes = await this.storage.attach(runtime, version, session.sessionId, owner);
-      const sandbox = await this.startSandbox(session, plan, version, volumes);
+      let volumes: AttachedVolume[];
+      let sandbox: Sandbox;
+      try {
+        volumes = await this.storage.attach(runtime, version, session.sessionId, owner);
+        sandbox = await this.startSandbox(session, plan, version, volumes);
+      } catch (error) {
+        // Nothing attached is left (startSandbox detaches what it was given): the session holds
+        // nothing, so its ownership is given up at once.
+        session.released = letGo();
+        throw error;
+      }
       session.sandbox = sandbox;
-      session.released = sandbox.exited.then(() => this.storage.detach(volumes));
+      session.released = sandbox.exited.then(() => this.storage.detach(volumes)).finally(letGo);
       void sandbox.exited.then((exit) => {
         this.onSandboxExit(session, exit);
       });
@@ -377,6 +432,11 @@ export class SessionManager {
       await this.end(session, "the agent failed to start");
       throw this.startFailure(session, error, endedMeanwhile);
     }
+  }
+
+  private claimOwnership(session: LiveSession): Promise<() => Promise<void>> {
+    if (this.ownership === undefined) return Promise.resolve(() => Promise.resolve());
+    return this.ownership.claim(session.runtimeId, session.sessionId);
   }
 
   /**

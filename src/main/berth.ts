@@ -31,6 +31,11 @@ import type { LostOwnershipError } from "../core/replication/fenced-head.ts";
 import { loadSharedCredentials } from "./shared-credentials.ts";
 import { assembleParts, refuseTestPartsUnlessAllowed, type BerthParts } from "./parts.ts";
 import { loadOrCreateNodeId } from "./node-id.ts";
+import { ClusterMembership, loneNodeView, nodeNameOf } from "./cluster.ts";
+import { ClusterVerifier } from "../wire/cluster-signature.ts";
+import { nodeOperations } from "../wire/cluster-api.ts";
+import { servedByOwner } from "../wire/forwarding.ts";
+import type { Operation } from "../wire/operation.ts";
 import { objectStoreConnection } from "./object-store-connection.ts";
 import { checkObjectStore } from "./object-store-check.ts";
 
@@ -144,16 +149,38 @@ async function serveOn(
   });
   // One SQLite file is one process's: claims others made in it (a machine whose database was
   // restored here) are stale. A store other processes share keeps theirs.
-  await storage.recover({ metadataIsOurs: settings.metadataStore === "sqlite" });
-  const storageSweep = setInterval(() => {
+  await storage.recover({
+    metadataIsOurs: parts.cluster === undefined && settings.metadataStore === "sqlite",
+  });
+  let listeningUrl = "";
+  // A node of a cluster: sessions are routed to their owners (ADR 0008).
+  const membership: ClusterMembership | undefined =
+    parts.cluster === undefined
+      ? undefined
+      : new ClusterMembership({
+          store: parts.cluster,
+          settings,
+          nodeId,
+          goneHolders: parts.goneHolders,
+          // Asked only once requests arrive, when the sessions below exist.
+          isRunningHere: (runtimeId, sessionId) => sessions.isRunning(runtimeId, sessionId),
+          letGoHere: (runtimeId, sessionId) => sessions.letGo(runtimeId, sessionId),
+          log,
+          now,
+        });
+  // Background work shared by every node is done by one of them per interval.
+  const onceForCluster = (job: string, intervalMs: number): Promise<boolean> =>
+    membership?.onceForCluster(job, intervalMs) ?? Promise.resolve(true);
+  const storageSweep = everyInterval(settings.sessionStorageSweepIntervalMs, async () => {
     // A Berth another took the object store from deletes nothing there: it is shutting down.
     if (parts.metadataReplica?.status().replicating === false) return;
-    storage.sweep().catch((error: unknown) => {
+    if (!(await onceForCluster("session-storage-sweep", settings.sessionStorageSweepIntervalMs)))
+      return;
+    await storage.sweep().catch((error: unknown) => {
       log.warn("could not sweep session storage", { error: String(error) });
     });
-  }, settings.sessionStorageSweepIntervalMs);
-  storageSweep.unref();
-  const sessions = new SessionManager({
+  });
+  const sessions: SessionManager = new SessionManager({
     driver,
     storage,
     probe: (endpoint, timeoutMs) => pingAgent(endpoint, timeoutMs, settings.agentPingMaxBytes),
@@ -173,6 +200,7 @@ async function serveOn(
         burstBytes: settings.agentLogBurstBytes,
       },
     },
+    ownership: membership?.router,
   });
   const context: CoreContext = {
     store,
@@ -202,15 +230,29 @@ async function serveOn(
   const handler = createRequestHandler({
     operations: [
       ...controlPlaneOperations(context),
-      ...dataPlaneOperations(context, sessions, {
-        maxPayloadBytes: settings.maxPayloadBytes,
-        shutdown: shutdown.signal,
-      }),
-      commandOperation(context, sessions, {
-        killGraceMs: settings.commandKillGraceMs,
-        log,
-        shutdown: shutdown.signal,
-      }),
+      ...servedByOwners(membership, context, [
+        ...dataPlaneOperations(context, sessions, {
+          maxPayloadBytes: settings.maxPayloadBytes,
+          shutdown: shutdown.signal,
+          sessionsElsewhere: membership?.sessionsElsewhere ?? {
+            nodeName: nodeNameOf(settings),
+            list: undefined,
+          },
+        }),
+        commandOperation(context, sessions, {
+          killGraceMs: settings.commandKillGraceMs,
+          log,
+          shutdown: shutdown.signal,
+        }),
+      ]),
+      ...nodeOperations(
+        membership?.view ??
+          loneNodeView(
+            settings,
+            () => sessions.runningCount,
+            () => listeningUrl,
+          ),
+      ),
       ...storageOperations(context, storage),
       ...artifactOperations(uploads),
       ...imageOperations(images),
@@ -223,6 +265,10 @@ async function serveOn(
           maxSkewSeconds: settings.clockSkewSeconds,
           now,
         }),
+    clusterVerifier:
+      membership === undefined
+        ? undefined
+        : new ClusterVerifier({ secret: settings.clusterSecret, now }),
     log,
     maxRequestBodyBytes: settings.maxRequestBodyBytes,
     bodies: new BodyHolder({
@@ -235,19 +281,30 @@ async function serveOn(
   const server = createServer(serverTimeouts(settings), drain.admit(handler));
   server.maxConnections = settings.maxConnections;
   await listen(server, settings.port, settings.host);
-  await preparer.resumeUnsettled();
-  const idempotencySweep = setInterval(() => {
+  const port = (server.address() as AddressInfo).port;
+  const url = `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${port}`;
+  listeningUrl = url;
+  await membership?.join({
+    settings,
+    url,
+    sessions,
+    // A node that lost its sessions runs none: whatever it still claims is stale.
+    forgetClaims: () => store.releaseSessionStorageClaims(nodeId),
+    goneHolders: parts.goneHolders,
+    log,
+  });
+  // A version left unsettled by a node that stopped is taken up by one node, not by each.
+  if (await onceForCluster("resume-preparation", resumePreparationIntervalMs))
+    await preparer.resumeUnsettled();
+  const idempotencySweep = everyInterval(60_000, async () => {
+    if (!(await onceForCluster("idempotency-expiry", 60_000))) return;
     const before = new Date(
       now().getTime() - settings.idempotencyWindowSeconds * 1000,
     ).toISOString();
-    store.expireIdempotency(before).catch((error: unknown) => {
+    await store.expireIdempotency(before).catch((error: unknown) => {
       log.warn("could not expire idempotency records", { error: String(error) });
     });
-  }, 60_000);
-  idempotencySweep.unref();
-
-  const port = (server.address() as AddressInfo).port;
-  const url = `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${port}`;
+  });
   if (generated) printFirstStartCredentials(environment, key, url, settings);
   log.info("berth listening", {
     url,
@@ -278,6 +335,7 @@ async function serveOn(
       clearInterval(idempotencySweep);
       clearInterval(storageSweep);
       await sessions.close();
+      await membership?.leave();
       await driver.close();
       await parts.release();
       await drain.drain(server, AbortSignal.timeout(lastWordsMs));
@@ -285,11 +343,55 @@ async function serveOn(
       await serverClosed;
       await preparer.close();
       await store.close();
+      await parts.cluster?.close();
       // After the store's last commit: a last snapshot, then the head is let go.
       await parts.metadataReplica?.close();
     },
   };
 }
+
+/**
+ * Runs `work` every `intervalMs`, never two at once; unref'd so it keeps no process alive. A
+ * failure of `work` is its own to log.
+ */
+function everyInterval(intervalMs: number, work: () => Promise<void>): NodeJS.Timeout {
+  let running = false;
+  const timer = setInterval(() => {
+    if (running) return;
+    running = true;
+    work()
+      .catch(() => undefined)
+      .finally(() => {
+        running = false;
+      });
+  }, intervalMs);
+  timer.unref();
+  return timer;
+}
+
+/** Operations on one session run on its owner: wrapped so, when this node is in a cluster. */
+function servedByOwners(
+  membership: ClusterMembership | undefined,
+  context: CoreContext,
+  operations: Operation[],
+): Operation[] {
+  if (membership === undefined) return operations;
+  const deps = { context, routing: membership.router, forwarder: membership.forwarder };
+  return operations.map((operation) => {
+    const placement = sessionOperations[operation.name];
+    return placement === undefined ? operation : servedByOwner(operation, deps, placement);
+  });
+}
+
+/** The operations on one session, and whether each starts it (places it) when it runs nowhere. */
+const sessionOperations: Record<string, { place: boolean }> = {
+  InvokeAgentRuntime: { place: true },
+  InvokeAgentRuntimeCommand: { place: true },
+  StopRuntimeSession: { place: false },
+};
+
+/** How often another node may take up versions left unsettled (after a node stopped mid-way). */
+const resumePreparationIntervalMs = 60_000;
 
 function anyOf(signal: AbortSignal, other: AbortSignal | undefined): AbortSignal {
   return other === undefined ? signal : AbortSignal.any([signal, other]);

@@ -12,6 +12,7 @@ import { startBerth } from "./berth.ts";
 import { closeInheritedDescriptors } from "./inherited-descriptors.ts";
 import { HeldElsewhereError, LostOwnershipError } from "../core/replication/fenced-head.ts";
 import { ObjectStoreCheckError } from "./object-store-check.ts";
+import { PostgresConnectionError } from "../adapters/postgres/connection-errors.ts";
 import { ObjectStoreUnavailableError } from "../core/object-store.ts";
 import { ReplicaDataError } from "../core/replication/volume-replica.ts";
 import { jsonLogger } from "./json-logger.ts";
@@ -121,7 +122,7 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
   } catch (error) {
     // The object store is unreachable, refuses these credentials, lacks the bucket, or ignores
     // conditional writes: a setting to fix, said in one line.
-    if (error instanceof ObjectStoreCheckError) {
+    if (error instanceof ObjectStoreCheckError || error instanceof PostgresConnectionError) {
       process.stderr.write(`berth serve: ${error.message}\n`);
       return 2;
     }

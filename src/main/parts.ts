@@ -35,6 +35,8 @@ import type { ObjectStore } from "../core/object-store.ts";
 import { S3ObjectStore } from "../adapters/s3/object-store.ts";
 import { objectStoreConnection } from "./object-store-connection.ts";
 import { openSqliteMetadata, type OpenedMetadata } from "./replicated-metadata.ts";
+import { openPostgres } from "../adapters/postgres/open.ts";
+import type { ClusterStore } from "../core/cluster/cluster-store.ts";
 import {
   exposePythonInstalls,
   pythonsAsInstalled,
@@ -61,6 +63,13 @@ export interface BerthParts {
    * undefined when everything stays on local disk.
    */
   objectStore: ObjectStore | undefined;
+  /** What the nodes of a cluster share (databaseUrl); undefined for a lone Berth. */
+  cluster: ClusterStore | undefined;
+  /**
+   * Holders known to be gone, whose volumes are taken at once: filled by the metadata takeover
+   * and, in a cluster, with the nodes whose lease ran out.
+   */
+  goneHolders: Set<string>;
   /**
    * The metadata database's replication to the object store (SQLite with an object store);
    * closed after the store, for a last snapshot.
@@ -102,10 +111,31 @@ interface PartTools {
   rootMounts: () => Promise<RootMounts>;
 }
 
+/** The metadata store and, in a cluster, what its nodes share besides. */
+interface OpenedParts extends OpenedMetadata {
+  cluster?: ClusterStore | undefined;
+}
+
+/** PostgreSQL when databaseUrl names one (a cluster, ADR 0008); else the metadataStore setting. */
+type MetadataChoice = Settings["metadataStore"] | "postgres";
+const metadataChoice = (settings: Settings): MetadataChoice =>
+  settings.databaseUrl !== "" ? "postgres" : settings.metadataStore;
+
 const metadataStores: Record<
-  Settings["metadataStore"],
-  (settings: Settings, tools: PartTools) => Promise<OpenedMetadata>
+  MetadataChoice,
+  (settings: Settings, tools: PartTools) => Promise<OpenedParts>
 > = {
+  postgres: async (settings, tools) => {
+    const opened = await openPostgres(settings.databaseUrl, {
+      leaseMs: settings.nodeLeaseSeconds * 1000,
+      onConnectionError: (error) => {
+        tools.log.warn("a connection to PostgreSQL broke; the next query opens another", {
+          error: error.message,
+        });
+      },
+    });
+    return { store: opened.metadata, replica: undefined, cluster: opened.cluster };
+  },
   // With an object store: taken over there and restored first, then replicated (issue 16).
   sqlite: (settings, tools) =>
     openSqliteMetadata(settings, {
@@ -284,7 +314,7 @@ export async function assembleParts(
   };
   const built: Partial<Omit<BerthParts, "release">> = {};
   try {
-    const metadata = await metadataStores[settings.metadataStore](settings, tools);
+    const metadata = await metadataStores[metadataChoice(settings)](settings, tools);
     const store = (built.store = metadata.store);
     const metadataReplica = (built.metadataReplica = metadata.replica);
     if (metadataReplica?.tookOverFrom !== undefined) {
@@ -310,6 +340,8 @@ export async function assembleParts(
       artifacts,
       objectStore,
       metadataReplica,
+      cluster: metadata.cluster,
+      goneHolders: tools.goneHolders,
       pythons,
       log,
       now,
@@ -319,6 +351,7 @@ export async function assembleParts(
         await driver.close();
         await releaseAll();
         await store.close();
+        await metadata.cluster?.close();
         await metadataReplica?.close();
       },
     };

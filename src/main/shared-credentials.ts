@@ -38,15 +38,38 @@ export async function loadSharedCredentials(
   }
   const loaded = loadOrCreateCredentials(settings.dataDir, configured);
   if (shared === undefined) {
-    await objectStore
+    const stored = await objectStore
       .put(sharedCredentialsKey, readFileSync(path), { ifNoneMatch: "*" })
-      .catch((error: unknown) => {
-        if (!(error instanceof PreconditionFailedError)) throw error;
-        log.warn(
-          "another Berth stored other credentials in the object store first: this one keeps its own",
-          { objectStore: objectStore.location, file: path },
-        );
-      });
+      .then(
+        () => true,
+        (error: unknown) => {
+          if (!(error instanceof PreconditionFailedError)) throw error;
+          return false;
+        },
+      );
+    // Another Berth stored its pair first: nodes starting together for the first time (a
+    // cluster) must all sign with one pair, so a pair generated just now gives way to it.
+    if (!stored && loaded.generated) return adoptSharedCredentials(objectStore, path, log);
+    if (!stored) {
+      log.warn(
+        "another Berth stored other credentials in the object store first: this one keeps its own",
+        { objectStore: objectStore.location, file: path },
+      );
+    }
   }
   return loaded;
+}
+
+/** Replaces the pair this Berth generated a moment ago with the one the object store holds. */
+async function adoptSharedCredentials(
+  objectStore: ObjectStore,
+  path: string,
+  log: Logger,
+): Promise<{ key: AccessKey; generated: boolean }> {
+  const shared = await objectStore.get(sharedCredentialsKey, maxCredentialsBytes);
+  if (shared === undefined)
+    throw new Error(`${sharedCredentialsKey} vanished from the object store`);
+  writeFileSync(path, shared.body, { mode: 0o600 });
+  log.info("took the credentials another Berth stored in the object store first", { file: path });
+  return { key: JSON.parse(shared.body.toString("utf8")) as AccessKey, generated: false };
 }

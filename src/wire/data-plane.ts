@@ -46,6 +46,17 @@ export interface DataPlaneOptions {
    * stream (text/event-stream) being relayed gets a last `error` event and ends cleanly.
    */
   shutdown: AbortSignal;
+  /** Where ListSessions finds the sessions other nodes of a cluster run. */
+  sessionsElsewhere: SessionsElsewhere;
+}
+
+export interface SessionsElsewhere {
+  /** This node's name, shown with each of its sessions. */
+  nodeName: string;
+  /** The runtime's sessions on the other live nodes (undefined: there are none, no cluster). */
+  list:
+    | ((runtimeId: string) => Promise<{ sessions: unknown[]; unreachableNodes: string[] }>)
+    | undefined;
 }
 
 /**
@@ -96,7 +107,21 @@ export function dataPlaneOperations(
             `No agent runtime with id ${runtimeId}`,
           );
         }
-        return { sessions: await sessions.list(runtimeId) };
+        const here = (await sessions.list(runtimeId)).map((session) => ({
+          ...session,
+          node: options.sessionsElsewhere.nodeName,
+        }));
+        // A node asked by another answers for itself only.
+        if (input.forwardedBy !== undefined || options.sessionsElsewhere.list === undefined) {
+          return { sessions: here };
+        }
+        const elsewhere = await options.sessionsElsewhere.list(runtimeId);
+        return {
+          sessions: [...here, ...elsewhere.sessions],
+          ...(elsewhere.unreachableNodes.length > 0
+            ? { unreachableNodes: elsewhere.unreachableNodes }
+            : {}),
+        };
       },
     ),
   ];

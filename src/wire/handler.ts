@@ -14,11 +14,14 @@ import {
 import { matchOperation, type Operation, type RequestPayload } from "./operation.ts";
 import type { BodyHolder, BodyLimit } from "./signed-body.ts";
 import type { PendingSignature, SigV4Verifier } from "./sigv4.ts";
+import { isForwarded, PendingClusterSignature, type ClusterVerifier } from "./cluster-signature.ts";
 
 export interface HandlerOptions {
   operations: readonly Operation[];
   /** undefined only when the operator explicitly turned authentication off. */
   verifier: SigV4Verifier | undefined;
+  /** Checks requests other nodes of a cluster forward; undefined when this node is in none. */
+  clusterVerifier?: ClusterVerifier | undefined;
   log: Logger;
   maxRequestBodyBytes: number;
   /** Holds bodies until their signature is checked. */
@@ -98,7 +101,7 @@ async function handle(
   }
   const streamed = matched?.operation.body === "streamed";
   // Everything the headers alone can prove is checked before one byte of the body is read.
-  const pending = options.verifier?.checkHeaders(request, { unsignedPayloadAllowed: streamed });
+  const pending = checkHeaders(options, request, streamed);
   const { json, payload } = await authenticatedBody(options, incoming, outgoing, {
     streamed,
     limit: streamed
@@ -111,12 +114,36 @@ async function handle(
 
   const result = await matched.operation.handle({
     request,
+    forwardedBy: pending instanceof PendingClusterSignature ? pending.fromNode : undefined,
     params: matched.params,
     body: json,
     payload,
     raw: { incoming, outgoing, signal },
   });
   if ("json" in result) sendJson(outgoing, matched.operation.successStatus, result.json, requestId);
+}
+
+/** What proves a request's headers, and later its body: SigV4, or another node's signature. */
+type RequestSignature = Pick<
+  PendingSignature,
+  "payloadUnsigned" | "verifyBody" | "verifyUnsignedPayload"
+>;
+
+function checkHeaders(
+  options: HandlerOptions,
+  request: WireRequest,
+  streamed: boolean,
+): RequestSignature | undefined {
+  if (isForwarded(request.headers)) {
+    if (options.clusterVerifier === undefined) {
+      throw new BerthError(
+        "UnrecognizedClientException",
+        "This Berth is in no cluster (no databaseUrl): it takes no requests forwarded by other nodes",
+      );
+    }
+    return options.clusterVerifier.checkHeaders(request);
+  }
+  return options.verifier?.checkHeaders(request, { unsignedPayloadAllowed: streamed });
 }
 
 /**
@@ -128,7 +155,7 @@ async function authenticatedBody(
   options: HandlerOptions,
   incoming: IncomingMessage,
   outgoing: ServerResponse,
-  route: { streamed: boolean; limit: BodyLimit | undefined; pending: PendingSignature | undefined },
+  route: { streamed: boolean; limit: BodyLimit | undefined; pending: RequestSignature | undefined },
 ): Promise<{ json: Record<string, unknown>; payload: RequestPayload }> {
   const { streamed, pending } = route;
   // Without authentication there is no signature to hold a streamed body to.
@@ -144,7 +171,10 @@ async function authenticatedBody(
   });
   await pending?.verifyBody(held.sha256);
   held.markVerified();
-  if (streamed) return { json: {}, payload: { stream: held.stream(), sizeBytes: held.sizeBytes } };
+  if (streamed) {
+    const payload = { stream: held.stream(), sizeBytes: held.sizeBytes, sha256: held.sha256 };
+    return { json: {}, payload };
+  }
   return {
     json: parseJsonObject(await held.bytes()),
     payload: { stream: Readable.from([]), sizeBytes: 0 },

@@ -10,6 +10,8 @@ export interface RequestPayload {
   stream: Readable;
   /** Known when Berth already holds the whole body, i.e. unless it streams as UNSIGNED-PAYLOAD. */
   sizeBytes: number | undefined;
+  /** The hex SHA-256 of the held body (known with sizeBytes): what a forwarded request declares. */
+  sha256?: string | undefined;
 }
 
 /** What a handler gets: the parsed request, its path parameters, and its body. */
@@ -20,6 +22,11 @@ export interface OperationInput {
   body: Record<string, unknown>;
   /** The body of a "streamed" operation. */
   payload: RequestPayload;
+  /**
+   * The node that forwarded this request to this one (its signature checked), or undefined for a
+   * request straight from a client. A forwarded request is served here, never forwarded again.
+   */
+  forwardedBy?: string | undefined;
   /** The raw message, for operations that write their own response. */
   raw: { incoming: IncomingMessage; outgoing: ServerResponse; signal: AbortSignal };
 }

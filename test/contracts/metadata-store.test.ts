@@ -2,8 +2,10 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
 import { after, afterEach, beforeEach, describe, it } from "node:test";
 import { MemoryMetadataStore } from "../../src/adapters/memory/store.ts";
+import { openPostgres } from "../../src/adapters/postgres/open.ts";
 import { SqliteMetadataStore } from "../../src/adapters/sqlite/store.ts";
 import { BerthError } from "../../src/core/errors.ts";
 import type {
@@ -20,6 +22,7 @@ import {
   type MetadataStore,
   type SessionStorageRecord,
 } from "../../src/core/store.ts";
+import { postgresMissing, startPostgres, type TestPostgres } from "../support/postgres.ts";
 
 /*
  * The contract every MetadataStore keeps, written once against the interface and run against
@@ -37,10 +40,33 @@ function freshDatabasePath(): string {
   return join(directory, `${(databases += 1)}.db`);
 }
 
-/** Every implementation, each with a way to open a fresh, empty store. */
-const implementations: { name: string; open: () => MetadataStore }[] = [
-  { name: "SQLite", open: () => new SqliteMetadataStore(freshDatabasePath()) },
-  { name: "memory", open: () => new MemoryMetadataStore() },
+/** One PostgreSQL server for the file, started when first needed; a database per store. */
+let postgres: Promise<TestPostgres> | undefined;
+after(async () => {
+  await (await postgres)?.stop();
+});
+async function freshPostgresUrl(): Promise<string> {
+  postgres ??= startPostgres();
+  return (await postgres).freshDatabase();
+}
+
+/** Every implementation, each with a way to open a fresh, empty store (skip: why it cannot). */
+const implementations: {
+  name: string;
+  skip: string | false;
+  open: () => MetadataStore | Promise<MetadataStore>;
+}[] = [
+  { name: "SQLite", skip: false, open: () => new SqliteMetadataStore(freshDatabasePath()) },
+  { name: "memory", skip: false, open: () => new MemoryMetadataStore() },
+  {
+    name: "PostgreSQL",
+    skip: postgresMissing() ?? false,
+    open: async () => {
+      const stores = await openPostgres(await freshPostgresUrl(), { leaseMs: 60_000 });
+      await stores.cluster.close(); // the metadata store alone then owns the pool
+      return stores.metadata;
+    },
+  },
 ];
 
 const at = (second: number): string => new Date(Date.UTC(2025, 0, 1, 0, 0, second)).toISOString();
@@ -139,10 +165,10 @@ function storageRecord(n: number, runtimeId = "agent_1-AAAAAAAAAA"): SessionStor
 }
 
 for (const implementation of implementations) {
-  describe(`MetadataStore contract: ${implementation.name}`, () => {
+  describe(`MetadataStore contract: ${implementation.name}`, { skip: implementation.skip }, () => {
     let store: MetadataStore;
-    beforeEach(() => {
-      store = implementation.open();
+    beforeEach(async () => {
+      store = await implementation.open();
     });
     afterEach(async () => {
       await store.close();
@@ -626,7 +652,10 @@ for (const implementation of implementations) {
           store.updateTags(resource, (current) => ({ ...current, a: "1" })),
           store.updateTags(resource, (current) => ({ ...current, b: "2" })),
         ]);
-        assert.deepEqual(results[1], { team: "blue", a: "1", b: "2" });
+        // Concurrent calls may run in either order (PostgreSQL's do), but the later one sees
+        // what the earlier one wrote.
+        const last = results.find((tags) => tags !== undefined && Object.keys(tags).length === 3);
+        assert.deepEqual(last, { team: "blue", a: "1", b: "2" });
         await store.updateTags(resource, (current) =>
           Object.fromEntries(Object.entries(current).filter(([key]) => key !== "team")),
         );
@@ -943,4 +972,52 @@ for (const implementation of implementations) {
       });
     });
   });
+}
+
+/*
+ * Only PostgreSQL knows nodes (the cluster's, in the same database): a volume held by a node
+ * presumed gone is free to claim, since that node's sandboxes may run elsewhere by now.
+ */
+const postgresSkip = postgresMissing() ?? false;
+describe(
+  "MetadataStore: PostgreSQL's claims of nodes presumed gone",
+  { skip: postgresSkip },
+  () => {
+    it("takes a volume whose holder's heartbeat expired; other holders keep theirs", async () => {
+      const leaseMs = 1000;
+      const stores = await openPostgres(await freshPostgresUrl(), { leaseMs });
+      const { metadata, cluster } = stores;
+      try {
+        await cluster.register({
+          id: "berth-a",
+          name: "node-a",
+          url: "http://10.0.0.1:8080",
+          incarnation: "first",
+          capacity: { maxSessions: 10, memoryBytes: 2 ** 30 },
+        });
+        await metadata.putSessionStorage({ ...storageRecord(1), heldBy: "berth-a" });
+        // A holder that is no node (no row in nodes): its claim stands whatever the time.
+        await metadata.putSessionStorage({ ...storageRecord(2), heldBy: "berth-x" });
+        assert.equal(await metadata.claimSessionStorage("volume-1", "berth-b", at(10)), false);
+
+        await until(async () => (await cluster.listNodes())[0]?.live === false, "the lease to end");
+        assert.equal(await metadata.claimSessionStorage("volume-1", "berth-b", at(11)), true);
+        assert.equal(await metadata.claimSessionStorage("volume-1", "berth-a", at(12)), false);
+        assert.equal(await metadata.claimSessionStorage("volume-2", "berth-b", at(13)), false);
+        const holders = (await metadata.listSessionStorage()).map((record) => record.heldBy);
+        assert.deepEqual(holders, ["berth-b", "berth-x"]);
+      } finally {
+        await stores.close();
+      }
+    });
+  },
+);
+
+/** Polls `condition` every 20 ms until it holds, for at most 10 s. */
+async function until(condition: () => Promise<boolean>, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`${what} did not happen in 10 s`);
+    await delay(20);
+  }
 }

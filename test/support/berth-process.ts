@@ -22,9 +22,13 @@ export const testPartsEnvironment: NodeJS.ProcessEnv = onTestParts
   ? { BERTH_ALLOW_TEST_PARTS: "1" }
   : {};
 
-/** The command line of `berth serve` on port 0 with these settings, as a user would run it. */
-export function serveCommand(args: string[], isolation: string[] = isolationArgs()): string[] {
-  return [process.execPath, berthBin, "serve", "--port", "0", ...isolation, ...args];
+/** The command line of `berth serve` on `port` (0: any free one) with these settings. */
+export function serveCommand(
+  args: string[],
+  isolation: string[] = isolationArgs(),
+  port = 0,
+): string[] {
+  return [process.execPath, berthBin, "serve", "--port", String(port), ...isolation, ...args];
 }
 
 /** Runs `berth serve` as a user would and resolves once it logs that it is listening. */

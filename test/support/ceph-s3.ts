@@ -45,9 +45,11 @@ export function cephMissing(): string | undefined {
 /**
  * Starts a single-node Ceph (one monitor, one in-memory OSD) and a gateway, all state in a
  * temporary folder, on free loopback ports, with one S3 user. Memstore keeps data only while
- * the OSD runs: stopping the gateway alone keeps it.
+ * the OSD runs: stopping the gateway alone keeps it. `host`: the address the gateway listens
+ * on instead of loopback (a test network's host address, for nodes in network namespaces).
  */
-export async function startCephS3(): Promise<CephS3> {
+export async function startCephS3(options: { host?: string } = {}): Promise<CephS3> {
+  const host = options.host ?? "127.0.0.1";
   const dir = mkdtempSync(join(tmpdir(), "berth-test-ceph-"));
   const [rgwPort, monPort] = [await freePort(), await freePort()];
   const conf = join(dir, "ceph.conf");
@@ -69,14 +71,14 @@ export async function startCephS3(): Promise<CephS3> {
   };
   const accessKeyId = "berthtestkey";
   const secretAccessKey = "berthtestsecret";
-  const endpoint = `http://127.0.0.1:${rgwPort}`;
+  const endpoint = `http://${host}:${rgwPort}`;
   const stopAll = async (): Promise<void> => {
     for (const name of ["client.rgw.a", "osd.0", "mon.a"]) await stopDaemon(dir, name);
     rmSync(dir, { recursive: true, force: true });
   };
   try {
     const fsid = randomUUID();
-    writeFileSync(conf, cephConf(dir, rgwPort, monPort, fsid));
+    writeFileSync(conf, cephConf(dir, { host, port: rgwPort }, monPort, fsid));
     const keyring = join(dir, "keyring");
     await ceph("ceph-authtool", [
       "--create-keyring",
@@ -182,7 +184,12 @@ export async function startCephS3(): Promise<CephS3> {
   }
 }
 
-function cephConf(dir: string, rgwPort: number, monPort: number, fsid: string): string {
+function cephConf(
+  dir: string,
+  gateway: { host: string; port: number },
+  monPort: number,
+  fsid: string,
+): string {
   return `[global]
 fsid = ${fsid}
 mon_host = v1:127.0.0.1:${monPort}
@@ -224,7 +231,7 @@ osd_class_dir = /usr/lib/x86_64-linux-gnu/rados-classes
 osd_crush_update_on_start = false
 osd_class_update_on_start = false
 [client.rgw.a]
-rgw_frontends = beast endpoint=127.0.0.1:${rgwPort} tcp_nodelay=1
+rgw_frontends = beast endpoint=${gateway.host}:${gateway.port} tcp_nodelay=1
 rgw_data = ${dir}/rgw
 rgw_dns_name = localhost
 rgw_thread_pool_size = 64

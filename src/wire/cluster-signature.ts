@@ -1,0 +1,184 @@
+import { createHmac } from "node:crypto";
+import type { IncomingHttpHeaders } from "node:http";
+import { BerthError } from "../core/errors.ts";
+import type { WireRequest } from "./http.ts";
+import { constantTimeEqual, unsignedPayload } from "./sigv4.ts";
+
+/**
+ * Requests one node forwards to another carry these instead of the client's signature (which is
+ * never replayed): the sending node, the time, the headers signed, the body's SHA-256 (or
+ * UNSIGNED-PAYLOAD, as the client signed a streamed body) and an HMAC-SHA256 with the cluster
+ * secret over all of it (docs/decisions/0008-a-cluster-on-postgresql.md).
+ */
+export const clusterHeaders = {
+  node: "x-berth-cluster-node",
+  date: "x-berth-cluster-date",
+  signedHeaders: "x-berth-cluster-signed-headers",
+  contentSha256: "x-berth-cluster-content-sha256",
+  signature: "x-berth-cluster-signature",
+} as const;
+
+/** How far a forwarded request's time may be from the receiver's: nodes keep their clocks in NTP. */
+const maxSkewMs = 60_000;
+
+export interface ForwardedRequest {
+  method: string;
+  /** Path and query exactly as sent to the receiving node. */
+  target: string;
+  /** The headers forwarded (lower-case names); every one is signed. */
+  headers: Record<string, string>;
+  /** Hex SHA-256 of the body sent, or UNSIGNED-PAYLOAD for a body streamed unread. */
+  contentSha256: string;
+}
+
+/** The headers to add to a forwarded request: the sending node's signature over it. */
+export function signForwarded(
+  request: ForwardedRequest,
+  from: { nodeId: string; secret: string; now: Date },
+): Record<string, string> {
+  const names = Object.keys(request.headers).sort();
+  const date = from.now.toISOString();
+  const signature = hmac(
+    from.secret,
+    stringToSign(request, { nodeId: from.nodeId, date, names }, request.headers),
+  );
+  return {
+    [clusterHeaders.node]: from.nodeId,
+    [clusterHeaders.date]: date,
+    [clusterHeaders.signedHeaders]: names.join(";"),
+    [clusterHeaders.contentSha256]: request.contentSha256,
+    [clusterHeaders.signature]: signature,
+  };
+}
+
+/** What every cluster header's name starts with. */
+const clusterHeaderPrefix = "x-berth-cluster-";
+
+/**
+ * True when the request claims to come from another node, by any cluster header at all: it is
+ * then checked as such and refused unless signed. A client cannot pass one of them in beside
+ * its SigV4 signature and have the request served as if the header were not there.
+ */
+export function isForwarded(headers: IncomingHttpHeaders): boolean {
+  return Object.keys(headers).some((name) => name.startsWith(clusterHeaderPrefix));
+}
+
+/**
+ * Checks forwarded requests in the two steps the handler uses for SigV4 (see PendingSignature):
+ * the headers at once, the body's hash once it has been read.
+ */
+export class ClusterVerifier {
+  private readonly secret: string;
+  private readonly now: () => Date;
+
+  constructor(options: { secret: string; now: () => Date }) {
+    this.secret = options.secret;
+    this.now = options.now;
+  }
+
+  checkHeaders(request: WireRequest): PendingClusterSignature {
+    const header = (name: string): string => {
+      const value = request.headers[name];
+      const text = Array.isArray(value) ? value[0] : value;
+      if (text === undefined || text === "") {
+        throw refused(
+          `the ${name} header is missing. ${clusterHeaderPrefix}* headers are for Berth nodes only: a client signs with SigV4 and sends none of them`,
+        );
+      }
+      return text;
+    };
+    const nodeId = header(clusterHeaders.node);
+    const date = header(clusterHeaders.date);
+    const sentAt = Date.parse(date);
+    if (!Number.isFinite(sentAt) || Math.abs(this.now().getTime() - sentAt) > maxSkewMs) {
+      throw refused(
+        `its time ${date} is more than ${maxSkewMs / 1000} s from this node's: keep the nodes' clocks in sync (NTP)`,
+      );
+    }
+    const signedList = headerText(request.headers[clusterHeaders.signedHeaders]);
+    const names = signedList === "" ? [] : signedList.split(";");
+    const headers: Record<string, string> = {};
+    for (const name of names) headers[name] = headerText(request.headers[name]);
+    const declared = header(clusterHeaders.contentSha256);
+    const target = request.rawPath + queryOf(request);
+    const expected = hmac(
+      this.secret,
+      stringToSign(
+        { method: request.method, target, headers, contentSha256: declared },
+        { nodeId, date, names },
+        headers,
+      ),
+    );
+    if (!constantTimeEqual(expected, header(clusterHeaders.signature))) {
+      throw refused(
+        "its signature does not match: the nodes' clusterSecret settings differ, or something on the way (a proxy) changed the request",
+      );
+    }
+    return new PendingClusterSignature(nodeId, declared);
+  }
+}
+
+/** A forwarded request whose headers passed; the body must have the hash they declared. */
+export class PendingClusterSignature {
+  readonly fromNode: string;
+  private readonly declaredSha256: string;
+
+  constructor(fromNode: string, declaredSha256: string) {
+    this.fromNode = fromNode;
+    this.declaredSha256 = declaredSha256;
+  }
+
+  get payloadUnsigned(): boolean {
+    return this.declaredSha256 === unsignedPayload;
+  }
+
+  verifyBody(bodySha256: string): Promise<void> {
+    if (this.declaredSha256.toLowerCase() !== bodySha256) {
+      return Promise.reject(refused("the body's SHA-256 is not the one it declared"));
+    }
+    return Promise.resolve();
+  }
+
+  verifyUnsignedPayload(): Promise<void> {
+    if (!this.payloadUnsigned) {
+      return Promise.reject(new Error("the request did not declare UNSIGNED-PAYLOAD"));
+    }
+    return Promise.resolve();
+  }
+}
+
+function stringToSign(
+  request: ForwardedRequest,
+  signer: { nodeId: string; date: string; names: string[] },
+  headers: Record<string, string>,
+): string {
+  return [
+    "BERTH-CLUSTER-HMAC-SHA256",
+    request.method,
+    request.target,
+    signer.date,
+    signer.nodeId,
+    ...signer.names.map((name) => `${name}:${headers[name] ?? ""}`),
+    request.contentSha256,
+  ].join("\n");
+}
+
+function hmac(secret: string, text: string): string {
+  return createHmac("sha256", secret).update(text).digest("hex");
+}
+
+function headerText(value: string | string[] | undefined): string {
+  return Array.isArray(value) ? value.join(",") : (value ?? "");
+}
+
+function queryOf(request: WireRequest): string {
+  const text = request.query.toString();
+  return text === "" ? "" : `?${text}`;
+}
+
+function refused(why: string): BerthError {
+  return new BerthError(
+    "UnrecognizedClientException",
+    `A request forwarded by another Berth node was refused: ${why}`,
+  );
+}

@@ -1,0 +1,259 @@
+import { createHash } from "node:crypto";
+import {
+  Agent,
+  request,
+  type ClientRequest,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+} from "node:http";
+import type { Socket } from "node:net";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { CoreContext } from "../core/context.ts";
+import type { NodeRecord } from "../core/cluster/cluster-store.ts";
+import type { RouteOptions, SessionRoute } from "../core/cluster/session-router.ts";
+import { BerthError } from "../core/errors.ts";
+import { clusterHeaders, signForwarded } from "./cluster-signature.ts";
+import { invocationTargetOf, requireSessionId } from "./data-plane-request.ts";
+import type { Operation, OperationInput } from "./operation.ts";
+import { unsignedPayload } from "./sigv4.ts";
+
+/** Where a session's requests go (core/cluster/session-router.ts). */
+export interface SessionRouting {
+  route(runtimeId: string, sessionId: string, options: RouteOptions): Promise<SessionRoute>;
+}
+
+/** Client headers that only the hop to this node meant: never passed on to the owner. */
+const notForwarded = new Set([
+  "authorization",
+  "x-amz-date",
+  "x-amz-security-token",
+  "x-amz-content-sha256",
+  "host",
+  "connection",
+  "keep-alive",
+  "transfer-encoding",
+  "content-length",
+  "expect",
+  "upgrade",
+  ...Object.values(clusterHeaders),
+]);
+
+const emptySha256 = createHash("sha256").digest("hex");
+/** How long another node gets to answer a listing. */
+const peerAnswerMs = 5_000;
+
+/** Answer headers that belong to the hop from the owner, not to the client's connection. */
+const hopHeaders = new Set(["connection", "keep-alive", "transfer-encoding"]);
+
+/**
+ * Sends requests for sessions other nodes own to those nodes, signed with the cluster secret,
+ * and relays the answers: the body streams both ways (backpressure crosses the hop) and a
+ * caller that goes away ends the forwarded request too.
+ */
+export class Forwarder {
+  private readonly nodeId: string;
+  private readonly secret: string;
+  private readonly now: () => Date;
+  private readonly connectTimeoutMs: number;
+  private readonly isLive: (nodeId: string) => boolean;
+  /** Kept-alive connections to the other nodes: a forwarded warm request costs no handshake. */
+  private readonly agent = new Agent({ keepAlive: true });
+
+  constructor(options: {
+    nodeId: string;
+    secret: string;
+    now: () => Date;
+    /**
+     * How long a node gets to accept a connection: one cut off by a dropped route never refuses,
+     * and the kernel would try for minutes.
+     */
+    connectTimeoutMs: number;
+    /**
+     * Whether the cluster still holds a node live. A forwarded request to a node presumed gone
+     * is given up: a node cut off mid-request never answers, not even with an error.
+     */
+    isLive: (nodeId: string) => boolean;
+  }) {
+    this.isLive = options.isLive;
+    this.connectTimeoutMs = options.connectTimeoutMs;
+    this.nodeId = options.nodeId;
+    this.secret = options.secret;
+    this.now = options.now;
+  }
+
+  async forward(input: OperationInput, node: NodeRecord, bodyKind: "json" | "streamed") {
+    const { incoming, outgoing, signal } = input.raw;
+    const { body, contentSha256, contentLength } = forwardedBody(input, bodyKind);
+    const headers = passedOnHeaders(incoming);
+    const target = input.request.rawPath + queryOf(input.request.query);
+    const method = input.request.method;
+    const signed = signForwarded(
+      { method, target, headers, contentSha256 },
+      { nodeId: this.nodeId, secret: this.secret, now: this.now() },
+    );
+    const outbound: OutgoingHttpHeaders = { ...headers, ...signed };
+    if (contentLength !== undefined) outbound["content-length"] = contentLength;
+    const upstream = request(new URL(target, node.url), {
+      method,
+      headers: outbound,
+      agent: this.agent,
+      signal,
+    });
+    this.limitConnecting(upstream);
+    const watch = setInterval(() => {
+      if (!this.isLive(node.id)) upstream.destroy(new Error("the cluster presumes it gone"));
+    }, this.connectTimeoutMs);
+    upstream.once("close", () => {
+      clearInterval(watch);
+    });
+    const answer = new Promise<IncomingMessage>((resolve, reject) => {
+      upstream.once("response", resolve);
+      upstream.once("error", reject);
+    });
+    const sent = pipeline(body, upstream).catch(() => undefined); // a failure surfaces in `answer`
+    let response: IncomingMessage;
+    try {
+      response = await answer;
+    } catch (error) {
+      if (signal.aborted) throw signal.reason;
+      throw unreachable(node, error);
+    }
+    outgoing.writeHead(response.statusCode ?? 502, answerHeaders(response));
+    outgoing.flushHeaders();
+    // Ends with the caller: a client that goes away destroys the answer, and its request.
+    await pipeline(response, outgoing).catch(() => {
+      upstream.destroy();
+    });
+    await sent;
+  }
+
+  /** A signed GET to another node, its JSON answer read up to `maxBytes`. */
+  async getJson(node: NodeRecord, target: string, maxBytes: number): Promise<unknown> {
+    const headers = signForwarded(
+      { method: "GET", target, headers: {}, contentSha256: emptySha256 },
+      { nodeId: this.nodeId, secret: this.secret, now: this.now() },
+    );
+    const upstream = request(new URL(target, node.url), {
+      headers,
+      agent: this.agent,
+      signal: AbortSignal.timeout(peerAnswerMs),
+    });
+    this.limitConnecting(upstream);
+    upstream.end();
+    const response = await new Promise<IncomingMessage>((resolve, reject) => {
+      upstream.once("response", resolve);
+      upstream.once("error", reject);
+    });
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    for await (const chunk of response as AsyncIterable<Buffer>) {
+      bytes += chunk.length;
+      if (bytes > maxBytes)
+        throw new Error(`node ${node.name} answered more than ${maxBytes} bytes`);
+      chunks.push(chunk);
+    }
+    const text = Buffer.concat(chunks).toString("utf8");
+    if (response.statusCode !== 200) {
+      throw new Error(`node ${node.name} answered ${response.statusCode}: ${text.slice(0, 200)}`);
+    }
+    return JSON.parse(text) as unknown;
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  /** Fails the request when its connection is not made within connectTimeoutMs. */
+  private limitConnecting(upstream: ClientRequest): void {
+    upstream.once("socket", (socket: Socket) => {
+      if (!socket.connecting) return; // a kept-alive connection
+      const timer = setTimeout(() => {
+        upstream.destroy(new Error(`no connection within ${this.connectTimeoutMs} ms`));
+      }, this.connectTimeoutMs);
+      socket.once("connect", () => {
+        clearTimeout(timer);
+      });
+      socket.once("close", () => {
+        clearTimeout(timer);
+      });
+    });
+  }
+}
+
+/**
+ * Wraps a session's operation so that it runs on the session's owner: here when this node owns
+ * it (or the request was forwarded to it), else forwarded there.
+ */
+export function servedByOwner(
+  operation: Operation,
+  deps: { context: CoreContext; routing: SessionRouting; forwarder: Forwarder },
+  options: { place: boolean },
+): Operation {
+  const bodyKind = operation.body === "streamed" ? "streamed" : "json";
+  return {
+    ...operation,
+    handle: async (input) => {
+      const sessionId = requireSessionId(input.request.headers);
+      const { runtime } = await invocationTargetOf(deps.context, input);
+      const route = await deps.routing.route(runtime.id, sessionId, {
+        place: options.place,
+        forwarded: input.forwardedBy !== undefined,
+      });
+      if (route.kind === "here") return operation.handle(input);
+      await deps.forwarder.forward(input, route.node, bodyKind);
+      return { streamed: true };
+    },
+  };
+}
+
+function forwardedBody(
+  input: OperationInput,
+  bodyKind: "json" | "streamed",
+): { body: Readable; contentSha256: string; contentLength: number | undefined } {
+  if (bodyKind === "json") {
+    const bytes = Buffer.from(JSON.stringify(input.body));
+    return {
+      body: Readable.from([bytes]),
+      contentSha256: createHash("sha256").update(bytes).digest("hex"),
+      contentLength: bytes.length,
+    };
+  }
+  const { stream, sizeBytes, sha256 } = input.payload;
+  const declared = Number(input.raw.incoming.headers["content-length"] ?? Number.NaN);
+  return {
+    body: stream,
+    contentSha256: sha256 ?? unsignedPayload,
+    contentLength: sizeBytes ?? (Number.isSafeInteger(declared) ? declared : undefined),
+  };
+}
+
+function passedOnHeaders(incoming: IncomingMessage): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (const [name, value] of Object.entries(incoming.headers)) {
+    if (value === undefined || notForwarded.has(name)) continue;
+    headers[name] = Array.isArray(value) ? value.join(",") : value;
+  }
+  return headers;
+}
+
+function answerHeaders(response: IncomingMessage): OutgoingHttpHeaders {
+  const headers: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(response.headers)) {
+    if (value !== undefined && !hopHeaders.has(name)) headers[name] = value;
+  }
+  return headers;
+}
+
+function queryOf(query: URLSearchParams): string {
+  const text = query.toString();
+  return text === "" ? "" : `?${text}`;
+}
+
+function unreachable(node: NodeRecord, error: unknown): BerthError {
+  const why = error instanceof Error ? error.message : String(error);
+  return new BerthError(
+    "ThrottlingException",
+    `The session runs on node ${node.name} (${node.url}), which did not answer (${why}). If that node is gone, the session starts on another node once its lease runs out (nodeLeaseSeconds): retry`,
+  );
+}
