@@ -26,7 +26,7 @@ const defaultParts: {
 export const settingDeclarations = {
   metadataStore: {
     part: "parts",
-    doc: "Where runtimes, versions, endpoints and session storage records are kept: sqlite (<data-dir>/berth.db). memory keeps nothing across a restart and exists for Berth's own tests: berth serve refuses it.",
+    doc: "Where runtimes, versions, endpoints and session storage records are kept: sqlite (<data-dir>/berth.db); databaseUrl puts them in PostgreSQL instead. memory keeps nothing across a restart and exists for Berth's own tests: berth serve refuses it.",
     default: defaultParts.metadataStore,
     parse: oneOf(["sqlite", "memory"] as const),
   },

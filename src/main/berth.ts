@@ -284,15 +284,23 @@ async function serveOn(
   const port = (server.address() as AddressInfo).port;
   const url = `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${port}`;
   listeningUrl = url;
-  await membership?.join({
-    settings,
-    url,
-    sessions,
-    // A node that lost its sessions runs none: whatever it still claims is stale.
-    forgetClaims: () => store.releaseSessionStorageClaims(nodeId),
-    goneHolders: parts.goneHolders,
-    log,
-  });
+  await membership
+    ?.join({
+      settings,
+      url,
+      sessions,
+      // A node that lost its sessions runs none: whatever it still claims is stale.
+      forgetClaims: () => store.releaseSessionStorageClaims(nodeId),
+      goneHolders: parts.goneHolders,
+      log,
+    })
+    .catch(async (error: unknown) => {
+      // Nothing was served yet: the start fails as a whole (startBerth abandons the parts).
+      server.close();
+      clearInterval(storageSweep);
+      await sessions.close();
+      throw error;
+    });
   // A version left unsettled by a node that stopped is taken up by one node, not by each.
   if (await onceForCluster("resume-preparation", resumePreparationIntervalMs))
     await preparer.resumeUnsettled();

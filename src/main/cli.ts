@@ -13,6 +13,7 @@ import { closeInheritedDescriptors } from "./inherited-descriptors.ts";
 import { HeldElsewhereError, LostOwnershipError } from "../core/replication/fenced-head.ts";
 import { ObjectStoreCheckError } from "./object-store-check.ts";
 import { PostgresConnectionError } from "../adapters/postgres/connection-errors.ts";
+import { NodeNameTakenError } from "./cluster.ts";
 import { ObjectStoreUnavailableError } from "../core/object-store.ts";
 import { ReplicaDataError } from "../core/replication/volume-replica.ts";
 import { jsonLogger } from "./json-logger.ts";
@@ -122,7 +123,11 @@ async function serve(args: readonly string[], env: NodeJS.ProcessEnv): Promise<n
   } catch (error) {
     // The object store is unreachable, refuses these credentials, lacks the bucket, or ignores
     // conditional writes: a setting to fix, said in one line.
-    if (error instanceof ObjectStoreCheckError || error instanceof PostgresConnectionError) {
+    if (
+      error instanceof ObjectStoreCheckError ||
+      error instanceof PostgresConnectionError ||
+      error instanceof NodeNameTakenError
+    ) {
       process.stderr.write(`berth serve: ${error.message}\n`);
       return 2;
     }

@@ -6,6 +6,7 @@ import { SessionRouter } from "../core/cluster/session-router.ts";
 import { BerthError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import type { SessionManager } from "../core/sessions.ts";
+import { NameTakenError } from "../core/store.ts";
 import type { ClusterView } from "../wire/cluster-api.ts";
 import type { SessionsElsewhere } from "../wire/data-plane.ts";
 import { Forwarder } from "../wire/forwarding.ts";
@@ -98,7 +99,16 @@ export class ClusterMembership {
       goneHolders: options.goneHolders,
       log: options.log,
     });
-    await this.node.start();
+    try {
+      await this.node.start();
+    } catch (error) {
+      if (error instanceof NameTakenError) {
+        throw new NodeNameTakenError(
+          `another live node of the cluster is named ${error.takenName}: give this one a name of its own (--node-name)`,
+        );
+      }
+      throw error;
+    }
   }
 
   /** Whether this node may do a piece of background work now: once per cluster and interval. */
@@ -145,6 +155,9 @@ const nameOf = (answer: { node: NodeRecord }): string => answer.node.name;
 export function nodeNameOf(settings: Settings): string {
   return settings.nodeName || hostname();
 }
+
+/** This node cannot join: a live node of another id has its name. A setting to fix. */
+export class NodeNameTakenError extends Error {}
 
 /** How other nodes reach this one: the setting, else where it listens (by host name on all). */
 function nodeUrlOf(settings: Settings, listeningUrl: string): string {
