@@ -180,13 +180,16 @@ async function serveOn(
       log.warn("could not sweep session storage", { error: String(error) });
     });
   });
+  // Pulls a session start makes (an image a version of another node's preparation pinned).
+  const sessionPulls = new AbortController();
   const sessions: SessionManager = new SessionManager({
     driver,
     storage,
     probe: (endpoint, timeoutMs) => pingAgent(endpoint, timeoutMs, settings.agentPingMaxBytes),
     plan: launchPlanner({
       code: (version) => planCodeLaunch(codeFolders, version, pythons.interpreters),
-      image: (version) => Promise.resolve().then(() => images.plan(version)),
+      // Ended, as the version preparations' pulls are, when Berth shuts down.
+      image: (version) => images.planPulling(version, sessionPulls.signal),
     }),
     log,
     settings: {
@@ -340,6 +343,7 @@ async function serveOn(
         ),
       );
       containerImages.stop();
+      sessionPulls.abort();
       clearInterval(idempotencySweep);
       clearInterval(storageSweep);
       await sessions.close();

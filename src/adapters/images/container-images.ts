@@ -84,6 +84,20 @@ export class ContainerImages implements ImageCatalog {
     return digest;
   }
 
+  /**
+   * The launch plan of a version, its image pulled first when this cache lacks it: in a cluster
+   * the version was prepared on another node. Pulled by the digest its preparation pinned, so a
+   * tag moved since changes nothing.
+   */
+  async planPulling(version: RuntimeVersionRecord, signal: AbortSignal): Promise<LaunchPlan> {
+    const digest = version.artifactDigest;
+    const { artifact } = version.config;
+    if (digest !== undefined && artifact.kind === "container" && !this.store.record(digest)) {
+      await this.pull(pinnedTo(artifact.containerUri, digest), signal);
+    }
+    return this.plan(version);
+  }
+
   /** The launch plan of a version pinned to an image by its preparation. */
   plan(version: RuntimeVersionRecord): LaunchPlan {
     const digest = version.artifactDigest;
@@ -281,4 +295,12 @@ function blobName(digest: string): string {
   if (match?.[1] === undefined)
     throw new ArtifactProblem(`The layout names a blob ${digest} Berth cannot read`);
   return join("blobs", "sha256", match[1]);
+}
+
+/** `uri` (NAME, NAME:TAG or NAME@DIGEST) as NAME@digest. */
+export function pinnedTo(uri: string, digest: string): string {
+  const [name = uri] = uri.split("@");
+  const lastSlash = name.lastIndexOf("/");
+  const tagColon = name.lastIndexOf(":");
+  return `${tagColon > lastSlash ? name.slice(0, tagColon) : name}@${digest}`;
 }
