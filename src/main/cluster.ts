@@ -42,7 +42,12 @@ export class ClusterMembership {
     this.store = store;
     this.nodeId = nodeId;
     this.log = options.log;
-    this.router = new SessionRouter({ ...options, store });
+    this.router = new SessionRouter({
+      ...options,
+      store,
+      // A heartbeat interval: a session that moved is found again within it.
+      rememberMs: (settings.nodeLeaseSeconds * 1000) / 4,
+    });
     this.forwarder = new Forwarder({
       nodeId,
       secret: settings.clusterSecret,

@@ -13,6 +13,7 @@ import type { CoreContext } from "../core/context.ts";
 import type { NodeRecord } from "../core/cluster/cluster-store.ts";
 import type { RouteOptions, SessionRoute } from "../core/cluster/session-router.ts";
 import { BerthError } from "../core/errors.ts";
+import { runtimeIdFromArnOrId } from "../core/ids.ts";
 import { clusterHeaders, signForwarded } from "./cluster-signature.ts";
 import { invocationTargetOf, requireSessionId } from "./data-plane-request.ts";
 import type { Operation, OperationInput } from "./operation.ts";
@@ -21,7 +22,12 @@ import { unsignedPayload } from "./sigv4.ts";
 /** Where a session's requests go (core/cluster/session-router.ts). */
 export interface SessionRouting {
   route(runtimeId: string, sessionId: string, options: RouteOptions): Promise<SessionRoute>;
+  /** Forgets where a session runs (a request forwarded there failed). */
+  forget(runtimeId: string, sessionId: string): void;
 }
+
+/** How many nodes a forwarded request has been through: a signed header (see RouteOptions.hops). */
+const clusterHopsHeader = "x-berth-cluster-hops";
 
 /** Client headers that only the hop to this node meant: never passed on to the owner. */
 const notForwarded = new Set([
@@ -36,6 +42,7 @@ const notForwarded = new Set([
   "content-length",
   "expect",
   "upgrade",
+  "x-berth-cluster-hops",
   ...Object.values(clusterHeaders),
 ]);
 
@@ -82,10 +89,15 @@ export class Forwarder {
     this.now = options.now;
   }
 
-  async forward(input: OperationInput, node: NodeRecord, bodyKind: "json" | "streamed") {
+  async forward(
+    input: OperationInput,
+    node: NodeRecord,
+    bodyKind: "json" | "streamed",
+    hops: number,
+  ): Promise<void> {
     const { incoming, outgoing, signal } = input.raw;
     const { body, contentSha256, contentLength } = forwardedBody(input, bodyKind);
-    const headers = passedOnHeaders(incoming);
+    const headers = { ...passedOnHeaders(incoming), [clusterHopsHeader]: String(hops) };
     const target = input.request.rawPath + queryOf(input.request.query);
     const method = input.request.method;
     const signed = signForwarded(
@@ -167,6 +179,8 @@ export class Forwarder {
   /** Fails the request when its connection is not made within connectTimeoutMs. */
   private limitConnecting(upstream: ClientRequest): void {
     upstream.once("socket", (socket: Socket) => {
+      // Each answer's pieces leave at once: a relay that waited to fill packets would add delay.
+      socket.setNoDelay(true);
       if (!socket.connecting) return; // a kept-alive connection
       const timer = setTimeout(() => {
         upstream.destroy(new Error(`no connection within ${this.connectTimeoutMs} ms`));
@@ -195,16 +209,34 @@ export function servedByOwner(
     ...operation,
     handle: async (input) => {
       const sessionId = requireSessionId(input.request.headers);
-      const { runtime } = await invocationTargetOf(deps.context, input);
-      const route = await deps.routing.route(runtime.id, sessionId, {
+      // The id alone routes a request; the runtime and its endpoint are checked where it is
+      // served, and before a session is placed.
+      const runtimeId = runtimeIdFromArnOrId(input.params["runtimeArn"] ?? "");
+      const hops = hopsOf(input);
+      const route = await deps.routing.route(runtimeId, sessionId, {
         place: options.place,
-        forwarded: input.forwardedBy !== undefined,
+        hops,
+        beforePlacing: async () => {
+          await invocationTargetOf(deps.context, input);
+        },
       });
       if (route.kind === "here") return operation.handle(input);
-      await deps.forwarder.forward(input, route.node, bodyKind);
+      try {
+        await deps.forwarder.forward(input, route.node, bodyKind, hops + 1);
+      } catch (error) {
+        deps.routing.forget(runtimeId, sessionId);
+        throw error;
+      }
       return { streamed: true };
     },
   };
+}
+
+/** How many nodes forwarded the request here: only a node's signed word counts. */
+function hopsOf(input: OperationInput): number {
+  if (input.forwardedBy === undefined) return 0;
+  const hops = Number(input.request.headers[clusterHopsHeader] ?? 1);
+  return Number.isSafeInteger(hops) && hops >= 1 ? hops : 1;
 }
 
 function forwardedBody(

@@ -13,9 +13,27 @@ export interface RouteOptions {
    * left unplaced (a stop of a session that runs nowhere answers here: not found).
    */
   place: boolean;
-  /** Forwarded by another node, which chose this one: served here, never forwarded again. */
-  forwarded: boolean;
+  /**
+   * How many nodes forwarded the request so far (0: straight from a client). A forwarded
+   * request is served here unless another live node owns the session: a forwarder's memory of
+   * the owner was out of date. It then goes on there, once: at most maxHops in all.
+   */
+  hops: number;
+  /**
+   * Checks, before a session is placed, that the request names a runtime that exists (a
+   * placement for a made-up one would be left behind).
+   */
+  beforePlacing?: () => Promise<void>;
 }
+
+interface Placement {
+  choose: (liveNodes: NodeRecord[]) => NodeRecord | undefined;
+  /** Runs first: see RouteOptions.beforePlacing. */
+  before: () => Promise<void>;
+}
+
+/** The most nodes a request is forwarded through: one, and one more after a stale memory. */
+export const maxHops = 2;
 
 /**
  * Decides which node serves each session's requests, and owns the sessions this node runs:
@@ -31,6 +49,11 @@ export class SessionRouter implements SessionOwnership {
   /** Holders whose volumes may be taken at once: nodes whose lease ran out. */
   private readonly goneHolders: Set<string>;
   private readonly log: Logger;
+  private readonly nowMs: () => number;
+  /** How long a remote owner is remembered: a warm session's requests skip the database. */
+  private readonly rememberMs: number;
+  /** Remote owners of sessions recently routed, until a time (nowMs). */
+  private readonly remembered = new Map<string, { node: NodeRecord; untilMs: number }>();
 
   constructor(options: {
     store: ClusterStore;
@@ -40,7 +63,11 @@ export class SessionRouter implements SessionOwnership {
     letGoHere: (runtimeId: string, sessionId: string) => Promise<void>;
     goneHolders: Set<string>;
     log: Logger;
+    rememberMs: number;
+    nowMs?: () => number;
   }) {
+    this.rememberMs = options.rememberMs;
+    this.nowMs = options.nowMs ?? (() => performance.now());
     this.store = options.store;
     this.nodeId = options.nodeId;
     this.isRunningHere = options.isRunningHere;
@@ -50,31 +77,63 @@ export class SessionRouter implements SessionOwnership {
   }
 
   async route(runtimeId: string, sessionId: string, options: RouteOptions): Promise<SessionRoute> {
-    // The common case, a warm session asked again, costs no round trip to the database.
-    if (this.isRunningHere(runtimeId, sessionId) || options.forwarded) return { kind: "here" };
-    let owner = await this.ownerOf(runtimeId, sessionId, options.place);
+    // The common cases, a warm session asked again here or through another node, cost no
+    // round trip to the database.
+    if (this.isRunningHere(runtimeId, sessionId) || options.hops >= maxHops)
+      return { kind: "here" };
+    const key = sessionKey(runtimeId, sessionId);
+    const remembered = this.remembered.get(key);
+    if (options.hops === 0 && remembered !== undefined && remembered.untilMs > this.nowMs()) {
+      return { kind: "owner", node: remembered.node };
+    }
+    const placement = options.place ? this.placement(options) : undefined;
+    let owner = await this.ownerOf(runtimeId, sessionId, placement);
     if (owner?.node.id === this.nodeId && owner.node.draining) {
       // A draining node's session that ended to move keeps its owner row until it has let go
       // of its storage: once it has, the session is placed anew, elsewhere.
       await this.letGoHere(runtimeId, sessionId);
-      owner = await this.ownerOf(runtimeId, sessionId, options.place);
+      owner = await this.ownerOf(runtimeId, sessionId, placement);
     }
     if (owner === undefined) {
       if (options.place) throw noRoom();
       return { kind: "here" };
     }
-    return owner.node.id === this.nodeId ? { kind: "here" } : { kind: "owner", node: owner.node };
+    if (owner.node.id === this.nodeId) return { kind: "here" };
+    this.remembered.set(key, { node: owner.node, untilMs: this.nowMs() + this.rememberMs });
+    return { kind: "owner", node: owner.node };
   }
 
-  private ownerOf(
+  /** Forgets where a session runs: a request forwarded there failed. */
+  forget(runtimeId: string, sessionId: string): void {
+    this.remembered.delete(sessionKey(runtimeId, sessionId));
+  }
+
+  /**
+   * How a session no live node owns is placed: on the least loaded node; forwarded here by a
+   * node that chose this one, here, unless this node cannot take it (draining, full).
+   */
+  private placement(options: RouteOptions): Placement {
+    const choose =
+      options.hops === 0
+        ? (nodes: NodeRecord[]) => leastLoaded(nodes, this.nodeId)
+        : (nodes: NodeRecord[]) =>
+            leastLoaded(
+              nodes.filter((node) => node.id === this.nodeId),
+              this.nodeId,
+            ) ?? leastLoaded(nodes, this.nodeId);
+    return { choose, before: options.beforePlacing ?? (() => Promise.resolve()) };
+  }
+
+  /** The session's live owner; placed first when it has none and `placement` is given. */
+  private async ownerOf(
     runtimeId: string,
     sessionId: string,
-    place: boolean,
+    placement: Placement | undefined,
   ): Promise<SessionOwner | undefined> {
-    if (!place) return this.store.findOwner(runtimeId, sessionId);
-    return this.store.placeSession(runtimeId, sessionId, (nodes) =>
-      leastLoaded(nodes, this.nodeId),
-    );
+    const owner = await this.store.findOwner(runtimeId, sessionId);
+    if (owner !== undefined || placement === undefined) return owner;
+    await placement.before();
+    return this.store.placeSession(runtimeId, sessionId, placement.choose);
   }
 
   async claim(runtimeId: string, sessionId: string): Promise<() => Promise<void>> {
@@ -106,6 +165,10 @@ export class SessionRouter implements SessionOwnership {
         });
     };
   }
+}
+
+function sessionKey(runtimeId: string, sessionId: string): string {
+  return `${runtimeId}\u0000${sessionId}`;
 }
 
 function noRoom(): BerthError {
