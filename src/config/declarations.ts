@@ -181,16 +181,15 @@ export const settingDeclarations = {
       /^postgres(ql)?:\/\/\S+$/,
       "a PostgreSQL URL such as postgres://berth:PASSWORD@db.example.com:5432/berth",
     ),
+    confidential: true,
   },
   nodeUrl: {
     part: "cluster",
-    doc: "How the other nodes of the cluster reach this one, e.g. http://10.0.0.5:8787. Unset: the address Berth listens on (--host and --port; the host name when listening on every address).",
+    doc: "How the other nodes of the cluster reach this one, e.g. http://10.0.0.5:8787 (plain HTTP: nodes talk on a private network). Unset: the address Berth listens on (--host and --port; the host name when listening on every address).",
     default: "",
     defaultShown: "(derived from host and port)",
-    parse: matching(
-      /^https?:\/\/[^\s/]+\/?$/,
-      "an http:// or https:// address such as http://10.0.0.5:8787",
-    ),
+    // Plain HTTP between nodes (docs/cluster.md, Security: keep them on a private network).
+    parse: matching(/^http:\/\/[^\s/]+\/?$/, "an http:// address such as http://10.0.0.5:8787"),
   },
   nodeName: {
     part: "cluster",

@@ -34,6 +34,11 @@ export interface SettingDeclaration<T> {
   parse: (text: string) => T | { problem: string };
   /** Secrets are accepted from the environment and the config file only, never from flags. */
   secret?: boolean;
+  /**
+   * The value may hold a secret (a password in a URL): an error about it never repeats it.
+   * Secrets are always treated so.
+   */
+  confidential?: boolean;
 }
 
 export const integer =
@@ -49,6 +54,14 @@ export const matching =
   (pattern: RegExp, hint: string) =>
   (text: string): string | { problem: string } =>
     pattern.test(text) ? text : { problem: `must be ${hint} (got "${text}")` };
+
+/** A parser's problem with the value it quotes left out: for values that may hold secrets. */
+export function withoutValue(problem: string): string {
+  return problem.replace(
+    / \(got "[\s\S]*"\)$/,
+    " (the value given is not repeated: it may hold a secret)",
+  );
+}
 
 export const decimal =
   (min: number, max: number) =>

@@ -11,6 +11,29 @@ import {
 } from "./settings.ts";
 
 describe("loadSettings", () => {
+  it("never repeats a secret, or a URL holding a password, in the error about it", () => {
+    assert.throws(
+      () =>
+        loadSettings(["--database-url", "postgres://berth:hunter2 oops@db/berth"], {
+          BERTH_CLUSTER_SECRET: "hunter3",
+        }),
+      (error: unknown) => {
+        assert.ok(error instanceof SettingsError);
+        assert.doesNotMatch(error.message, /hunter/);
+        assert.match(error.message, /--database-url must be a PostgreSQL URL/);
+        assert.match(error.message, /BERTH_CLUSTER_SECRET must be 32 to 1024 characters/);
+        return true;
+      },
+    );
+  });
+
+  it("needs an object store and a cluster secret beside a database URL", () => {
+    assert.throws(
+      () => loadSettings(["--database-url", "postgres://berth@db/berth"], {}),
+      /databaseUrl set without objectStoreUrl[\s\S]*databaseUrl set without clusterSecret/,
+    );
+  });
+
   it("uses the documented defaults", () => {
     const settings = loadSettings([], {});
     assert.equal(settings.host, "127.0.0.1");

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { settingDeclarations } from "./declarations.ts";
-import type { SettingDeclaration, SettingPart } from "./setting-parsers.ts";
+import { withoutValue, type SettingDeclaration, type SettingPart } from "./setting-parsers.ts";
 
 export { settingDeclarations } from "./declarations.ts";
 export { settingParts, type SettingPart } from "./setting-parsers.ts";
@@ -101,7 +101,9 @@ export function loadSettingsWithWarnings(
     }
     const parsed = declaration.parse(given.value);
     if (typeof parsed === "object" && parsed !== null && "problem" in parsed) {
-      problems.push(`${given.source} ${String(parsed.problem)}`);
+      const problem = String(parsed.problem);
+      const confidential = declaration.secret === true || declaration.confidential === true;
+      problems.push(`${given.source} ${confidential ? withoutValue(problem) : problem}`);
     } else {
       settings[name] = parsed;
     }

@@ -287,8 +287,8 @@ async function serveOn(
   const port = (server.address() as AddressInfo).port;
   const url = `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${port}`;
   listeningUrl = url;
-  await membership
-    ?.join({
+  try {
+    await membership?.join({
       settings,
       url,
       sessions,
@@ -296,17 +296,19 @@ async function serveOn(
       forgetClaims: () => store.releaseSessionStorageClaims(nodeId),
       goneHolders: parts.goneHolders,
       log,
-    })
-    .catch(async (error: unknown) => {
-      // Nothing was served yet: the start fails as a whole (startBerth abandons the parts).
-      server.close();
-      clearInterval(storageSweep);
-      await sessions.close();
-      throw error;
     });
-  // A version left unsettled by a node that stopped is taken up by one node, not by each.
-  if (await onceForCluster("resume-preparation", resumePreparationIntervalMs))
-    await preparer.resumeUnsettled();
+    // A version left unsettled by a node that stopped is taken up by one node, not by each.
+    if (await onceForCluster("resume-preparation", resumePreparationIntervalMs))
+      await preparer.resumeUnsettled();
+  } catch (error) {
+    // Nothing was served yet: the start fails as a whole (startBerth abandons the parts).
+    server.close();
+    clearInterval(storageSweep);
+    await membership?.leave();
+    await sessions.close();
+    await preparer.close();
+    throw error;
+  }
   const idempotencySweep = everyInterval(60_000, async () => {
     if (!(await onceForCluster("idempotency-expiry", 60_000))) return;
     const before = new Date(

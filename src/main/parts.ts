@@ -316,6 +316,7 @@ export async function assembleParts(
   try {
     const metadata = await metadataStores[metadataChoice(settings)](settings, tools);
     const store = (built.store = metadata.store);
+    built.cluster = metadata.cluster;
     const metadataReplica = (built.metadataReplica = metadata.replica);
     if (metadataReplica?.tookOverFrom !== undefined) {
       tools.goneHolders.add(metadataReplica.tookOverFrom);
@@ -360,6 +361,7 @@ export async function assembleParts(
     await built.volumes?.close?.();
     await built.driver?.close();
     await built.store?.close();
+    await built.cluster?.close();
     await built.metadataReplica?.close();
     await release();
     throw error;
