@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { after, afterEach, before, beforeEach, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
 import { Client } from "pg";
 import { PostgresConnectionError } from "../src/adapters/postgres/connection-errors.ts";
@@ -7,8 +7,10 @@ import { touchNode } from "../src/adapters/postgres/leases.ts";
 import { migrations, schemaVersion } from "../src/adapters/postgres/migrations.ts";
 import { openPostgres } from "../src/adapters/postgres/open.ts";
 import { SharedPool } from "../src/adapters/postgres/pool.ts";
+import { BerthError } from "../src/core/errors.ts";
 import { freePort } from "./support/ports.ts";
 import { postgresMissing, startPostgres, type TestPostgres } from "./support/postgres.ts";
+import { startRouteProxy, type RouteProxy } from "./support/route-proxy.ts";
 
 /*
  * What the PostgreSQL adapter does beyond the contract suites (test/contracts/): its schema
@@ -51,12 +53,16 @@ describe("PostgreSQL adapter", { skip: postgresMissing() ?? false }, () => {
     const opened = await Promise.all(
       Array.from({ length: 5 }, () => openPostgres(url, { leaseMs: 10_000 })),
     );
-    const pool = new SharedPool(url, { maxConnections: 1, onIdleError: () => undefined });
+    const pool = new SharedPool(url, {
+      maxConnections: 1,
+      timeoutMs: 10_000,
+      onIdleError: () => undefined,
+    });
     try {
       assert.equal(await schemaVersion(pool), migrations.at(-1)?.version);
-      const applied = await pool.pool.query("SELECT version FROM schema_migrations ORDER BY 1");
+      const applied = await pool.query("SELECT version FROM schema_migrations ORDER BY 1");
       assert.deepEqual(
-        applied.rows.map((row: { version: number }) => row.version),
+        applied.rows.map((row) => row["version"]),
         migrations.map((migration) => migration.version),
       );
       // And again, on a database already at the latest version: nothing to do.
@@ -96,7 +102,8 @@ describe("PostgreSQL adapter", { skip: postgresMissing() ?? false }, () => {
   it("refuses a heartbeat that waited on its node's row while a takeover touched it", async () => {
     const url = await server.freshDatabase();
     const leaseMs = 500;
-    const stores = await openPostgres(url, { leaseMs });
+    // The heartbeat waits out the whole lease here: longer than the default timeout allows.
+    const stores = await openPostgres(url, { leaseMs, timeoutMs: 10_000 });
     const taker = new Client(url);
     await taker.connect();
     try {
@@ -136,7 +143,11 @@ describe("PostgreSQL adapter", { skip: postgresMissing() ?? false }, () => {
       leaseMs: 60_000,
       onConnectionError: (error) => connectionErrors.push(error),
     });
-    const pool = new SharedPool(url, { maxConnections: 1, onIdleError: () => undefined });
+    const pool = new SharedPool(url, {
+      maxConnections: 1,
+      timeoutMs: 10_000,
+      onIdleError: () => undefined,
+    });
     try {
       await stores.cluster.register(node);
       // Several idle connections, each to be broken by the restart.
@@ -168,6 +179,137 @@ describe("PostgreSQL adapter", { skip: postgresMissing() ?? false }, () => {
       await stores.close();
       await pool.end();
     }
+  });
+
+  it("answers a placement that lost every race with a retryable ThrottlingException", async () => {
+    const stores = await openPostgres(await server.freshDatabase(), { leaseMs: 60_000 });
+    try {
+      await stores.cluster.register({
+        ...node,
+        capacity: { maxSessions: 1, memoryBytes: 2 ** 30 },
+      });
+      await stores.cluster.placeSession("runtime-a", "session-1", ([live]) => live);
+      // Each time it chooses, the node's last place was taken (as by a racing placement)
+      // between the count it chose by and its write.
+      const placing = stores.cluster.placeSession("runtime-a", "session-2", ([live]) =>
+        live === undefined ? undefined : { ...live, ownedSessions: 0 },
+      );
+      await assert.rejects(placing, (error: unknown) => {
+        assert.ok(BerthError.isInstance(error));
+        assert.equal(error.code, "ThrottlingException");
+        assert.match(
+          error.message,
+          /^Placing session session-2 was contended: .*Retry in a moment/,
+        );
+        return true;
+      });
+    } finally {
+      await stores.close();
+    }
+  });
+
+  describe("PostgreSQL out of reach while serving", () => {
+    let proxy: RouteProxy;
+    let url: string;
+    let proxiedUrl: string;
+    beforeEach(async () => {
+      url = await server.freshDatabase();
+      proxy = await startRouteProxy({ host: "127.0.0.1", port: Number(new URL(url).port) });
+      // With a password, which no message may show.
+      proxiedUrl = `postgres://postgres:s3cret@127.0.0.1:${proxy.port}${new URL(url).pathname}`;
+    });
+    afterEach(() => proxy.close());
+
+    /** Checks a store's error is the retryable one naming the proxied server and why. */
+    const didNotAnswer = (why: RegExp) => (error: unknown) => {
+      assert.ok(BerthError.isInstance(error), String(error));
+      assert.equal(error.code, "ThrottlingException");
+      assert.match(
+        error.message,
+        new RegExp(
+          `^The cluster's database \\(127\\.0\\.0\\.1:${proxy.port}\\) did not answer \\(${why.source}\\): retry once it is back$`,
+        ),
+      );
+      assert.doesNotMatch(error.message, /s3cret/);
+      return true;
+    };
+
+    it("fails what a dropped route cut off as retryable, discards its connection, and PostgreSQL rolls its transaction back", async () => {
+      const stores = await openPostgres(proxiedUrl, { leaseMs: 2_000 });
+      const pool = new SharedPool(proxiedUrl, {
+        maxConnections: 1,
+        timeoutMs: 1_000,
+        onIdleError: () => undefined,
+      });
+      const direct = new Client(url);
+      await direct.connect();
+      try {
+        await stores.cluster.register(node);
+        let locked!: () => void;
+        const rowLocked = new Promise<void>((resolve) => (locked = resolve));
+        let dropped!: () => void;
+        const routeDropped = new Promise<void>((resolve) => (dropped = resolve));
+        const cutOff = pool.transaction(async (client) => {
+          await client.query("UPDATE nodes SET url = url WHERE id = $1", [node.id]);
+          locked();
+          await routeDropped;
+          await client.query("SELECT 1");
+        });
+        await rowLocked;
+        proxy.drop();
+        dropped();
+        await assert.rejects(cutOff, didNotAnswer(/query timeout/));
+        await assert.rejects(
+          stores.cluster.listNodes(),
+          didNotAnswer(/(query|connection) timeout/),
+        );
+        await assert.rejects(
+          stores.metadata.findRuntime("runtime-a"),
+          didNotAnswer(/(query|connection) timeout/),
+        );
+        // PostgreSQL heard nothing of the cut (no FIN crossed): it ends the idle transaction
+        // itself and frees the row, or this waits for the lock and fails.
+        await direct.query("SET lock_timeout = '10s'");
+        await direct.query("UPDATE nodes SET url = url WHERE id = $1", [node.id]);
+
+        proxy.restore();
+        // The pool's one connection was the cut one: it was discarded, not handed out again.
+        await pool.transaction((client) => client.query("SELECT 1"));
+        assert.deepEqual(
+          (await stores.cluster.listNodes()).map((record) => record.name),
+          ["node-1"],
+        );
+      } finally {
+        await direct.end();
+        await pool.end();
+        await stores.close();
+      }
+    });
+
+    it("answers ThrottlingException naming the server while PostgreSQL refuses connections", async () => {
+      const connectionErrors: Error[] = [];
+      const stores = await openPostgres(proxiedUrl, {
+        leaseMs: 60_000,
+        maxConnections: 1,
+        onConnectionError: (error) => connectionErrors.push(error),
+      });
+      try {
+        await stores.cluster.register({ ...node, incarnation: "refused" });
+        await proxy.close();
+        // The pool's one idle connection broke: the next query connects anew, and is refused.
+        await until(() => Promise.resolve(connectionErrors.length > 0));
+        await assert.rejects(
+          stores.cluster.heartbeat(node.id, "refused", { runningSessions: 0 }),
+          didNotAnswer(/ECONNREFUSED/),
+        );
+        await assert.rejects(
+          stores.metadata.listRuntimes({ limit: 10, afterKey: undefined }),
+          didNotAnswer(/ECONNREFUSED/),
+        );
+      } finally {
+        await stores.close();
+      }
+    });
   });
 });
 

@@ -8,6 +8,7 @@ import type {
   NodeRecord,
   NodeRegistration,
 } from "../../src/core/cluster/cluster-store.ts";
+import { leastLoaded } from "../../src/core/cluster/placement.ts";
 import { NameTakenError } from "../../src/core/store.ts";
 import { postgresMissing, startPostgres, type TestPostgres } from "../support/postgres.ts";
 
@@ -65,9 +66,10 @@ const implementations: ClusterUnderTest[] = [
       postgres ??= startPostgres();
       const url = await (await postgres).freshDatabase();
       const leaseMs = lease === "short" ? 500 : 60_000;
-      // Opened at once, as nodes starting together do: each runs the migrations.
+      // Opened at once, as nodes starting together do: each runs the migrations. The short
+      // lease is the test's, not the database's speed: queries get a timeout fit for a busy host.
       const stores = await Promise.all(
-        Array.from({ length: count }, () => openPostgres(url, { leaseMs })),
+        Array.from({ length: count }, () => openPostgres(url, { leaseMs, timeoutMs: 10_000 })),
       );
       opened.push(...stores);
       return stores.map((store) => store.cluster);
@@ -159,7 +161,7 @@ for (const implementation of implementations) {
         assert.ok(beating.heartbeatAt > registered.heartbeatAt);
       });
 
-      it("replaces a node's row when it registers again: the new incarnation is what beats", async () => {
+      it("replaces a node's row when it registers again: the new incarnation is what beats, draining as before", async () => {
         const store = await open();
         await store.register(node(1, "first"));
         await store.heartbeat("node-id-1", "first", { runningSessions: 5 });
@@ -177,7 +179,8 @@ for (const implementation of implementations) {
               incarnation: "second",
               url: "http://10.0.0.9:8080",
               runningSessions: 0,
-              draining: false,
+              // An operator's drain outlives a restart: only setDraining(name, false) ends it.
+              draining: true,
             },
           ],
         );
@@ -223,6 +226,24 @@ for (const implementation of implementations) {
         assert.deepEqual(
           (await store.listNodes()).map((record) => record.name),
           ["node-2"],
+        );
+      });
+
+      it("keeps a node draining when it leaves and registers again; a new node taking a gone node's name does not drain", async () => {
+        const store = await open("short");
+        await store.register(node(1, "first"));
+        await store.setDraining("node-1", true);
+        await store.deregister("node-id-1", "first");
+        await store.register(node(1, "second"));
+        assert.deepEqual(
+          (await store.listNodes()).map(({ name, draining }) => [name, draining]),
+          [["node-1", true]],
+        );
+        await until(async () => (await liveOf(store, "node-1")) === false, "the lease to end");
+        await store.register({ ...node(2), name: "node-1" });
+        assert.deepEqual(
+          (await store.listNodes()).map(({ id, draining }) => [id, draining]),
+          [["node-id-2", false]],
         );
       });
 
@@ -349,6 +370,50 @@ for (const implementation of implementations) {
         const second = await store.placeSession("runtime-a", "session-1", pick("node-id-2"));
         assert.deepEqual([second?.node.id, second?.previousNodeId], ["node-id-2", "node-id-1"]);
         assert.ok((second?.epoch ?? 0) > (first?.epoch ?? 0));
+      });
+
+      it("forgets what a node's earlier incarnation owned once it registers again", async () => {
+        const store = await open();
+        await store.register(node(1));
+        await store.register(node(2));
+        await store.placeSession("runtime-a", "session-1", pick("node-id-1"));
+        await store.placeSession("runtime-a", "session-2", pick("node-id-2"));
+        // Restarted, the node runs nothing: its old rows neither load it nor route to it.
+        await store.register(node(1, "second"));
+        assert.deepEqual(
+          (await store.listNodes()).map(({ name, ownedSessions }) => [name, ownedSessions]),
+          [
+            ["node-1", 0],
+            ["node-2", 1],
+          ],
+        );
+        assert.equal(await store.findOwner("runtime-a", "session-1"), undefined);
+        assert.equal((await store.findOwner("runtime-a", "session-2"))?.node.id, "node-id-2");
+      });
+
+      it("places no more sessions on a node than it has room for, however many placements race", async () => {
+        const stores = await implementation.open(4, "long");
+        for (const n of [1, 2]) {
+          await stores[0]?.register({
+            ...node(n),
+            capacity: { maxSessions: 5, memoryBytes: 2 ** 30 },
+          });
+        }
+        const placements = await Promise.all(
+          Array.from({ length: 20 }, (_, index) =>
+            nth(stores, index).placeSession("runtime-a", `session-${index}`, (liveNodes) =>
+              leastLoaded(liveNodes, `node-id-${(index % 2) + 1}`),
+            ),
+          ),
+        );
+        assert.equal(placements.filter((owner) => owner !== undefined).length, 10);
+        assert.deepEqual(
+          (await stores[1]?.listNodes())?.map(({ name, ownedSessions }) => [name, ownedSessions]),
+          [
+            ["node-1", 5],
+            ["node-2", 5],
+          ],
+        );
       });
 
       it("releases a session only for its owner at its epoch; placed again, its epoch is new", async () => {

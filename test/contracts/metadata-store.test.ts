@@ -7,6 +7,7 @@ import { after, afterEach, beforeEach, describe, it } from "node:test";
 import { MemoryMetadataStore } from "../../src/adapters/memory/store.ts";
 import { openPostgres } from "../../src/adapters/postgres/open.ts";
 import { SqliteMetadataStore } from "../../src/adapters/sqlite/store.ts";
+import type { NodeRegistration } from "../../src/core/cluster/cluster-store.ts";
 import { BerthError } from "../../src/core/errors.ts";
 import type {
   EndpointRecord,
@@ -979,22 +980,17 @@ for (const implementation of implementations) {
  * presumed gone is free to claim, since that node's sandboxes may run elsewhere by now.
  */
 const postgresSkip = postgresMissing() ?? false;
+/** A lease that runs out within a test; queries get a timeout fit for a busy host all the same. */
+const shortLease = { leaseMs: 1000, timeoutMs: 10_000 };
 describe(
   "MetadataStore: PostgreSQL's claims of nodes presumed gone",
   { skip: postgresSkip },
   () => {
     it("takes a volume whose holder's heartbeat expired; other holders keep theirs", async () => {
-      const leaseMs = 1000;
-      const stores = await openPostgres(await freshPostgresUrl(), { leaseMs });
+      const stores = await openPostgres(await freshPostgresUrl(), shortLease);
       const { metadata, cluster } = stores;
       try {
-        await cluster.register({
-          id: "berth-a",
-          name: "node-a",
-          url: "http://10.0.0.1:8080",
-          incarnation: "first",
-          capacity: { maxSessions: 10, memoryBytes: 2 ** 30 },
-        });
+        await cluster.register(clusterNode("berth-a", "node-a"));
         await metadata.putSessionStorage({ ...storageRecord(1), heldBy: "berth-a" });
         // A holder that is no node (no row in nodes): its claim stands whatever the time.
         await metadata.putSessionStorage({ ...storageRecord(2), heldBy: "berth-x" });
@@ -1010,8 +1006,57 @@ describe(
         await stores.close();
       }
     });
+
+    it("takes a volume whose holder left the cluster, or gave its name to another node", async () => {
+      const stores = await openPostgres(await freshPostgresUrl(), shortLease);
+      const { metadata, cluster } = stores;
+      try {
+        await cluster.register(clusterNode("berth-a", "node-a"));
+        await cluster.register(clusterNode("berth-b", "node-b"));
+        await metadata.putSessionStorage({ ...storageRecord(1), heldBy: "berth-a" });
+        await metadata.putSessionStorage({ ...storageRecord(2), heldBy: "berth-b" });
+        await cluster.deregister("berth-a", "first");
+        assert.equal(await metadata.claimSessionStorage("volume-1", "berth-c", at(10)), true);
+
+        await until(async () => (await cluster.listNodes())[0]?.live === false, "the lease to end");
+        // A machine reinstalled (a new node id) under node-b's name.
+        await cluster.register(clusterNode("berth-c", "node-b"));
+        assert.equal(await metadata.claimSessionStorage("volume-2", "berth-c", at(11)), true);
+      } finally {
+        await stores.close();
+      }
+    });
+
+    it("takes a gone node's claim to delete a volume; a live node's or a non-node's stays", async () => {
+      const stores = await openPostgres(await freshPostgresUrl(), shortLease);
+      const { metadata, cluster } = stores;
+      try {
+        await cluster.register(clusterNode("berth-a", "node-a"));
+        // How SessionStorage (src/core/session-storage.ts) claims a volume it deletes.
+        await metadata.putSessionStorage({ ...storageRecord(1), heldBy: "berth-a (deleting)" });
+        await metadata.putSessionStorage({ ...storageRecord(2), heldBy: "berth-x (deleting)" });
+        assert.equal(await metadata.claimSessionStorage("volume-1", "berth-b", at(10)), false);
+
+        await until(async () => (await cluster.listNodes())[0]?.live === false, "the lease to end");
+        assert.equal(await metadata.claimSessionStorage("volume-1", "berth-b", at(11)), true);
+        assert.equal(await metadata.claimSessionStorage("volume-2", "berth-b", at(12)), false);
+      } finally {
+        await stores.close();
+      }
+    });
   },
 );
+
+/** A node of the cluster sharing the PostgreSQL database, in its first incarnation. */
+function clusterNode(id: string, name: string): NodeRegistration {
+  return {
+    id,
+    name,
+    url: "http://10.0.0.1:8080",
+    incarnation: "first",
+    capacity: { maxSessions: 10, memoryBytes: 2 ** 30 },
+  };
+}
 
 /** Polls `condition` every 20 ms until it holds, for at most 10 s. */
 async function until(condition: () => Promise<boolean>, what: string): Promise<void> {

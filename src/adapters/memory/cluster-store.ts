@@ -11,6 +11,8 @@ interface NodeRow {
   registration: NodeRegistration;
   runningSessions: number;
   draining: boolean;
+  /** It left (deregistered, or gave its name up): never live until it registers, not listed. */
+  departed: boolean;
   heartbeatAtMs: number;
 }
 
@@ -45,14 +47,22 @@ export class MemoryClusterStore implements ClusterStore {
       for (const [id, row] of this.nodes) {
         if (id === node.id || row.registration.name !== node.name) continue;
         if (this.isLive(row)) throw new NameTakenError(node.name);
-        this.nodes.delete(id); // a node presumed gone gives its name up
+        // A node presumed gone gives its name up, keeping its row as PostgreSQL's store does.
+        row.registration.name = `(departed) ${id}`;
+        row.departed = true;
       }
       this.nodes.set(node.id, {
         registration: copyRegistration(node),
         runningSessions: 0,
-        draining: false,
+        // An operator's drain outlives a restart; a brand-new node takes sessions.
+        draining: this.nodes.get(node.id)?.draining ?? false,
+        departed: false,
         heartbeatAtMs: this.now(),
       });
+      // The new incarnation runs nothing: what the earlier one owned is no one's now.
+      for (const [key, owner] of this.owners) {
+        if (owner.nodeId === node.id) this.owners.delete(key);
+      }
     });
   }
 
@@ -68,9 +78,8 @@ export class MemoryClusterStore implements ClusterStore {
 
   deregister(nodeId: string, incarnation: string): Promise<void> {
     return settle(() => {
-      if (this.nodes.get(nodeId)?.registration.incarnation === incarnation) {
-        this.nodes.delete(nodeId);
-      }
+      const row = this.nodes.get(nodeId);
+      if (row?.registration.incarnation === incarnation) row.departed = true;
     });
   }
 
@@ -80,7 +89,7 @@ export class MemoryClusterStore implements ClusterStore {
 
   setDraining(name: string, draining: boolean): Promise<boolean> {
     return settle(() => {
-      const row = [...this.nodes.values()].find((node) => node.registration.name === name);
+      const row = this.listedRows().find((node) => node.registration.name === name);
       if (row === undefined) return false;
       row.draining = draining;
       return true;
@@ -141,12 +150,17 @@ export class MemoryClusterStore implements ClusterStore {
   }
 
   private isLive(row: NodeRow): boolean {
-    return this.now() - row.heartbeatAtMs < this.leaseMs;
+    return !row.departed && this.now() - row.heartbeatAtMs < this.leaseMs;
+  }
+
+  /** The nodes that have not left. */
+  private listedRows(): NodeRow[] {
+    return [...this.nodes.values()].filter((row) => !row.departed);
   }
 
   /** Every node by name, as PostgreSQL orders them (byte order). */
   private nodeRecords(): NodeRecord[] {
-    return [...this.nodes.values()]
+    return this.listedRows()
       .map((row) => this.toRecord(row))
       .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }

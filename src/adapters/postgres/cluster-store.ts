@@ -5,16 +5,19 @@ import type {
   NodeRegistration,
   SessionOwner,
 } from "../../core/cluster/cluster-store.ts";
+import { BerthError } from "../../core/errors.ts";
 import { NameTakenError } from "../../core/store.ts";
+import { sqlState, uniqueViolation } from "./database-errors.ts";
 import { isLive, touchNode } from "./leases.ts";
-import { sqlState, uniqueViolation, type Row, type SharedPool } from "./pool.ts";
+import type { Queryable, Row, SharedPool } from "./pool.ts";
 import { integer, text } from "./rows.ts";
 
 /**
  * The cluster's shared state in PostgreSQL. Every judgement of time is PostgreSQL's: a
  * heartbeat is stamped with its clock and a node is live while its heartbeat is younger than
  * the lease by that same clock (leases.ts), so the nodes' own clocks never matter. Owner
- * changes are compare-and-set on the epoch.
+ * changes are compare-and-set on the epoch. A node's row is never deleted: one that left is
+ * marked departed, so an owner row or a volume claim naming its id finds it gone, not unknown.
  */
 export class PostgresClusterStore implements ClusterStore {
   private readonly pool: SharedPool;
@@ -28,31 +31,37 @@ export class PostgresClusterStore implements ClusterStore {
   }
 
   private async rows(sql: string, parameters: readonly unknown[]): Promise<Row[]> {
-    return (await this.pool.pool.query<Row>(sql, [...parameters])).rows;
+    return (await this.pool.query(sql, parameters)).rows;
   }
 
   private async changes(sql: string, parameters: readonly unknown[]): Promise<number> {
-    return (await this.pool.pool.query(sql, [...parameters])).rowCount ?? 0;
+    return (await this.pool.query(sql, parameters)).rowCount ?? 0;
   }
 
   /**
    * Throws NameTakenError when a live node of another id has the name. A node of another id
-   * that is not live gives its name up (a machine reinstalled, with a new data directory).
+   * that is not live gives its name up (a machine reinstalled, with a new data directory): its
+   * row is renamed out of the way and kept, departed. A node registering again stays draining
+   * if it was (an operator's drain outlives a restart), and owns nothing: its new incarnation
+   * runs no session, so the owner rows of its earlier one go (they would count as its load and
+   * route requests to it).
    */
   register(node: NodeRegistration): Promise<void> {
     return this.pool.transaction(async (client) => {
-      await client.query(`DELETE FROM nodes WHERE name = $1 AND id <> $2 AND NOT ${isLive("$3")}`, [
-        node.name,
-        node.id,
-        this.leaseMs,
-      ]);
+      // No node name has a space or a parenthesis (nodeNamePattern) and ids are unique: the
+      // name given to the old row is no one's.
+      await client.query(
+        `UPDATE nodes SET name = '(departed) ' || id, departed = true
+         WHERE name = $1 AND id <> $2 AND NOT ${isLive("$3")}`,
+        [node.name, node.id, this.leaseMs],
+      );
       try {
         await client.query(
           `INSERT INTO nodes (id, name, url, incarnation, max_sessions, memory_bytes,
              running_sessions, draining, heartbeat_at)
            VALUES ($1, $2, $3, $4, $5, $6, 0, false, clock_timestamp())
            ON CONFLICT (id) DO UPDATE SET name = $2, url = $3, incarnation = $4,
-             max_sessions = $5, memory_bytes = $6, running_sessions = 0, draining = false,
+             max_sessions = $5, memory_bytes = $6, running_sessions = 0, departed = false,
              heartbeat_at = clock_timestamp()`,
           [
             node.id,
@@ -67,6 +76,9 @@ export class PostgresClusterStore implements ClusterStore {
         if (sqlState(error) === uniqueViolation) throw new NameTakenError(node.name);
         throw error;
       }
+      // After the node's row is written (and locked): a placement onto the node either
+      // committed before, its row going here, or waits and counts the new incarnation.
+      await client.query("DELETE FROM session_owners WHERE node_id = $1", [node.id]);
     });
   }
 
@@ -80,23 +92,26 @@ export class PostgresClusterStore implements ClusterStore {
   }
 
   async deregister(nodeId: string, incarnation: string): Promise<void> {
-    await this.changes("DELETE FROM nodes WHERE id = $1 AND incarnation = $2", [
+    await this.changes("UPDATE nodes SET departed = true WHERE id = $1 AND incarnation = $2", [
       nodeId,
       incarnation,
     ]);
   }
 
   async listNodes(): Promise<NodeRecord[]> {
-    const rows = await this.rows(`SELECT ${nodeColumns("nodes")} FROM nodes ORDER BY name`, [
-      this.leaseMs,
-    ]);
+    const rows = await this.rows(
+      `SELECT ${nodeColumns("nodes")} FROM nodes WHERE NOT departed ORDER BY name`,
+      [this.leaseMs],
+    );
     return rows.map(toNode);
   }
 
   async setDraining(name: string, draining: boolean): Promise<boolean> {
-    return (
-      (await this.changes("UPDATE nodes SET draining = $2 WHERE name = $1", [name, draining])) > 0
+    const changed = await this.changes(
+      "UPDATE nodes SET draining = $2 WHERE name = $1 AND NOT departed",
+      [name, draining],
     );
+    return changed > 0;
   }
 
   async findOwner(runtimeId: string, sessionId: string): Promise<SessionOwner | undefined> {
@@ -106,9 +121,10 @@ export class PostgresClusterStore implements ClusterStore {
 
   /**
    * Reads the owner row; returns it when its node is live. Otherwise asks `choose` and writes
-   * its choice only if the row is still what was read: an insert that does nothing when a row
-   * appeared meanwhile, or a takeover that does nothing when the epoch moved on (or the owner
-   * renewed its lease after all). Losing that race means another placement won: read again.
+   * its choice only if the row is still what was read (an insert that does nothing when a row
+   * appeared meanwhile, or a takeover that does nothing when the epoch moved on, or the owner
+   * renewed its lease after all) and the node chosen still fits (writeOwner). Losing that race
+   * means another placement won: read again, and choose again by fresh counts.
    */
   async placeSession(
     runtimeId: string,
@@ -121,32 +137,55 @@ export class PostgresClusterStore implements ClusterStore {
       if (current !== undefined) return current;
       const chosen = choose((await this.listNodes()).filter((node) => node.live));
       if (chosen === undefined) return undefined;
-      const epoch =
-        owner === undefined
-          ? await this.insertOwner(runtimeId, sessionId, chosen.id)
-          : await this.takeOver(runtimeId, sessionId, chosen.id, owner);
+      const epoch = await this.writeOwner(runtimeId, sessionId, chosen, owner);
       if (epoch !== undefined) {
         return { runtimeId, sessionId, node: chosen, epoch, previousNodeId: owner?.nodeId };
       }
     }
-    throw new Error(
-      `placing session ${sessionId} lost ${maxPlacementAttempts} races in a row: the cluster store is contended`,
-    );
+    throw contended(sessionId);
   }
 
-  /** The new owner's epoch, or undefined when another placement inserted a row first. */
-  private async insertOwner(
+  /**
+   * Writes `chosen` as the session's owner in place of the row read (none, or one whose owner
+   * is presumed gone): the new epoch, or undefined when the choice went stale meanwhile. The
+   * chosen node's row stays locked until the write commits, so placements onto one node count
+   * its sessions one after another and never together fill it past its capacity.
+   */
+  private writeOwner(
     runtimeId: string,
     sessionId: string,
-    nodeId: string,
+    chosen: NodeRecord,
+    read: OwnerRow | undefined,
   ): Promise<number | undefined> {
-    const [row] = await this.rows(
-      `INSERT INTO session_owners (runtime_id, session_id, node_id, epoch)
-       VALUES ($1, $2, $3, nextval('session_owner_epochs'))
-       ON CONFLICT DO NOTHING RETURNING epoch`,
-      [runtimeId, sessionId, nodeId],
+    return this.pool.transaction(async (client) => {
+      if (!(await this.stillFits(client, chosen))) return undefined;
+      return read === undefined
+        ? insertOwner(client, runtimeId, sessionId, chosen.id)
+        : this.takeOver(client, runtimeId, sessionId, chosen.id, read);
+    });
+  }
+
+  /**
+   * Locks the chosen node's row and tells whether the choice still holds: the node is live and,
+   * if it had room when chosen, has room still (a racing placement may have taken its last
+   * place). A node chosen without room (a node placing a session on itself, to run what it was
+   * sent) is taken as chosen.
+   */
+  private async stillFits(client: Queryable, chosen: NodeRecord): Promise<boolean> {
+    const locked = await client.query(
+      `SELECT ${isLive("$2")} AS live, max_sessions FROM nodes WHERE id = $1 FOR NO KEY UPDATE`,
+      [chosen.id, this.leaseMs],
     );
-    return row === undefined ? undefined : integer(row, "epoch");
+    const [node] = locked.rows;
+    if (node?.["live"] !== true) return false;
+    if (chosen.ownedSessions >= chosen.capacity.maxSessions) return true;
+    // A statement of its own, after the lock: it sees what placements that held it committed.
+    const counted = await client.query(
+      "SELECT count(*) AS owned FROM session_owners WHERE node_id = $1",
+      [chosen.id],
+    );
+    const [count] = counted.rows;
+    return count !== undefined && integer(count, "owned") < integer(node, "max_sessions");
   }
 
   /**
@@ -154,27 +193,26 @@ export class PostgresClusterStore implements ClusterStore {
    * undefined when the row changed since it was read or its owner turned out live. The old
    * owner's row is touched first (leases.ts), so it cannot renew its lease past this takeover.
    */
-  private takeOver(
+  private async takeOver(
+    client: Queryable,
     runtimeId: string,
     sessionId: string,
     nodeId: string,
     read: OwnerRow,
   ): Promise<number | undefined> {
-    return this.pool.transaction(async (client) => {
-      const previous = await client.query(
-        `${touchNode} WHERE id = $1 RETURNING ${isLive("$2")} AS live`,
-        [read.nodeId, this.leaseMs],
-      );
-      if (previous.rows[0]?.["live"] === true) return undefined; // it renewed meanwhile
-      const moved = await client.query(
-        `UPDATE session_owners SET node_id = $3, epoch = nextval('session_owner_epochs'),
-           previous_node_id = $5
-         WHERE runtime_id = $1 AND session_id = $2 AND epoch = $4 RETURNING epoch`,
-        [runtimeId, sessionId, nodeId, read.epoch, read.nodeId],
-      );
-      const [row] = moved.rows;
-      return row === undefined ? undefined : integer(row, "epoch");
-    });
+    const previous = await client.query(
+      `${touchNode} WHERE id = $1 RETURNING ${isLive("$2")} AS live`,
+      [read.nodeId, this.leaseMs],
+    );
+    if (previous.rows[0]?.["live"] === true) return undefined; // it renewed meanwhile
+    const moved = await client.query(
+      `UPDATE session_owners SET node_id = $3, epoch = nextval('session_owner_epochs'),
+         previous_node_id = $5
+       WHERE runtime_id = $1 AND session_id = $2 AND epoch = $4 RETURNING epoch`,
+      [runtimeId, sessionId, nodeId, read.epoch, read.nodeId],
+    );
+    const [row] = moved.rows;
+    return row === undefined ? undefined : integer(row, "epoch");
   }
 
   async releaseSession(
@@ -230,6 +268,31 @@ export class PostgresClusterStore implements ClusterStore {
 
 const maxPlacementAttempts = 20;
 
+/** The new owner's epoch, or undefined when another placement inserted a row first. */
+async function insertOwner(
+  client: Queryable,
+  runtimeId: string,
+  sessionId: string,
+  nodeId: string,
+): Promise<number | undefined> {
+  const inserted = await client.query(
+    `INSERT INTO session_owners (runtime_id, session_id, node_id, epoch)
+     VALUES ($1, $2, $3, nextval('session_owner_epochs'))
+     ON CONFLICT DO NOTHING RETURNING epoch`,
+    [runtimeId, sessionId, nodeId],
+  );
+  const [row] = inserted.rows;
+  return row === undefined ? undefined : integer(row, "epoch");
+}
+
+/** Every placement of the session lost its race: retryable, as the next try may well win. */
+function contended(sessionId: string): BerthError {
+  return new BerthError(
+    "ThrottlingException",
+    `Placing session ${sessionId} was contended: it lost ${maxPlacementAttempts} races in a row with other placements. Retry in a moment (the AWS SDKs retry ThrottlingException)`,
+  );
+}
+
 /** A node's columns and its liveness, the lease being parameter $1. */
 function nodeColumns(table: string): string {
   return `${table}.id, ${table}.name, ${table}.url, ${table}.incarnation, ${table}.max_sessions,
@@ -242,7 +305,7 @@ interface OwnerRow {
   nodeId: string;
   epoch: number;
   previousNodeId: string | undefined;
-  /** The owner's node, undefined when it has no row any more (it left). */
+  /** The owner's node; undefined when it has no row (none was ever written for it). */
   node: NodeRecord | undefined;
 }
 

@@ -1,4 +1,4 @@
-import { sqlState } from "./pool.ts";
+import { sqlState, unanswered } from "./database-errors.ts";
 
 /**
  * PostgreSQL cannot be used as the settings name it: one line saying what to fix, naming the
@@ -51,7 +51,7 @@ export function explainConnectionFailure(
 
 function diagnose(error: unknown, address: DatabaseAddress): string {
   const { server, database, user } = address;
-  const code = networkCode(error);
+  const code = unanswered(error);
   if (code !== undefined) {
     return `cannot reach PostgreSQL at ${server} (databaseUrl): ${code}: check the host and port, and that PostgreSQL runs and this machine reaches it`;
   }
@@ -67,29 +67,6 @@ function diagnose(error: unknown, address: DatabaseAddress): string {
     return `user ${user} may not create Berth's tables in database ${database} at ${server} (databaseUrl): ${said}: make the user the database's owner`;
   }
   return `PostgreSQL at ${server} failed as Berth's database (databaseUrl): ${said}`;
-}
-
-/** Failures where no PostgreSQL answered at all. */
-const networkCodes = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "EPIPE",
-]);
-
-function networkCode(error: unknown): string | undefined {
-  if (!(error instanceof Error)) return undefined;
-  const code = (error as { code?: unknown }).code;
-  if (typeof code === "string" && networkCodes.has(code)) return code;
-  // pg's pool gives up on a server that does not answer in time with this message.
-  if (error.message.includes("connection timeout")) return "no answer in 10 s";
-  // A name that resolves to several addresses fails with every address's error together.
-  if (error instanceof AggregateError) return networkCode(error.errors[0]);
-  return undefined;
 }
 
 function oneLine(error: unknown): string {

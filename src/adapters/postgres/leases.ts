@@ -5,11 +5,12 @@
  */
 
 /**
- * Whether a nodes row's heartbeat is younger than the lease: `leaseParameter` names the query
- * parameter holding the lease in ms.
+ * Whether a nodes row's heartbeat is younger than the lease, and the node has not left:
+ * `leaseParameter` names the query parameter holding the lease in ms.
  */
 export function isLive(leaseParameter: string, table = "nodes"): string {
-  return `clock_timestamp() - ${table}.heartbeat_at < ${leaseParameter} * interval '1 millisecond'`;
+  return `(NOT ${table}.departed AND
+    clock_timestamp() - ${table}.heartbeat_at < ${leaseParameter} * interval '1 millisecond')`;
 }
 
 /**

@@ -115,6 +115,15 @@ export const migrations: readonly { version: number; sql: string }[] = [
       );
     `,
   },
+  {
+    version: 3,
+    sql: `
+      -- A node that left (deregistered, or gave its name to a new node) keeps its row: never
+      -- live again until it registers, and not listed. Its id still tells whoever finds it on a
+      -- volume claim or an owner row that it is gone.
+      ALTER TABLE nodes ADD COLUMN departed BOOLEAN NOT NULL DEFAULT false;
+    `,
+  },
 ];
 
 /**
@@ -148,8 +157,7 @@ const migrationLock = 0x6265_7274; // "bert"
 
 /** The schema version the database is at, for operators and tests. */
 export async function schemaVersion(pool: SharedPool): Promise<number> {
-  const result = await pool.pool.query<{ version: number | null }>(
-    "SELECT MAX(version) AS version FROM schema_migrations",
-  );
-  return result.rows[0]?.version ?? 0;
+  const result = await pool.query("SELECT MAX(version) AS version FROM schema_migrations");
+  const version = result.rows[0]?.["version"];
+  return typeof version === "number" ? version : 0;
 }

@@ -17,6 +17,12 @@ export interface PostgresOptions {
   /** The most connections this process opens (default 10). */
   maxConnections?: number;
   /**
+   * How long a query or a new connection may go unanswered before the request needing it fails
+   * (retryably). Default: half the lease, so a node cut off from the database learns it while
+   * its lease still runs.
+   */
+  timeoutMs?: number;
+  /**
    * Told of a connection that broke while idle (PostgreSQL restarting, a network cut): the pool
    * has dropped it already and opens another when next needed. Default: ignored.
    */
@@ -32,6 +38,7 @@ export async function openPostgres(url: string, options: PostgresOptions): Promi
   const address = databaseAddress(url);
   const pool = new SharedPool(url, {
     maxConnections: options.maxConnections ?? 10,
+    timeoutMs: options.timeoutMs ?? options.leaseMs / 2,
     onIdleError: options.onConnectionError ?? (() => undefined),
   });
   try {

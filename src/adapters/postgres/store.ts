@@ -14,8 +14,9 @@ import {
   type SessionStorageRecord,
   type TaggedResource,
 } from "../../core/store.ts";
+import { sqlState, uniqueViolation } from "./database-errors.ts";
 import { isLive, touchNode } from "./leases.ts";
-import { sqlState, uniqueViolation, type Queryable, type Row, type SharedPool } from "./pool.ts";
+import type { Queryable, Row, SharedPool } from "./pool.ts";
 import {
   integer,
   paginate,
@@ -48,11 +49,11 @@ export class PostgresMetadataStore implements MetadataStore {
   }
 
   private async rows(sql: string, parameters: readonly unknown[] = []): Promise<Row[]> {
-    return (await this.pool.pool.query<Row>(sql, [...parameters])).rows;
+    return (await this.pool.query(sql, parameters)).rows;
   }
 
   private async changes(sql: string, parameters: readonly unknown[]): Promise<number> {
-    return (await this.pool.pool.query(sql, [...parameters])).rowCount ?? 0;
+    return (await this.pool.query(sql, parameters)).rowCount ?? 0;
   }
 
   /** A change and its idempotency record, in one transaction. */
@@ -274,7 +275,7 @@ export class PostgresMetadataStore implements MetadataStore {
   }
 
   findTags(resource: TaggedResource): Promise<Record<string, string> | undefined> {
-    return readTags(this.pool.pool, resource, "");
+    return readTags(this.pool, resource, "");
   }
 
   updateTags(
@@ -388,8 +389,9 @@ export class PostgresMetadataStore implements MetadataStore {
 
   /**
    * Unlike SQLite's, also takes a volume whose holder is a node presumed gone (its heartbeat
-   * older than the lease, by PostgreSQL's clock): that node's sandboxes may run elsewhere now,
-   * and it holds nothing. A holder with no row in nodes keeps its claim.
+   * older than the lease, by PostgreSQL's clock, or it left the cluster): that node's sandboxes
+   * may run elsewhere now, and it holds nothing, to use or to delete. A holder with no row in
+   * nodes keeps its claim.
    */
   async claimSessionStorage(volumeId: string, holder: string, at: string): Promise<boolean> {
     // One statement. A racing claim waits for the volume's row, then checks held_by again. The
@@ -397,13 +399,13 @@ export class PostgresMetadataStore implements MetadataStore {
     const claimed = await this.changes(
       `WITH gone AS (
          ${touchNode}
-         WHERE id = (SELECT held_by FROM session_storage WHERE volume_id = $1)
+         WHERE id = (SELECT ${holderNode} FROM session_storage WHERE volume_id = $1)
            AND NOT ${isLive("$4")}
          RETURNING id
        )
        UPDATE session_storage SET held_by = $2, held_since = $3
        WHERE volume_id = $1
-         AND (held_by IS NULL OR held_by = $2 OR held_by IN (SELECT id FROM gone))`,
+         AND (held_by IS NULL OR held_by = $2 OR ${holderNode} IN (SELECT id FROM gone))`,
       [volumeId, holder, at, this.leaseMs],
     );
     return claimed > 0;
@@ -429,6 +431,12 @@ export class PostgresMetadataStore implements MetadataStore {
     return this.release();
   }
 }
+
+/**
+ * The node a claim's holder names: held_by as it is, or without the " (deleting)" a node adds
+ * when it claims a volume to delete it (SessionStorage's remover, src/core/session-storage.ts).
+ */
+const holderNode = "regexp_replace(held_by, ' [(]deleting[)]$', '')";
 
 async function saveIdempotency(
   client: Queryable,

@@ -10,7 +10,8 @@
 export interface ClusterStore {
   /**
    * Adds the node, or replaces its row when it registers again (a restart, or after it learned
-   * it lost its lease): the new `incarnation` is live from now, not draining, with no load.
+   * it lost its lease): the new `incarnation` is live from now, with no load and owning no
+   * session (a new incarnation runs nothing). A drain stays until setDraining clears it.
    */
   register(node: NodeRegistration): Promise<void>;
   /**
@@ -19,7 +20,10 @@ export interface ClusterStore {
    * sessions may run elsewhere now) and must end every session it runs, then register again.
    */
   heartbeat(nodeId: string, incarnation: string, load: NodeLoad): Promise<boolean>;
-  /** Removes the node's row if it still names this incarnation (a node leaving on shutdown). */
+  /**
+   * Marks the node departed if its row still names this incarnation (a node leaving on
+   * shutdown): no longer listed nor live, so what it held is free to take at once.
+   */
   deregister(nodeId: string, incarnation: string): Promise<void>;
   /** Every registered node, by name; `live` as judged by the store's clock now. */
   listNodes(): Promise<NodeRecord[]>;
