@@ -233,7 +233,7 @@ async function serveOn(
   const handler = createRequestHandler({
     operations: [
       ...controlPlaneOperations(context),
-      ...servedByOwners(membership, context, [
+      ...servedByOwners(membership, context, shutdown.signal, [
         ...dataPlaneOperations(context, sessions, {
           maxPayloadBytes: settings.maxPayloadBytes,
           shutdown: shutdown.signal,
@@ -271,7 +271,7 @@ async function serveOn(
     clusterVerifier:
       membership === undefined
         ? undefined
-        : new ClusterVerifier({ secret: settings.clusterSecret, now }),
+        : new ClusterVerifier({ secret: settings.clusterSecret, now, nodeId }),
     log,
     maxRequestBodyBytes: settings.maxRequestBodyBytes,
     bodies: new BodyHolder({
@@ -335,6 +335,8 @@ async function serveOn(
     collectImageGarbage: containerImages.collectGarbage,
     close: async ({ graceMs = 0, hurry }: ShutdownOptions = {}) => {
       const serverClosed = new Promise<void>((done) => server.once("close", done));
+      // Other nodes stop placing sessions here while this one finishes what it runs.
+      await membership?.beginLeaving();
       await drain.drain(server, anyOf(AbortSignal.timeout(graceMs), hurry));
       if (drain.requestsInFlight > 0)
         log.info("grace period over", { requestsInFlight: drain.requestsInFlight });
@@ -387,10 +389,11 @@ function everyInterval(intervalMs: number, work: () => Promise<void>): NodeJS.Ti
 function servedByOwners(
   membership: ClusterMembership | undefined,
   context: CoreContext,
+  shutdown: AbortSignal,
   operations: Operation[],
 ): Operation[] {
   if (membership === undefined) return operations;
-  const deps = { context, routing: membership.router, forwarder: membership.forwarder };
+  const deps = { context, routing: membership.router, forwarder: membership.forwarder, shutdown };
   return operations.map((operation) => {
     const placement = sessionOperations[operation.name];
     return placement === undefined ? operation : servedByOwner(operation, deps, placement);

@@ -47,6 +47,7 @@ export class ClusterMembership {
       store,
       // A heartbeat interval: a session that moved is found again within it.
       rememberMs: (settings.nodeLeaseSeconds * 1000) / 4,
+      mayRunSessions: () => this.node?.mayRunSessions ?? false,
     });
     this.forwarder = new Forwarder({
       nodeId,
@@ -119,6 +120,11 @@ export class ClusterMembership {
   /** Whether this node may do a piece of background work now: once per cluster and interval. */
   onceForCluster(job: string, intervalMs: number): Promise<boolean> {
     return this.store.claimJob(job, this.nodeId, intervalMs);
+  }
+
+  /** Takes no new sessions from now on: a shutdown has begun (its sessions end next). */
+  async beginLeaving(): Promise<void> {
+    await this.node?.beginLeaving();
   }
 
   /** Leaves the cluster; its sessions have ended. */

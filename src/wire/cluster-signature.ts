@@ -1,4 +1,4 @@
-import { createHmac } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import type { IncomingHttpHeaders } from "node:http";
 import { BerthError } from "../core/errors.ts";
 import type { WireRequest } from "./http.ts";
@@ -13,6 +13,8 @@ import { constantTimeEqual, unsignedPayload } from "./sigv4.ts";
 export const clusterHeaders = {
   node: "x-berth-cluster-node",
   date: "x-berth-cluster-date",
+  /** Random per request: a captured request replayed within the skew window is refused. */
+  nonce: "x-berth-cluster-nonce",
   signedHeaders: "x-berth-cluster-signed-headers",
   contentSha256: "x-berth-cluster-content-sha256",
   signature: "x-berth-cluster-signature",
@@ -20,6 +22,15 @@ export const clusterHeaders = {
 
 /** How far a forwarded request's time may be from the receiver's: nodes keep their clocks in NTP. */
 const maxSkewMs = 60_000;
+
+/**
+ * Headers a node's HTTP client sets by itself on the hop, left out of the signature; any other
+ * header a forwarded request carries must be signed, so none can be slipped in on the way.
+ */
+const transportHeaders = new Set(["host", "connection", "content-length", "transfer-encoding"]);
+
+/** Most nonces remembered at once (a minute of forwarded requests at ~1,600/s). */
+const maxRememberedNonces = 100_000;
 
 export interface ForwardedRequest {
   method: string;
@@ -31,20 +42,24 @@ export interface ForwardedRequest {
   contentSha256: string;
 }
 
-/** The headers to add to a forwarded request: the sending node's signature over it. */
+/**
+ * The headers to add to a forwarded request: the sending node's signature over it, for the
+ * node `to` alone (another node refuses it).
+ */
 export function signForwarded(
   request: ForwardedRequest,
   from: { nodeId: string; secret: string; now: Date },
+  to: string,
 ): Record<string, string> {
   const names = Object.keys(request.headers).sort();
   const date = from.now.toISOString();
-  const signature = hmac(
-    from.secret,
-    stringToSign(request, { nodeId: from.nodeId, date, names }, request.headers),
-  );
+  const nonce = randomBytes(16).toString("hex");
+  const signer = { nodeId: from.nodeId, date, names, nonce, to };
+  const signature = hmac(from.secret, stringToSign(request, signer, request.headers));
   return {
     [clusterHeaders.node]: from.nodeId,
     [clusterHeaders.date]: date,
+    [clusterHeaders.nonce]: nonce,
     [clusterHeaders.signedHeaders]: names.join(";"),
     [clusterHeaders.contentSha256]: request.contentSha256,
     [clusterHeaders.signature]: signature,
@@ -70,10 +85,15 @@ export function isForwarded(headers: IncomingHttpHeaders): boolean {
 export class ClusterVerifier {
   private readonly secret: string;
   private readonly now: () => Date;
+  /** This node's id: a request signed for another node is refused. */
+  private readonly nodeId: string;
+  /** Nonces of requests accepted within the skew window, with when each may be forgotten. */
+  private readonly seenNonces = new Map<string, number>();
 
-  constructor(options: { secret: string; now: () => Date }) {
+  constructor(options: { secret: string; now: () => Date; nodeId: string }) {
     this.secret = options.secret;
     this.now = options.now;
+    this.nodeId = options.nodeId;
   }
 
   checkHeaders(request: WireRequest): PendingClusterSignature {
@@ -89,6 +109,7 @@ export class ClusterVerifier {
     };
     const nodeId = header(clusterHeaders.node);
     const date = header(clusterHeaders.date);
+    const nonce = header(clusterHeaders.nonce);
     const sentAt = Date.parse(date);
     if (!Number.isFinite(sentAt) || Math.abs(this.now().getTime() - sentAt) > maxSkewMs) {
       throw refused(
@@ -97,24 +118,47 @@ export class ClusterVerifier {
     }
     const signedList = headerText(request.headers[clusterHeaders.signedHeaders]);
     const names = signedList === "" ? [] : signedList.split(";");
+    const unsigned = Object.keys(request.headers).filter(
+      (name) =>
+        !names.includes(name) &&
+        !transportHeaders.has(name) &&
+        !name.startsWith(clusterHeaderPrefix),
+    );
+    if (unsigned.length > 0) {
+      throw refused(`it carries headers its signature does not cover: ${unsigned.join(", ")}`);
+    }
     const headers: Record<string, string> = {};
     for (const name of names) headers[name] = headerText(request.headers[name]);
     const declared = header(clusterHeaders.contentSha256);
-    const target = request.rawPath + queryOf(request);
+    const target = forwardedTarget(request);
+    const signer = { nodeId, date, names, nonce, to: this.nodeId };
     const expected = hmac(
       this.secret,
       stringToSign(
         { method: request.method, target, headers, contentSha256: declared },
-        { nodeId, date, names },
+        signer,
         headers,
       ),
     );
     if (!constantTimeEqual(expected, header(clusterHeaders.signature))) {
       throw refused(
-        "its signature does not match: the nodes' clusterSecret settings differ, or something on the way (a proxy) changed the request",
+        "its signature does not match: the nodes' clusterSecret settings differ, it was meant for another node, or something on the way (a proxy) changed the request",
       );
     }
+    this.rememberNonce(nonce, sentAt);
     return new PendingClusterSignature(nodeId, declared);
+  }
+
+  /** Refuses a nonce seen within the skew window: the same request sent again. */
+  private rememberNonce(nonce: string, sentAt: number): void {
+    const nowMs = this.now().getTime();
+    for (const [seen, forgetAt] of this.seenNonces) {
+      if (forgetAt > nowMs && this.seenNonces.size < maxRememberedNonces) break;
+      this.seenNonces.delete(seen);
+    }
+    if (this.seenNonces.has(nonce)) throw refused("it was received before (a replay)");
+    // Past the skew window its date refuses it anyway.
+    this.seenNonces.set(nonce, sentAt + 2 * maxSkewMs);
   }
 }
 
@@ -149,7 +193,7 @@ export class PendingClusterSignature {
 
 function stringToSign(
   request: ForwardedRequest,
-  signer: { nodeId: string; date: string; names: string[] },
+  signer: { nodeId: string; date: string; names: string[]; nonce: string; to: string },
   headers: Record<string, string>,
 ): string {
   return [
@@ -158,6 +202,8 @@ function stringToSign(
     request.target,
     signer.date,
     signer.nodeId,
+    signer.to,
+    signer.nonce,
     ...signer.names.map((name) => `${name}:${headers[name] ?? ""}`),
     request.contentSha256,
   ].join("\n");
@@ -171,9 +217,13 @@ function headerText(value: string | string[] | undefined): string {
   return Array.isArray(value) ? value.join(",") : (value ?? "");
 }
 
-function queryOf(request: WireRequest): string {
-  const text = request.query.toString();
-  return text === "" ? "" : `?${text}`;
+/**
+ * The path and query a forwarded request is sent to and signed over: the query as parsed and
+ * serialized again, so both ends compute it alike.
+ */
+export function forwardedTarget(request: Pick<WireRequest, "rawPath" | "query">): string {
+  const query = request.query.toString();
+  return query === "" ? request.rawPath : `${request.rawPath}?${query}`;
 }
 
 function refused(why: string): BerthError {

@@ -14,7 +14,7 @@ import type { NodeRecord } from "../core/cluster/cluster-store.ts";
 import type { RouteOptions, SessionRoute } from "../core/cluster/session-router.ts";
 import { BerthError } from "../core/errors.ts";
 import { runtimeIdFromArnOrId } from "../core/ids.ts";
-import { clusterHeaders, signForwarded } from "./cluster-signature.ts";
+import { clusterHeaders, forwardedTarget, signForwarded } from "./cluster-signature.ts";
 import { invocationTargetOf, requireSessionId } from "./data-plane-request.ts";
 import type { Operation, OperationInput } from "./operation.ts";
 import { unsignedPayload } from "./sigv4.ts";
@@ -42,6 +42,11 @@ const notForwarded = new Set([
   "content-length",
   "expect",
   "upgrade",
+  "te",
+  "trailer",
+  "proxy-authorization",
+  "proxy-authenticate",
+  "proxy-connection",
   "x-berth-cluster-hops",
   ...Object.values(clusterHeaders),
 ]);
@@ -98,11 +103,12 @@ export class Forwarder {
     const { incoming, outgoing, signal } = input.raw;
     const { body, contentSha256, contentLength } = forwardedBody(input, bodyKind);
     const headers = { ...passedOnHeaders(incoming), [clusterHopsHeader]: String(hops) };
-    const target = input.request.rawPath + queryOf(input.request.query);
+    const target = forwardedTarget(input.request);
     const method = input.request.method;
     const signed = signForwarded(
       { method, target, headers, contentSha256 },
       { nodeId: this.nodeId, secret: this.secret, now: this.now() },
+      node.id,
     );
     const outbound: OutgoingHttpHeaders = { ...headers, ...signed };
     if (contentLength !== undefined) outbound["content-length"] = contentLength;
@@ -145,6 +151,7 @@ export class Forwarder {
     const headers = signForwarded(
       { method: "GET", target, headers: {}, contentSha256: emptySha256 },
       { nodeId: this.nodeId, secret: this.secret, now: this.now() },
+      node.id,
     );
     const upstream = request(new URL(target, node.url), {
       headers,
@@ -201,7 +208,13 @@ export class Forwarder {
  */
 export function servedByOwner(
   operation: Operation,
-  deps: { context: CoreContext; routing: SessionRouting; forwarder: Forwarder },
+  deps: {
+    context: CoreContext;
+    routing: SessionRouting;
+    forwarder: Forwarder;
+    /** Aborts once a shutdown's grace period is over: forwarded requests end then too. */
+    shutdown: AbortSignal;
+  },
   options: { place: boolean },
 ): Operation {
   const bodyKind = operation.body === "streamed" ? "streamed" : "json";
@@ -222,7 +235,13 @@ export function servedByOwner(
       });
       if (route.kind === "here") return operation.handle(input);
       try {
-        await deps.forwarder.forward(input, route.node, bodyKind, hops + 1);
+        const signal = AbortSignal.any([input.raw.signal, deps.shutdown]);
+        await deps.forwarder.forward(
+          { ...input, raw: { ...input.raw, signal } },
+          route.node,
+          bodyKind,
+          hops + 1,
+        );
       } catch (error) {
         deps.routing.forget(runtimeId, sessionId);
         throw error;
@@ -261,12 +280,20 @@ function forwardedBody(
 }
 
 function passedOnHeaders(incoming: IncomingMessage): Record<string, string> {
+  // Headers the client's Connection header names belong to its hop only (RFC 9110, 7.6.1).
+  const hopOnly = new Set(
+    headerList(incoming.headers.connection).map((name) => name.trim().toLowerCase()),
+  );
   const headers: Record<string, string> = {};
   for (const [name, value] of Object.entries(incoming.headers)) {
-    if (value === undefined || notForwarded.has(name)) continue;
+    if (value === undefined || notForwarded.has(name) || hopOnly.has(name)) continue;
     headers[name] = Array.isArray(value) ? value.join(",") : value;
   }
   return headers;
+}
+
+function headerList(value: string | undefined): string[] {
+  return value === undefined ? [] : value.split(",");
 }
 
 function answerHeaders(response: IncomingMessage): OutgoingHttpHeaders {
@@ -277,15 +304,10 @@ function answerHeaders(response: IncomingMessage): OutgoingHttpHeaders {
   return headers;
 }
 
-function queryOf(query: URLSearchParams): string {
-  const text = query.toString();
-  return text === "" ? "" : `?${text}`;
-}
-
 function unreachable(node: NodeRecord, error: unknown): BerthError {
   const why = error instanceof Error ? error.message : String(error);
   return new BerthError(
     "ThrottlingException",
-    `The session runs on node ${node.name} (${node.url}), which did not answer (${why}). If that node is gone, the session starts on another node once its lease runs out (nodeLeaseSeconds): retry`,
+    `The session runs on node ${node.name}, which did not answer (${why}). If that node is gone, the session starts on another node once its lease runs out (nodeLeaseSeconds): retry`,
   );
 }

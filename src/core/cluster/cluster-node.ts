@@ -30,6 +30,8 @@ export class ClusterNode {
   private lastGoodHeartbeatMs = 0;
   /** True while this node has given its sessions up for want of the database. */
   private cutOff = false;
+  /** Set by beginLeaving: heartbeats report the node full. */
+  private leaving = false;
   private view: NodeRecord[] = [];
   private timer: NodeJS.Timeout | undefined;
   private beat: Promise<void> = Promise.resolve();
@@ -68,9 +70,26 @@ export class ClusterNode {
     return this.view;
   }
 
-  /** Whether this node takes requests for sessions: false while cut off from the database. */
-  get serving(): boolean {
-    return !this.cutOff;
+  /**
+   * Whether this node may run sessions now: not while cut off from the database, nor once its
+   * last good heartbeat is as old as the moment it gives its sessions up (lease less one
+   * interval, by its own clock) — another node may take them soon after.
+   */
+  get mayRunSessions(): boolean {
+    return (
+      !this.cutOff &&
+      this.nowMs() - this.lastGoodHeartbeatMs < this.leaseMs - this.heartbeatIntervalMs
+    );
+  }
+
+  /**
+   * Takes no new sessions from now on (a shutdown under way): the node reports itself full, so
+   * placement passes it by, and says so at once rather than at the next heartbeat.
+   */
+  async beginLeaving(): Promise<void> {
+    this.leaving = true;
+    this.beat = this.beat.then(() => this.heartbeat());
+    await this.beat;
   }
 
   async start(): Promise<void> {
@@ -114,7 +133,9 @@ export class ClusterNode {
       renewed = await withinMs(
         this.heartbeatIntervalMs,
         this.store.heartbeat(this.id, this.incarnation, {
-          runningSessions: this.sessions.runningCount,
+          runningSessions: this.leaving
+            ? this.registration.capacity.maxSessions
+            : this.sessions.runningCount,
         }),
       );
     } catch (error) {
@@ -164,8 +185,11 @@ export class ClusterNode {
   private async whileCutOff(error: unknown): Promise<void> {
     const silentMs = this.nowMs() - this.lastGoodHeartbeatMs;
     this.log.warn("heartbeat failed", { error: String(error), silentMs: Math.round(silentMs) });
-    if (this.cutOff || silentMs < this.leaseMs - this.heartbeatIntervalMs) return;
+    if (silentMs < this.leaseMs - this.heartbeatIntervalMs) return;
     this.cutOff = true;
+    // Every time, not only the first: a session started meanwhile (a claim that reached the
+    // database while heartbeats did not) is given up too.
+    if (this.sessions.runningCount === 0) return;
     await this.giveUpSessions(
       `cut off from the cluster's database for ${Math.round(silentMs)} ms: another node may take its sessions`,
     );

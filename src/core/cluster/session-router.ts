@@ -46,6 +46,7 @@ export class SessionRouter implements SessionOwnership {
   private readonly nodeId: string;
   private readonly isRunningHere: (runtimeId: string, sessionId: string) => boolean;
   private readonly letGoHere: (runtimeId: string, sessionId: string) => Promise<void>;
+  private readonly mayRunSessions: () => boolean;
   /** Holders whose volumes may be taken at once: nodes whose lease ran out. */
   private readonly goneHolders: Set<string>;
   private readonly log: Logger;
@@ -61,6 +62,8 @@ export class SessionRouter implements SessionOwnership {
     isRunningHere: (runtimeId: string, sessionId: string) => boolean;
     /** Settles once a session of that id ending here has let go of everything. */
     letGoHere: (runtimeId: string, sessionId: string) => Promise<void>;
+    /** Whether this node's lease is fresh enough to run sessions (ClusterNode.mayRunSessions). */
+    mayRunSessions: () => boolean;
     goneHolders: Set<string>;
     log: Logger;
     rememberMs: number;
@@ -72,6 +75,7 @@ export class SessionRouter implements SessionOwnership {
     this.nodeId = options.nodeId;
     this.isRunningHere = options.isRunningHere;
     this.letGoHere = options.letGoHere;
+    this.mayRunSessions = options.mayRunSessions;
     this.goneHolders = options.goneHolders;
     this.log = options.log;
   }
@@ -79,8 +83,12 @@ export class SessionRouter implements SessionOwnership {
   async route(runtimeId: string, sessionId: string, options: RouteOptions): Promise<SessionRoute> {
     // The common cases, a warm session asked again here or through another node, cost no
     // round trip to the database.
-    if (this.isRunningHere(runtimeId, sessionId) || options.hops >= maxHops)
+    if (this.isRunningHere(runtimeId, sessionId)) {
+      // Its lease too old, this node is about to give its sessions up: another may run them.
+      if (!this.mayRunSessions()) throw cutOff();
       return { kind: "here" };
+    }
+    if (options.hops >= maxHops) return { kind: "here" };
     const key = sessionKey(runtimeId, sessionId);
     const remembered = this.remembered.get(key);
     if (options.hops === 0 && remembered !== undefined && remembered.untilMs > this.nowMs()) {
@@ -137,6 +145,7 @@ export class SessionRouter implements SessionOwnership {
   }
 
   async claim(runtimeId: string, sessionId: string): Promise<() => Promise<void>> {
+    if (!this.mayRunSessions()) throw cutOff();
     const owner = await this.store.placeSession(runtimeId, sessionId, (nodes) =>
       nodes.find((node) => node.id === this.nodeId),
     );
@@ -169,6 +178,13 @@ export class SessionRouter implements SessionOwnership {
 
 function sessionKey(runtimeId: string, sessionId: string): string {
   return `${runtimeId}\u0000${sessionId}`;
+}
+
+function cutOff(): BerthError {
+  return new BerthError(
+    "ThrottlingException",
+    "This node has lost touch with the cluster's database and runs no sessions until it is back: retry (through another node)",
+  );
 }
 
 function noRoom(): BerthError {
