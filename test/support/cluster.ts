@@ -99,12 +99,13 @@ export async function startTestCluster(
       "none",
       ...extraArgs,
     ];
-    const processes: BerthProcess[] = [];
-    cleanups.push(() => killAll(processes));
     const dataDirs = network.nodes.map(() => makeDataDir());
     cleanups.push(() => {
       for (const dir of dataDirs) removeDir(dir);
     });
+    // Cleanups run last first: the nodes are killed before their data directories go.
+    const processes: BerthProcess[] = [];
+    cleanups.push(() => killAll(processes));
     const start = async (index: number): Promise<BerthProcess> => {
       const node = network.nodes[index];
       const dataDir = dataDirs[index];

@@ -197,7 +197,14 @@ export class ClusterNode {
 
   private async giveUpSessions(reason: string): Promise<void> {
     this.log.warn("giving up every session", { reason, sessions: this.sessions.runningCount });
-    await this.sessions.endAll(`this node lost its sessions: ${reason}`);
+    // Their sandboxes are killed at once; their storage's last uploads may take long (and fail:
+    // another node may own the volumes now). The node does not wait for those to rejoin.
+    const ended = this.sessions.endAll(`this node lost its sessions: ${reason}`);
+    await withinMs(this.heartbeatIntervalMs, ended).catch(() => {
+      this.log.info("the given-up sessions' storage is still being let go", {
+        sessions: this.sessions.runningCount,
+      });
+    });
     await this.sessions.forgetClaims().catch((error: unknown) => {
       this.log.warn("could not free this node's volume claims", { error: String(error) });
     });
