@@ -1,20 +1,14 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
   InvokeAgentRuntimeCommand,
   StopRuntimeSessionCommand,
 } from "@aws-sdk/client-bedrock-agentcore";
-import { PutObjectCommand } from "@aws-sdk/client-s3";
-import { s3Client } from "../src/adapters/s3/client.ts";
 import { clusterHeaders, signForwarded } from "../src/wire/cluster-signature.ts";
-import { agentSources } from "./support/agents.ts";
 import { clientsOf, killAll, spawnBerth, type BerthProcess } from "./support/berth-process.ts";
 import { hostSuite, makeDataDir, removeDir, startTestBerth } from "./support/berth.ts";
-import { cephMissing, startCephS3, type CephS3 } from "./support/ceph-s3.ts";
-import { zipOf } from "./support/hostile-archives.ts";
+import { cephMissing, putProbeZip, startCephS3, type CephS3 } from "./support/ceph-s3.ts";
 import { postgresMissing, startPostgres, type TestPostgres } from "./support/postgres.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 import { sendAsIs, sendRaw, type RawResponse } from "./support/signed-request.ts";
@@ -108,16 +102,7 @@ describe(
       postgres = await startPostgres();
       ceph = await startCephS3();
       await ceph.bucket(bucket);
-      const s3 = s3Client(ceph.connection(`s3://${bucket}`));
-      const probe = readFileSync(join(agentSources.probe, "main.js"), "utf8");
-      await s3.send(
-        new PutObjectCommand({
-          Bucket: bucket,
-          Key: "code/probe.zip",
-          Body: zipOf([{ path: "main.js", content: probe }]),
-        }),
-      );
-      s3.destroy();
+      await putProbeZip(ceph, bucket, "code/probe.zip");
       berth = await spawnBerth(
         [
           "--data-dir",

@@ -44,6 +44,23 @@ describe("a cluster of three nodes", { skip: clusterMissing() }, () => {
     await cluster?.stop();
   });
 
+  /**
+   * Starts a streaming invocation of the probe through node `through` and reads its first event
+   * (as text); the probe holds its other two back until `key` is released.
+   */
+  async function startStream(through: number, arn: string, sessionId: string, key: string) {
+    const response = await node(through).data.send(
+      new InvokeAgentRuntimeCommand({
+        agentRuntimeArn: arn,
+        runtimeSessionId: sessionId,
+        payload: Buffer.from(JSON.stringify({ action: "stream", key, count: 3 })),
+      }),
+    );
+    const reader = (response.response as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
+    const first = await reader.next();
+    return { reader, first: Buffer.from(first.value as Uint8Array).toString("utf8") };
+  }
+
   /** A probe runtime with session storage, created through node `through`, ready. */
   async function createRuntime(through = 0): Promise<{ id: string; arn: string }> {
     const { control } = node(through);
@@ -165,17 +182,9 @@ describe("a cluster of three nodes", { skip: clusterMissing() }, () => {
     await invokeProbe(node(0).data, runtime.arn, sessionId, { action: "whoami" });
     const owner = await ownerOf(runtime.id, sessionId);
     const through = [0, 1, 2].find((index) => node(index).name !== owner) ?? 0;
-    const response = await node(through).data.send(
-      new InvokeAgentRuntimeCommand({
-        agentRuntimeArn: runtime.arn,
-        runtimeSessionId: sessionId,
-        payload: Buffer.from(JSON.stringify({ action: "stream", key: "k1", count: 3 })),
-      }),
-    );
-    const reader = (response.response as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
-    const first = await reader.next();
+    const { reader, first } = await startStream(through, runtime.arn, sessionId, "k1");
     // The first event arrived while the agent still holds the rest back: the hop buffers nothing.
-    assert.match(Buffer.from(first.value as Uint8Array).toString("utf8"), /"n":1/);
+    assert.match(first, /"n":1/);
     await invokeProbe(node(through).data, runtime.arn, sessionId, {
       action: "release",
       key: "k1",
@@ -311,15 +320,7 @@ describe("a cluster of three nodes", { skip: clusterMissing() }, () => {
     const sessionId = newSessionId("failover");
     const owner = await writeDurably(runtime, sessionId, "kept.txt", "durable before the crash");
     const [through = 0, then = 0] = others(owner);
-    const response = await node(through).data.send(
-      new InvokeAgentRuntimeCommand({
-        agentRuntimeArn: runtime.arn,
-        runtimeSessionId: sessionId,
-        payload: Buffer.from(JSON.stringify({ action: "stream", key: "k2", count: 3 })),
-      }),
-    );
-    const reader = (response.response as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
-    await reader.next();
+    const { reader } = await startStream(through, runtime.arn, sessionId, "k2");
     await started().kill(owner);
     try {
       // The stream through the other node breaks off: its owner is gone.

@@ -13,10 +13,8 @@ import {
   ListAgentRuntimeEndpointsCommand,
   type BedrockAgentCoreControlClient,
 } from "@aws-sdk/client-bedrock-agentcore-control";
-import { PutObjectCommand } from "@aws-sdk/client-s3";
-import { s3Client } from "../src/adapters/s3/client.ts";
 import { S3ObjectStore } from "../src/adapters/s3/object-store.ts";
-import { agentSources, waitFor } from "./support/agents.ts";
+import { waitFor } from "./support/agents.ts";
 import {
   clientsOf,
   killAll,
@@ -27,8 +25,7 @@ import {
   type BerthProcess,
 } from "./support/berth-process.ts";
 import { hostSuite, makeDataDir, removeDir } from "./support/berth.ts";
-import { cephMissing, startCephS3, type CephS3 } from "./support/ceph-s3.ts";
-import { zipOf } from "./support/hostile-archives.ts";
+import { cephMissing, putProbeZip, startCephS3, type CephS3 } from "./support/ceph-s3.ts";
 import { createRuntime } from "./support/runtimes.ts";
 import { freePort } from "./support/ports.ts";
 
@@ -50,16 +47,7 @@ describe(
       const s3Server = (ceph = await startCephS3());
       await s3Server.bucket(bucket);
       objectStore = new S3ObjectStore(s3Server.connection(objectStoreUrl));
-      const s3 = s3Client(s3Server.connection(objectStoreUrl));
-      const probe = readFileSync(join(agentSources.probe, "main.js"), "utf8");
-      await s3.send(
-        new PutObjectCommand({
-          Bucket: bucket,
-          Key: "code/probe.zip",
-          Body: zipOf([{ path: "main.js", content: probe }]),
-        }),
-      );
-      s3.destroy();
+      await putProbeZip(s3Server, bucket, "code/probe.zip");
       argsFor = ({ url, endpoint }) => [
         // This server's arguments, with the endpoint a test may point elsewhere.
         ...s3Server.berthArgs(url).map((arg) => (arg === s3Server.endpoint ? endpoint : arg)),

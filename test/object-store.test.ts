@@ -1,16 +1,12 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { StopRuntimeSessionCommand } from "@aws-sdk/client-bedrock-agentcore";
 import {
   GetAgentRuntimeCommand,
   UpdateAgentRuntimeCommand,
 } from "@aws-sdk/client-bedrock-agentcore-control";
-import { PutObjectCommand } from "@aws-sdk/client-s3";
-import { s3Client } from "../src/adapters/s3/client.ts";
 import { S3ObjectStore } from "../src/adapters/s3/object-store.ts";
 import { agentSources, installAgent, waitFor } from "./support/agents.ts";
 import {
@@ -21,9 +17,8 @@ import {
   type BerthProcess,
 } from "./support/berth-process.ts";
 import { hostSuite, makeDataDir, removeDir } from "./support/berth.ts";
-import { cephMissing, startCephS3, type CephS3 } from "./support/ceph-s3.ts";
+import { cephMissing, putProbeZip, startCephS3, type CephS3 } from "./support/ceph-s3.ts";
 import { runCommand } from "./support/commands.ts";
-import { zipOf } from "./support/hostile-archives.ts";
 import { createRuntime, newSessionId, workspace } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
 
@@ -46,16 +41,7 @@ describe(
     before(async () => {
       const server = (ceph = await startCephS3());
       await server.bucket(bucket);
-      const s3 = s3Client(server.connection(`s3://${bucket}`));
-      const probe = readFileSync(join(agentSources.probe, "main.js"), "utf8");
-      await s3.send(
-        new PutObjectCommand({
-          Bucket: bucket,
-          Key: "code/probe.zip",
-          Body: zipOf([{ path: "main.js", content: probe }]),
-        }),
-      );
-      s3.destroy();
+      await putProbeZip(server, bucket, "code/probe.zip");
     });
 
     after(async () => {

@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { isNetworkFailureCode } from "../adapters/host/network-errors.ts";
 import { S3ObjectStore } from "../adapters/s3/object-store.ts";
 import { s3Client, type ObjectStoreConnection } from "../adapters/s3/client.ts";
 import { PreconditionFailedError, type ObjectStore } from "../core/object-store.ts";
@@ -88,7 +89,7 @@ function diagnose(error: unknown, location: string, endpoint: string): string {
   const cause = rootCause(error);
   const name = cause.name ?? "";
   const status = cause.$metadata?.httpStatusCode;
-  if (status === undefined && (networkCodes.has(cause.code ?? "") || name === "TimeoutError")) {
+  if (status === undefined && (isNetworkFailureCode(cause.code) || name === "TimeoutError")) {
     const detail = cause.message === undefined || cause.message === "" ? cause.code : cause.message;
     return `cannot reach the object store ${endpoint} for ${location} (${detail ?? name}): check --object-store-endpoint, and that the store runs and this machine reaches it`;
   }
@@ -105,18 +106,6 @@ function diagnose(error: unknown, location: string, endpoint: string): string {
   }
   return `the object store ${endpoint} failed a test write to ${location} (${said}): check --object-store-url, --object-store-endpoint, --object-store-region and --object-store-force-path-style`;
 }
-
-/** Connection failures (no answer from the store at all). */
-const networkCodes = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "EPIPE",
-]);
 
 interface RequestFailure {
   name?: string;

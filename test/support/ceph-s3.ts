@@ -5,8 +5,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { promisify } from "node:util";
-import { CreateBucketCommand, PutBucketVersioningCommand } from "@aws-sdk/client-s3";
+import {
+  CreateBucketCommand,
+  PutBucketVersioningCommand,
+  PutObjectCommand,
+} from "@aws-sdk/client-s3";
 import { s3Client, type ObjectStoreConnection } from "../../src/adapters/s3/client.ts";
+import { agentSources } from "./agents.ts";
+import { zipOf } from "./hostile-archives.ts";
 import { freePort } from "./ports.ts";
 
 const run = promisify(execFile);
@@ -181,6 +187,23 @@ export async function startCephS3(options: { host?: string } = {}): Promise<Ceph
   } catch (error) {
     await stopAll();
     throw error;
+  }
+}
+
+/** Puts the probe agent, zipped, at s3://`bucket`/`key` on `server`: code a runtime can name. */
+export async function putProbeZip(server: CephS3, bucket: string, key: string): Promise<void> {
+  const s3 = s3Client(server.connection(`s3://${bucket}`));
+  try {
+    const probe = readFileSync(join(agentSources.probe, "main.js"), "utf8");
+    await s3.send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: key,
+        Body: zipOf([{ path: "main.js", content: probe }]),
+      }),
+    );
+  } finally {
+    s3.destroy();
   }
 }
 

@@ -1,15 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
-import { PutObjectCommand } from "@aws-sdk/client-s3";
 import { BedrockAgentCoreClient } from "@aws-sdk/client-bedrock-agentcore";
 import { BedrockAgentCoreControlClient } from "@aws-sdk/client-bedrock-agentcore-control";
-import { s3Client } from "../../src/adapters/s3/client.ts";
-import { agentSources } from "./agents.ts";
 import { credentialsIn, killAll, type BerthProcess } from "./berth-process.ts";
 import { makeDataDir, removeDir } from "./berth.ts";
-import { cephMissing, startCephS3, type CephS3 } from "./ceph-s3.ts";
-import { zipOf } from "./hostile-archives.ts";
+import { cephMissing, putProbeZip, startCephS3, type CephS3 } from "./ceph-s3.ts";
 import { createTestNetwork, netnsMissing, serveInNamespace, type TestNetwork } from "./netns.ts";
 import { postgresMissing, startPostgres, type TestPostgres } from "./postgres.ts";
 
@@ -71,16 +65,7 @@ export async function startTestCluster(
     cleanups.push(() => ceph.stop());
     await ceph.bucket("berth-cluster");
     await ceph.bucket("agents");
-    const s3 = s3Client(ceph.connection("s3://agents"));
-    const probe = readFileSync(join(agentSources.probe, "main.js"), "utf8");
-    await s3.send(
-      new PutObjectCommand({
-        Bucket: "agents",
-        Key: "probe.zip",
-        Body: zipOf([{ path: "main.js", content: probe }]),
-      }),
-    );
-    s3.destroy();
+    await putProbeZip(ceph, "agents", "probe.zip");
     const databaseUrl = await postgres.freshDatabase();
     const secret = randomBytes(32).toString("hex");
     const args = (index: number, dataDir: string): string[] => [

@@ -9,7 +9,7 @@ import { BerthError } from "../../core/errors.ts";
 import { NameTakenError } from "../../core/store.ts";
 import { sqlState, uniqueViolation } from "./database-errors.ts";
 import { isLive, touchNode } from "./leases.ts";
-import type { Queryable, Row, SharedPool } from "./pool.ts";
+import { PooledStore, type Queryable, type Row } from "./pool.ts";
 import { integer, text } from "./rows.ts";
 
 /**
@@ -19,25 +19,7 @@ import { integer, text } from "./rows.ts";
  * changes are compare-and-set on the epoch. A node's row is never deleted: one that left is
  * marked departed, so an owner row or a volume claim naming its id finds it gone, not unknown.
  */
-export class PostgresClusterStore implements ClusterStore {
-  private readonly pool: SharedPool;
-  private readonly leaseMs: number;
-  private readonly release: () => Promise<void>;
-
-  constructor(pool: SharedPool, options: { leaseMs: number }) {
-    this.pool = pool;
-    this.leaseMs = options.leaseMs;
-    this.release = pool.share();
-  }
-
-  private async rows(sql: string, parameters: readonly unknown[]): Promise<Row[]> {
-    return (await this.pool.query(sql, parameters)).rows;
-  }
-
-  private async changes(sql: string, parameters: readonly unknown[]): Promise<number> {
-    return (await this.pool.query(sql, parameters)).rowCount ?? 0;
-  }
-
+export class PostgresClusterStore extends PooledStore implements ClusterStore {
   /**
    * Throws NameTakenError when a live node of another id has the name. A node of another id
    * that is not live gives its name up (a machine reinstalled, with a new data directory): its
@@ -242,11 +224,6 @@ export class PostgresClusterStore implements ClusterStore {
       [name, nodeId, intervalMs],
     );
     return claimed > 0;
-  }
-
-  /** Gives back this store's share of the pool (which ends with its last user). */
-  close(): Promise<void> {
-    return this.release();
   }
 
   private async readOwner(runtimeId: string, sessionId: string): Promise<OwnerRow | undefined> {

@@ -1,5 +1,6 @@
 import { DatabaseError } from "pg";
 import { BerthError } from "../../core/errors.ts";
+import { isNetworkFailureCode } from "../host/network-errors.ts";
 
 /*
  * What a failed query says: PostgreSQL's own verdict on a statement (its SQLSTATE), or that no
@@ -26,25 +27,13 @@ export function unanswered(error: unknown): string | undefined {
   if (!(error instanceof Error)) return undefined;
   if (BerthError.isInstance(error)) return unanswered(error.cause); // translated already
   const code = (error as { code?: unknown }).code;
-  if (typeof code === "string" && networkCodes.has(code)) return code;
+  if (isNetworkFailureCode(code)) return code;
   const said = pgMessages.find(([message]) => error.message.includes(message));
   if (said !== undefined) return said[1];
   // A name that resolves to several addresses fails with every address's error together.
   if (error instanceof AggregateError) return unanswered(error.errors[0]);
   return unanswered(error.cause);
 }
-
-/** Failures where no PostgreSQL answered at all. */
-const networkCodes = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "EPIPE",
-]);
 
 /** How pg (8.x) and its pool report a server that stopped answering: message, then our word. */
 const pgMessages: readonly (readonly [string, string])[] = [

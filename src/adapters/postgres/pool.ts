@@ -136,6 +136,36 @@ export class SharedPool implements Queryable {
   }
 }
 
+/**
+ * What each store on the shared pool starts from: its share of the pool, given back by close(),
+ * the lease of a node's heartbeat, and shorthands for a statement's rows and count of changes.
+ */
+export abstract class PooledStore {
+  protected readonly pool: SharedPool;
+  /** How long a node's heartbeat lasts: a node is live while its last one is younger. */
+  protected readonly leaseMs: number;
+  private readonly release: () => Promise<void>;
+
+  constructor(pool: SharedPool, options: { leaseMs: number }) {
+    this.pool = pool;
+    this.leaseMs = options.leaseMs;
+    this.release = pool.share();
+  }
+
+  protected async rows(sql: string, parameters: QueryParameters = []): Promise<Row[]> {
+    return (await this.pool.query(sql, parameters)).rows;
+  }
+
+  protected async changes(sql: string, parameters: QueryParameters): Promise<number> {
+    return (await this.pool.query(sql, parameters)).rowCount ?? 0;
+  }
+
+  /** Gives back this store's share of the pool (which ends with its last user). */
+  close(): Promise<void> {
+    return this.release();
+  }
+}
+
 const maxDeadlockAttempts = 5;
 
 /**

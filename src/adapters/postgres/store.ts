@@ -16,7 +16,7 @@ import {
 } from "../../core/store.ts";
 import { sqlState, uniqueViolation } from "./database-errors.ts";
 import { isLive, touchNode } from "./leases.ts";
-import type { Queryable, Row, SharedPool } from "./pool.ts";
+import { PooledStore, type Queryable } from "./pool.ts";
 import {
   integer,
   paginate,
@@ -36,26 +36,7 @@ import {
  * idempotency record; where one reads before it writes, it locks what it read (FOR UPDATE), so
  * two nodes never both act on the same reading.
  */
-export class PostgresMetadataStore implements MetadataStore {
-  private readonly pool: SharedPool;
-  private readonly leaseMs: number;
-  private readonly release: () => Promise<void>;
-
-  /** `leaseMs`: how long a node's heartbeat lasts (see claimSessionStorage). */
-  constructor(pool: SharedPool, options: { leaseMs: number }) {
-    this.pool = pool;
-    this.leaseMs = options.leaseMs;
-    this.release = pool.share();
-  }
-
-  private async rows(sql: string, parameters: readonly unknown[] = []): Promise<Row[]> {
-    return (await this.pool.query(sql, parameters)).rows;
-  }
-
-  private async changes(sql: string, parameters: readonly unknown[]): Promise<number> {
-    return (await this.pool.query(sql, parameters)).rowCount ?? 0;
-  }
-
+export class PostgresMetadataStore extends PooledStore implements MetadataStore {
   /** A change and its idempotency record, in one transaction. */
   private mutation(
     idempotency: IdempotencyRecord | undefined,
@@ -424,11 +405,6 @@ export class PostgresMetadataStore implements MetadataStore {
       "UPDATE session_storage SET held_by = NULL, held_since = NULL WHERE held_by = $1",
       [holder],
     );
-  }
-
-  /** Gives back this store's share of the pool (which ends with its last user). */
-  close(): Promise<void> {
-    return this.release();
   }
 }
 
