@@ -24,6 +24,8 @@ export interface PreparationLog {
  */
 export class VersionPreparer {
   private readonly inFlight = new Set<Promise<void>>();
+  /** The versions being prepared here (runtime id, NUL, version). */
+  private readonly preparing = new Set<string>();
   private readonly abort = new AbortController();
   private readonly store: MetadataStore;
   private readonly check: ArtifactCheck;
@@ -43,12 +45,26 @@ export class VersionPreparer {
   }
 
   prepare(version: RuntimeVersionRecord): void {
-    const work = this.settle(version).finally(() => this.inFlight.delete(work));
+    const key = `${version.runtimeId}\u0000${version.version}`;
+    if (this.preparing.has(key)) return;
+    this.preparing.add(key);
+    const work = this.settle(version).finally(() => {
+      this.inFlight.delete(work);
+      this.preparing.delete(key);
+    });
     this.inFlight.add(work);
   }
 
-  async resumeUnsettled(): Promise<void> {
-    for (const version of await this.store.listUnsettledVersions()) this.prepare(version);
+  /**
+   * Prepares the versions left unsettled (a server stopped mid-way), those not being prepared
+   * here already; with `createdBefore`, only those older: younger ones may still be under way on
+   * another node of a cluster.
+   */
+  async resumeUnsettled(options: { createdBefore?: string } = {}): Promise<void> {
+    for (const version of await this.store.listUnsettledVersions()) {
+      const { createdBefore } = options;
+      if (createdBefore === undefined || version.createdAt < createdBefore) this.prepare(version);
+    }
   }
 
   /** Resolves once every preparation started so far has settled. */

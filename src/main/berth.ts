@@ -287,6 +287,12 @@ async function serveOn(
   const port = (server.address() as AddressInfo).port;
   const url = `http://${settings.host.includes(":") ? `[${settings.host}]` : settings.host}:${port}`;
   listeningUrl = url;
+  const resumePreparations = async (): Promise<void> => {
+    if (!(await onceForCluster("resume-preparation", resumePreparationIntervalMs))) return;
+    // Versions younger than the interval may still be under way on the node that made them.
+    const createdBefore = new Date(now().getTime() - resumePreparationIntervalMs).toISOString();
+    await preparer.resumeUnsettled(membership === undefined ? {} : { createdBefore });
+  };
   try {
     await membership?.join({
       settings,
@@ -298,8 +304,7 @@ async function serveOn(
       log,
     });
     // A version left unsettled by a node that stopped is taken up by one node, not by each.
-    if (await onceForCluster("resume-preparation", resumePreparationIntervalMs))
-      await preparer.resumeUnsettled();
+    await resumePreparations();
   } catch (error) {
     // Nothing was served yet: the start fails as a whole (startBerth abandons the parts).
     server.close();
@@ -309,6 +314,7 @@ async function serveOn(
     await preparer.close();
     throw error;
   }
+  const preparationResume = everyInterval(resumePreparationIntervalMs, resumePreparations);
   const idempotencySweep = everyInterval(60_000, async () => {
     if (!(await onceForCluster("idempotency-expiry", 60_000))) return;
     const before = new Date(
@@ -349,6 +355,7 @@ async function serveOn(
       containerImages.stop();
       sessionPulls.abort();
       clearInterval(idempotencySweep);
+      clearInterval(preparationResume);
       clearInterval(storageSweep);
       await sessions.close();
       await membership?.leave();

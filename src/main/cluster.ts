@@ -1,7 +1,7 @@
 import { hostname } from "node:os";
 import type { Settings } from "../config/settings.ts";
 import { ClusterNode } from "../core/cluster/cluster-node.ts";
-import type { ClusterStore, NodeRecord } from "../core/cluster/cluster-store.ts";
+import type { ClusterStore, NodeCapacity, NodeRecord } from "../core/cluster/cluster-store.ts";
 import { SessionRouter } from "../core/cluster/session-router.ts";
 import { BerthError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
@@ -46,7 +46,7 @@ export class ClusterMembership {
       ...options,
       store,
       // A heartbeat interval: a session that moved is found again within it.
-      rememberMs: (settings.nodeLeaseSeconds * 1000) / 4,
+      rememberMs: heartbeatIntervalMs(settings),
       mayRunSessions: () => this.node?.mayRunSessions ?? false,
     });
     this.forwarder = new Forwarder({
@@ -54,7 +54,7 @@ export class ClusterMembership {
       secret: settings.clusterSecret,
       now: options.now,
       // A node that accepts no connection for a heartbeat interval is unreachable for now.
-      connectTimeoutMs: (settings.nodeLeaseSeconds * 1000) / 4,
+      connectTimeoutMs: heartbeatIntervalMs(settings),
       isLive: (id) => this.node?.nodes.find((node) => node.id === id)?.live ?? true,
     });
     const nodeName = nodeNameOf(settings);
@@ -82,17 +82,7 @@ export class ClusterMembership {
         id: this.nodeId,
         name: nodeNameOf(settings),
         url: nodeUrlOf(settings, options.url),
-        capacity: {
-          // As many sessions as both the slots and the memory for them allow.
-          maxSessions: Math.max(
-            1,
-            Math.min(
-              settings.maxSessions,
-              Math.floor(settings.sandboxesMemoryBytes / settings.sessionMemoryBytes),
-            ),
-          ),
-          memoryBytes: settings.sandboxesMemoryBytes,
-        },
+        capacity: nodeCapacity(settings),
       },
       leaseMs: settings.nodeLeaseSeconds * 1000,
       sessions: {
@@ -165,6 +155,25 @@ const nameOf = (answer: { node: NodeRecord }): string => answer.node.name;
 /** The node's name: the setting, else the host name. */
 export function nodeNameOf(settings: Settings): string {
   return settings.nodeName || hostname();
+}
+
+/** How often a node renews its heartbeat (ClusterNode): a quarter of the lease. */
+function heartbeatIntervalMs(settings: Settings): number {
+  return (settings.nodeLeaseSeconds * 1000) / 4;
+}
+
+/** As many sessions as both the slots and the memory for them allow. */
+function nodeCapacity(settings: Settings): NodeCapacity {
+  return {
+    maxSessions: Math.max(
+      1,
+      Math.min(
+        settings.maxSessions,
+        Math.floor(settings.sandboxesMemoryBytes / settings.sessionMemoryBytes),
+      ),
+    ),
+    memoryBytes: settings.sandboxesMemoryBytes,
+  };
 }
 
 /** This node cannot join: a live node of another id has its name. A setting to fix. */

@@ -47,7 +47,7 @@ const notForwarded = new Set([
   "proxy-authorization",
   "proxy-authenticate",
   "proxy-connection",
-  "x-berth-cluster-hops",
+  clusterHopsHeader,
   ...Object.values(clusterHeaders),
 ]);
 

@@ -24,7 +24,7 @@ export interface OperationInput {
   payload: RequestPayload;
   /**
    * The node that forwarded this request to this one (its signature checked), or undefined for a
-   * request straight from a client. A forwarded request is served here, never forwarded again.
+   * request straight from a client. A forwarded request is served here unless another node owns the session (RouteOptions.hops).
    */
   forwardedBy?: string | undefined;
   /** The raw message, for operations that write their own response. */

@@ -30,7 +30,7 @@ export class PostgresClusterStore extends PooledStore implements ClusterStore {
    */
   register(node: NodeRegistration): Promise<void> {
     return this.pool.transaction(async (client) => {
-      // No node name has a space or a parenthesis (nodeNamePattern) and ids are unique: the
+      // No node name has a space or a parenthesis (the nodeName setting) and ids are unique: the
       // name given to the old row is no one's.
       await client.query(
         `UPDATE nodes SET name = '(departed) ' || id, departed = true

@@ -74,7 +74,7 @@ export interface NodeRegistration {
 
 export interface NodeCapacity {
   maxSessions: number;
-  /** Memory its sandboxes may use together (sandboxesMemoryBytes). */
+  /** Memory its sandboxes may use together (sandboxesMemoryBytes): shown, maxSessions counts it. */
   memoryBytes: number;
 }
 
@@ -107,6 +107,3 @@ export interface SessionOwner {
    */
   previousNodeId: string | undefined;
 }
-
-/** A node name is what `berth nodes` shows and takes: short, printable, no spaces. */
-export const nodeNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

@@ -32,6 +32,9 @@ interface Placement {
   before: () => Promise<void>;
 }
 
+/** Remembered owners past which expired ones are swept out. */
+const maxRemembered = 10_000;
+
 /** The most nodes a request is forwarded through: one, and one more after a stale memory. */
 export const maxHops = 2;
 
@@ -91,7 +94,8 @@ export class SessionRouter implements SessionOwnership {
     if (options.hops >= maxHops) return { kind: "here" };
     const key = sessionKey(runtimeId, sessionId);
     const remembered = this.remembered.get(key);
-    if (options.hops === 0 && remembered !== undefined && remembered.untilMs > this.nowMs()) {
+    if (remembered !== undefined && remembered.untilMs <= this.nowMs()) this.remembered.delete(key);
+    else if (options.hops === 0 && remembered !== undefined) {
       return { kind: "owner", node: remembered.node };
     }
     const placement = options.place ? this.placement(options) : undefined;
@@ -107,8 +111,18 @@ export class SessionRouter implements SessionOwnership {
       return { kind: "here" };
     }
     if (owner.node.id === this.nodeId) return { kind: "here" };
-    this.remembered.set(key, { node: owner.node, untilMs: this.nowMs() + this.rememberMs });
+    this.remember(key, owner.node);
     return { kind: "owner", node: owner.node };
+  }
+
+  private remember(key: string, node: NodeRecord): void {
+    const nowMs = this.nowMs();
+    // Sessions asked once and never again would otherwise stay: the expired go now and then.
+    if (this.remembered.size >= maxRemembered) {
+      for (const [other, entry] of this.remembered)
+        if (entry.untilMs <= nowMs) this.remembered.delete(other);
+    }
+    this.remembered.set(key, { node, untilMs: nowMs + this.rememberMs });
   }
 
   /** Forgets where a session runs: a request forwarded there failed. */
