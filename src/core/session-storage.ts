@@ -50,6 +50,11 @@ export interface VolumeStore {
   recover(): Promise<void>;
   /** Stops background work and lets go of the host's resources; once every volume is detached. */
   close?(): Promise<void>;
+  /**
+   * Settles once what the volume's last detach left under way is over (an upload to an object
+   * store: durable, given up or stopped). Stores that leave nothing under way need none.
+   */
+  settled?(volumeId: string): Promise<void>;
 }
 
 /**
@@ -229,6 +234,11 @@ export class SessionStorage {
         await this.release(volume.volumeId, this.holder);
       }
     }
+  }
+
+  /** Settles once what detaching these volumes left under way is over (see VolumeStore.settled). */
+  async settled(volumes: AttachedVolume[]): Promise<void> {
+    for (const volume of volumes) await this.volumes.settled?.(volume.volumeId);
   }
 
   async list(runtimeId: string): Promise<StorageView[]> {

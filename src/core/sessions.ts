@@ -149,6 +149,8 @@ export class SessionManager {
    * the same volumes.
    */
   private readonly releases = new Map<string, Promise<void>>();
+  /** Per session key, the ownership a session that ended is giving up (see giveUpOwnershipWhen). */
+  private readonly ownershipsGivingUp = new Map<string, Promise<void>>();
   private readonly sweeper: NodeJS.Timeout;
   private readonly driver: SandboxDriver;
   private readonly probe: AgentProbe;
@@ -246,7 +248,9 @@ export class SessionManager {
    * ownership included); at once when none is ending.
    */
   async letGo(runtimeId: string, sessionId: string): Promise<void> {
-    await this.releases.get(sessionKey(runtimeId, sessionId));
+    const key = sessionKey(runtimeId, sessionId);
+    await this.releases.get(key);
+    await this.ownershipsGivingUp.get(key);
   }
 
   /** How many sessions run (or are starting) here. */
@@ -395,6 +399,9 @@ export class SessionManager {
       const plan = await this.plan(version);
       session.shell = plan.shell;
       await previous;
+      // The ownership the session before gave up must be gone first: claimed again meanwhile,
+      // the row at the same epoch would be deleted under this session.
+      await this.ownershipsGivingUp.get(session.key);
       const letGo = await this.claimOwnership(session);
       const owner = plan.filesystem.kind === "image" ? plan.filesystem.user : undefined;
       let volumes: AttachedVolume[];
@@ -409,7 +416,14 @@ export class SessionManager {
         throw error;
       }
       session.sandbox = sandbox;
-      session.released = sandbox.exited.then(() => this.storage.detach(volumes)).finally(letGo);
+      session.released = sandbox.exited.then(() => this.storage.detach(volumes));
+      // Given up only once the storage's last upload is over: until then no other node may
+      // start the session and find the object store without its last changes.
+      this.giveUpOwnershipWhen(
+        session.key,
+        session.released.then(() => this.storage.settled(volumes)),
+        letGo,
+      );
       void sandbox.exited.then((exit) => {
         this.onSandboxExit(session, exit);
       });
@@ -432,6 +446,14 @@ export class SessionManager {
       await this.end(session, "the agent failed to start");
       throw this.startFailure(session, error, endedMeanwhile);
     }
+  }
+
+  private giveUpOwnershipWhen(key: string, over: Promise<void>, giveUp: () => Promise<void>): void {
+    const givingUp = over.catch(() => undefined).then(giveUp);
+    this.ownershipsGivingUp.set(key, givingUp);
+    void givingUp.finally(() => {
+      if (this.ownershipsGivingUp.get(key) === givingUp) this.ownershipsGivingUp.delete(key);
+    });
   }
 
   private claimOwnership(session: LiveSession): Promise<() => Promise<void>> {

@@ -459,6 +459,10 @@ export class ReplicatedVolumes implements VolumeStore {
     );
   }
 
+  async settled(volumeId: string): Promise<void> {
+    await this.uploading.get(volumeId)?.done.catch(() => undefined);
+  }
+
   /** Starts uploading a detached volume's last state in the background (see uploadUntilDurable). */
   private startUpload(volumeId: string, replica: VolumeReplica): Upload {
     const stop = new AbortController();
