@@ -401,18 +401,10 @@ function servedByOwners(
 ): Operation[] {
   if (membership === undefined) return operations;
   const deps = { context, routing: membership.router, forwarder: membership.forwarder, shutdown };
-  return operations.map((operation) => {
-    const placement = sessionOperations[operation.name];
-    return placement === undefined ? operation : servedByOwner(operation, deps, placement);
-  });
+  return operations.map((operation) =>
+    operation.session === undefined ? operation : servedByOwner(operation, deps, operation.session),
+  );
 }
-
-/** The operations on one session, and whether each starts it (places it) when it runs nowhere. */
-const sessionOperations: Record<string, { place: boolean }> = {
-  InvokeAgentRuntime: { place: true },
-  InvokeAgentRuntimeCommand: { place: true },
-  StopRuntimeSession: { place: false },
-};
 
 /** How often another node may take up versions left unsettled (after a node stopped mid-way). */
 const resumePreparationIntervalMs = 60_000;

@@ -5,7 +5,7 @@ import { BerthError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import type { SessionManager } from "../core/sessions.ts";
 import { encodeCommandEvent, encodeExceptionEvent } from "./event-stream.ts";
-import { streamingOperation, type Operation, type OperationInput } from "./operation.ts";
+import { onSession, streamingOperation, type Operation, type OperationInput } from "./operation.ts";
 import {
   invocationTargetOf,
   requireSessionId,
@@ -29,11 +29,14 @@ export function commandOperation(
   sessions: SessionManager,
   options: CommandOptions,
 ): Operation {
-  return streamingOperation(
-    "InvokeAgentRuntimeCommand",
-    "/runtimes/:runtimeArn/commands",
-    "json",
-    (input) => executeCommand(context, sessions, options, input),
+  return onSession(
+    streamingOperation(
+      "InvokeAgentRuntimeCommand",
+      "/runtimes/:runtimeArn/commands",
+      "json",
+      (input) => executeCommand(context, sessions, options, input),
+    ),
+    { place: true },
   );
 }
 

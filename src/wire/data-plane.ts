@@ -12,6 +12,7 @@ import type { RuntimeVersionRecord } from "../core/model.ts";
 import type { SessionLease, SessionManager } from "../core/sessions.ts";
 import { agentPool, agentTarget } from "./agent-client.ts";
 import {
+  onSession,
   operation,
   streamingOperation,
   type Operation,
@@ -69,30 +70,36 @@ export function dataPlaneOperations(
   options: DataPlaneOptions,
 ): Operation[] {
   return [
-    streamingOperation(
-      "InvokeAgentRuntime",
-      "/runtimes/:runtimeArn/invocations",
-      "streamed",
-      (input) => invoke(context, sessions, options, input),
-      { bytes: options.maxPayloadBytes, setting: "maxPayloadBytes" },
+    onSession(
+      streamingOperation(
+        "InvokeAgentRuntime",
+        "/runtimes/:runtimeArn/invocations",
+        "streamed",
+        (input) => invoke(context, sessions, options, input),
+        { bytes: options.maxPayloadBytes, setting: "maxPayloadBytes" },
+      ),
+      { place: true },
     ),
-    operation(
-      "StopRuntimeSession",
-      "POST",
-      "/runtimes/:runtimeArn/stopruntimesession",
-      200,
-      async (input) => {
-        const sessionId = requireSessionId(input.request.headers);
-        const target = await invocationTargetOf(context, input);
-        if (!(await sessions.stop(target.runtime.id, sessionId))) {
-          throw new BerthError(
-            "ResourceNotFoundException",
-            `No running session ${sessionId} for agent runtime ${target.runtime.id}`,
-          );
-        }
-        input.raw.outgoing.setHeader(sessionIdHeader, sessionId);
-        return {};
-      },
+    onSession(
+      operation(
+        "StopRuntimeSession",
+        "POST",
+        "/runtimes/:runtimeArn/stopruntimesession",
+        200,
+        async (input) => {
+          const sessionId = requireSessionId(input.request.headers);
+          const target = await invocationTargetOf(context, input);
+          if (!(await sessions.stop(target.runtime.id, sessionId))) {
+            throw new BerthError(
+              "ResourceNotFoundException",
+              `No running session ${sessionId} for agent runtime ${target.runtime.id}`,
+            );
+          }
+          input.raw.outgoing.setHeader(sessionIdHeader, sessionId);
+          return {};
+        },
+      ),
+      { place: false },
     ),
     operation(
       "ListSessions",

@@ -48,6 +48,11 @@ export interface Operation {
   body: "json" | "streamed";
   /** The largest "streamed" body Berth holds to check it (unset: only the shared budget). */
   bodyLimit?: BodyLimit;
+  /**
+   * Set on an operation on one session (named by its session-id header): in a cluster it runs on
+   * the node that owns the session (wire/forwarding.ts).
+   */
+  session?: SessionScope;
   handle(input: OperationInput): Promise<OperationResult>;
 }
 
@@ -66,6 +71,16 @@ export function operation(
     body: "json",
     handle: async (input) => ({ json: await handle(input) }),
   };
+}
+
+export interface SessionScope {
+  /** Whether the operation starts the session (placing it on a node) when it runs nowhere. */
+  place: boolean;
+}
+
+/** `operation`, marked as an operation on one session. */
+export function onSession(operation: Operation, scope: SessionScope): Operation {
+  return { ...operation, session: scope };
 }
 
 /** An operation that writes its own (streamed) response; `body` says how its request arrives. */
