@@ -295,13 +295,10 @@ async function serveOn(
   };
   try {
     await membership?.join({
-      settings,
       url,
       sessions,
       // A node that lost its sessions runs none: whatever it still claims is stale.
       forgetClaims: () => store.releaseSessionStorageClaims(nodeId),
-      goneHolders: parts.goneHolders,
-      log,
     });
     // A version left unsettled by a node that stopped is taken up by one node, not by each.
     await resumePreparations();

@@ -25,6 +25,8 @@ export class ClusterMembership {
   readonly sessionsElsewhere: SessionsElsewhere;
   private readonly store: ClusterStore;
   private readonly nodeId: string;
+  private readonly settings: Settings;
+  private readonly goneHolders: Set<string>;
   private readonly log: Logger;
   private node: ClusterNode | undefined;
 
@@ -39,6 +41,8 @@ export class ClusterMembership {
     now: () => Date;
   }) {
     const { store, settings, nodeId } = options;
+    this.settings = settings;
+    this.goneHolders = options.goneHolders;
     this.store = store;
     this.nodeId = nodeId;
     this.log = options.log;
@@ -68,14 +72,12 @@ export class ClusterMembership {
 
   /** Joins the cluster once this node can serve: its sessions are known, its URL listens. */
   async join(options: {
-    settings: Settings;
     url: string;
     sessions: SessionManager;
     forgetClaims: () => Promise<void>;
-    goneHolders: Set<string>;
-    log: Logger;
   }): Promise<void> {
-    const { settings, sessions } = options;
+    const { settings, goneHolders, log } = this;
+    const { sessions } = options;
     this.node = new ClusterNode({
       store: this.store,
       registration: {
@@ -92,8 +94,8 @@ export class ClusterMembership {
         endAll: (reason, endOptions) => sessions.endAll(reason, endOptions),
         forgetClaims: options.forgetClaims,
       },
-      goneHolders: options.goneHolders,
-      log: options.log,
+      goneHolders,
+      log,
     });
     try {
       await this.node.start();
