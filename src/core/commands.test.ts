@@ -20,6 +20,7 @@ function leaseWithOutput(pieces: CommandOutput[]): SessionLease {
     release: () => undefined,
     outputTail: () => [],
     exec: () => Promise.resolve(command),
+    openTerminal: () => Promise.reject(new Error("no terminals in this test")),
     shell: "/bin/sh",
   };
 }

@@ -57,6 +57,11 @@ export interface SandboxSpec {
   /** The image's environment (if any), the runtime's environmentVariables and what an agent
    * expects (PORT, ...). Nothing else. */
   environment: Record<string, string>;
+  /**
+   * The port the agent listens on inside the sandbox (8080, 8000 for MCP, 9000 for A2A: see
+   * core/protocols.ts); what agentEndpoint reaches.
+   */
+  agentPort: number;
   /** Session storage, attached read-write at each mountPath (under /mnt) before the agent starts. */
   volumes: { mountPath: string; volume: VolumeHandle }[];
   /**
@@ -66,7 +71,7 @@ export interface SandboxSpec {
   onOutput: (stream: "stdout" | "stderr", line: string) => void;
 }
 
-/** How to open a connection to the agent's port 8080 inside the sandbox. */
+/** How to open a connection to the agent's port (SandboxSpec.agentPort) inside the sandbox. */
 export type AgentEndpoint = { socketPath: string } | { host: string; port: number };
 
 export interface SandboxExit {
@@ -92,6 +97,38 @@ export interface Sandbox {
    * working directory. Rejects if it cannot start.
    */
   exec(argv: string[]): Promise<SandboxCommand>;
+  /**
+   * Starts a program beside the agent, as exec does, on a terminal of its own (a pseudo-terminal
+   * made inside the sandbox, the program's controlling terminal). Rejects if it cannot start, or
+   * with a BerthError when the driver has no terminals.
+   */
+  openTerminal(argv: string[], options: TerminalOptions): Promise<SandboxTerminal>;
+}
+
+export interface TerminalOptions {
+  /** The window size the program first sees. */
+  columns: number;
+  rows: number;
+  /** Added to the sandbox's environment (TERM, ...). */
+  environment: Record<string, string>;
+}
+
+/** A program started with Sandbox.openTerminal. */
+export interface SandboxTerminal {
+  /**
+   * What the terminal shows: Buffer chunks, as the program wrote them (a terminal merges stdout
+   * and stderr). Not reading holds the program at its next write once the terminal's buffer is
+   * full: output never piles up in memory.
+   */
+  readonly output: Readable;
+  /** Types bytes at the terminal (keys, Ctrl-C as 0x03). Resolves once the driver took them. */
+  write(bytes: Buffer): Promise<void>;
+  /** Changes the window size; the program gets SIGWINCH. */
+  resize(columns: number, rows: number): void;
+  /** Settles when the program's own process has exited (with what it had written by then read). */
+  readonly exited: Promise<SandboxExit>;
+  /** Ends every process the program started: SIGTERM, then SIGKILL after graceMs. */
+  terminate(graceMs: number): Promise<void>;
 }
 
 /**

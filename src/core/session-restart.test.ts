@@ -29,6 +29,7 @@ function idleSandbox(name: string): Sandbox {
     },
     usage: () => Promise.resolve({ memoryBytes: undefined, processes: undefined }),
     exec: () => Promise.reject(new Error("no commands in this test")),
+    openTerminal: () => Promise.reject(new Error("no terminals in this test")),
   };
 }
 

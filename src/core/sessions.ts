@@ -11,7 +11,9 @@ import {
   type SandboxDriver,
   type SandboxExit,
   type SandboxFilesystem,
+  type SandboxTerminal,
   type SandboxUsage,
+  type TerminalOptions,
 } from "./sandbox.ts";
 
 export type AgentHealth = "Healthy" | "HealthyBusy";
@@ -117,6 +119,8 @@ export interface SessionLease {
   outputTail(): string[];
   /** Starts a program in the session's sandbox, beside the agent. */
   exec(argv: string[]): Promise<SandboxCommand>;
+  /** Starts a program in the session's sandbox on a terminal of its own (see Sandbox.openTerminal). */
+  openTerminal(argv: string[], options: TerminalOptions): Promise<SandboxTerminal>;
   /** The shell commands run with in this session (see LaunchPlan.shell). */
   shell: string;
 }
@@ -220,6 +224,7 @@ export class SessionManager {
             ]),
       outputTail: () => [...live.outputTail],
       exec: (argv) => sandbox.exec(argv),
+      openTerminal: (argv, options) => sandbox.openTerminal(argv, options),
       shell: live.shell,
       release: () => {
         if (released) return;
@@ -516,6 +521,7 @@ export class SessionManager {
         {
           filesystem: plan.filesystem,
           command: plan.command,
+          agentPort: 8080,
           volumes: volumes.map(({ mountPath, handle }) => ({ mountPath, volume: handle })),
           environment: {
             ...plan.environment,

@@ -150,6 +150,7 @@ for (const driverUnderTest of driversUnderTest) {
           filesystem: { kind: "code", codeDir },
           command: ["node", "main.js"],
           environment: { PORT: "8080", GREETING: "hello from the spec" },
+          agentPort: 8080,
           volumes: [],
           onOutput: () => undefined,
           ...options,

@@ -7,6 +7,7 @@ import type {
   SandboxDriver,
   SandboxExit,
   SandboxSpec,
+  SandboxTerminal,
 } from "../../core/sandbox.ts";
 import { NoSandboxSlotError } from "../../core/sandbox.ts";
 import type { RootMounts } from "../host/root-mounts.ts";
@@ -286,6 +287,10 @@ class BubblewrapSandbox implements Sandbox {
       this.cgroups.removeChild(this.name, group);
       throw error;
     }
+  }
+
+  openTerminal(): Promise<SandboxTerminal> {
+    return Promise.reject(new Error("terminals are not built yet"));
   }
 
   async kill(): Promise<void> {

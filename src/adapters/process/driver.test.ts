@@ -63,6 +63,7 @@ describe("ProcessDriver", () => {
       filesystem: { kind: "code", codeDir: root },
       command: ["/bin/sh", "-c", "true"],
       environment: {},
+      agentPort: 8080,
       volumes: [],
       onOutput: () => undefined,
       ...options,

@@ -10,9 +10,11 @@ import type {
   SandboxExit,
   SandboxInterpreter,
   SandboxSpec,
+  SandboxTerminal,
   SandboxUsage,
   VolumeHandle,
 } from "../../core/sandbox.ts";
+import { BerthError } from "../../core/errors.ts";
 import { readAgentOutput } from "../host/agent-output.ts";
 import { spawnInGroup, startCommand, type ProcessPlace } from "./command.ts";
 import { killGroup, signalGroup } from "./process-groups.ts";
@@ -184,6 +186,15 @@ class ProcessSandbox implements Sandbox {
       }
       return exit;
     });
+  }
+
+  openTerminal(): Promise<SandboxTerminal> {
+    return Promise.reject(
+      new BerthError(
+        "ValidationException",
+        "The process sandbox driver (for tests without root) has no terminals: run Berth with --sandbox-driver bubblewrap for shells",
+      ),
+    );
   }
 
   async exec(argv: string[]): Promise<SandboxCommand> {
