@@ -5,10 +5,12 @@ import { runtimeCommands } from "./runtimes.ts";
 import { sessionCommands } from "./sessions.ts";
 import { imageCommands } from "./images.ts";
 import { nodeCommands } from "./nodes.ts";
+import { shellCommands } from "./shell.ts";
 
 const clientCommands: CliCommand[] = [
   ...runtimeCommands,
   ...sessionCommands,
+  ...shellCommands,
   ...imageCommands,
   ...nodeCommands,
 ];
@@ -27,7 +29,8 @@ export const clientNotes = [
   "AWS profile, or, as root on the server's machine, the credentials in its data directory. Add",
   "--json for machine-readable output and --help to any command for its options and examples.",
   "Exit codes: 0 ok, 1 Berth answered an error, 2 bad usage, 3 Berth unreachable, 4 credentials",
-  "refused; berth exec exits with the command's own code (125 when Berth failed).",
+  "refused; berth exec and berth shell exit with the command's or shell's own code (128+N when",
+  "signal N ended it; 125 when Berth failed).",
 ].join("\n");
 
 /** Runs a client command; undefined when `words` names none. */

@@ -13,6 +13,7 @@ import type { CliCommand, CommandContext } from "./command.ts";
 import { describeFailure } from "./errors.ts";
 import { exitCodes, formatBytes, printJson, table, type Row } from "./output.ts";
 import { resolveRuntime } from "./runtimes.ts";
+import { interactiveExec, runInteractiveExec, shellOptions } from "./shell.ts";
 
 const sessionOptions = {
   session: {
@@ -62,20 +63,26 @@ export const sessionCommands: CliCommand[] = [
   },
   {
     name: "exec",
-    summary: "run a shell command in a session; stdout and stderr stream as they come",
-    usage: "exec RUNTIME [--session ID] [--timeout SECONDS] -- COMMAND...",
+    summary:
+      "run a shell command in a session; stdout and stderr stream as they come (-it: a terminal)",
+    usage:
+      "exec RUNTIME [--session ID] [--timeout SECONDS] -- COMMAND...\n       berth exec -it RUNTIME --session ID [--shell-id ID] [-- COMMAND...]   (a terminal, as berth shell)",
     options: {
       ...sessionOptions,
       timeout: {
         value: true,
         doc: "seconds before the command and all it started are killed (1-3600, default 300)",
       },
+      "shell-id": { value: true, doc: `with -it: ${shellOptions["shell-id"].doc}` },
     },
     examples: [
       "berth exec my_agent --session conversation-0001-aaaaaaaaaaaaaaaaaaaa -- npm test",
       "berth exec my_agent --session conversation-0001-aaaaaaaaaaaaaaaaaaaa -- 'cd /mnt/workspace && git status'",
+      "berth exec -it my_agent --session conversation-0001-aaaaaaaaaaaaaaaaaaaa -- python3",
     ],
     run: async (context) => {
+      const interactive = interactiveExec(context.args);
+      if (interactive !== undefined) return runInteractiveExec(context, interactive);
       const [ref, ...words] = context.args.positionals;
       if (ref === undefined) throw new UsageError("missing RUNTIME");
       const command = [...words, ...context.args.rest].join(" ");

@@ -282,9 +282,27 @@ export const settingDeclarations = {
   },
   commandKillGraceMs: {
     part: "sessions",
-    doc: "After a command's timeout, how long its processes get between SIGTERM and SIGKILL.",
+    doc: "After a command's timeout, and when an interactive shell is ended (hung up, or not reattached in time), how long its processes get between SIGTERM and SIGKILL.",
     default: 2000,
     parse: integer(0, 60_000),
+  },
+  maxShellsPerRuntime: {
+    part: "sessions",
+    doc: "Most interactive shells (InvokeAgentRuntimeCommandShell) running at once per runtime on this server, across its sessions; one whose client went away counts until its reconnect window passes. More answer ServiceQuotaExceededException (AgentCore: 10).",
+    default: 10,
+    parse: integer(1, 10_000),
+  },
+  shellReplayBytes: {
+    part: "sessions",
+    doc: "How much of an interactive shell's latest output is kept and replayed to a client that reconnects with its shellId (AgentCore: 256 KB). 0 replays nothing.",
+    default: 262_144,
+    parse: integer(0, 16_777_216),
+  },
+  shellReconnectSeconds: {
+    part: "sessions",
+    doc: "How long an interactive shell whose connection dropped (without a close frame) keeps running for a client to reconnect with its shellId; then it is ended. A shell that exits meanwhile keeps its exit status as long (AgentCore: about 15 minutes).",
+    default: 900,
+    parse: integer(0, 86_400),
   },
   shutdownGraceSeconds: {
     part: "server",

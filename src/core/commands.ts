@@ -153,7 +153,7 @@ export class CommandRun {
 }
 
 /** The process's own exit code, or 128+N when signal N killed it, as shells report it. */
-function exitCode(exit: SandboxExit): number {
+export function exitCode(exit: SandboxExit): number {
   if (exit.code !== null) return exit.code;
   const signalNumber =
     exit.signal === null ? undefined : constants.signals[exit.signal as NodeJS.Signals];

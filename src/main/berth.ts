@@ -34,7 +34,11 @@ import { loadOrCreateNodeId } from "./node-id.ts";
 import { ClusterMembership, loneNodeView, nodeNameOf } from "./cluster.ts";
 import { ClusterVerifier } from "../wire/cluster-signature.ts";
 import { nodeOperations } from "../wire/cluster-api.ts";
-import { servedByOwner } from "../wire/forwarding.ts";
+import { servedByOwner, socketServedByOwner } from "../wire/forwarding.ts";
+import { agentSocketOperations } from "../wire/agent-socket.ts";
+import { shellOperations } from "../wire/shell-socket.ts";
+import { createUpgradeHandler } from "../wire/socket-handler.ts";
+import type { SocketOperation } from "../wire/socket-operation.ts";
 import type { Operation } from "../wire/operation.ts";
 import { objectStoreConnection } from "./object-store-connection.ts";
 import { checkObjectStore } from "./object-store-check.ts";
@@ -230,6 +234,18 @@ async function serveOn(
   }
   // Aborted when a shutdown's grace period is over: requests still running then end at once.
   const shutdown = new AbortController();
+  const verifier = settings.insecureNoAuth
+    ? undefined
+    : new SigV4Verifier({
+        keys: [key],
+        region: settings.region,
+        maxSkewSeconds: settings.clockSkewSeconds,
+        now,
+      });
+  const clusterVerifier =
+    membership === undefined
+      ? undefined
+      : new ClusterVerifier({ secret: settings.clusterSecret, now, nodeId });
   const handler = createRequestHandler({
     operations: [
       ...controlPlaneOperations(context),
@@ -260,18 +276,8 @@ async function serveOn(
       ...artifactOperations(uploads),
       ...imageOperations(images),
     ],
-    verifier: settings.insecureNoAuth
-      ? undefined
-      : new SigV4Verifier({
-          keys: [key],
-          region: settings.region,
-          maxSkewSeconds: settings.clockSkewSeconds,
-          now,
-        }),
-    clusterVerifier:
-      membership === undefined
-        ? undefined
-        : new ClusterVerifier({ secret: settings.clusterSecret, now, nodeId }),
+    verifier,
+    clusterVerifier,
     log,
     maxRequestBodyBytes: settings.maxRequestBodyBytes,
     bodies: new BodyHolder({
@@ -282,6 +288,28 @@ async function serveOn(
   });
   const drain = new RequestDrain();
   const server = createServer(serverTimeouts(settings), drain.admit(handler));
+  server.on(
+    "upgrade",
+    createUpgradeHandler({
+      operations: socketsServedByOwners(membership, context, [
+        ...agentSocketOperations(context, sessions, { maxMessageBytes: settings.maxPayloadBytes }),
+        ...shellOperations(context, sessions, {
+          settings: {
+            maxShellsPerRuntime: settings.maxShellsPerRuntime,
+            replayBytes: settings.shellReplayBytes,
+            reconnectMs: settings.shellReconnectSeconds * 1000,
+            killGraceMs: settings.commandKillGraceMs,
+          },
+          log,
+        }),
+      ]),
+      verifier,
+      clusterVerifier,
+      log,
+      shutdown: shutdown.signal,
+      draining: () => drain.isDraining,
+    }),
+  );
   server.maxConnections = settings.maxConnections;
   await listen(server, settings.port, settings.host);
   const port = (server.address() as AddressInfo).port;
@@ -400,6 +428,21 @@ function servedByOwners(
   const deps = { context, routing: membership.router, forwarder: membership.forwarder, shutdown };
   return operations.map((operation) =>
     operation.session === undefined ? operation : servedByOwner(operation, deps, operation.session),
+  );
+}
+
+/** servedByOwners for WebSocket operations: an upgrade goes to the session's owner unopened. */
+function socketsServedByOwners(
+  membership: ClusterMembership | undefined,
+  context: CoreContext,
+  operations: SocketOperation[],
+): SocketOperation[] {
+  if (membership === undefined) return operations;
+  const deps = { context, routing: membership.router, forwarder: membership.forwarder };
+  return operations.map((operation) =>
+    operation.session === undefined
+      ? operation
+      : socketServedByOwner(operation, deps, operation.session),
   );
 }
 

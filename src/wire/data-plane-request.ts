@@ -9,8 +9,9 @@ export const sessionIdHeader = "x-amzn-bedrock-agentcore-runtime-session-id";
 /** Trace headers a data-plane answer echoes back, as AgentCore does. */
 const echoedHeaders = ["x-amzn-trace-id", "traceparent", "tracestate", "baggage", "mcp-session-id"];
 
-export function requireSessionId(headers: IncomingHttpHeaders): string {
-  const value = headers[sessionIdHeader];
+export function requireSessionId(headers: IncomingHttpHeaders, query?: URLSearchParams): string {
+  // A WebSocket client that cannot set headers (a browser, a presigned URL) puts it in the query.
+  const value = headers[sessionIdHeader] ?? query?.get(sessionIdHeader) ?? undefined;
   if (typeof value !== "string" || value.length === 0) {
     throw new BerthError("ValidationException", `Header ${sessionIdHeader} is required`, {
       reason: "FieldValidationFailed",
@@ -50,7 +51,10 @@ export function sessionResponseHeaders(
 }
 
 /** The runtime and version a data-plane request addresses: its ARN (or id) and `?qualifier=`. */
-export function invocationTargetOf(context: CoreContext, input: OperationInput) {
+export function invocationTargetOf(
+  context: CoreContext,
+  input: Pick<OperationInput, "params" | "request">,
+) {
   return resolveInvocationTarget(
     context,
     input.params["runtimeArn"] ?? "",

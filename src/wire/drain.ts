@@ -30,6 +30,11 @@ export class RequestDrain {
     };
   }
 
+  /** Whether a shutdown has begun: new requests (and WebSocket upgrades) are refused. */
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
   get requestsInFlight(): number {
     return this.inFlight.size;
   }

@@ -17,7 +17,8 @@ import { runtimeIdFromArnOrId } from "../core/ids.ts";
 import { clusterHeaders, forwardedTarget, signForwarded } from "./cluster-signature.ts";
 import { invocationTargetOf, requireSessionId } from "./data-plane-request.ts";
 import type { Operation, OperationInput } from "./operation.ts";
-import { unsignedPayload } from "./sigv4.ts";
+import { emptySha256, unsignedPayload } from "./sigv4.ts";
+import type { SocketOperation, SocketOperationInput } from "./socket-operation.ts";
 
 /** Where a session's requests go (core/cluster/session-router.ts). */
 export interface SessionRouting {
@@ -51,7 +52,6 @@ const notForwarded = new Set([
   ...Object.values(clusterHeaders),
 ]);
 
-const emptySha256 = createHash("sha256").digest("hex");
 /** How long another node gets to answer a listing. */
 const peerAnswerMs = 5_000;
 
@@ -144,6 +144,60 @@ export class Forwarder {
       upstream.destroy();
     });
     await sent;
+  }
+
+  /**
+   * Passes a WebSocket upgrade on to the node that owns its session, unopened: the owner
+   * authenticates it (this node's signature), completes the handshake, and from then on the two
+   * connections are spliced, bytes both ways, until either side closes. An owner that refuses
+   * the upgrade has its answer relayed as it is. Resolves when the conversation is over.
+   */
+  async forwardUpgrade(input: SocketOperationInput, node: NodeRecord, hops: number): Promise<void> {
+    const { incoming, socket, head } = input.raw;
+    const headers = {
+      ...passedOnHeaders(incoming),
+      upgrade: "websocket",
+      [clusterHopsHeader]: String(hops),
+    };
+    const target = forwardedTarget(input.request);
+    const signed = signForwarded(
+      { method: "GET", target, headers, contentSha256: emptySha256 },
+      { nodeId: this.nodeId, secret: this.secret, now: this.now() },
+      node.id,
+    );
+    const upstream = request(new URL(target, node.url), {
+      method: "GET",
+      headers: { ...headers, ...signed, connection: "Upgrade" },
+      agent: false,
+    });
+    this.limitConnecting(upstream);
+    upstream.end();
+    const answered = new Promise<void>((resolve, reject) => {
+      upstream.once(
+        "upgrade",
+        (response: IncomingMessage, ownerSocket: Socket, ownerHead: Buffer) => {
+          socket.write(responseHead(response));
+          splice(socket, head, ownerSocket, ownerHead, resolve);
+        },
+      );
+      upstream.once("response", (response: IncomingMessage) => {
+        socket.write(responseHead(response));
+        response.pipe(socket);
+        response.once("end", resolve);
+        response.once("error", resolve);
+      });
+      upstream.once("error", reject);
+    });
+    const watch = setInterval(() => {
+      if (!this.isLive(node.id)) upstream.destroy(new Error("the cluster presumes it gone"));
+    }, this.connectTimeoutMs);
+    try {
+      await answered;
+    } catch (error) {
+      throw unreachable(node, error);
+    } finally {
+      clearInterval(watch);
+    }
   }
 
   /** A signed GET to another node, its JSON answer read up to `maxBytes`. */
@@ -251,8 +305,80 @@ export function servedByOwner(
   };
 }
 
+/** servedByOwner for a WebSocket operation: the upgrade is passed on to the owner unopened. */
+export function socketServedByOwner(
+  operation: SocketOperation,
+  deps: { context: CoreContext; routing: SessionRouting; forwarder: Forwarder },
+  options: { place: boolean },
+): SocketOperation {
+  return {
+    ...operation,
+    handle: async (input) => {
+      const sessionId = requireSessionId(input.request.headers, input.request.query);
+      const runtimeId = runtimeIdFromArnOrId(input.params["runtimeArn"] ?? "");
+      const hops = hopsOf(input);
+      const route = await deps.routing.route(runtimeId, sessionId, {
+        place: options.place,
+        hops,
+        beforePlacing: async () => {
+          await invocationTargetOf(deps.context, input);
+        },
+      });
+      if (route.kind === "here") {
+        await operation.handle(input);
+        return;
+      }
+      try {
+        await deps.forwarder.forwardUpgrade(input, route.node, hops + 1);
+      } catch (error) {
+        deps.routing.forget(runtimeId, sessionId);
+        throw error;
+      }
+    },
+  };
+}
+
+/** Splices two upgraded connections until either closes; `done` is called once, then. */
+function splice(
+  client: NodeJS.ReadWriteStream & {
+    destroy(): void;
+    on(event: string, listener: () => void): unknown;
+  },
+  clientHead: Buffer,
+  owner: Socket,
+  ownerHead: Buffer,
+  done: () => void,
+): void {
+  owner.setNoDelay(true);
+  if (ownerHead.length > 0) client.write(ownerHead);
+  if (clientHead.length > 0) owner.write(clientHead);
+  client.pipe(owner);
+  owner.pipe(client);
+  let ended = false;
+  const end = (): void => {
+    if (ended) return;
+    ended = true;
+    client.destroy();
+    owner.destroy();
+    done();
+  };
+  for (const side of [client, owner]) {
+    side.on("close", end);
+    side.on("error", end);
+  }
+}
+
+/** The status line and headers of an answer, as bytes for a raw connection. */
+function responseHead(response: IncomingMessage): string {
+  const lines = [`HTTP/1.1 ${response.statusCode ?? 502} ${response.statusMessage ?? ""}`];
+  for (let index = 0; index + 1 < response.rawHeaders.length; index += 2) {
+    lines.push(`${response.rawHeaders[index] ?? ""}: ${response.rawHeaders[index + 1] ?? ""}`);
+  }
+  return `${lines.join("\r\n")}\r\n\r\n`;
+}
+
 /** How many nodes forwarded the request here: only a node's signed word counts. */
-function hopsOf(input: OperationInput): number {
+function hopsOf(input: Pick<OperationInput, "forwardedBy" | "request">): number {
   if (input.forwardedBy === undefined) return 0;
   const hops = Number(input.request.headers[clusterHopsHeader] ?? 1);
   return Number.isSafeInteger(hops) && hops >= 1 ? hops : 1;

@@ -83,22 +83,34 @@ export function sendJson(
 
 /** Encodes an error as the SDK reads it: type in x-amzn-errortype, JSON body with message. */
 export function sendError(response: ServerResponse, error: BerthError, requestId: string): void {
-  const shape = errorShapes[error.code];
-  const body: Record<string, unknown> = { message: error.message };
-  if (error.reason !== undefined) body["reason"] = error.reason;
-  if (error.fieldList !== undefined) body["fieldList"] = error.fieldList;
-  const payload = Buffer.from(JSON.stringify(body));
   if (response.headersSent) {
     response.destroy(error);
     return;
   }
-  response.writeHead(shape.status, {
-    "content-type": "application/json",
-    "content-length": payload.length,
-    "x-amzn-requestid": requestId,
-    "x-amzn-errortype": error.code,
-    // The SDK corrects its clock from this header after a skew error.
-    date: new Date().toUTCString(),
-  });
-  response.end(payload);
+  const answer = errorAnswer(error, requestId);
+  response.writeHead(answer.status, answer.headers);
+  response.end(answer.payload);
+}
+
+/** An error's status, headers and JSON body, as sendError writes them. */
+export function errorAnswer(
+  error: BerthError,
+  requestId: string,
+): { status: number; headers: Record<string, string | number>; payload: Buffer } {
+  const body: Record<string, unknown> = { message: error.message };
+  if (error.reason !== undefined) body["reason"] = error.reason;
+  if (error.fieldList !== undefined) body["fieldList"] = error.fieldList;
+  const payload = Buffer.from(JSON.stringify(body));
+  return {
+    status: errorShapes[error.code].status,
+    headers: {
+      "content-type": "application/json",
+      "content-length": payload.length,
+      "x-amzn-requestid": requestId,
+      "x-amzn-errortype": error.code,
+      // The SDK corrects its clock from this header after a skew error.
+      date: new Date().toUTCString(),
+    },
+    payload,
+  };
 }

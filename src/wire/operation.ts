@@ -126,7 +126,8 @@ export function matchOperation(
   );
 }
 
-function matchPath(
+/** The path parameters when `segments` match `pattern` (see Operation.path), else undefined. */
+export function matchPath(
   pattern: readonly string[],
   segments: readonly string[],
 ): Record<string, string> | undefined {

@@ -4,6 +4,12 @@ import { HttpRequest } from "@smithy/protocol-http";
 import { SignatureV4 } from "@smithy/signature-v4";
 import { BerthError, type ErrorCode } from "../core/errors.ts";
 import type { WireRequest } from "./http.ts";
+import {
+  checkPresignedWindow,
+  parsePresignedAuth,
+  presignedSignatureParameter,
+  type PresignedAuth,
+} from "./presigned-url.ts";
 
 export interface AccessKey {
   accessKeyId: string;
@@ -75,17 +81,48 @@ export class SigV4Verifier {
       );
     }
     const auth = parseAuthorization(header);
-    const signer = this.signers.get(auth.accessKeyId);
-    if (signer === undefined) {
-      throw authError(
-        "UnrecognizedClientException",
-        `Unknown access key id ${auth.accessKeyId}: use the key Berth printed at first start (stored in <data-dir>/credentials.json) or BERTH_ACCESS_KEY_ID`,
-      );
-    }
+    const signer = this.signerOf(auth.accessKeyId);
     const signingDate = this.checkDate(request, auth);
     this.checkScope(auth);
     const declared = declaredPayloadHash(request, options.unsignedPayloadAllowed);
     return new PendingSignature(signer, request, auth, signingDate, declared);
+  }
+
+  /**
+   * Verifies a SigV4-presigned URL (query authentication), as WebSocket clients send it: the
+   * signature over the request without its body, the payload hash being the empty body's
+   * SHA-256 or UNSIGNED-PAYLOAD (signers differ; both stand for the same empty body).
+   */
+  async verifyPresigned(request: WireRequest): Promise<void> {
+    const auth = parsePresignedAuth(request.query);
+    const signer = this.signerOf(auth.accessKeyId);
+    if (toAmzDate(auth.signingDate).slice(0, 8) !== auth.scopeDate) {
+      throw authError(
+        "IncompleteSignatureException",
+        `Credential date ${auth.scopeDate} does not match X-Amz-Date ${toAmzDate(auth.signingDate)}`,
+      );
+    }
+    this.checkScope(auth);
+    checkPresignedWindow(auth, this.now(), this.maxSkewMs);
+    for (const payloadHash of [emptySha256, unsignedPayload]) {
+      const expected = await presignedSignature(signer, request, auth, payloadHash);
+      if (constantTimeEqual(expected, auth.signature)) return;
+    }
+    throw authError(
+      "InvalidSignatureException",
+      "The presigned URL's signature does not match: check the secret access key, the region, and that nothing rewrote the URL (its query included) between client and server",
+    );
+  }
+
+  private signerOf(accessKeyId: string): SignatureV4 {
+    const signer = this.signers.get(accessKeyId);
+    if (signer === undefined) {
+      throw authError(
+        "UnrecognizedClientException",
+        `Unknown access key id ${accessKeyId}: use the key Berth printed at first start (stored in <data-dir>/credentials.json) or BERTH_ACCESS_KEY_ID`,
+      );
+    }
+    return signer;
   }
 
   private checkDate(request: WireRequest, auth: ParsedAuthorization): Date {
@@ -122,7 +159,7 @@ export class SigV4Verifier {
     return signingDate;
   }
 
-  private checkScope(auth: ParsedAuthorization): void {
+  private checkScope(auth: Pick<ParsedAuthorization, "scopeService" | "scopeRegion">): void {
     if (auth.scopeService !== signingService) {
       throw authError(
         "InvalidSignatureException",
@@ -212,6 +249,42 @@ export class PendingSignature {
 }
 
 const payloadHashHeader = "x-amz-content-sha256";
+/** The SHA-256 of no bytes: what a request without a body is signed over. */
+export const emptySha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/**
+ * The signature a presigned URL should carry: the URL re-presigned with the SDK's own signer from
+ * the client's own query (less its signature), the signed headers as headers, and the given
+ * payload hash, which goes into the canonical request only.
+ */
+async function presignedSignature(
+  signer: SignatureV4,
+  request: WireRequest,
+  auth: PresignedAuth,
+  payloadHash: string,
+): Promise<string> {
+  const unsigned = toHttpRequest(request, auth.signedHeaders, payloadHash);
+  unsigned.query = Object.fromEntries(
+    Object.entries(unsigned.query).filter(([name]) => name !== presignedSignatureParameter),
+  );
+  const kept = new Set([...auth.signedHeaders, payloadHashHeader]);
+  const presigned = await signer.presign(unsigned, {
+    signingDate: auth.signingDate,
+    expiresIn: auth.expiresSeconds,
+    // The client's signed headers stay headers, as it sent them; the hash is never signed.
+    unhoistableHeaders: kept,
+    unsignableHeaders: new Set([payloadHashHeader]),
+  });
+  const signature = presigned.query?.[presignedSignatureParameter];
+  return typeof signature === "string" ? signature : "";
+}
+
+function toAmzDate(date: Date): string {
+  return date
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d{3}/, "");
+}
 
 /** What x-amz-content-sha256 says: a hex SHA-256, UNSIGNED-PAYLOAD (where allowed), or nothing. */
 function declaredPayloadHash(

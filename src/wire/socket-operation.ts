@@ -1,3 +1,5 @@
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
 import type { WebSocket } from "ws";
 import type { WireRequest } from "./http.ts";
 import type { SessionScope } from "./operation.ts";
@@ -15,11 +17,14 @@ export interface SocketOperationInput {
   /**
    * Completes the WebSocket handshake and gives the open socket. Until it is called, an error the
    * handler throws is answered as an ordinary AWS error response (JSON, status and code); after
-   * it, the handler closes the socket itself with a close code and reason.
+   * it, the handler closes the socket itself with a close code and reason. `protocol` picks the
+   * subprotocol (one the client offered) instead of SocketOperation.protocols.
    */
-  accept(): Promise<WebSocket>;
+  accept(options?: { protocol?: string | undefined }): Promise<WebSocket>;
   /** Aborts when Berth shuts down: the handler closes its socket (1001, going away). */
   shutdown: AbortSignal;
+  /** The upgrade as it arrived, for a node that passes it on to the session's owner unopened. */
+  raw: { incoming: IncomingMessage; socket: Duplex; head: Buffer };
 }
 
 /** An operation reached by `GET` with `Upgrade: websocket`. */
@@ -32,6 +37,8 @@ export interface SocketOperation {
    * offers is chosen; a client offering none gets none.
    */
   protocols?: readonly string[];
+  /** The largest message the client may send; a larger one closes the socket (1009). */
+  maxMessageBytes: number;
   /** Set on an operation on one session: in a cluster it runs on the node that owns the session. */
   session?: SessionScope;
   /** Resolves when the conversation is over (the socket closed). */

@@ -16,6 +16,18 @@ export function installAgent(dataDir: string, source: string, prefix: string): v
   cpSync(source, target, { recursive: true });
 }
 
+/**
+ * Installs test/agents/websocket with a copy of the `ws` package beside it (no dependencies of
+ * its own), as s3://agents/<prefix>.
+ */
+export function installWebSocketAgent(dataDir: string, prefix: string): void {
+  installAgent(dataDir, fileURLToPath(new URL("../agents/websocket", import.meta.url)), prefix);
+  const wsPackage = fileURLToPath(new URL("../../node_modules/ws", import.meta.url));
+  cpSync(wsPackage, join(dataDir, "artifacts", "agents", prefix, "node_modules", "ws"), {
+    recursive: true,
+  });
+}
+
 /** Packs an agent folder as s3://agents/<name>.zip with Python's zipfile (no zip tool needed). */
 export function installAgentZip(dataDir: string, source: string, name: string): void {
   const target = join(dataDir, "artifacts", "agents", `${name}.zip`);

@@ -1,0 +1,232 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { InvokeAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore";
+import { WebSocket } from "ws";
+import { agentSources, installAgent, installWebSocketAgent, waitFor } from "./support/agents.ts";
+import { useTestBerth } from "./support/berth.ts";
+import { createRuntime, newSessionId } from "./support/runtimes.ts";
+import {
+  closeOf,
+  nextMessage,
+  opened,
+  openSigned,
+  presignUpgrade,
+  RefusedUpgrade,
+  sessionIdHeader,
+  signUpgrade,
+  type WebSocketTarget,
+} from "./support/websockets.ts";
+
+describe("WebSocket streaming to the agent (GET /runtimes/{arn}/ws)", () => {
+  const harness = useTestBerth([], (berth) => {
+    installWebSocketAgent(berth.dataDir, "websocket");
+    installAgent(berth.dataDir, agentSources.probe, "probe");
+  });
+  let runtime: { arn: string } | undefined;
+
+  async function target(query: Record<string, string> = {}): Promise<WebSocketTarget> {
+    const berth = harness();
+    runtime ??= await createRuntime(berth, "websocket");
+    return {
+      endpoint: berth.berth.url,
+      credentials: berth.berth.credentials,
+      region: berth.settings.region,
+      path: `/runtimes/${encodeURIComponent(runtime.arn)}/ws`,
+      query,
+    };
+  }
+
+  /** A socket to a new session's agent, past the agent's greeting; with the greeting's headers. */
+  async function connect(
+    sessionId = newSessionId(),
+    protocols: string[] = [],
+  ): Promise<{ socket: WebSocket; greeting: { headers: Record<string, string> } }> {
+    const socket = await openSigned(await target(), {
+      headers: { [sessionIdHeader]: sessionId },
+      protocols,
+    });
+    const greeting = JSON.parse((await nextMessage(socket)).data.toString("utf8")) as {
+      headers: Record<string, string>;
+    };
+    return { socket, greeting };
+  }
+
+  it("relays text and binary both ways, and the agent sees its session", async () => {
+    const sessionId = newSessionId();
+    const { socket, greeting } = await connect(sessionId);
+    assert.equal(greeting.headers[sessionIdHeader], sessionId);
+    socket.send("hello");
+    const text = await nextMessage(socket);
+    assert.deepEqual([text.isBinary, text.data.toString("utf8")], [false, "echo:hello"]);
+    const bytes = Buffer.from([0, 1, 2, 255, 254]);
+    socket.send(bytes);
+    const binary = await nextMessage(socket);
+    assert.equal(binary.isBinary, true);
+    assert.deepEqual(binary.data, bytes);
+    socket.close(1000, "done");
+    assert.equal((await closeOf(socket)).code, 1000);
+  });
+
+  it("passes the subprotocol the agent chose back to the client", async () => {
+    const { socket } = await connect(newSessionId(), ["other", "echo.v1"]);
+    assert.equal(socket.protocol, "echo.v1");
+    socket.close();
+  });
+
+  it("carries a large message whole, each way", async () => {
+    const { socket } = await connect();
+    const large = Buffer.alloc(8 << 20, 9);
+    socket.send(large);
+    const back = await nextMessage(socket);
+    assert.equal(back.data.length, large.length);
+    assert.ok(back.data.equals(large));
+    socket.send(`big:${16 << 20}`);
+    const big = await nextMessage(socket);
+    assert.equal(big.data.length, 16 << 20);
+    socket.close();
+  });
+
+  it("passes the agent's close code and reason to the client", async () => {
+    const { socket } = await connect();
+    socket.send("close:4001:agent says bye");
+    assert.deepEqual(await closeOf(socket), { code: 4001, reason: "agent says bye" });
+  });
+
+  it("passes the client's close code to the agent, and a client that goes away as 1001", async () => {
+    const sessionId = newSessionId();
+    const lastClose = async (): Promise<{ code: number; reason: string } | null> => {
+      const answer = await harness().data.send(
+        new InvokeAgentRuntimeCommand({
+          agentRuntimeArn: (await target(), runtime?.arn ?? ""),
+          runtimeSessionId: sessionId,
+          payload: Buffer.from("{}"),
+        }),
+      );
+      const body = JSON.parse((await answer.response?.transformToString()) ?? "{}") as {
+        lastClose: { code: number; reason: string } | null;
+      };
+      return body.lastClose;
+    };
+    const first = await connect(sessionId);
+    first.socket.close(4321, "client closing");
+    await waitFor("the agent to see the client's close", async () =>
+      (await lastClose())?.code === 4321 ? true : undefined,
+    );
+    assert.deepEqual(await lastClose(), { code: 4321, reason: "client closing" });
+    const second = await connect(sessionId);
+    second.socket.terminate(); // the TCP connection drops with no close frame
+    await waitFor("the agent to see the client go away", async () =>
+      (await lastClose())?.code === 1001 ? true : undefined,
+    );
+  });
+
+  it("carries a flood to a client that reads late whole and in order: the relay holds the agent back, it drops nothing", async () => {
+    const { socket } = await connect();
+    socket.pause(); // reads nothing for now
+    socket.send("flood:400"); // 25 MiB from the agent
+    await new Promise((resolve) => setImmediate(resolve));
+    let received = 0;
+    let done = "";
+    socket.on("message", (data: Buffer, isBinary: boolean) => {
+      if (isBinary) received += data.length;
+      else done = data.toString("utf8");
+    });
+    socket.resume();
+    await waitFor("the flood to arrive", () => (done !== "" ? true : undefined), 60_000);
+    assert.equal(done, "flood-done:400");
+    assert.equal(received, 400 * 65536);
+    socket.close();
+  });
+
+  it("opens with a presigned URL (the session id in the query), as a browser's WebSocket would", async () => {
+    const sessionId = newSessionId();
+    const url = await presignUpgrade(await target({ [sessionIdHeader]: sessionId }), {
+      expiresIn: 60,
+    });
+    const socket = new globalThis.WebSocket(url);
+    const greeting = await new Promise<string>((resolve, reject) => {
+      socket.addEventListener(
+        "message",
+        (event) => {
+          resolve(String(event.data));
+        },
+        { once: true },
+      );
+      socket.addEventListener(
+        "error",
+        () => {
+          reject(new Error("the socket failed"));
+        },
+        {
+          once: true,
+        },
+      );
+    });
+    assert.equal(
+      (JSON.parse(greeting) as { headers: Record<string, string> }).headers[sessionIdHeader],
+      sessionId,
+    );
+    socket.close();
+  });
+
+  it("refuses unsigned, tampered, expired and foreign-key upgrades with AWS errors", async () => {
+    const sessionId = newSessionId();
+    const base = await target({ [sessionIdHeader]: sessionId });
+    const refusal = async (socket: WebSocket): Promise<RefusedUpgrade> => {
+      const error = await opened(socket).then(
+        () => assert.fail("the upgrade was accepted"),
+        (failure: unknown) => failure,
+      );
+      assert.ok(error instanceof RefusedUpgrade, String(error));
+      return error;
+    };
+    const unsigned = await refusal(
+      new WebSocket(
+        `ws://${new URL(base.endpoint).host}${base.path}?${sessionIdHeader}=${sessionId}`,
+      ),
+    );
+    assert.equal(unsigned.errorType, "MissingAuthenticationTokenException");
+
+    const presigned = new URL(await presignUpgrade(base, { expiresIn: 60 }));
+    presigned.searchParams.set(sessionIdHeader, newSessionId()); // another session than signed
+    assert.equal(
+      (await refusal(new WebSocket(presigned.toString()))).errorType,
+      "InvalidSignatureException",
+    );
+
+    const expired = await presignUpgrade(base, {
+      expiresIn: 60,
+      signingDate: new Date(Date.now() - 10 * 60_000),
+    });
+    const late = await refusal(new WebSocket(expired));
+    assert.equal(late.errorType, "InvalidSignatureException");
+    assert.match(late.body, /expired/);
+
+    const foreign = await signUpgrade({
+      ...base,
+      credentials: { accessKeyId: "AKIAFOREIGN", secretAccessKey: "x".repeat(40) },
+    });
+    const stranger = await refusal(new WebSocket(foreign.url, { headers: foreign.headers }));
+    assert.equal(stranger.errorType, "UnrecognizedClientException");
+  });
+
+  it("answers an agent without /ws with RuntimeClientError before the handshake", async () => {
+    const berth = harness();
+    const probe = await createRuntime(berth, "probe");
+    const { url, headers } = await signUpgrade(
+      {
+        ...(await target()),
+        path: `/runtimes/${encodeURIComponent(probe.arn)}/ws`,
+      },
+      { [sessionIdHeader]: newSessionId() },
+    );
+    const error = await opened(new WebSocket(url, { headers })).then(
+      () => assert.fail("the upgrade was accepted"),
+      (failure: unknown) => failure,
+    );
+    assert.ok(error instanceof RefusedUpgrade, String(error));
+    assert.equal(error.status, 424);
+    assert.equal(error.errorType, "RuntimeClientError");
+    assert.match(error.body, /GET \/ws/);
+  });
+});
