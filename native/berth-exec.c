@@ -25,6 +25,23 @@
  * keeper stops reading the pipes and the command blocks on a full pipe, so output never piles up
  * in memory. When the command's own process exits, what is already in the pipes is relayed, then
  * its exit; output written later by processes it left running is not.
+ *
+ * On a terminal (the request has tty=COLSxROWS), the command makes a pseudo-terminal inside the
+ * sandbox once it is the sandbox's user without capabilities and has its new session: it opens
+ * the sandbox's own /dev/ptmx (bwrap's devpts), takes the other side through the master
+ * (TIOCGPTPEER, no path), sets the window size, makes it its controlling terminal and its stdin,
+ * stdout and stderr, and passes the master to the keeper over a socket pair made before the fork
+ * (SCM_RIGHTS), keeping no copy. The keeper takes it only if it is a terminal's master
+ * (TIOCGPTN). After 's':
+ *   Berth -> here: 'i' bytes typed at the terminal (at most 64 KiB a frame), 'w' "COLS ROWS" (the
+ *     new window size; the kernel sends SIGWINCH). Any other frame, or a longer one, ends the
+ *     connection, and with it the terminal (a hang-up).
+ *   here -> Berth: 'b' what the terminal shows, raw bytes as read (stdout and stderr are one
+ *     stream on a terminal), then 'x' as above once the command's own process has exited and
+ *     what the terminal held by then is relayed.
+ * Typed input waits in the keeper one frame at a time, and the keeper reads no more from Berth
+ * until the terminal takes it (native/terminal-relay.h), so a program that does not read its
+ * input holds Berth back rather than filling the keeper's memory.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,6 +56,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/capability.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -48,9 +66,11 @@
 #include "descriptors.h"
 #include "exec-request.h"
 #include "output-text.h"
+#include "passed-descriptors.h"
 #include "request-frames.h"
 #include "root-server.h"
 #include "seccomp-filter.h"
+#include "terminal-relay.h"
 
 #define CHUNK 65536
 
@@ -93,15 +113,50 @@ static void drop_capabilities(int status_fd) {
 }
 
 /*
+ * In the command, as the sandbox's user without capabilities and leading a new session: a
+ * pseudo-terminal of the sandbox's own devpts as its controlling terminal and stdio, the master
+ * sent to the keeper over CHANNEL and closed here.
+ */
+static void take_terminal(const struct request *request, int channel, int status_fd) {
+  int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+  int unlock = 0;
+  if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0)
+    die_in_child(status_fd, "cannot open a terminal (/dev/ptmx): %s", strerror(errno));
+  int terminal = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  struct winsize size = {.ws_row = (unsigned short)request->rows,
+                         .ws_col = (unsigned short)request->columns};
+  if (terminal < 0 || ioctl(terminal, TIOCSWINSZ, &size) < 0 || ioctl(terminal, TIOCSCTTY, 0) < 0)
+    die_in_child(status_fd, "cannot set up the terminal: %s", strerror(errno));
+  if (dup2(terminal, 0) < 0 || dup2(terminal, 1) < 0 || dup2(terminal, 2) < 0)
+    die_in_child(status_fd, "cannot make the terminal stdio: %s", strerror(errno));
+  if (send_descriptor(channel, master) < 0)
+    die_in_child(status_fd, "cannot pass the terminal on: %s", strerror(errno));
+  close(terminal);
+  close(master);
+  close(channel);
+}
+
+/* Where the command's stdout and stderr go: pipes, or (TERMINAL_CHANNEL, else -1) a terminal it
+ * makes itself, its master passed back over that socket. */
+struct command_stdio {
+  int out, err, terminal_channel;
+};
+
+/*
  * The command's side of the fork: never returns. From setns until drop_capabilities it holds
  * every capability in the sandbox's user namespace (joining the mount and other namespaces needs
  * them, and the pidfd joins them all at once), so in that stretch it touches no path the sandbox
- * controls: the root is a descriptor the keeper opened, the working directory comes after.
+ * controls: the root is a descriptor the keeper opened, the working directory and the terminal
+ * come after.
  */
-static void become_command(const struct request *request, int pidfd, int root, int out, int err,
-                           int status_fd) {
+static void become_command(const struct request *request, int pidfd, int root,
+                           struct command_stdio stdio, int status_fd) {
   int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
+  int on_terminal = stdio.terminal_channel >= 0;
+  /* On a terminal, /dev/null stands in until the terminal exists: the keeper's own stdout and
+   * stderr (Berth's pipes) must not reach the command. */
+  if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(on_terminal ? null_fd : stdio.out, 1) < 0 ||
+      dup2(on_terminal ? null_fd : stdio.err, 2) < 0)
     die_in_child(status_fd, "cannot set up stdio: %s", strerror(errno));
   for (int i = 0; i < request->cgroup_count; i++) {
     int fd = open(request->cgroups[i], O_WRONLY | O_CLOEXEC);
@@ -126,7 +181,8 @@ static void become_command(const struct request *request, int pidfd, int root, i
     die_in_child(status_fd, "cannot change to %s: %s", request->cwd, strerror(errno));
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
     die_in_child(status_fd, "no_new_privs: %s", strerror(errno));
-  setsid();
+  if (setsid() < 0) die_in_child(status_fd, "setsid: %s", strerror(errno));
+  if (on_terminal) take_terminal(request, stdio.terminal_channel, status_fd);
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
@@ -204,32 +260,84 @@ static int hold_sandbox(int socket_fd, long target, int *pidfd, int *root) {
 }
 
 /*
- * Forks the command with its stdout and stderr on pipes (their read ends in PIPES). Its pid once
- * it has exec'd, or -1 after telling Berth why it could not start.
+ * Forks the command with STDIO, closing the command's ends of it here. Its pid once it has
+ * exec'd, or -1 after telling Berth why it could not start.
  */
-static pid_t start_command(int socket_fd, const struct request *request, int pidfd, int root,
-                           struct output_pipe pipes[2]) {
-  int out[2], err[2], status[2];
-  if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(status, O_CLOEXEC) < 0)
-    return send_text(socket_fd, 'f', "pipe: %s", strerror(errno)), -1;
-  pid_t child = fork();
-  if (child < 0) return send_text(socket_fd, 'f', "fork: %s", strerror(errno)), -1;
-  if (child == 0) {
+static pid_t fork_command(int socket_fd, const struct request *request, int pidfd, int root,
+                          struct command_stdio stdio) {
+  int status[2] = {-1, -1};
+  pid_t child = -1;
+  if (pipe2(status, O_CLOEXEC) < 0) send_text(socket_fd, 'f', "pipe: %s", strerror(errno));
+  else if ((child = fork()) < 0) send_text(socket_fd, 'f', "fork: %s", strerror(errno));
+  else if (child == 0) {
     close(socket_fd);
-    become_command(request, pidfd, root, out[1], err[1], status[1]);
+    become_command(request, pidfd, root, stdio, status[1]);
   }
-  close(out[1]);
-  close(err[1]);
-  close(status[1]);
+  int command_ends[] = {stdio.out, stdio.err, stdio.terminal_channel, status[1]};
+  for (size_t i = 0; i < sizeof command_ends / sizeof command_ends[0]; i++) {
+    if (command_ends[i] >= 0) close(command_ends[i]);
+  }
+  if (child < 0) return -1;
   char reason[512];
   ssize_t reason_length = read(status[0], reason, sizeof reason - 1);
+  close(status[0]);
   if (reason_length > 0) {
     waitpid(child, NULL, 0);
     send_frame(socket_fd, 'f', reason, (uint32_t)reason_length);
     return -1;
   }
+  return child;
+}
+
+/*
+ * Forks the command with its stdout and stderr on pipes (their read ends in PIPES). Its pid once
+ * it has exec'd, or -1 after telling Berth why it could not start.
+ */
+static pid_t start_command(int socket_fd, const struct request *request, int pidfd, int root,
+                           struct output_pipe pipes[2]) {
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0)
+    return send_text(socket_fd, 'f', "pipe: %s", strerror(errno)), -1;
+  struct command_stdio stdio = {.out = out[1], .err = err[1], .terminal_channel = -1};
+  pid_t child = fork_command(socket_fd, request, pidfd, root, stdio);
+  if (child < 0) return -1;
   pipes[0] = (struct output_pipe){.fd = out[0], .type = 'o', .open = 1};
   pipes[1] = (struct output_pipe){.fd = err[0], .type = 'e', .open = 1};
+  return child;
+}
+
+/* The terminal's master the command passed over CHANNEL before it exec'd, non-blocking; -1
+ * unless it is one. */
+static int receive_terminal(int channel) {
+  int master = receive_descriptor(channel);
+  unsigned int number;
+  if (master < 0) return -1;
+  if (ioctl(master, TIOCGPTN, &number) < 0 || fcntl(master, F_SETFL, O_NONBLOCK) < 0) {
+    close(master);
+    return -1;
+  }
+  return master;
+}
+
+/*
+ * Forks the command on a terminal it makes inside the sandbox. Its pid once it has exec'd, with
+ * the terminal's master in *MASTER, or -1 after telling Berth why it could not start.
+ */
+static pid_t start_on_terminal(int socket_fd, const struct request *request, int pidfd, int root,
+                               int *master) {
+  int channel[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, channel) < 0)
+    return send_text(socket_fd, 'f', "socketpair: %s", strerror(errno)), -1;
+  struct command_stdio stdio = {.out = -1, .err = -1, .terminal_channel = channel[1]};
+  pid_t child = fork_command(socket_fd, request, pidfd, root, stdio);
+  if (child < 0) return -1;
+  *master = receive_terminal(channel[0]);
+  close(channel[0]);
+  if (*master < 0) {
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    return send_text(socket_fd, 'f', "the command passed back no terminal"), -1;
+  }
   return child;
 }
 
@@ -274,6 +382,29 @@ static int relay_output(int socket_fd, pid_t child, struct output_pipe pipes[2])
   return 0;
 }
 
+/* Relays between Berth and the command's terminal until the command's own process exits.
+ * 0, or -1 when the connection is to be closed. */
+static int relay_terminal_output(int socket_fd, pid_t child, int master) {
+  int child_fd = (int)syscall(SYS_pidfd_open, child, 0);
+  struct terminal_relay *relay = malloc(sizeof *relay);
+  if (relay == NULL || child_fd < 0) return send_text(socket_fd, 'f', "out of resources"), -1;
+  relay->socket_fd = socket_fd;
+  relay->master = master;
+  relay->child_fd = child_fd;
+  relay->master_open = 1;
+  forget_frame(&relay->frame);
+  return relay_terminal_session(relay);
+}
+
+/* Sends the command's exit, once it is reaped. */
+static void send_exit(int socket_fd, pid_t child) {
+  int wait_status = 0;
+  while (waitpid(child, &wait_status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFSIGNALED(wait_status)) send_text(socket_fd, 'x', "signal %d", WTERMSIG(wait_status));
+  else send_text(socket_fd, 'x', "exit %d", WEXITSTATUS(wait_status));
+}
+
 /* One connection: one command, from its request to its exit. */
 static void keep(int socket_fd, void *context) {
   (void)context;
@@ -287,15 +418,18 @@ static void keep(int socket_fd, void *context) {
     return send_text(socket_fd, 'f', "%s", problem.text);
   int pidfd, root;
   if (hold_sandbox(socket_fd, request.target, &pidfd, &root) < 0) return;
+  if (request.columns != 0) {
+    int master;
+    pid_t child = start_on_terminal(socket_fd, &request, pidfd, root, &master);
+    if (child < 0 || send_frame(socket_fd, 's', "", 0) < 0) return;
+    if (relay_terminal_output(socket_fd, child, master) < 0) return;
+    return send_exit(socket_fd, child);
+  }
   struct output_pipe pipes[2];
   pid_t child = start_command(socket_fd, &request, pidfd, root, pipes);
   if (child < 0 || send_frame(socket_fd, 's', "", 0) < 0) return;
   if (relay_output(socket_fd, child, pipes) < 0) return;
-  int wait_status = 0;
-  while (waitpid(child, &wait_status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFSIGNALED(wait_status)) send_text(socket_fd, 'x', "signal %d", WTERMSIG(wait_status));
-  else send_text(socket_fd, 'x', "exit %d", WEXITSTATUS(wait_status));
+  send_exit(socket_fd, child);
 }
 
 /* escape: stdin to stdout as output text, reading at most READ_SIZE bytes at a time, so tests

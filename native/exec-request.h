@@ -4,7 +4,8 @@
  *
  * An 'r' frame whose entries are target=PID (the sandbox's first process), uid=N, gid=N,
  * cwd=DIR, each exactly once, then cgroup=PROCS_FILE, env=NAME=VALUE and arg=WORD, each repeated
- * as needed (the first arg is an absolute program path).
+ * as needed (the first arg is an absolute program path), and at most once tty=COLSxROWS (each
+ * 1..65535): the program runs on a terminal of that size (berth-exec.c says how).
  */
 #ifndef BERTH_EXEC_REQUEST_H
 #define BERTH_EXEC_REQUEST_H
@@ -20,6 +21,8 @@
 #define MAX_EXEC_VALUE_BYTES (32u * 4096 - 1)
 /* uid_t's largest, (uid_t)-1 being "no change" to the kernel. */
 #define MAX_ID 0xfffffffeL
+/* A window's side, in characters: struct winsize holds an unsigned short. */
+#define MAX_WINDOW_SIDE 65535L
 
 struct request {
   long target, uid, gid;
@@ -30,7 +33,25 @@ struct request {
   int env_count;
   char *argv[MAX_ENTRIES + 1];
   int argc;
+  /* The terminal's window size; 0 and 0 without tty=. */
+  long columns, rows;
 };
+
+/* "COLSxROWS" or "COLS ROWS" (SEPARATOR between), each side 1..MAX_WINDOW_SIDE. 0, or -1. */
+static inline int parse_window_size(const char *text, char separator, long *columns,
+                                    long *rows) {
+  char copy[16];
+  size_t length = strlen(text);
+  if (length >= sizeof copy) return -1;
+  memcpy(copy, text, length + 1);
+  char *middle = strchr(copy, separator);
+  if (middle == NULL) return -1;
+  *middle = '\0';
+  if (parse_number(copy, MAX_WINDOW_SIDE, columns) < 0 ||
+      parse_number(middle + 1, MAX_WINDOW_SIDE, rows) < 0 || *columns == 0 || *rows == 0)
+    return -1;
+  return 0;
+}
 
 /* target, uid and gid: a number, once. */
 static inline int single_number(const char *key, const char *value, long *field,
@@ -67,9 +88,16 @@ static inline int request_entry(const char *key, char *value, void *state,
                   problem);
   if (strcmp(key, "arg") == 0)
     return append(request->argv, &request->argc, MAX_ENTRIES, "arguments", value, problem);
-  return refuse(problem,
-                "bad request: unknown key '%.32s' (want target, uid, gid, cwd, cgroup, env, arg)",
-                key);
+  if (strcmp(key, "tty") == 0) {
+    if (request->columns != 0) return refuse(problem, "bad request: tty is given twice");
+    if (parse_window_size(value, 'x', &request->columns, &request->rows) < 0)
+      return refuse(problem, "bad request: tty must be COLSxROWS, each from 1 to %ld",
+                    MAX_WINDOW_SIDE);
+    return 0;
+  }
+  return refuse(
+      problem,
+      "bad request: unknown key '%.32s' (want target, uid, gid, cwd, cgroup, env, arg, tty)", key);
 }
 
 /* Parses an 'r' request's payload in place; 0, or -1 with PROBLEM filled in. */
@@ -77,7 +105,7 @@ static inline int parse_request(char *payload, uint32_t length, struct request *
                                 struct problem *problem) {
   memset(request, 0, sizeof *request);
   request->target = request->uid = request->gid = -1;
-  struct entry_limits limits = {.max_entries = 4 + MAX_CGROUPS + 2 * MAX_ENTRIES,
+  struct entry_limits limits = {.max_entries = 5 + MAX_CGROUPS + 2 * MAX_ENTRIES,
                                 .max_value_bytes = MAX_EXEC_VALUE_BYTES};
   if (each_entry(payload, length, limits, request_entry, request, problem) < 0) return -1;
   if (request->target <= 0 || request->uid < 0 || request->gid < 0 || request->cwd == NULL)

@@ -8,7 +8,7 @@
  *
  * CASES is a sequence of [length: u32 big-endian][bytes]: each case's bytes are what a client
  * sent on a connection before closing it. For each case, in order, two lines:
- *   N exec ok argc=A env=E cgroups=C cwd=DIR | N exec refused: MESSAGE
+ *   N exec ok argc=A env=E cgroups=C cwd=DIR[ tty=COLSxROWS] | N exec refused: MESSAGE
  *   N mount ok op=NAME target=PATH          | N mount refused: MESSAGE
  * (PATH relative to the confining folder, /berth-data; bytes outside printable ASCII as '?').
  */
@@ -48,9 +48,11 @@ static void run_exec(long number, int input) {
     free(payload);
     return print_outcome(number, "exec", 1, problem.text);
   }
-  char summary[256];
-  snprintf(summary, sizeof summary, "argc=%d env=%d cgroups=%d cwd=%.128s", request.argc,
-           request.env_count, request.cgroup_count, request.cwd);
+  char summary[256], terminal[64] = "";
+  if (request.columns != 0)
+    snprintf(terminal, sizeof terminal, " tty=%ldx%ld", request.columns, request.rows);
+  snprintf(summary, sizeof summary, "argc=%d env=%d cgroups=%d cwd=%.128s%s", request.argc,
+           request.env_count, request.cgroup_count, request.cwd, terminal);
   free(payload);
   print_outcome(number, "exec", 0, summary);
 }

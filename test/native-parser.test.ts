@@ -151,6 +151,29 @@ describe("root helpers' request parsers under ASan and UBSan", { skip: compilerM
     assert.match(mounts[0]?.exec ?? "", /^refused: bad request: a frame of type 0x6d/);
   });
 
+  it("parses a terminal's window size, and refuses one the kernel cannot hold", () => {
+    const outcomes = parse([
+      execRequest("tty=80x24"),
+      execRequest("tty=65535x1"),
+      execRequest("tty=80x24", "tty=80x24"),
+      execRequest("tty=0x24"),
+      execRequest("tty=80x65536"),
+      execRequest("tty=80"),
+      execRequest("tty=80x24x1"),
+      execRequest("tty=x24"),
+      execRequest("tty= 80x24"),
+      execRequest("tty=80X24"),
+      execRequest("tty=99999999999999999999x1"),
+    ]).map((outcome) => outcome.exec);
+    const badSize = "refused: bad request: tty must be COLSxROWS, each from 1 to 65535";
+    assert.deepEqual(outcomes, [
+      "ok argc=1 env=0 cgroups=0 cwd=/app tty=80x24",
+      "ok argc=1 env=0 cgroups=0 cwd=/app tty=65535x1",
+      "refused: bad request: tty is given twice",
+      ...Array.from({ length: 8 }, () => badSize),
+    ]);
+  });
+
   it("refuses every truncation of a frame, header or payload", () => {
     const whole = [execRequest(), mountRequest("op=share", `target=${confined}/a`)];
     const cuts = whole.flatMap((bytes) =>
@@ -209,7 +232,7 @@ describe("root helpers' request parsers under ASan and UBSan", { skip: compilerM
     assert.deepEqual(refusals, [
       "refused: bad request: target is given twice",
       "refused: bad request: cwd is given twice",
-      "refused: bad request: unknown key 'user' (want target, uid, gid, cwd, cgroup, env, arg)",
+      "refused: bad request: unknown key 'user' (want target, uid, gid, cwd, cgroup, env, arg, tty)",
       "refused: bad request: target (above 0), uid, gid and cwd are required",
       "refused: bad request: the first arg must be an absolute program path",
       "refused: bad request: entry 1 is not key=value",
@@ -332,6 +355,7 @@ describe("root helpers' request parsers under ASan and UBSan", { skip: compilerM
       "cgroup",
       "env",
       "arg",
+      "tty",
       "",
       "x",
     ];
@@ -352,6 +376,8 @@ describe("root helpers' request parsers under ASan and UBSan", { skip: compilerM
       "a=b",
       "\xff\xfe",
       "/bin/true",
+      "80x24",
+      "65536x1",
     ];
     const cases: Buffer[] = [];
     for (let index = 0; index < 1000; index += 1) {

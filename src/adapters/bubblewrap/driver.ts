@@ -8,6 +8,7 @@ import type {
   SandboxExit,
   SandboxSpec,
   SandboxTerminal,
+  TerminalOptions,
 } from "../../core/sandbox.ts";
 import { NoSandboxSlotError } from "../../core/sandbox.ts";
 import type { RootMounts } from "../host/root-mounts.ts";
@@ -53,8 +54,9 @@ const pooledShellLimit = 16;
 /**
  * Sandboxes with bubblewrap: new user, pid, mount, network, ipc, uts and cgroup namespaces, a
  * host uid of their own (never root), cgroup limits, and --die-with-parent so none outlives the
- * server. Berth reaches the agent's port 8080 through a Unix socket that berth-bridge relays
- * inside the sandbox's own network namespace, so no host port is ever opened.
+ * server. Berth reaches the agent's port (SandboxSpec.agentPort) through a Unix socket that
+ * berth-bridge relays inside the sandbox's own network namespace, so no host port is ever
+ * opened.
  */
 export class BubblewrapDriver implements SandboxDriver {
   /** Session storage comes as a host folder, bound in through an idmapped mount (mountVolumes). */
@@ -155,6 +157,7 @@ export class BubblewrapDriver implements SandboxDriver {
       filesystem: spec.filesystem,
       command: spec.command,
       environment: spec.environment,
+      agentPort: spec.agentPort,
     };
     const shell = this.pool.take(launch) ?? (await PreparedShell.prepare(this.context, launch));
     if (shell === undefined) {
@@ -289,8 +292,46 @@ class BubblewrapSandbox implements Sandbox {
     }
   }
 
-  openTerminal(): Promise<SandboxTerminal> {
-    return Promise.reject(new Error("terminals are not built yet"));
+  async openTerminal(argv: string[], options: TerminalOptions): Promise<SandboxTerminal> {
+    this.commandCounter += 1;
+    const group = `terminal-${this.commandCounter}`;
+    // A group of its own, as a command's: terminate() ends the jobs the shell left, and the
+    // group goes when the terminal's program ends (or with the sandbox, if jobs are left).
+    const cgroupProcsFiles = this.cgroups.createChild(this.name, group);
+    try {
+      const handle = await this.execServer.openTerminal(
+        {
+          targetPid: this.shell.childPid,
+          uid: this.shell.identity.uid,
+          gid: this.shell.identity.gid,
+          cwd: this.shell.workingDir,
+          cgroupProcsFiles,
+          environment: { ...this.shell.environment, ...options.environment },
+          argv,
+        },
+        { columns: options.columns, rows: options.rows },
+      );
+      let terminated: Promise<void> | undefined;
+      return {
+        output: handle.output,
+        write: handle.write,
+        resize: handle.resize,
+        exited: handle.exited.then((exit) => {
+          // As a command's: removed after the exit is out and what terminate() began is gone.
+          setImmediate(() => {
+            void Promise.resolve(terminated).then(() => {
+              this.cgroups.removeChild(this.name, group);
+            });
+          });
+          return exit;
+        }),
+        terminate: (graceMs) =>
+          (terminated = this.cgroups.terminateChild(this.name, group, graceMs)),
+      };
+    } catch (error) {
+      this.cgroups.removeChild(this.name, group);
+      throw error;
+    }
   }
 
   async kill(): Promise<void> {

@@ -21,9 +21,31 @@ export interface ExecHandle {
   exited: Promise<SandboxExit>;
 }
 
+/** A program on a terminal: see SandboxTerminal (core/sandbox.ts), which the driver builds on it. */
+export interface TerminalHandle extends ExecHandle {
+  /** Buffer chunks of what the terminal shows. */
+  output: Readable;
+  /** Resolves once the socket has taken the bytes (so a program that does not read its input
+   * holds the caller); rejects once the connection is closed. */
+  write: (bytes: Buffer) => Promise<void>;
+  resize: (columns: number, rows: number) => void;
+}
+
+export interface WindowSize {
+  columns: number;
+  rows: number;
+}
+
 /** Output pieces buffered ahead of the reader before the socket pauses. Each is one read of a
  * pipe (at most 64 KiB) as output text: usually as long, at most six times (all \u00XX). */
 const outputHighWaterMark = 16;
+/** Terminal output bytes buffered ahead of the reader before the socket pauses (a terminal is
+ * read a few KiB at a time). */
+const terminalHighWaterMark = 64 * 1024;
+/** The most berth-exec takes in one 'i' frame (native/terminal-relay.h). */
+const maxTypedFrameBytes = 64 * 1024;
+/** A window's side, in characters: the kernel's struct winsize holds an unsigned short. */
+const maxWindowSide = 65_535;
 
 /**
  * The root helper that starts programs inside sandboxes (native/berth-exec; its header comment
@@ -47,8 +69,43 @@ export class ExecServer {
   async run(request: ExecRequest): Promise<ExecHandle> {
     const socket = await this.helper.connect();
     socket.write(encodeFrame("r", encodeRequest(request)));
-    const reader = new FrameReader(socket);
-    return reader.started;
+    const output = new Readable({
+      objectMode: true,
+      highWaterMark: outputHighWaterMark,
+      read: () => {
+        socket.resume();
+      },
+    });
+    const reader = new FrameReader(socket, output, commandOutput);
+    await reader.started;
+    return { output, exited: reader.exited };
+  }
+
+  /**
+   * Starts a program on a terminal of its own, made inside the sandbox (native/berth-exec.c);
+   * rejects with the helper's reason if it could not start.
+   */
+  async openTerminal(request: ExecRequest, size: WindowSize): Promise<TerminalHandle> {
+    requireWindowSize(size);
+    const socket = await this.helper.connect();
+    socket.write(encodeFrame("r", encodeRequest(request, [`tty=${size.columns}x${size.rows}`])));
+    const output = new Readable({
+      highWaterMark: terminalHighWaterMark,
+      read: () => {
+        socket.resume();
+      },
+    });
+    const reader = new FrameReader(socket, output, terminalOutput);
+    await reader.started;
+    return {
+      output,
+      exited: reader.exited,
+      write: (bytes) => typeInto(socket, bytes),
+      resize: (columns, rows) => {
+        requireWindowSize({ columns, rows });
+        if (!socket.destroyed) socket.write(encodeFrame("w", Buffer.from(`${columns} ${rows}`)));
+      },
+    };
   }
 
   close(): Promise<void> {
@@ -56,7 +113,7 @@ export class ExecServer {
   }
 }
 
-function encodeRequest(request: ExecRequest): Buffer {
+function encodeRequest(request: ExecRequest, extraEntries: string[] = []): Buffer {
   return encodeEntries([
     `target=${request.targetPid}`,
     `uid=${request.uid}`,
@@ -65,40 +122,85 @@ function encodeRequest(request: ExecRequest): Buffer {
     ...request.cgroupProcsFiles.map((file) => `cgroup=${file}`),
     ...Object.entries(request.environment).map(([name, value]) => `env=${name}=${value}`),
     ...request.argv.map((word) => `arg=${word}`),
+    ...extraEntries,
   ]);
 }
 
-/** Turns the helper's frames into a started promise, an output stream and an exit. */
+function requireWindowSize({ columns, rows }: WindowSize): void {
+  for (const [name, value] of [
+    ["columns", columns],
+    ["rows", rows],
+  ] as const) {
+    if (!Number.isInteger(value) || value < 1 || value > maxWindowSide)
+      throw new RangeError(
+        `a terminal's ${name} must be a whole number from 1 to ${maxWindowSide}, not ${value}`,
+      );
+  }
+}
+
+/** Types bytes at the terminal, in frames berth-exec takes; resolves once the socket took them. */
+function typeInto(socket: Socket, bytes: Buffer): Promise<void> {
+  if (socket.destroyed) return Promise.reject(new Error("the terminal is closed"));
+  if (bytes.length === 0) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    for (let start = 0; start < bytes.length; start += maxTypedFrameBytes) {
+      const frame = encodeFrame("i", bytes.subarray(start, start + maxTypedFrameBytes));
+      const last = start + maxTypedFrameBytes >= bytes.length;
+      // Callbacks run in order, each once its frame is in the kernel (or the socket failed).
+      socket.write(frame, (error) => {
+        if (error) reject(new Error(`the terminal is closed: ${error.message}`));
+        else if (last) resolve();
+      });
+    }
+  });
+}
+
+/** What an exec'd program's output frames become: its stdout and stderr as output text. */
+function commandOutput(type: string, payload: Buffer[]): CommandOutput | undefined {
+  if (type !== "o" && type !== "e") return undefined;
+  return { stream: type === "o" ? "stdout" : "stderr", text: payload };
+}
+
+/** What a terminal's output frames become: the bytes it shows. */
+function terminalOutput(type: string, payload: Buffer[]): Buffer | undefined {
+  if (type !== "b") return undefined;
+  return payload.length === 1 && payload[0] !== undefined ? payload[0] : Buffer.concat(payload);
+}
+
+/**
+ * Turns the helper's frames into a started promise, an exit, and output pushed to a stream (each
+ * output frame as `toChunk` makes it), the socket paused whenever the stream is full.
+ */
 class FrameReader {
-  readonly started: Promise<ExecHandle>;
+  readonly started: Promise<void>;
+  readonly exited: Promise<SandboxExit>;
   private readonly socket: Socket;
   private readonly output: Readable;
+  private readonly toChunk: (type: string, payload: Buffer[]) => unknown;
   private readonly received = new ReceivedBytes();
-  private settleStart: { resolve: (handle: ExecHandle) => void; reject: (error: Error) => void };
+  private settleStart: { resolve: () => void; reject: (error: Error) => void };
   private resolveExit: (exit: SandboxExit) => void = () => undefined;
   private finished = false;
 
-  constructor(socket: Socket) {
+  constructor(
+    socket: Socket,
+    output: Readable,
+    toChunk: (type: string, payload: Buffer[]) => unknown,
+  ) {
     this.socket = socket;
-    this.output = new Readable({
-      objectMode: true,
-      highWaterMark: outputHighWaterMark,
-      read: () => {
-        socket.resume();
-      },
-    });
-    const exited = new Promise<SandboxExit>((resolve) => {
+    this.output = output;
+    this.toChunk = toChunk;
+    this.exited = new Promise<SandboxExit>((resolve) => {
       this.resolveExit = resolve;
     });
     let settle: FrameReader["settleStart"] = { resolve: () => undefined, reject: () => undefined };
-    this.started = new Promise<ExecHandle>((resolve, reject) => {
+    this.started = new Promise<void>((resolve, reject) => {
       settle = { resolve, reject };
     });
     this.settleStart = settle;
-    const handle = { output: this.output, exited };
     socket.on("data", (chunk: Buffer) => {
       this.received.push(chunk);
-      this.readFrames(handle);
+      this.readFrames();
     });
     socket.on("error", (error) => {
       this.settleStart.reject(new Error(`berth-exec connection failed: ${error.message}`));
@@ -109,7 +211,7 @@ class FrameReader {
     });
   }
 
-  private readFrames(handle: ExecHandle): void {
+  private readFrames(): void {
     while (this.received.length >= 5) {
       const header = this.received.peek(5);
       const length = header.readUInt32BE(1);
@@ -117,13 +219,13 @@ class FrameReader {
       this.received.take(5);
       const payload = this.received.take(length);
       const type = String.fromCharCode(header[0] ?? 0);
-      if (type === "o" || type === "e") {
-        const output: CommandOutput = { stream: type === "o" ? "stdout" : "stderr", text: payload };
-        if (!this.output.push(output)) this.socket.pause();
+      const chunk = this.toChunk(type, payload);
+      if (chunk !== undefined) {
+        if (!this.output.push(chunk)) this.socket.pause();
         continue;
       }
       const message = Buffer.concat(payload).toString("utf8");
-      if (type === "s") this.settleStart.resolve(handle);
+      if (type === "s") this.settleStart.resolve();
       else if (type === "f") this.settleStart.reject(new Error(message));
       else if (type === "x") {
         // The exit is the last frame: done now, not after the keeper has also exited.
