@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { describe, it } from "node:test";
+import { promisify } from "node:util";
 import { InvokeAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore";
 import { WebSocket } from "ws";
 import { agentSources, installAgent, installWebSocketAgent, waitFor } from "./support/agents.ts";
@@ -7,6 +9,7 @@ import { useTestBerth } from "./support/berth.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 import {
   closeOf,
+  keepMessages,
   nextMessage,
   opened,
   openSigned,
@@ -166,6 +169,39 @@ describe("WebSocket streaming to the agent (GET /runtimes/{arn}/ws)", () => {
       (JSON.parse(greeting) as { headers: Record<string, string> }).headers[sessionIdHeader],
       sessionId,
     );
+    socket.close();
+  });
+
+  it("opens with a URL botocore presigned (SigV4QueryAuth), as a Python client would", async () => {
+    const sessionId = newSessionId();
+    const berth = harness();
+    const base = await target();
+    const url = `${base.endpoint}${base.path}?qualifier=DEFAULT&${sessionIdHeader}=${sessionId}`;
+    const { stdout } = await promisify(execFile)(
+      "python3",
+      [
+        "-c",
+        [
+          "import sys",
+          "from botocore.auth import SigV4QueryAuth",
+          "from botocore.awsrequest import AWSRequest",
+          "from botocore.credentials import Credentials",
+          "request = AWSRequest(method='GET', url=sys.argv[1])",
+          "SigV4QueryAuth(Credentials(sys.argv[2], sys.argv[3]), 'bedrock-agentcore', sys.argv[4], expires=60).add_auth(request)",
+          "print(request.url)",
+        ].join("\n"),
+        url,
+        berth.berth.credentials.accessKeyId,
+        berth.berth.credentials.secretAccessKey,
+        berth.settings.region,
+      ],
+      { env: { PATH: process.env["PATH"], HOME: process.env["HOME"] } },
+    );
+    const socket = await opened(keepMessages(new WebSocket(stdout.trim().replace(/^http/, "ws"))));
+    const greeting = JSON.parse((await nextMessage(socket)).data.toString("utf8")) as {
+      headers: Record<string, string>;
+    };
+    assert.equal(greeting.headers[sessionIdHeader], sessionId);
     socket.close();
   });
 

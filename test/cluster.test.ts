@@ -16,6 +16,9 @@ import { clusterMissing, startTestCluster, type TestCluster } from "./support/cl
 import { invokeProbe, runCommand } from "./support/commands.ts";
 import { newSessionId, workspace } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
+import { ShellTestClient } from "./support/shell-client.ts";
+import { opened, RefusedUpgrade, sessionIdHeader, signUpgrade } from "./support/websockets.ts";
+import { WebSocket } from "ws";
 
 const run = promisify(execFile);
 
@@ -174,6 +177,37 @@ describe("a cluster of three nodes", { skip: clusterMissing() }, () => {
     );
     assert.equal(stopped.runtimeSessionId, sessionId);
     assert.equal(await ownerOf(runtime.id, sessionId), undefined);
+  });
+
+  it("opens a shell (and refuses the agent's WebSocket) through a node that does not own the session", async () => {
+    const runtime = await createRuntime(0);
+    const sessionId = newSessionId("shell");
+    await invokeProbe(node(0).data, runtime.arn, sessionId, { action: "whoami" });
+    const owner = await ownerOf(runtime.id, sessionId);
+    const other = started().nodes.findIndex((candidate) => candidate.name !== owner);
+    const target = (path: string) => ({
+      endpoint: node(other).url,
+      credentials: credentialsIn(node(0).dataDir),
+      region: "us-east-1",
+      path: `/runtimes/${encodeURIComponent(runtime.arn)}${path}`,
+    });
+    const upgrade = await signUpgrade(target("/ws/shells"), { [sessionIdHeader]: sessionId });
+    const shell = await ShellTestClient.open(upgrade.url, { headers: upgrade.headers });
+    assert.equal((await shell.status(0)).shellId.length > 0, true);
+    shell.type("echo forwarded-$((6*7)) $(hostname)\n");
+    await shell.until("forwarded-42 sandbox");
+    shell.type("exit 4\n");
+    const { status } = await shell.finalStatus();
+    assert.equal(status?.exitCode, 4);
+    // The probe has no /ws: the owner's refusal comes back through the hop as it was.
+    const refused = await signUpgrade(target("/ws"), { [sessionIdHeader]: sessionId });
+    const error = await opened(new WebSocket(refused.url, { headers: refused.headers })).then(
+      () => assert.fail("the upgrade was accepted"),
+      (failure: unknown) => failure,
+    );
+    assert.ok(error instanceof RefusedUpgrade, String(error));
+    assert.equal(error.errorType, "RuntimeClientError");
+    assert.equal(await ownerOf(runtime.id, sessionId), owner, "the session did not move");
   });
 
   it("streams an invocation through another node as it is produced, and cancels across the hop", async () => {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import * as data from "@aws-sdk/client-bedrock-agentcore";
 import * as control from "@aws-sdk/client-bedrock-agentcore-control";
 import { errorCodes } from "../src/core/errors.ts";
@@ -17,6 +18,7 @@ describe("model coverage (a host suite: it tests the real parts, as root)", host
 
   const harness = useTestBerth(["--sandbox-outbound", "none"], (berth) => {
     installAgent(berth.dataDir, agentSources.probe, "probe");
+    installAgent(berth.dataDir, fileURLToPath(new URL("./agents/a2a", import.meta.url)), "a2a");
   });
 
   const runtimePaths = ["/runtimes/", "/tags/", "/resourcepolicy/", "/capacity-providers"];

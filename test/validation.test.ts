@@ -138,8 +138,13 @@ describe("CreateAgentRuntime validation", () => {
       "filesystemConfigurations[0].efsAccessPoint",
     ],
     [
-      "an MCP server",
-      { protocolConfiguration: { serverProtocol: "MCP" } },
+      "an unknown server protocol",
+      { protocolConfiguration: { serverProtocol: "GRPC" } },
+      "protocolConfiguration.serverProtocol",
+    ],
+    [
+      "a protocol configuration without its protocol",
+      { protocolConfiguration: {} },
       "protocolConfiguration.serverProtocol",
     ],
     [

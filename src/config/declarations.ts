@@ -397,7 +397,7 @@ export const settingDeclarations = {
   },
   agentStartupTimeoutSeconds: {
     part: "sessions",
-    doc: "How long a new session's agent has to answer GET /ping before the invocation fails with RuntimeClientError.",
+    doc: "How long a new session's agent has to answer GET /ping (MCP and A2A servers: answer HTTP at all, docs/protocols.md) before the invocation fails with RuntimeClientError.",
     default: 30,
     parse: integer(1, 600),
   },

@@ -1,4 +1,5 @@
 /** Berth's view of AgentCore runtimes, versions and endpoints, independent of any storage. */
+import type { ServerProtocol } from "./protocols.ts";
 
 export const runtimeStatuses = [
   "CREATING",
@@ -38,7 +39,7 @@ export interface RuntimeConfig {
   roleArn: string | undefined;
   networkMode: "PUBLIC";
   description: string;
-  serverProtocol: "HTTP";
+  serverProtocol: ServerProtocol;
   idleRuntimeSessionTimeoutSeconds: number;
   maxLifetimeSeconds: number;
   environmentVariables: Record<string, string>;

@@ -1,6 +1,7 @@
 import { parseImageReference } from "./image-reference.ts";
 import { InputReader } from "./input-reader.ts";
 import { managedRuntimes, type AgentArtifact, type RuntimeConfig } from "./model.ts";
+import { serverProtocols, type ServerProtocol } from "./protocols.ts";
 
 /** AgentCore's documented limits, shared by runtimes and endpoints. */
 export const inputLimits = {
@@ -55,7 +56,7 @@ export function readRuntimeInput(
   });
   const description = reader.string(body["description"], "description", inputLimits.description);
   readNetworkMode(reader, body["networkConfiguration"]);
-  readServerProtocol(reader, body["protocolConfiguration"]);
+  const serverProtocol = readServerProtocol(reader, body["protocolConfiguration"]);
   const lifecycle = readLifecycle(reader, body["lifecycleConfiguration"], minLifecycleSeconds);
   const environmentVariables = reader.stringMap(
     body["environmentVariables"],
@@ -88,7 +89,7 @@ export function readRuntimeInput(
       roleArn,
       networkMode: "PUBLIC",
       description: description ?? "",
-      serverProtocol: "HTTP",
+      serverProtocol,
       idleRuntimeSessionTimeoutSeconds: lifecycle.idle,
       maxLifetimeSeconds: lifecycle.maxLifetime,
       environmentVariables: environmentVariables ?? {},
@@ -177,14 +178,16 @@ function readNetworkMode(reader: InputReader, value: unknown): void {
   }
 }
 
-function readServerProtocol(reader: InputReader, value: unknown): void {
+/** The agent's server protocol (core/protocols.ts); HTTP when none is given, as on AgentCore. */
+function readServerProtocol(reader: InputReader, value: unknown): ServerProtocol {
   const protocol = reader.object(value, "protocolConfiguration");
-  if (protocol === undefined) return;
+  if (protocol === undefined) return "HTTP";
   const name = "protocolConfiguration.serverProtocol";
-  const chosen = reader.oneOf(protocol["serverProtocol"], name, ["HTTP", "MCP", "A2A", "AGUI"]);
-  if (chosen !== undefined && chosen !== "HTTP") {
-    reader.problem(name, `${chosen} is not supported by Berth yet; use HTTP`);
+  if (protocol["serverProtocol"] === undefined || protocol["serverProtocol"] === null) {
+    reader.problem(name, `is required: one of ${serverProtocols.join(", ")}`);
+    return "HTTP";
   }
+  return reader.oneOf(protocol["serverProtocol"], name, serverProtocols) ?? "HTTP";
 }
 
 function readLifecycle(

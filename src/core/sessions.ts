@@ -4,6 +4,12 @@ import type { Logger } from "./logger.ts";
 import type { AttachedVolume, SessionStorage } from "./session-storage.ts";
 import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
 import {
+  describeReadiness,
+  protocolContract,
+  type HealthCheck,
+  type ProtocolContract,
+} from "./protocols.ts";
+import {
   NoSandboxSlotError,
   type AgentEndpoint,
   type Sandbox,
@@ -18,8 +24,15 @@ import {
 
 export type AgentHealth = "Healthy" | "HealthyBusy";
 
-/** How the session manager talks to an agent: its /ping, as the agent contract defines. */
-export type AgentProbe = (endpoint: AgentEndpoint, timeoutMs: number) => Promise<AgentHealth>;
+/**
+ * How the session manager asks an agent whether it is up and busy: its GET /ping, read as the
+ * agent's protocol says (core/protocols.ts). Rejects when the agent is not up.
+ */
+export type AgentProbe = (
+  endpoint: AgentEndpoint,
+  timeoutMs: number,
+  health: HealthCheck,
+) => Promise<AgentHealth>;
 
 /** What a version's artifact runs as. */
 export interface LaunchPlan {
@@ -70,6 +83,8 @@ interface LiveSession {
   activeRequests: number;
   idleTimeoutMs: number;
   maxLifetimeMs: number;
+  /** The agent's protocol: its port and how its health is asked. */
+  contract: ProtocolContract;
   sandbox: Sandbox | undefined;
   ready: Promise<Sandbox>;
   abort: AbortController;
@@ -352,6 +367,7 @@ export class SessionManager {
       activeRequests: 0,
       idleTimeoutMs: version.config.idleRuntimeSessionTimeoutSeconds * 1000,
       maxLifetimeMs: version.config.maxLifetimeSeconds * 1000,
+      contract: protocolContract(version.config.serverProtocol),
       sandbox: undefined,
       ready: Promise.resolve(undefined as unknown as Sandbox),
       abort: new AbortController(),
@@ -521,12 +537,12 @@ export class SessionManager {
         {
           filesystem: plan.filesystem,
           command: plan.command,
-          agentPort: 8080,
+          agentPort: session.contract.port,
           volumes: volumes.map(({ mountPath, handle }) => ({ mountPath, volume: handle })),
           environment: {
             ...plan.environment,
             ...version.config.environmentVariables,
-            PORT: "8080",
+            PORT: String(session.contract.port),
             AWS_REGION: this.settings.region,
           },
           onOutput: (stream, line) => {
@@ -543,7 +559,7 @@ export class SessionManager {
     }
   }
 
-  /** Polls /ping until the agent answers, it exits, or the startup timeout passes. */
+  /** Asks /ping (as the protocol says) until the agent is up, exits, or the startup timeout passes. */
   private async waitUntilHealthy(session: LiveSession, sandbox: Sandbox): Promise<void> {
     const deadline = performance.now() + this.settings.agentStartupTimeoutMs;
     let exited: SandboxExit | undefined;
@@ -558,13 +574,17 @@ export class SessionManager {
         );
       }
       try {
-        await this.probe(sandbox.agentEndpoint, this.settings.pingTimeoutMs);
+        await this.probe(
+          sandbox.agentEndpoint,
+          this.settings.pingTimeoutMs,
+          session.contract.health,
+        );
         return;
       } catch {
         if (performance.now() > deadline) {
           throw new BerthError(
             "RuntimeClientError",
-            `The agent did not answer GET /ping on port 8080 within ${this.settings.agentStartupTimeoutMs} ms (agentStartupTimeoutSeconds)${tail(session)}`,
+            `The ${session.contract.protocol} agent did not ${describeReadiness(session.contract)} within ${this.settings.agentStartupTimeoutMs} ms (agentStartupTimeoutSeconds)${tail(session)}`,
           );
         }
       }
@@ -652,9 +672,11 @@ export class SessionManager {
     session.probing = true;
     session.lastProbeMs = this.nowMs();
     this.idleProbes += 1;
-    const health = await this.probe(sandbox.agentEndpoint, this.settings.pingTimeoutMs).catch(
-      () => "Unhealthy" as const,
-    );
+    const health = await this.probe(
+      sandbox.agentEndpoint,
+      this.settings.pingTimeoutMs,
+      session.contract.health,
+    ).catch(() => "Unhealthy" as const);
     this.idleProbes -= 1;
     session.probing = false;
     if (health === "HealthyBusy") session.lastActivityMs = this.nowMs();

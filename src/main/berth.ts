@@ -189,7 +189,8 @@ async function serveOn(
   const sessions: SessionManager = new SessionManager({
     driver,
     storage,
-    probe: (endpoint, timeoutMs) => pingAgent(endpoint, timeoutMs, settings.agentPingMaxBytes),
+    probe: (endpoint, timeoutMs, health) =>
+      pingAgent(endpoint, timeoutMs, settings.agentPingMaxBytes, health),
     plan: launchPlanner({
       code: (version) => planCodeLaunch(codeFolders, version, pythons.interpreters),
       // Ended, as the version preparations' pulls are, when Berth shuts down.

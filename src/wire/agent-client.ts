@@ -1,4 +1,5 @@
 import { Agent, request, type RequestOptions } from "node:http";
+import { healthPath, type HealthCheck } from "../core/protocols.ts";
 import type { AgentEndpoint } from "../core/sandbox.ts";
 import type { AgentHealth } from "../core/sessions.ts";
 
@@ -39,20 +40,23 @@ export function agentPool(endpoint: AgentEndpoint, ended: Promise<unknown>): Age
 
 /**
  * GET /ping: resolves with the agent's health; rejects when the whole answer (headers and body)
- * has not arrived within timeoutMs, when it is not 2xx, or when its body is longer than
+ * has not arrived within timeoutMs, when it is not 2xx (under the "ping" check; "any-answer"
+ * takes any status as Healthy, see core/protocols.ts), or when its body is longer than
  * maxBodyBytes (the contract's answer, {"status":"Healthy","time_of_last_update":...}, is tens
- * of bytes; reading on would let an agent fill Berth's memory). The deadline is for the whole answer, not for silence between bytes: an
- * answer that trickles a byte at a time cannot hold the caller.
+ * of bytes; reading on would let an agent fill Berth's memory). The deadline is for the whole
+ * answer, not for silence between bytes: an answer that trickles a byte at a time cannot hold
+ * the caller.
  */
 export function pingAgent(
   endpoint: AgentEndpoint,
   timeoutMs: number,
   maxBodyBytes: number,
+  health: HealthCheck = "ping",
 ): Promise<AgentHealth> {
   return new Promise((resolve, reject) => {
     const outgoing = request({
       ...agentTarget(endpoint),
-      path: "/ping",
+      path: healthPath,
       method: "GET",
       agent: false,
     });
@@ -65,8 +69,16 @@ export function pingAgent(
       reject(error);
     };
     outgoing.on("response", (response) => {
-      if ((response.statusCode ?? 500) >= 300) {
-        fail(new Error(`/ping answered ${response.statusCode ?? "no status"}`));
+      const status = response.statusCode ?? 500;
+      if (status < 200 || status >= 300) {
+        if (health === "any-answer") {
+          // Up: it speaks HTTP. Its body is of no interest (often a 404 page).
+          clearTimeout(deadline);
+          outgoing.destroy();
+          resolve("Healthy");
+          return;
+        }
+        fail(new Error(`/ping answered ${status}`));
         return;
       }
       const chunks: Buffer[] = [];

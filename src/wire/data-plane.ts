@@ -9,8 +9,11 @@ import { addAbortSignal, type Readable } from "node:stream";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
 import type { RuntimeVersionRecord } from "../core/model.ts";
+import { protocolContract, type ProtocolContract } from "../core/protocols.ts";
 import type { SessionLease, SessionManager } from "../core/sessions.ts";
+import { agentCardOperation } from "./agent-card.ts";
 import { agentPool, agentTarget } from "./agent-client.ts";
+import { mcpRequestSession, mcpSessionIdHeader, McpServerSessions } from "./mcp-sessions.ts";
 import {
   onSession,
   operation,
@@ -27,17 +30,23 @@ import {
 } from "./data-plane-request.ts";
 
 const requestIdHeader = "x-amzn-bedrock-agentcore-runtime-request-id";
-/** Headers always passed to the agent, beside the session and request ids. */
+/**
+ * Headers always passed to the agent, beside the session and request ids. An MCP server gets its
+ * own Mcp-Session-Id instead of the client's (mcp-sessions.ts).
+ */
 const forwardedHeaders = [
   "content-type",
   "accept",
-  "mcp-session-id",
   "mcp-protocol-version",
+  "mcp-method",
+  "mcp-name",
   "x-amzn-trace-id",
   "traceparent",
   "tracestate",
   "baggage",
 ];
+/** Headers of the agent's answer that reach the client (InvokeAgentRuntime's output has them). */
+const answeredHeaders = ["mcp-protocol-version"];
 
 export interface DataPlaneOptions {
   maxPayloadBytes: number;
@@ -69,17 +78,19 @@ export function dataPlaneOperations(
   sessions: SessionManager,
   options: DataPlaneOptions,
 ): Operation[] {
+  const mcpServers = new McpServerSessions();
   return [
     onSession(
       streamingOperation(
         "InvokeAgentRuntime",
         "/runtimes/:runtimeArn/invocations",
         "streamed",
-        (input) => invoke(context, sessions, options, input),
+        (input) => invoke(context, sessions, options, mcpServers, input),
         { bytes: options.maxPayloadBytes, setting: "maxPayloadBytes" },
       ),
-      { place: true },
+      { place: true, sessionIdOf: (input) => invokedSession(context, input) },
     ),
+    agentCardOperation(context, sessions, options.shutdown),
     onSession(
       operation(
         "StopRuntimeSession",
@@ -134,37 +145,70 @@ export function dataPlaneOperations(
   ];
 }
 
+/**
+ * InvokeAgentRuntime: the payload is POSTed to the agent's invocation path (core/protocols.ts)
+ * and its answer streamed back, its 2xx status kept (an MCP server's 202 for a notification).
+ */
+/**
+ * The session an invocation names: its header; for an MCP runtime without one, the client's
+ * Mcp-Session-Id, or (an MCP client's first request) a new id, which becomes the header.
+ */
+async function invokedSession(
+  context: CoreContext,
+  input: Pick<OperationInput, "request" | "params">,
+): Promise<string> {
+  const { headers } = input.request;
+  if (headers[sessionIdHeader] !== undefined) return requireSessionId(headers);
+  const target = await invocationTargetOf(context, input);
+  if (target.version.config.serverProtocol !== "MCP") return requireSessionId(headers);
+  const sessionId = mcpRequestSession(headers);
+  headers[sessionIdHeader] = sessionId;
+  return sessionId;
+}
+
 async function invoke(
   context: CoreContext,
   sessions: SessionManager,
   options: DataPlaneOptions,
+  mcpServers: McpServerSessions,
   input: OperationInput,
 ): Promise<void> {
   const { incoming, outgoing, signal } = input.raw;
-  const sessionId = requireSessionId(input.request.headers);
+  // A malformed session id is refused before anything is looked up, as it always was.
+  if (input.request.headers[sessionIdHeader] !== undefined) requireSessionId(input.request.headers);
   const declaredLength = Number(incoming.headers["content-length"] ?? 0);
   if (declaredLength > options.maxPayloadBytes) throw payloadTooLarge(options.maxPayloadBytes);
   const target = await invocationTargetOf(context, input);
+  const contract = protocolContract(target.version.config.serverProtocol);
+  const sessionId =
+    contract.protocol === "MCP"
+      ? mcpRequestSession(input.request.headers)
+      : requireSessionId(input.request.headers);
   const lease = await sessions.acquire(target.runtime, target.version, sessionId);
   try {
+    const mcpServer =
+      contract.protocol === "MCP"
+        ? mcpServers.of(target.runtime.id, sessionId, lease.ended)
+        : undefined;
+    const headers = agentHeaders(input, sessionId, target.version);
+    const serverSessionId = mcpServer?.idForServer();
+    if (serverSessionId !== undefined) headers[mcpSessionIdHeader] = serverSessionId;
     const agentResponse = await sendToAgent(
       input.payload.stream,
       lease,
-      agentHeaders(input, sessionId, target.version),
+      { path: contract.invocationPath, headers },
       options.maxPayloadBytes,
       { caller: signal, shutdown: options.shutdown },
     );
     const status = agentResponse.statusCode ?? 500;
-    if (status >= 300) {
-      const body = await readSome(agentResponse, 4096);
-      throw new BerthError(
-        "RuntimeClientError",
-        `The agent answered ${status} to POST /invocations: ${body || "(empty body)"}`,
-      );
-    }
-    outgoing.writeHead(200, {
+    mcpServer?.noteAnswer(status, headerValue(agentResponse.headers[mcpSessionIdHeader]));
+    if (status < 200 || status >= 300) throw await agentRefused(agentResponse, status, contract);
+    outgoing.writeHead(status, {
       "content-type": agentResponse.headers["content-type"] ?? "application/octet-stream",
+      ...answerHeaders(agentResponse.headers),
       ...sessionResponseHeaders(incoming.headers, sessionId, input.request.requestId),
+      // What an MCP client keeps and sends back: the Berth session, whatever the server's own.
+      ...(contract.protocol === "MCP" ? { [mcpSessionIdHeader]: sessionId } : {}),
     });
     outgoing.flushHeaders(); // the SDK's send() resolves on headers; the body streams after
     await relayAnswer(agentResponse, outgoing, { caller: signal, shutdown: options.shutdown });
@@ -214,10 +258,37 @@ function lastEvent(lastBytes: Buffer, reason: Error): string {
   return `${separator}event: error\ndata: ${JSON.stringify({ error: code, message: reason.message })}\n\n`;
 }
 
+/** The agent's answer outside 2xx, as the caller's error (its body's start says why). */
+async function agentRefused(
+  agentResponse: IncomingMessage,
+  status: number,
+  contract: ProtocolContract,
+): Promise<BerthError> {
+  const body = await readSome(agentResponse, 4096);
+  return new BerthError(
+    "RuntimeClientError",
+    `The agent answered ${status} to POST ${contract.invocationPath}: ${body || "(empty body)"}`,
+  );
+}
+
+/** The headers of the agent's answer that the client gets (answeredHeaders). */
+function answerHeaders(headers: IncomingHttpHeaders): Record<string, string> {
+  const passed: Record<string, string> = {};
+  for (const name of answeredHeaders) {
+    const value = headerValue(headers[name]);
+    if (value !== undefined) passed[name] = value;
+  }
+  return passed;
+}
+
+function headerValue(value: string | string[] | undefined): string | undefined {
+  return typeof value === "string" ? value : undefined;
+}
+
 function sendToAgent(
   payload: Readable,
   lease: SessionLease,
-  headers: Record<string, string>,
+  target: { path: string; headers: Record<string, string> },
   maxPayloadBytes: number,
   signals: { caller: AbortSignal; shutdown: AbortSignal },
 ): Promise<IncomingMessage> {
@@ -227,8 +298,8 @@ function sendToAgent(
         ...agentTarget(lease.agentEndpoint),
         agent: agentPool(lease.agentEndpoint, lease.ended),
         method: "POST",
-        path: "/invocations",
-        headers,
+        path: target.path,
+        headers: target.headers,
         signal: AbortSignal.any([signals.caller, signals.shutdown]),
       },
       resolve,
@@ -282,6 +353,10 @@ function agentHeaders(
     const value = incoming[name];
     if (typeof value === "string") headers[name] = value;
   }
+  // An HTTP agent sees the client's Mcp-Session-Id as it was sent; an MCP server gets its own.
+  const mcpSessionId = incoming[mcpSessionIdHeader];
+  if (version.config.serverProtocol !== "MCP" && typeof mcpSessionId === "string")
+    headers[mcpSessionIdHeader] = mcpSessionId;
   // Custom headers (and Authorization) reach the agent only when the runtime allow-lists them.
   const allowed = new Set(version.config.requestHeaderAllowlist.map((name) => name.toLowerCase()));
   for (const [name, value] of Object.entries(incoming)) {

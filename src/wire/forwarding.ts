@@ -16,7 +16,7 @@ import { BerthError } from "../core/errors.ts";
 import { runtimeIdFromArnOrId } from "../core/ids.ts";
 import { clusterHeaders, forwardedTarget, signForwarded } from "./cluster-signature.ts";
 import { invocationTargetOf, requireSessionId } from "./data-plane-request.ts";
-import type { Operation, OperationInput } from "./operation.ts";
+import type { Operation, OperationInput, SessionScope } from "./operation.ts";
 import { emptySha256, unsignedPayload } from "./sigv4.ts";
 import type { SocketOperation, SocketOperationInput } from "./socket-operation.ts";
 
@@ -269,13 +269,16 @@ export function servedByOwner(
     /** Aborts once a shutdown's grace period is over: forwarded requests end then too. */
     shutdown: AbortSignal;
   },
-  options: { place: boolean },
+  options: SessionScope,
 ): Operation {
   const bodyKind = operation.body === "streamed" ? "streamed" : "json";
   return {
     ...operation,
     handle: async (input) => {
-      const sessionId = requireSessionId(input.request.headers);
+      const sessionId =
+        options.sessionIdOf === undefined
+          ? requireSessionId(input.request.headers)
+          : await options.sessionIdOf(input);
       // The id alone routes a request; the runtime and its endpoint are checked where it is
       // served, and before a session is placed.
       const runtimeId = runtimeIdFromArnOrId(input.params["runtimeArn"] ?? "");

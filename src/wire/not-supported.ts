@@ -12,12 +12,6 @@ const capacityProviders =
   "Berth runs every session in a sandbox on its own host and has no capacity providers (runtimes on EC2 instances)";
 
 const notSupported: readonly { name: string; method: string; path: string; why: string }[] = [
-  {
-    name: "GetAgentCard",
-    method: "GET",
-    path: "/runtimes/:agentRuntimeArn/invocations/.well-known/agent-card.json",
-    why: "Berth runs HTTP-protocol agents only, and agent cards belong to A2A agents",
-  },
   ...(
     [
       ["PutResourcePolicy", "PUT"],

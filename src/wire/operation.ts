@@ -76,6 +76,13 @@ export function operation(
 export interface SessionScope {
   /** Whether the operation starts the session (placing it on a node) when it runs nowhere. */
   place: boolean;
+  /**
+   * The session the request names, where more than its session-id header can name it (an MCP
+   * client's Mcp-Session-Id, or none on its first request). A session id this makes up is set
+   * as the request's header, so every node that serves the request agrees on it. Unset: the
+   * header (required).
+   */
+  sessionIdOf?: (input: Pick<OperationInput, "request" | "params">) => Promise<string>;
 }
 
 /** `operation`, marked as an operation on one session. */

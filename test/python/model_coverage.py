@@ -48,7 +48,8 @@ def phase(operation):
 
 
 class Fixtures:
-    """A real runtime (the probe agent), a named endpoint and a session id to aim at."""
+    """A real runtime (the probe agent), a named endpoint and a session id to aim at; and an A2A
+    runtime (test/agents/a2a) for GetAgentCard, which only A2A agents answer."""
 
     def __init__(self, control):
         created = control.create_agent_runtime(
@@ -67,6 +68,16 @@ class Fixtures:
             agentRuntimeId=self.runtime_id, name=self.endpoint_name
         )
         self.session_id = "coverage-session-%d-%s" % (os.getpid(), "x" * 24)
+        a2a = control.create_agent_runtime(
+            agentRuntimeName="coverage_a2a_%d" % os.getpid(),
+            agentRuntimeArtifact=code_artifact("a2a"),
+            roleArn=ROLE,
+            networkConfiguration={"networkMode": "PUBLIC"},
+            protocolConfiguration={"serverProtocol": "A2A"},
+        )
+        self.a2a_runtime_arn = a2a["agentRuntimeArn"]
+        if wait_for_status(control, a2a["agentRuntimeId"])["status"] != "READY":
+            raise AssertionError("the A2A fixture runtime is not READY")
 
     def value(self, operation, member):
         """The fixture value for a member, by name; None when the model's placeholder will do."""
@@ -88,6 +99,8 @@ class Fixtures:
         }
         if operation.name == "CreateAgentRuntimeEndpoint" and member == "name":
             return "created"
+        if operation.name == "GetAgentCard" and member == "agentRuntimeArn":
+            return self.a2a_runtime_arn
         return by_name.get(member)
 
 

@@ -115,5 +115,6 @@ function keyOf(launch: LaunchSpec): string {
     launch.filesystem,
     launch.command,
     Object.entries(launch.environment).sort(),
+    launch.agentPort,
   ]);
 }

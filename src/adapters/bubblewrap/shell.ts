@@ -23,6 +23,8 @@ export interface LaunchSpec {
   filesystem: SandboxFilesystem;
   command: string[];
   environment: Record<string, string>;
+  /** The agent's port inside the sandbox, where the bridge relays Berth's connections. */
+  agentPort: number;
 }
 
 export interface ShellContext {
@@ -396,7 +398,7 @@ function bwrapArguments(context: ShellContext, launch: LaunchSpec, runDir: strin
     ...(context.seccomp ? [] : ["--no-seccomp"]),
     String(listenFd),
     String(readyFd),
-    "8080",
+    String(launch.agentPort),
     ...launch.command,
   ];
 }
