@@ -14,9 +14,10 @@ cd "$(dirname "$0")/.."
 # and benchmarks of container images only:
 # docker-registry (a real registry on loopback), skopeo (push test images; with umoci, the
 # image benchmark's baseline), busybox-static (a shell inside test images), apache2-utils
-# (htpasswd for registry auth).
+# (htpasswd for registry auth). tmux: the tests drive `berth shell` in a real terminal.
 debian_packages=(bubblewrap slirp4netns iptables unzip python3-minimal iproute2 gcc libc6-dev e2fsprogs git
-  xfsprogs zstd radosgw ceph-mon ceph-osd postgresql docker-registry skopeo umoci busybox-static apache2-utils)
+  xfsprogs zstd radosgw ceph-mon ceph-osd postgresql docker-registry skopeo umoci busybox-static apache2-utils
+  tmux)
 if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
 if [ ${#debian_packages[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
