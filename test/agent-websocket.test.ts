@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { once } from "node:events";
+import { connect as connectTcp } from "node:net";
 import { describe, it } from "node:test";
 import { promisify } from "node:util";
 import { InvokeAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore";
@@ -7,6 +9,7 @@ import { WebSocket } from "ws";
 import { agentSources, installAgent, installWebSocketAgent, waitFor } from "./support/agents.ts";
 import { useTestBerth } from "./support/berth.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
+import { sendRaw } from "./support/signed-request.ts";
 import {
   closeOf,
   keepMessages,
@@ -205,6 +208,53 @@ describe("WebSocket streaming to the agent (GET /runtimes/{arn}/ws)", () => {
     socket.close();
   });
 
+  it("trusts no header a presigned URL does not sign: an added session header reaches nothing", async () => {
+    const signedFor = newSessionId();
+    const url = await presignUpgrade(await target({ [sessionIdHeader]: signedFor }), {
+      expiresIn: 60,
+    });
+    // Whoever holds the URL adds a header naming another session: the URL's session it stays.
+    const socket = await opened(
+      keepMessages(new WebSocket(url, { headers: { [sessionIdHeader]: newSessionId() } })),
+    );
+    const greeting = JSON.parse((await nextMessage(socket)).data.toString("utf8")) as {
+      headers: Record<string, string>;
+    };
+    assert.equal(greeting.headers[sessionIdHeader], signedFor);
+    socket.close();
+  });
+
+  it("refuses a handshake the WebSocket server would drop (bad key or version) with a 400, at once", async () => {
+    const base = await target();
+    const { url, headers } = await signUpgrade(base, { [sessionIdHeader]: newSessionId() });
+    const answer = await rawUpgrade(url, {
+      ...headers,
+      "sec-websocket-key": "not-a-key",
+      "sec-websocket-version": "13",
+    });
+    assert.match(answer, /^HTTP\/1\.1 400 /);
+    assert.match(answer, /x-amzn-errortype: ValidationException/);
+  });
+
+  it("answers a request with Upgrade: h2c as an ordinary request", async () => {
+    const berth = harness();
+    const answer = await sendRaw(berth.berth.url, {
+      method: "POST",
+      path: "/runtimes/",
+      credentials: berth.berth.credentials,
+      region: berth.settings.region,
+      headers: { upgrade: "h2c", connection: "Upgrade" },
+      body: "{}",
+    });
+    assert.equal(answer.status, 200, answer.body);
+  });
+
+  it("closes with 1009 a message over maxWebSocketMessageBytes", async () => {
+    const { socket } = await connect();
+    socket.send(Buffer.alloc((16 << 20) + 1));
+    assert.equal((await closeOf(socket)).code, 1009);
+  });
+
   it("refuses unsigned, tampered, expired and foreign-key upgrades with AWS errors", async () => {
     const sessionId = newSessionId();
     const base = await target({ [sessionIdHeader]: sessionId });
@@ -266,3 +316,18 @@ describe("WebSocket streaming to the agent (GET /runtimes/{arn}/ws)", () => {
     assert.match(error.body, /GET \/ws/);
   });
 });
+
+/** Sends an upgrade request as given, by hand, and reads what Berth answers (up to a close). */
+async function rawUpgrade(url: string, headers: Record<string, string>): Promise<string> {
+  const { hostname, port, pathname, search } = new URL(url);
+  const socket = connectTcp(Number(port), hostname);
+  await once(socket, "connect");
+  const lines = [`GET ${pathname}${search} HTTP/1.1`, "Connection: Upgrade", "Upgrade: websocket"];
+  for (const [name, value] of Object.entries(headers)) {
+    if (!["connection", "upgrade"].includes(name.toLowerCase())) lines.push(`${name}: ${value}`);
+  }
+  socket.end(`${lines.join("\r\n")}\r\n\r\n`);
+  let answer = "";
+  for await (const chunk of socket as AsyncIterable<Buffer>) answer += chunk.toString("utf8");
+  return answer;
+}

@@ -210,6 +210,46 @@ describe("a cluster of three nodes", { skip: clusterMissing() }, () => {
     assert.equal(await ownerOf(runtime.id, sessionId), owner, "the session did not move");
   });
 
+  it("keeps a raw MCP client (no session header, its Mcp-Session-Id only) in one session through every node", async () => {
+    const { control } = node(0);
+    const created = await control.send(
+      new CreateAgentRuntimeCommand({
+        agentRuntimeName: `cluster_mcp_${process.pid}_${Math.floor(Math.random() * 1e9)}`,
+        agentRuntimeArtifact: started().probeArtifact, // answers any path, listens on PORT
+        roleArn: undefined,
+        protocolConfiguration: { serverProtocol: "MCP" },
+      }),
+    );
+    const runtimeId = created.agentRuntimeId ?? "";
+    await waitFor("the runtime to be ready", async () => {
+      const got = await control.send(new GetAgentRuntimeCommand({ agentRuntimeId: runtimeId }));
+      return got.status === "READY";
+    });
+    const mcpPost = (through: number, sessionHeader: Record<string, string>) =>
+      sendRaw(node(through).url, {
+        method: "POST",
+        path: `/runtimes/${encodeURIComponent(created.agentRuntimeArn ?? "")}/invocations`,
+        credentials: credentialsIn(node(0).dataDir),
+        headers: { accept: "application/json, text/event-stream", ...sessionHeader },
+        body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "initialize" }),
+      });
+    const first = await mcpPost(1, {});
+    assert.equal(first.status, 200, first.body);
+    const mcpSessionId = String(first.headers["mcp-session-id"] ?? "");
+    assert.ok(mcpSessionId.length >= 33, `Mcp-Session-Id ${mcpSessionId}`);
+    for (const through of [0, 2, 1]) {
+      const next = await mcpPost(through, { "mcp-session-id": mcpSessionId });
+      assert.equal(next.status, 200, next.body);
+      assert.equal(next.headers["mcp-session-id"], mcpSessionId);
+      assert.equal((JSON.parse(next.body) as { url: string }).url, "/mcp");
+    }
+    const listed = await sessionsOf(runtimeId);
+    assert.deepEqual(
+      listed.map((session) => session.sessionId),
+      [mcpSessionId],
+    );
+  });
+
   it("streams an invocation through another node as it is produced, and cancels across the hop", async () => {
     const runtime = await createRuntime(1);
     const sessionId = newSessionId("stream");

@@ -73,7 +73,9 @@ describe("InvokeAgentRuntimeCommandShell: a terminal in the session's sandbox", 
 
   it("runs interactive programs that read the terminal: read, the python3 REPL", async () => {
     const client = await openShell(newSessionId());
-    await run(client, 'read -r line; echo "got:[$line]"', /read -r line.*\r\n/);
+    // read's own prompt says it is reading: typed before, the line could meet bash still
+    // switching the terminal back from its line editor.
+    await run(client, 'read -r -p "say> " line; echo "got:[$line]"', /\rsay> $/);
     await run(client, "typed by a person", "got:[typed by a person]");
     await run(client, "python3 -q", ">>> ");
     await run(client, "print(6 * 7)", /42\r\n>>> /);

@@ -358,6 +358,12 @@ export const settingDeclarations = {
     default: 104_857_600,
     parse: integer(1, 1_073_741_824),
   },
+  maxWebSocketMessageBytes: {
+    part: "sessions",
+    doc: "Largest message either side of a WebSocket to an agent's /ws may send (GET /runtimes/{arn}/ws); a larger one closes the socket with 1009. Berth holds at most one such message per direction per connection, plus 1 MiB it lets a slow side fall behind (AgentCore's stream chunk: 10 MB).",
+    default: 16_777_216,
+    parse: integer(1024, 1_073_741_824),
+  },
   maxSessions: {
     part: "sessions",
     doc: "Most sessions (sandboxes) running at once; more answer ServiceQuotaExceededException.",

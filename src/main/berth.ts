@@ -37,7 +37,7 @@ import { nodeOperations } from "../wire/cluster-api.ts";
 import { servedByOwner, socketServedByOwner } from "../wire/forwarding.ts";
 import { agentSocketOperations } from "../wire/agent-socket.ts";
 import { shellOperations } from "../wire/shell-socket.ts";
-import { createUpgradeHandler } from "../wire/socket-handler.ts";
+import { asksForWebSocket, createUpgradeHandler } from "../wire/socket-handler.ts";
 import type { SocketOperation } from "../wire/socket-operation.ts";
 import type { Operation } from "../wire/operation.ts";
 import { objectStoreConnection } from "./object-store-connection.ts";
@@ -288,12 +288,19 @@ async function serveOn(
     }),
   });
   const drain = new RequestDrain();
-  const server = createServer(serverTimeouts(settings), drain.admit(handler));
+  const server = createServer(
+    // Only a WebSocket upgrade leaves the request handler: `Upgrade: h2c` (curl --http2) and
+    // the like are ordinary requests, answered as such.
+    { ...serverTimeouts(settings), shouldUpgradeCallback: asksForWebSocket },
+    drain.admit(handler),
+  );
   server.on(
     "upgrade",
     createUpgradeHandler({
       operations: socketsServedByOwners(membership, context, [
-        ...agentSocketOperations(context, sessions, { maxMessageBytes: settings.maxPayloadBytes }),
+        ...agentSocketOperations(context, sessions, {
+          maxMessageBytes: settings.maxWebSocketMessageBytes,
+        }),
         ...shellOperations(context, sessions, {
           settings: {
             maxShellsPerRuntime: settings.maxShellsPerRuntime,

@@ -1,13 +1,12 @@
 import { WebSocket, type RawData } from "ws";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
-import type { RuntimeVersionRecord } from "../core/model.ts";
 import type { AgentEndpoint } from "../core/sandbox.ts";
 import type { SessionManager } from "../core/sessions.ts";
-import { invocationTargetOf, requireSessionId, sessionIdHeader } from "./data-plane-request.ts";
+import { headersForAgent, invocationTargetOf, requireSessionId } from "./data-plane-request.ts";
+import { watchLiveness } from "./socket-liveness.ts";
 import type { SocketOperation, SocketOperationInput } from "./socket-operation.ts";
 
-const requestIdHeader = "x-amzn-bedrock-agentcore-runtime-request-id";
 /** Headers always passed to the agent's /ws, beside the session and request ids. */
 const passedHeaders = ["x-amzn-trace-id", "traceparent", "tracestate", "baggage", "user-agent"];
 /**
@@ -19,9 +18,13 @@ const highWaterBytes = 1 << 20;
 const maxReasonBytes = 123;
 
 export interface AgentSocketOptions {
-  /** The largest message either side may send (maxPayloadBytes). */
+  /** The largest message either side may send (maxWebSocketMessageBytes). */
   maxMessageBytes: number;
+  /** How often the client is pinged; one that answers none of an interval's pings is cut off. */
+  livenessIntervalMs?: number;
 }
+
+const defaultLivenessIntervalMs = 30_000;
 
 /**
  * WebSocket streaming to the agent: `GET /runtimes/{arn}/ws` is relayed to the agent's own
@@ -56,15 +59,20 @@ async function relayToAgent(
   const lease = await sessions.acquire(target.runtime, target.version, sessionId);
   try {
     const agent = await connectToAgent(lease.agentEndpoint, {
-      headers: agentHeaders(input, sessionId, target.version),
+      headers: headersForAgent(input.request, sessionId, target.version, passedHeaders),
       protocols: offeredProtocols(input),
       maxMessageBytes: options.maxMessageBytes,
     });
     const client = await input.accept({ protocol: agent.socket.protocol || undefined });
-    await relay(client, agent, {
-      shutdown: input.shutdown,
-      sessionEnded: lease.ended,
-    });
+    const stopWatching = watchLiveness(
+      client,
+      options.livenessIntervalMs ?? defaultLivenessIntervalMs,
+    );
+    try {
+      await relay(client, agent, { shutdown: input.shutdown, sessionEnded: lease.ended });
+    } finally {
+      stopWatching();
+    }
   } finally {
     lease.release();
   }
@@ -164,10 +172,12 @@ async function relay(
     closeWith(client, 1001, "Berth is shutting down");
   };
   ends.shutdown.addEventListener("abort", onShutdown, { once: true });
-  void ends.sessionEnded.then((reason) => {
-    closeWith(client, 1011, `the session ended: ${reason}`);
+  const bothClosed = Promise.all([closed(client), closed(agent)]);
+  // Raced, so a relay that is over is not held in memory until its session ends.
+  void Promise.race([ends.sessionEnded, bothClosed]).then((reason) => {
+    if (typeof reason === "string") closeWith(client, 1011, `the session ended: ${reason}`);
   });
-  await Promise.all([closed(client), closed(agent)]);
+  await bothClosed;
   ends.shutdown.removeEventListener("abort", onShutdown);
 }
 
@@ -214,26 +224,4 @@ function offeredProtocols(input: SocketOperationInput): string[] {
     .split(",")
     .map((protocol) => protocol.trim())
     .filter((protocol) => protocol !== "");
-}
-
-function agentHeaders(
-  input: SocketOperationInput,
-  sessionId: string,
-  version: RuntimeVersionRecord,
-): Record<string, string> {
-  const incoming = input.request.headers;
-  const headers: Record<string, string> = {
-    [sessionIdHeader]: sessionId,
-    [requestIdHeader]: input.request.requestId,
-  };
-  for (const name of passedHeaders) {
-    const value = incoming[name];
-    if (typeof value === "string") headers[name] = value;
-  }
-  // Custom headers (and Authorization) reach the agent only when the runtime allow-lists them.
-  const allowed = new Set(version.config.requestHeaderAllowlist.map((name) => name.toLowerCase()));
-  for (const [name, value] of Object.entries(incoming)) {
-    if (allowed.has(name) && typeof value === "string") headers[name] = value;
-  }
-  return headers;
 }

@@ -3,9 +3,12 @@ import type { IncomingHttpHeaders } from "node:http";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
 import { resolveInvocationTarget } from "../core/invocation-target.ts";
+import type { RuntimeVersionRecord } from "../core/model.ts";
+import type { WireRequest } from "./http.ts";
 import type { OperationInput } from "./operation.ts";
 
 export const sessionIdHeader = "x-amzn-bedrock-agentcore-runtime-session-id";
+export const requestIdHeader = "x-amzn-bedrock-agentcore-runtime-request-id";
 /** Trace headers a data-plane answer echoes back, as AgentCore does. */
 const echoedHeaders = ["x-amzn-trace-id", "traceparent", "tracestate", "baggage", "mcp-session-id"];
 
@@ -60,4 +63,30 @@ export function invocationTargetOf(
     input.params["runtimeArn"] ?? "",
     input.request.query.get("qualifier") ?? undefined,
   );
+}
+
+/**
+ * What every request Berth makes to an agent carries: the session and request ids, those of
+ * `passed` the client sent, and the runtime's allow-listed headers (custom headers and
+ * Authorization reach the agent only when the runtime allow-lists them).
+ */
+export function headersForAgent(
+  request: WireRequest,
+  sessionId: string,
+  version: RuntimeVersionRecord,
+  passed: readonly string[],
+): Record<string, string> {
+  const headers: Record<string, string> = {
+    [sessionIdHeader]: sessionId,
+    [requestIdHeader]: request.requestId,
+  };
+  for (const name of passed) {
+    const value = request.headers[name];
+    if (typeof value === "string") headers[name] = value;
+  }
+  const allowed = new Set(version.config.requestHeaderAllowlist.map((name) => name.toLowerCase()));
+  for (const [name, value] of Object.entries(request.headers)) {
+    if (allowed.has(name) && typeof value === "string") headers[name] = value;
+  }
+  return headers;
 }

@@ -23,13 +23,13 @@ import {
   type RequestPayload,
 } from "./operation.ts";
 import {
+  headersForAgent,
   invocationTargetOf,
   requireSessionId,
   sessionIdHeader,
   sessionResponseHeaders,
 } from "./data-plane-request.ts";
 
-const requestIdHeader = "x-amzn-bedrock-agentcore-runtime-request-id";
 /**
  * Headers always passed to the agent, beside the session and request ids. An MCP server gets its
  * own Mcp-Session-Id instead of the client's (mcp-sessions.ts).
@@ -146,10 +146,6 @@ export function dataPlaneOperations(
 }
 
 /**
- * InvokeAgentRuntime: the payload is POSTed to the agent's invocation path (core/protocols.ts)
- * and its answer streamed back, its 2xx status kept (an MCP server's 202 for a notification).
- */
-/**
  * The session an invocation names: its header; for an MCP runtime without one, the client's
  * Mcp-Session-Id, or (an MCP client's first request) a new id, which becomes the header.
  */
@@ -166,6 +162,10 @@ async function invokedSession(
   return sessionId;
 }
 
+/**
+ * InvokeAgentRuntime: the payload is POSTed to the agent's invocation path (core/protocols.ts)
+ * and its answer streamed back, its 2xx status kept (an MCP server's 202 for a notification).
+ */
 async function invoke(
   context: CoreContext,
   sessions: SessionManager,
@@ -342,26 +342,16 @@ function agentHeaders(
 ): Record<string, string> {
   const incoming = input.request.headers;
   const headers: Record<string, string> = {
-    [sessionIdHeader]: sessionId,
-    [requestIdHeader]: input.request.requestId,
     "content-type": "application/octet-stream",
+    ...headersForAgent(input.request, sessionId, version, forwardedHeaders),
   };
   const length = payloadLength(input.payload, incoming);
   if (length !== undefined) headers["content-length"] = length;
   else headers["transfer-encoding"] = "chunked";
-  for (const name of forwardedHeaders) {
-    const value = incoming[name];
-    if (typeof value === "string") headers[name] = value;
-  }
   // An HTTP agent sees the client's Mcp-Session-Id as it was sent; an MCP server gets its own.
   const mcpSessionId = incoming[mcpSessionIdHeader];
   if (version.config.serverProtocol !== "MCP" && typeof mcpSessionId === "string")
     headers[mcpSessionIdHeader] = mcpSessionId;
-  // Custom headers (and Authorization) reach the agent only when the runtime allow-lists them.
-  const allowed = new Set(version.config.requestHeaderAllowlist.map((name) => name.toLowerCase()));
-  for (const [name, value] of Object.entries(incoming)) {
-    if (allowed.has(name) && typeof value === "string") headers[name] = value;
-  }
   return headers;
 }
 

@@ -7,7 +7,7 @@ import {
   type OutgoingHttpHeaders,
 } from "node:http";
 import type { Socket } from "node:net";
-import { Readable } from "node:stream";
+import { Readable, type Duplex } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { CoreContext } from "../core/context.ts";
 import type { NodeRecord } from "../core/cluster/cluster-store.ts";
@@ -172,10 +172,16 @@ export class Forwarder {
     });
     this.limitConnecting(upstream);
     upstream.end();
+    // A client that leaves before the owner's answer takes the forwarded upgrade with it.
+    const clientGone = (): void => {
+      upstream.destroy(new Error("the client went away"));
+    };
+    socket.once("close", clientGone);
     const answered = new Promise<void>((resolve, reject) => {
       upstream.once(
         "upgrade",
         (response: IncomingMessage, ownerSocket: Socket, ownerHead: Buffer) => {
+          socket.off("close", clientGone);
           socket.write(responseHead(response));
           splice(socket, head, ownerSocket, ownerHead, resolve);
         },
@@ -194,9 +200,11 @@ export class Forwarder {
     try {
       await answered;
     } catch (error) {
+      if (socket.destroyed) return; // the client went away: nobody to answer
       throw unreachable(node, error);
     } finally {
       clearInterval(watch);
+      socket.off("close", clientGone);
     }
   }
 
@@ -262,47 +270,29 @@ export class Forwarder {
  */
 export function servedByOwner(
   operation: Operation,
-  deps: {
-    context: CoreContext;
-    routing: SessionRouting;
-    forwarder: Forwarder;
+  deps: OwnerRouting & {
     /** Aborts once a shutdown's grace period is over: forwarded requests end then too. */
     shutdown: AbortSignal;
   },
-  options: SessionScope,
+  scope: SessionScope,
 ): Operation {
   const bodyKind = operation.body === "streamed" ? "streamed" : "json";
   return {
     ...operation,
     handle: async (input) => {
-      const sessionId =
-        options.sessionIdOf === undefined
-          ? requireSessionId(input.request.headers)
-          : await options.sessionIdOf(input);
-      // The id alone routes a request; the runtime and its endpoint are checked where it is
-      // served, and before a session is placed.
-      const runtimeId = runtimeIdFromArnOrId(input.params["runtimeArn"] ?? "");
-      const hops = hopsOf(input);
-      const route = await deps.routing.route(runtimeId, sessionId, {
-        place: options.place,
-        hops,
-        beforePlacing: async () => {
-          await invocationTargetOf(deps.context, input);
-        },
-      });
+      const route = await routeToOwner(input, deps, scope, (request) =>
+        requireSessionId(request.headers),
+      );
       if (route.kind === "here") return operation.handle(input);
-      try {
-        const signal = AbortSignal.any([input.raw.signal, deps.shutdown]);
-        await deps.forwarder.forward(
+      const signal = AbortSignal.any([input.raw.signal, deps.shutdown]);
+      await route.forwarding(() =>
+        deps.forwarder.forward(
           { ...input, raw: { ...input.raw, signal } },
           route.node,
           bodyKind,
-          hops + 1,
-        );
-      } catch (error) {
-        deps.routing.forget(runtimeId, sessionId);
-        throw error;
-      }
+          route.hops,
+        ),
+      );
       return { streamed: true };
     },
   };
@@ -311,28 +301,75 @@ export function servedByOwner(
 /** servedByOwner for a WebSocket operation: the upgrade is passed on to the owner unopened. */
 export function socketServedByOwner(
   operation: SocketOperation,
-  deps: { context: CoreContext; routing: SessionRouting; forwarder: Forwarder },
-  options: { place: boolean },
+  deps: OwnerRouting,
+  scope: SessionScope,
 ): SocketOperation {
   return {
     ...operation,
     handle: async (input) => {
-      const sessionId = requireSessionId(input.request.headers, input.request.query);
-      const runtimeId = runtimeIdFromArnOrId(input.params["runtimeArn"] ?? "");
-      const hops = hopsOf(input);
-      const route = await deps.routing.route(runtimeId, sessionId, {
-        place: options.place,
-        hops,
-        beforePlacing: async () => {
-          await invocationTargetOf(deps.context, input);
-        },
-      });
+      // A client that cannot set headers names the session in the query.
+      const route = await routeToOwner(input, deps, scope, (request) =>
+        requireSessionId(request.headers, request.query),
+      );
       if (route.kind === "here") {
         await operation.handle(input);
         return;
       }
+      await route.forwarding(() => deps.forwarder.forwardUpgrade(input, route.node, route.hops));
+    },
+  };
+}
+
+/** What routing a session's operation to its owner needs. */
+interface OwnerRouting {
+  context: CoreContext;
+  routing: SessionRouting;
+  forwarder: Forwarder;
+}
+
+type OwnerRoute =
+  | { kind: "here" }
+  | {
+      kind: "elsewhere";
+      node: NodeRecord;
+      /** The hops the forwarded request carries (this one included). */
+      hops: number;
+      /** Runs the forwarding; the owner is forgotten if it fails (it may have moved). */
+      forwarding: (forward: () => Promise<void>) => Promise<void>;
+    };
+
+/**
+ * Where an operation on one session runs: here, or on the node that owns (or is given) it. The
+ * id alone routes a request; the runtime and its endpoint are checked where it is served, and
+ * before a session is placed.
+ */
+async function routeToOwner(
+  input: Pick<OperationInput, "request" | "params" | "forwardedBy">,
+  deps: OwnerRouting,
+  scope: SessionScope,
+  headerSessionId: (request: OperationInput["request"]) => string,
+): Promise<OwnerRoute> {
+  const sessionId =
+    scope.sessionIdOf === undefined
+      ? headerSessionId(input.request)
+      : await scope.sessionIdOf(input);
+  const runtimeId = runtimeIdFromArnOrId(input.params["runtimeArn"] ?? "");
+  const hops = hopsOf(input);
+  const route = await deps.routing.route(runtimeId, sessionId, {
+    place: scope.place,
+    hops,
+    beforePlacing: async () => {
+      await invocationTargetOf(deps.context, input);
+    },
+  });
+  if (route.kind === "here") return { kind: "here" };
+  return {
+    kind: "elsewhere",
+    node: route.node,
+    hops: hops + 1,
+    forwarding: async (forward) => {
       try {
-        await deps.forwarder.forwardUpgrade(input, route.node, hops + 1);
+        await forward();
       } catch (error) {
         deps.routing.forget(runtimeId, sessionId);
         throw error;
@@ -343,10 +380,7 @@ export function socketServedByOwner(
 
 /** Splices two upgraded connections until either closes; `done` is called once, then. */
 function splice(
-  client: NodeJS.ReadWriteStream & {
-    destroy(): void;
-    on(event: string, listener: () => void): unknown;
-  },
+  client: Duplex,
   clientHead: Buffer,
   owner: Socket,
   ownerHead: Buffer,
@@ -369,6 +403,8 @@ function splice(
     side.on("close", end);
     side.on("error", end);
   }
+  // Either may have closed before the listeners were there: its close is not emitted again.
+  if (client.destroyed || owner.destroyed) end();
 }
 
 /** The status line and headers of an answer, as bytes for a raw connection. */

@@ -91,9 +91,10 @@ export class SigV4Verifier {
   /**
    * Verifies a SigV4-presigned URL (query authentication), as WebSocket clients send it: the
    * signature over the request without its body, the payload hash being the empty body's
-   * SHA-256 or UNSIGNED-PAYLOAD (signers differ; both stand for the same empty body).
+   * SHA-256 or UNSIGNED-PAYLOAD (signers differ; both stand for the same empty body). Resolves
+   * to the headers the signature covers: no other header of the request may be trusted.
    */
-  async verifyPresigned(request: WireRequest): Promise<void> {
+  async verifyPresigned(request: WireRequest): Promise<string[]> {
     const auth = parsePresignedAuth(request.query);
     const signer = this.signerOf(auth.accessKeyId);
     if (toAmzDate(auth.signingDate).slice(0, 8) !== auth.scopeDate) {
@@ -106,7 +107,7 @@ export class SigV4Verifier {
     checkPresignedWindow(auth, this.now(), this.maxSkewMs);
     for (const payloadHash of [emptySha256, unsignedPayload]) {
       const expected = await presignedSignature(signer, request, auth, payloadHash);
-      if (constantTimeEqual(expected, auth.signature)) return;
+      if (constantTimeEqual(expected, auth.signature)) return auth.signedHeaders;
     }
     throw authError(
       "InvalidSignatureException",

@@ -60,7 +60,8 @@ export function createUpgradeHandler(options: UpgradeHandlerOptions): UpgradeLis
       operation: "unknown",
       status: 101,
     };
-    serve(options, serverOf, { incoming, socket, head, requestId, outcome, chosenProtocols })
+    const upgrade: Upgrade = { incoming, socket, head, requestId, outcome, chosenProtocols };
+    serve(options, serverOf, upgrade)
       .catch((error: unknown) => {
         const answer = asBerthError(error, requestId);
         if (errorShapes[answer.code].fault === "server") {
@@ -70,8 +71,12 @@ export function createUpgradeHandler(options: UpgradeHandlerOptions): UpgradeLis
             error: error instanceof Error ? (error.stack ?? error.message) : String(error),
           });
         }
-        outcome.status = errorShapes[answer.code].status;
         outcome.errorCode = answer.code;
+        if (upgrade.opened === true) {
+          socket.destroy(); // mid-conversation: no HTTP answer fits in a WebSocket stream
+          return;
+        }
+        outcome.status = errorShapes[answer.code].status;
         refuseUpgrade(socket, answer, requestId);
       })
       .finally(() => {
@@ -94,6 +99,8 @@ interface Upgrade {
   requestId: string;
   outcome: { operation: string; status: number };
   chosenProtocols: WeakMap<IncomingMessage, string>;
+  /** Set once the handshake is done: an error after it can no longer be an HTTP answer. */
+  opened?: boolean;
 }
 
 async function serve(
@@ -129,10 +136,12 @@ async function serve(
       `No WebSocket operation at ${request.method} ${target.segments.join("/")}`,
     );
   }
-  if (request.method !== "GET" || !isWebSocketUpgrade(incoming)) {
+  if (request.method !== "GET" || !isWebSocketHandshake(incoming)) {
+    // Checked here, not left to the WebSocket server, which drops a bad handshake silently:
+    // an operation waiting on accept() would wait forever.
     throw new BerthError(
       "ValidationException",
-      `${matched.operation.name} is a WebSocket: send GET with Upgrade: websocket, Connection: Upgrade, Sec-WebSocket-Version: 13 and Sec-WebSocket-Key`,
+      `${matched.operation.name} is a WebSocket: send GET with Upgrade: websocket, Connection: Upgrade, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key of 16 bytes in base64`,
     );
   }
   const server = serverOf(matched.operation);
@@ -145,8 +154,21 @@ async function serve(
     raw: { incoming, socket, head },
     accept: (choice) => {
       if (choice?.protocol !== undefined) upgrade.chosenProtocols.set(incoming, choice.protocol);
-      accepted ??= new Promise<WebSocket>((resolve) => {
-        server.handleUpgrade(incoming, socket, head, resolve);
+      accepted ??= new Promise<WebSocket>((resolve, reject) => {
+        const gone = (): void => {
+          reject(clientGone());
+        };
+        if (socket.destroyed) {
+          gone();
+          return;
+        }
+        // A client that leaves before the handshake completes never gets its callback.
+        socket.once("close", gone);
+        server.handleUpgrade(incoming, socket, head, (webSocket) => {
+          socket.off("close", gone);
+          upgrade.opened = true;
+          resolve(webSocket);
+        });
       });
       return accepted;
     },
@@ -175,7 +197,11 @@ async function authenticate(
   }
   if (options.verifier === undefined) return undefined;
   if (isPresigned(request) && request.headers.authorization === undefined) {
-    await options.verifier.verifyPresigned(request);
+    const signed = await options.verifier.verifyPresigned(request);
+    // The signature covers the URL and these headers only: any other header (a session id
+    // naming another session, an Authorization for the agent) was added by whoever holds the
+    // URL, so none reaches an operation.
+    keepOnly(request.headers, new Set([...signed, ...handshakeHeaders]));
     return undefined;
   }
   const pending = options.verifier.checkHeaders(request, { unsignedPayloadAllowed: true });
@@ -184,8 +210,42 @@ async function authenticate(
   return undefined;
 }
 
-function isWebSocketUpgrade(incoming: IncomingMessage): boolean {
+/** Headers a WebSocket client sends that carry no meaning for an operation, only the handshake. */
+const handshakeHeaders = [
+  "connection",
+  "upgrade",
+  "sec-websocket-key",
+  "sec-websocket-version",
+  "sec-websocket-protocol",
+  "sec-websocket-extensions",
+];
+
+function keepOnly(headers: IncomingMessage["headers"], kept: Set<string>): void {
+  for (const name of Object.keys(headers)) {
+    if (!kept.has(name)) Reflect.deleteProperty(headers, name);
+  }
+}
+
+/** Whether the request is a WebSocket handshake the server will complete (RFC 6455, 4.2.1). */
+function isWebSocketHandshake(incoming: IncomingMessage): boolean {
+  const { headers } = incoming;
+  return (
+    (headers.upgrade ?? "").toLowerCase() === "websocket" &&
+    headers["sec-websocket-version"] === "13" &&
+    /^[+/0-9A-Za-z]{21}[AQgw]==$/.test(headers["sec-websocket-key"] ?? "")
+  );
+}
+
+/** Whether a request asks for a WebSocket: only those reach the upgrade handler. */
+export function asksForWebSocket(incoming: IncomingMessage): boolean {
   return (incoming.headers.upgrade ?? "").toLowerCase() === "websocket";
+}
+
+function clientGone(): BerthError {
+  return new BerthError(
+    "ValidationException",
+    "The client closed the connection before the WebSocket handshake completed",
+  );
 }
 
 /** The first of the operation's subprotocols the client offered (none: the handshake has none). */
