@@ -1,3 +1,4 @@
+import { emptySha256 } from "../core/payload-hash.ts";
 import { readFileSync } from "node:fs";
 import { request } from "node:http";
 import { request as httpsRequest } from "node:https";
@@ -116,8 +117,6 @@ export class Connection {
     this.data.destroy();
   }
 }
-
-const emptySha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 function explicitCredentials(env: NodeJS.ProcessEnv): Credentials | undefined {
   const accessKeyId = env["AWS_ACCESS_KEY_ID"];

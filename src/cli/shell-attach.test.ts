@@ -456,6 +456,27 @@ describe("berth shell against a server speaking the shell protocol", () => {
     assert.equal(await exit, 0);
   });
 
+  it("does not drop the connection for silence while it is not reading it (the terminal is full)", async () => {
+    const output = new Collected({ highWaterMark: 1, hold: true });
+    const fake = fakeTerminal({ interactive: true, output });
+    const { exit, sockets } = attach(fake, { probeIntervalMs: 20 });
+    const connection = await server.nextConnection();
+    connection.open("shell-m");
+    connection.send(shellChannels.stdout, "slow");
+    await output.until("slow");
+    assert.equal(sockets[0]?.isPaused, true, "paused while the terminal is full");
+    // This server answers no heartbeat, and whatever it sent would sit unread: probes only.
+    const closed = once(connection.socket, "close").then(() => "closed" as const);
+    for (let probe = 0; probe < 5; probe += 1) {
+      const next = await Promise.race([connection.nextFrame(shellChannels.heartbeat), closed]);
+      assert.notEqual(next, "closed", "dropped while its reading was paused");
+    }
+    connection.exit("shell-m", 0);
+    output.release();
+    assert.equal(await exit, 0);
+    assert.equal(sockets.length, 1, "the same connection throughout");
+  });
+
   it("probes a silent connection with heartbeats and reconnects when one goes unanswered", async () => {
     const fake = fakeTerminal({ interactive: false });
     const { exit } = attach(fake, { probeIntervalMs: 20 });

@@ -6,6 +6,7 @@ import {
   encodeFrame,
   encodeFrames,
   encodeResize,
+  messageBytes,
   parseStatus,
   shellChannels,
   shellCloseCodes,
@@ -43,7 +44,7 @@ export interface AttachOptions {
    * returns it still connecting, so no frame arrives before the listeners are in place.
    */
   connect(shellId: string | undefined): Promise<WebSocket>;
-  /** Typed once the shell is open, before anything read from the input (`exec COMMAND\n`). */
+  /** Typed once the shell is open, before anything read from the input (a command's line). */
   firstInput?: string | undefined;
   reconnectDelaysMs?: readonly number[];
   probeIntervalMs?: number;
@@ -83,6 +84,11 @@ class ShellAttachment {
   /** Input read while no socket was open, sent once one is. */
   private pendingInput: Buffer[] = [];
   private receivedSinceProbe = true;
+  /**
+   * Whether the socket's reading was paused (the terminal full) since the last probe: frames
+   * then wait unread, so silence says nothing of the connection.
+   */
+  private pausedSinceProbe = false;
 
   constructor(options: AttachOptions) {
     this.options = options;
@@ -140,7 +146,7 @@ class ShellAttachment {
       });
     });
     socket.on("message", (data: RawData) => {
-      this.receive(socket, toBuffer(data));
+      this.receive(socket, messageBytes(data));
     });
     socket.on("error", () => {
       // The close that follows decides: reconnect, or report (untilOpen reports its own).
@@ -158,6 +164,7 @@ class ShellAttachment {
     }
     this.socket = socket;
     this.receivedSinceProbe = true;
+    this.pausedSinceProbe = false;
     return { closed };
   }
 
@@ -215,6 +222,7 @@ class ShellAttachment {
   private write(socket: WebSocket, stream: Writable, payload: Buffer): void {
     if (stream.write(payload)) return;
     socket.pause();
+    this.pausedSinceProbe = true;
     stream.once("drain", () => {
       socket.resume();
     });
@@ -296,16 +304,18 @@ class ShellAttachment {
 
   /**
    * Drops a connection that stayed silent since the last probe (the network died without a
-   * word); otherwise asks for an answer, a heartbeat Berth echoes.
+   * word), unless its reading was paused meanwhile; otherwise asks for an answer, a heartbeat
+   * Berth echoes.
    */
   private probe(): void {
     const socket = this.openSocket();
     if (socket === undefined) return;
-    if (!this.receivedSinceProbe) {
+    if (!this.receivedSinceProbe && !this.pausedSinceProbe) {
       socket.terminate();
       return;
     }
     this.receivedSinceProbe = false;
+    this.pausedSinceProbe = socket.isPaused;
     socket.send(encodeFrame(shellChannels.heartbeat));
   }
 
@@ -371,10 +381,4 @@ function retryable(status: number): boolean {
 
 function describeClose(closing: Closing): string {
   return closing.reason === "" ? `code ${closing.code}` : `code ${closing.code}: ${closing.reason}`;
-}
-
-function toBuffer(data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  if (Array.isArray(data)) return Buffer.concat(data);
-  return Buffer.from(data);
 }

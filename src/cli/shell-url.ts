@@ -1,13 +1,12 @@
 import { Hash } from "@smithy/hash-node";
 import { HttpRequest } from "@smithy/protocol-http";
 import { SignatureV4 } from "@smithy/signature-v4";
+import { emptySha256 } from "../core/payload-hash.ts";
 
 /** The header (and, in a presigned URL, the query parameter) naming the session. */
 export const sessionIdName = "x-amzn-bedrock-agentcore-runtime-session-id";
 /** The longest a presigned URL may be valid, as in AWS: seven days. */
 export const maxPresignSeconds = 604_800;
-
-const emptySha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 export interface ShellTarget {
   /** Berth's URL, http(s)://host:port[/prefix]. */

@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { PassThrough, Writable } from "node:stream";
 import { describe, it } from "node:test";
 import { parseArgs, UsageError } from "./args.ts";
 import { runClientCommand } from "./main.ts";
-import { interactiveExec } from "./shell.ts";
+import { execLine, interactiveExec } from "./shell.ts";
 
 /** Runs `berth WORDS` in this process with captured output, against nothing listening. */
 async function berth(words: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -46,6 +47,18 @@ describe("berth exec -it", () => {
       command: undefined,
     });
     assert.equal(interactiveExec(parseArgs(["my_agent", "--", "ls"], execOptions)), undefined);
+  });
+
+  it("types a line that runs the whole command, quotes and all, and ends the shell with its code", () => {
+    for (const shell of ["bash", "sh"]) {
+      const typed = spawnSync(shell, ["-c", execLine(`echo "it's $((6*7))"; exit 5`)], {
+        encoding: "utf8",
+      });
+      assert.equal(typed.stdout, "it's 42\n", shell);
+      assert.equal(typed.status, 5, shell);
+      const missing = spawnSync(shell, ["-c", execLine("no-such-program-here")]);
+      assert.equal(missing.status, 127, `${shell}: not found ends the shell too`);
+    }
   });
 
   it("refuses --shell-id without -it, and --timeout with it", async () => {

@@ -68,7 +68,7 @@ export function interactiveExec(
 
 /**
  * `berth exec -it RUNTIME --session ID [-- COMMAND...]`: the shell, with COMMAND typed as its
- * first line (`exec COMMAND`, so the shell ends with it) when one is given.
+ * first line (see execLine) when one is given.
  */
 export async function runInteractiveExec(
   context: CommandContext,
@@ -80,8 +80,24 @@ export async function runInteractiveExec(
   return runShell(context, {
     runtime: request.runtime,
     name: "berth exec",
-    ...(request.command === undefined ? {} : { firstInput: `exec ${request.command}\n` }),
+    ...(request.command === undefined ? {} : { firstInput: execLine(request.command) }),
   });
+}
+
+/**
+ * The line that makes the shell run COMMAND as its last act, so the CLI ends with COMMAND's exit
+ * code. `exec COMMAND` alone would replace the shell with COMMAND's first simple command only
+ * (`echo hi; exit 5` would end with echo's 0, the rest never run) and leaves an interactive shell
+ * open when the program is not found; a `-c` shell runs the whole line, as `berth exec` does
+ * (bash's own when the shell is bash, sh otherwise).
+ */
+export function execLine(command: string): string {
+  return `exec \${BASH:-sh} -c ${shellQuoted(command)}\n`;
+}
+
+/** One single-quoted shell word, whatever `text` holds (a quote is closed, escaped, reopened). */
+function shellQuoted(text: string): string {
+  return `'${text.replaceAll("'", "'\\''")}'`;
 }
 
 /**

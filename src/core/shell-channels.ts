@@ -10,12 +10,13 @@
  * | 2 stderr | Berth to client | unused by a terminal; kept for the framing |
  * | 3 status | Berth to client | ShellStatus JSON: first when the shell is open, last before Berth closes |
  * | 4 resize | client to Berth | `{"width":N,"height":N}` (columns, rows; Kubernetes' `Width`/`Height` too) |
- * | 5 heartbeat | both | anything; Berth answers each with a heartbeat carrying the same bytes |
+ * | 5 heartbeat | both | anything; Berth answers each with a heartbeat carrying the same bytes (the first 65,535 of a longer one), none while the client leaves its answers unread |
  * | 0xFF close | client to Berth | the client hangs up: the shell is ended, its last status sent, the socket closed |
  *
  * A frame Berth sends is at most 64 KiB, channel byte included: longer output is split. Berth
- * takes a payload of up to 64 KiB after the channel byte. A connection that drops without a
- * close frame leaves its shell running for the reconnect window (shells.ts).
+ * takes a payload of up to 64 KiB after the channel byte. Only a 0xFF frame ends the shell: a
+ * WebSocket close (whatever its code) or a dropped connection leaves it running for the
+ * reconnect window (shells.ts), for a client to reattach to.
  */
 
 export const shellChannels = {
@@ -87,6 +88,16 @@ export function encodeFrames(channel: ShellChannel, payload: Uint8Array): Buffer
     frames.push(encodeFrame(channel, payload.subarray(start, start + step)));
   }
   return frames;
+}
+
+/**
+ * A received WebSocket message as one Buffer. `ws` hands a message over (its RawData) as a
+ * Buffer, an ArrayBuffer or a fragmented message's pieces, as its binaryType says.
+ */
+export function messageBytes(data: Buffer | ArrayBuffer | Buffer[]): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
 }
 
 /**

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { FakeLease, type FakeTerminal } from "../../test/support/fake-terminal.ts";
 import { BerthError } from "./errors.ts";
 import type { ShellConnectionEnd } from "./shell-channels.ts";
@@ -247,6 +249,37 @@ describe("ShellRegistry", () => {
     assert.equal((await connect()).reconnected, false, "told once, then forgotten");
   });
 
+  it("keeps nothing of an ended shell once a client heard its end, whenever its socket closes", async () => {
+    const { connect, lease, registry } = setUp();
+    /** One shell opened, exited, its end heard and its socket closed: what it leaves behind. */
+    const openAndExit = async (round: number): Promise<WeakRef<FakeTerminal>> => {
+      const shellId = `round-${round}`;
+      const connection = await connect({ shellId });
+      const client = new RecordingClient();
+      let hearing = connection;
+      if (round % 2 === 0)
+        connection.attach(client); // it exits while attached
+      else connection.detach(); // it exits while detached; a client reattaches and hears its end
+      const terminal = lease.terminals.pop(); // the fake lease keeps no hold on it
+      assert.ok(terminal !== undefined);
+      terminal.output.write("some output for the replay ring");
+      terminal.exit({ code: 0, signal: null });
+      if (round % 2 === 1) {
+        await waitFor(() => registry.runningCount("agent-A") === 0);
+        hearing = await connect({ shellId });
+        hearing.attach(client);
+      }
+      await client.ended;
+      hearing.detach(); // its socket closes after the end
+      return new WeakRef(terminal);
+    };
+    const terminals: WeakRef<FakeTerminal>[] = [];
+    for (let round = 0; round < 20; round += 1) terminals.push(await openAndExit(round));
+    await collectGarbage();
+    const kept = terminals.filter((terminal) => terminal.deref() !== undefined);
+    assert.equal(kept.length, 0, `${kept.length} of 20 ended shells are still held in memory`);
+  });
+
   it("refuses a shell past maxShellsPerRuntime, naming the setting; an exited one frees its place", async () => {
     const { connect, terminal, registry } = setUp();
     for (const shellId of ["a", "b", "c"]) await connect({ shellId });
@@ -281,6 +314,15 @@ describe("ShellRegistry", () => {
     }
   });
 });
+
+/** A full garbage collection: what nothing holds any more is gone after it (WeakRefs say so). */
+async function collectGarbage(): Promise<void> {
+  setFlagsFromString("--expose-gc");
+  const gc = runInNewContext("gc") as () => void;
+  // WeakRefs made or read in this turn hold their targets until it ends.
+  await new Promise((resolve) => setImmediate(resolve));
+  gc();
+}
 
 /** Waits until the terminal's output has been read (nothing left buffered in it). */
 async function waitUntilRead(terminal: FakeTerminal): Promise<void> {

@@ -196,7 +196,7 @@ class Shell {
   started: Promise<void> = Promise.resolve();
   private readonly settings: ShellSettings;
   private readonly log: Logger;
-  private readonly forget: () => void;
+  private readonly forgetInRegistry: () => void;
   private readonly ring: ReplayRing;
   private terminal: SandboxTerminal | undefined;
   private attached: { connection: ShellConnection; client: ShellClient } | undefined;
@@ -207,12 +207,14 @@ class Shell {
   private hungUp = false;
   /** The reconnect window passed: once the shell ends, nobody is left to tell. */
   private abandoned = false;
+  /** Out of the registry for good: nothing (no window) may keep it, its ring and terminal. */
+  private forgotten = false;
 
   constructor(ids: ShellIds, settings: ShellSettings, log: Logger, forget: () => void) {
     this.ids = ids;
     this.settings = settings;
     this.log = log;
-    this.forget = forget;
+    this.forgetInRegistry = forget;
     this.ring = new ReplayRing(settings.replayBytes);
   }
 
@@ -240,11 +242,14 @@ class Shell {
     this.terminal.output.on("data", (chunk: Buffer) => {
       this.onOutput(chunk);
     });
-    void lease.ended.then((reason) => {
-      this.finish({ kind: "sessionEnded", reason });
-      this.forget();
-    });
+    tellWhenSessionEnds(lease, new WeakRef(this));
     void this.watchExit(this.terminal, lease);
+  }
+
+  /** Its session ended: the shell ends with it, and is forgotten even if kept with its exit. */
+  sessionEnded(reason: string): void {
+    this.finish({ kind: "sessionEnded", reason });
+    this.forget();
   }
 
   /** A connection is about to attach: the reconnect window, if running, is over. */
@@ -281,7 +286,8 @@ class Shell {
     this.attached = undefined;
     this.pausedFor = undefined;
     this.terminal?.output.resume();
-    if (this.windowTimer !== undefined) return;
+    // A client already heard its end (the socket closes after): there is nothing to wait for.
+    if (this.windowTimer !== undefined || this.forgotten) return;
     if (this.end !== undefined) {
       this.keepEndedForWindow();
       return;
@@ -300,8 +306,17 @@ class Shell {
 
   /** An ended shell no client has heard end of: kept for the window, for one to reattach. */
   private keepEndedForWindow(): void {
-    this.windowTimer = setTimeout(this.forget, this.settings.reconnectMs);
+    this.windowTimer = setTimeout(() => {
+      this.forget();
+    }, this.settings.reconnectMs);
     this.windowTimer.unref();
+  }
+
+  /** The shell leaves the registry for good (a client heard its end, or nobody can any more). */
+  private forget(): void {
+    this.forgotten = true;
+    this.holdForConnection();
+    this.forgetInRegistry();
   }
 
   write(bytes: Buffer): Promise<void> {
@@ -373,6 +388,18 @@ class Shell {
     }
     this.keepEndedForWindow();
   }
+}
+
+/**
+ * The session's end outlives its shells: what it calls back holds the shell only weakly, else
+ * each shell opened and exited in a long session would stay in memory (its ring, its terminal)
+ * until the session ends. A shell the registry holds (running, or ended and kept) hears it. A
+ * function of its own: a closure made inside a method would share the method's `this`.
+ */
+function tellWhenSessionEnds(lease: SessionLease, shell: WeakRef<Shell>): void {
+  void lease.ended.then((reason) => {
+    shell.deref()?.sessionEnded(reason);
+  });
 }
 
 /**

@@ -14,6 +14,14 @@ import { onSession, operation, type Operation } from "./operation.ts";
 
 /** The most of a card Berth reads: cards are a few kilobytes; more is an agent gone wrong. */
 const maxAgentCardBytes = 1024 * 1024;
+/**
+ * How long the agent has to send its whole card, headers and body: the read holds the session's
+ * lease, so an agent that trickles its answer must not hold it for as long as it likes. The
+ * agent is already up when this asks (acquiring the session waited for it), and a card is a
+ * document of a few kilobytes it serves at once: 10 s is ample. Not agentPingTimeoutMs, which
+ * is sized for a health answer of tens of bytes (1 s by default).
+ */
+const agentCardTimeoutMs = 10_000;
 
 export function agentCardOperation(
   context: CoreContext,
@@ -52,8 +60,34 @@ export function agentCardOperation(
   );
 }
 
-/** GETs the card from the agent: its JSON, or a RuntimeClientError saying what was wrong. */
-async function readAgentCard(
+/**
+ * GETs the card from the agent: its JSON, or a RuntimeClientError saying what was wrong (also
+ * when the whole answer has not arrived within timeoutMs).
+ */
+export async function readAgentCard(
+  lease: SessionLease,
+  path: string,
+  signal: AbortSignal,
+  timeoutMs = agentCardTimeoutMs,
+): Promise<unknown> {
+  const late = new BerthError(
+    "RuntimeClientError",
+    `The agent did not send its whole card (GET ${path}) within ${timeoutMs} ms, Berth's deadline for an agent card: an A2A agent serves it at once`,
+  );
+  const deadline = new AbortController();
+  const timer = setTimeout(() => {
+    deadline.abort(late);
+  }, timeoutMs);
+  try {
+    return await readCardUntil(lease, path, AbortSignal.any([signal, deadline.signal]));
+  } catch (error) {
+    throw deadline.signal.aborted ? late : error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function readCardUntil(
   lease: SessionLease,
   path: string,
   signal: AbortSignal,

@@ -17,12 +17,13 @@ import { ShellTestClient } from "../../test/support/shell-client.ts";
 import { RefusedUpgrade } from "../../test/support/websockets.ts";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
-import type { Sandbox, SandboxDriver, SandboxExit } from "../core/sandbox.ts";
+import type { Sandbox, SandboxDriver, SandboxExit, TerminalOptions } from "../core/sandbox.ts";
 import { SessionStorage } from "../core/session-storage.ts";
 import { SessionManager } from "../core/sessions.ts";
 import {
   encodeFrame,
   maxReceivedFrameBytes,
+  maxSentFrameBytes,
   shellChannels,
   shellCloseCodes,
 } from "../core/shell-channels.ts";
@@ -38,8 +39,27 @@ const runtime = runtimeRecord("agent-CCCCCCCCCC");
 const version = versionRecord(runtime);
 const sessionHeader = "x-amzn-bedrock-agentcore-runtime-session-id";
 
+type TerminalMaker = (argv: string[], options: TerminalOptions) => FakeTerminal;
+
+const echoingTerminal: TerminalMaker = (argv, options) =>
+  new FakeTerminal(argv, options, { echo: true });
+
+/** An echoing terminal that takes no typed byte until `typing` resolves (a busy program). */
+class SlowTerminal extends FakeTerminal {
+  private readonly typing: Promise<void>;
+
+  constructor(argv: string[], options: TerminalOptions, typing: Promise<void>) {
+    super(argv, options, { echo: true });
+    this.typing = typing;
+  }
+
+  override write(bytes: Buffer): Promise<void> {
+    return this.typing.then(() => super.write(bytes));
+  }
+}
+
 /** A session's sandbox whose terminals echo what is typed; killing it ends them. */
-function echoingSandbox(terminals: FakeTerminal[]): Sandbox {
+function echoingSandbox(terminals: FakeTerminal[], newTerminal: TerminalMaker): Sandbox {
   let settle: (exit: SandboxExit) => void = () => undefined;
   const exited = new Promise<SandboxExit>((resolve) => (settle = resolve));
   return {
@@ -54,7 +74,7 @@ function echoingSandbox(terminals: FakeTerminal[]): Sandbox {
     usage: () => Promise.resolve({ memoryBytes: undefined, processes: undefined }),
     exec: () => Promise.reject(new Error("no commands in this test")),
     openTerminal: (argv, options) => {
-      const terminal = new FakeTerminal(argv, options, { echo: true });
+      const terminal = newTerminal(argv, options);
       terminals.push(terminal);
       return Promise.resolve(terminal);
     },
@@ -68,6 +88,7 @@ function echoingSandbox(terminals: FakeTerminal[]): Sandbox {
 async function startShellServer(
   overrides: Partial<ShellSettings> = {},
   heartbeatIntervalMs?: number,
+  newTerminal: TerminalMaker = echoingTerminal,
 ) {
   const folder = mkdtempSync(join(tmpdir(), "berth-shell-socket-"));
   const store = new MemoryMetadataStore();
@@ -78,7 +99,7 @@ async function startShellServer(
     imageRootNeeds: { folders: [], files: [] },
     describe: () => "a test driver",
     close: () => Promise.resolve(),
-    start: () => Promise.resolve(echoingSandbox(terminals)),
+    start: () => Promise.resolve(echoingSandbox(terminals, newTerminal)),
   };
   const sessions = new SessionManager({
     driver,
@@ -383,6 +404,71 @@ describe("InvokeAgentRuntimeCommandShell over a WebSocket", () => {
     assert.equal((await silent.closed).code, 1006, "dropped without a close handshake");
     const again = await ShellTestClient.open(server.url({ shellId: "quiet" }), options);
     assert.equal((await again.status(0)).reconnected, true);
+  });
+
+  it("echoes a heartbeat of the largest payload a client may send, cut to what a frame holds", async () => {
+    const server = await start();
+    const client = await ShellTestClient.open(server.url(), {
+      headers: { [sessionHeader]: newSession() },
+    });
+    await client.status(0);
+    const payload = Buffer.alloc(maxReceivedFrameBytes - 1, "h");
+    client.socket.send(Buffer.concat([Buffer.of(shellChannels.heartbeat), payload]));
+    const echo = await client.heartbeat(0);
+    assert.deepEqual(echo, payload.subarray(0, maxSentFrameBytes - 1));
+    client.type("still open\n");
+    await client.until("still open\n");
+    assert.deepEqual(server.failures, []);
+  });
+
+  it("stops echoing heartbeats to a client that does not read them", async () => {
+    const server = await start();
+    const client = await ShellTestClient.open(server.url(), {
+      headers: { [sessionHeader]: newSession() },
+    });
+    await client.status(0);
+    client.socket.pause();
+    // 64 MiB of heartbeats: far more than the connection's kernel buffers take.
+    const sent = 1024;
+    const beat = encodeFrame(shellChannels.heartbeat, Buffer.alloc(65_535, "h"));
+    for (let index = 1; index < sent; index += 1) client.socket.send(beat);
+    await new Promise((resolve) => {
+      client.socket.send(beat, resolve); // all of them out of this process
+    });
+    client.type("after the heartbeats\n"); // echoed by the terminal once they are all handled
+    client.socket.resume();
+    await client.until("after the heartbeats\n");
+    assert.ok(client.heartbeats.length > 0, "echoed while the client's buffer had room");
+    assert.ok(
+      client.heartbeats.length < sent,
+      `${client.heartbeats.length} of ${sent} heartbeats echoed to a client that read none`,
+    );
+  });
+
+  it("does not take a client for gone while Berth itself has stopped reading it (typed input backs up)", async () => {
+    let letTerminalType: () => void = () => undefined;
+    const typing = new Promise<void>((resolve) => (letTerminalType = resolve));
+    const server = await start({}, 20, (argv, options) => new SlowTerminal(argv, options, typing));
+    const client = await ShellTestClient.open(server.url(), {
+      headers: { [sessionHeader]: newSession() },
+    });
+    await client.status(0);
+    // More than Berth holds untaken: it stops reading the socket, pongs included.
+    client.type(Buffer.alloc(2 * 1024 * 1024, "k"));
+    let pings = 0;
+    client.socket.on("ping", () => (pings += 1));
+    await waitFor(
+      "ten heartbeat intervals of pings",
+      () => pings >= 10 || client.socket.readyState !== client.socket.OPEN,
+    );
+    assert.equal(
+      client.socket.readyState,
+      client.socket.OPEN,
+      "cut off while Berth was not reading it",
+    );
+    letTerminalType();
+    client.type("\nawake\n");
+    await client.until("awake\n");
   });
 
   it("stops reading the terminal while the client does not read, and loses nothing", async () => {

@@ -12,6 +12,8 @@ import {
   encodeStatus,
   isWindowSide,
   maxReceivedFrameBytes,
+  maxSentFrameBytes,
+  messageBytes,
   openedStatus,
   parseResize,
   shellChannels,
@@ -139,6 +141,11 @@ class ShellSocket implements ShellClient {
   /** Keystrokes go to the terminal one write at a time, in order. */
   private typing: Promise<void> = Promise.resolve();
   private pendingInputBytes = 0;
+  /**
+   * Whether Berth stopped reading the socket (typed input backed up) since the last ping: its
+   * pong may be unread, so silence then says nothing of the client.
+   */
+  private pausedSincePing = false;
 
   constructor(socket: WebSocket, connection: ShellConnection, options: ShellSocketOptions) {
     this.socket = socket;
@@ -167,7 +174,7 @@ class ShellSocket implements ShellClient {
     };
     shutdown.addEventListener("abort", onShutdown, { once: true });
     socket.on("message", (data: RawData, isBinary: boolean) => {
-      this.receive(toBuffer(data), isBinary);
+      this.receive(messageBytes(data), isBinary);
     });
     this.send(
       encodeStatus(
@@ -233,7 +240,7 @@ class ShellSocket implements ShellClient {
         break;
       }
       case shellChannels.heartbeat:
-        this.send(encodeFrame(shellChannels.heartbeat, decoded.payload));
+        this.answerHeartbeat(decoded.payload);
         break;
       case shellChannels.close:
         this.connection.hangUp();
@@ -244,11 +251,23 @@ class ShellSocket implements ShellClient {
     }
   }
 
+  /**
+   * The same bytes back (as many as a frame holds); nothing while the client has not read the
+   * output already sent, so a client that sends heartbeats and reads nothing fills no buffer.
+   */
+  private answerHeartbeat(payload: Buffer): void {
+    if (this.socket.bufferedAmount >= outputHighWaterBytes) return;
+    this.send(encodeFrame(shellChannels.heartbeat, payload.subarray(0, maxSentFrameBytes - 1)));
+  }
+
   /** Keys to the terminal in order; a client typing faster than it takes them is not read. */
   private type(bytes: Buffer): void {
     if (bytes.length === 0) return;
     this.pendingInputBytes += bytes.length;
-    if (this.pendingInputBytes > inputHighWaterBytes) this.socket.pause();
+    if (this.pendingInputBytes > inputHighWaterBytes) {
+      this.socket.pause();
+      this.pausedSincePing = true;
+    }
     this.typing = this.typing
       .then(() => this.connection.write(bytes))
       .catch(() => undefined) // a terminal gone: its end reaches the client through closed()
@@ -267,7 +286,9 @@ class ShellSocket implements ShellClient {
 
   /**
    * Pings every interval; a client that answered none of the last interval's pings (nor sent
-   * anything) is cut off, and its shell waits for it to reconnect. Returns what stops it.
+   * anything) is cut off, and its shell waits for it to reconnect. An interval in which Berth
+   * stopped reading the socket is no evidence: its verdict waits for one read throughout.
+   * Returns what stops it.
    */
   private heartbeat(): () => void {
     let heard = true;
@@ -277,11 +298,12 @@ class ShellSocket implements ShellClient {
     this.socket.on("pong", markHeard);
     this.socket.on("message", markHeard);
     const timer = setInterval(() => {
-      if (!heard) {
+      if (!heard && !this.pausedSincePing) {
         this.socket.terminate();
         return;
       }
       heard = false;
+      this.pausedSincePing = this.socket.isPaused;
       this.socket.ping();
     }, this.heartbeatIntervalMs);
     timer.unref();
@@ -305,10 +327,4 @@ function reasonOf(end: ShellConnectionEnd): string {
     case "failed":
       return "internal error";
   }
-}
-
-function toBuffer(data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  if (Array.isArray(data)) return Buffer.concat(data);
-  return Buffer.from(data);
 }

@@ -3,6 +3,7 @@ import { Hash } from "@smithy/hash-node";
 import { HttpRequest } from "@smithy/protocol-http";
 import { SignatureV4 } from "@smithy/signature-v4";
 import { BerthError, type ErrorCode } from "../core/errors.ts";
+import { emptySha256 } from "../core/payload-hash.ts";
 import type { WireRequest } from "./http.ts";
 import {
   checkPresignedWindow,
@@ -251,7 +252,7 @@ export class PendingSignature {
 
 const payloadHashHeader = "x-amz-content-sha256";
 /** The SHA-256 of no bytes: what a request without a body is signed over. */
-export const emptySha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+export { emptySha256 };
 
 /**
  * The signature a presigned URL should carry: the URL re-presigned with the SDK's own signer from

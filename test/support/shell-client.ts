@@ -4,6 +4,7 @@ import {
   encodeFrame,
   encodeFrames,
   encodeResize,
+  messageBytes,
   parseStatus,
   shellChannels,
   shellProtocol,
@@ -38,7 +39,7 @@ export class ShellTestClient {
       });
     });
     socket.on("message", (data: RawData, isBinary: boolean) => {
-      if (isBinary) this.receive(toBuffer(data));
+      if (isBinary) this.receive(messageBytes(data));
     });
   }
 
@@ -159,10 +160,4 @@ export class ShellTestClient {
     this.waiters = [];
     for (const wake of waiters) wake();
   }
-}
-
-function toBuffer(data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  if (Array.isArray(data)) return Buffer.concat(data);
-  return Buffer.from(data);
 }

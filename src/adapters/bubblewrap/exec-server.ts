@@ -2,6 +2,7 @@ import type { Socket } from "node:net";
 import { constants } from "node:os";
 import { Readable } from "node:stream";
 import type { CommandOutput, SandboxExit } from "../../core/sandbox.ts";
+import { isWindowSide, maxWindowSide } from "../../core/shell-channels.ts";
 import { encodeEntries, encodeFrame, RootHelper } from "../host/root-helper.ts";
 
 /** What native/berth-exec needs to start a program inside a sandbox. */
@@ -44,8 +45,6 @@ const outputHighWaterMark = 16;
 const terminalHighWaterMark = 64 * 1024;
 /** The most berth-exec takes in one 'i' frame (native/terminal-relay.h). */
 const maxTypedFrameBytes = 64 * 1024;
-/** A window's side, in characters: the kernel's struct winsize holds an unsigned short. */
-const maxWindowSide = 65_535;
 
 /**
  * The root helper that starts programs inside sandboxes (native/berth-exec; its header comment
@@ -131,9 +130,9 @@ function requireWindowSize({ columns, rows }: WindowSize): void {
     ["columns", columns],
     ["rows", rows],
   ] as const) {
-    if (!Number.isInteger(value) || value < 1 || value > maxWindowSide)
+    if (!isWindowSide(value))
       throw new RangeError(
-        `a terminal's ${name} must be a whole number from 1 to ${maxWindowSide}, not ${value}`,
+        `a terminal's ${name} must be a whole number from 1 to ${maxWindowSide}, not ${String(value)}`,
       );
   }
 }

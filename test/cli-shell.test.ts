@@ -1,0 +1,287 @@
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, beforeEach, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { WebSocket, type RawData } from "ws";
+import {
+  decodeFrame,
+  encodeFrame,
+  parseStatus,
+  shellChannels,
+  shellProtocol,
+  type ShellStatus,
+} from "../src/core/shell-channels.ts";
+import { agentSources, installAgent, waitFor } from "./support/agents.ts";
+import { berthBin } from "./support/berth-process.ts";
+import { hostSuite, removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
+import { createRuntime, newSessionId } from "./support/runtimes.ts";
+
+const repositoryRoot = fileURLToPath(new URL("..", import.meta.url));
+
+/**
+ * `berth shell` as a person uses it: in a real terminal (a tmux pane), typing, reading the screen,
+ * resizing the window, against a real Berth whose shells run in real sandboxes.
+ */
+describe("berth shell in a terminal (a host suite: real sandboxes, as root)", hostSuite, () => {
+  let berth: TestBerth;
+  let runtimeName = "";
+  let tmux: Tmux;
+
+  before(async () => {
+    berth = await startTestBerth();
+    installAgent(berth.dataDir, agentSources.probe, "probe");
+    const runtime = await createRuntime(berth, "probe");
+    runtimeName = runtime.id.replace(/-[a-zA-Z0-9]{10}$/, "");
+    tmux = new Tmux(cliEnv(berth));
+  });
+  after(async () => {
+    tmux.close();
+    await berth.close();
+    removeDir(berth.dataDir);
+  });
+  // Each test reads a screen of its own: nothing an earlier test printed can match.
+  beforeEach(() => {
+    tmux.freshWindow();
+  });
+
+  it("opens a shell at the window's size, follows resizes, passes Ctrl-C and the exit code, and restores the terminal", async () => {
+    const session = newSessionId("tty");
+    tmux.type(`${berthCommand("shell", runtimeName, "--session", session)}; echo CLI-EXIT:$?`);
+    await tmux.run("echo READY-$((20+1))", /^READY-21$/m);
+    assert.match(await tmux.run("echo SIZE:$(stty size)", /^SIZE:.*$/m), /^SIZE:30 100$/);
+    tmux.resize(120, 40);
+    await tmux.until("the shell sees the new size", async () => {
+      const shown = await tmux.run("echo SIZE:$(stty size)", /^SIZE:.*$/m);
+      return shown === "SIZE:40 120";
+    });
+    await tmux.run("echo SLEEPING; sleep 300", /^SLEEPING$/m);
+    tmux.keys("C-c");
+    assert.equal(await tmux.run("echo STATUS:$?", /^STATUS:\d+$/m), "STATUS:130");
+    tmux.type("exit 7");
+    await tmux.screenMatches(/^CLI-EXIT:7$/m);
+    assert.equal(await tmux.run(modeCommand, /^MODE:.*$/m), "MODE:echo,icanon,");
+  });
+
+  it("restores the terminal and exits 128+N when a signal ends the CLI", async () => {
+    const session = newSessionId("sig");
+    tmux.type(`${berthCommand("shell", runtimeName, "--session", session)}; echo CLI-EXIT:$?`);
+    await tmux.run("echo READY-$((30+2))", /^READY-32$/m);
+    const cli = tmux.foregroundChild();
+    process.kill(cli, "SIGTERM");
+    // Not at a line's start: the shell, hung up at its prompt, left the cursor after it.
+    await tmux.screenMatches(/CLI-EXIT:143$/m);
+    assert.equal(await tmux.run(modeCommand, /^MODE:.*$/m), "MODE:echo,icanon,");
+  });
+
+  it("runs `berth exec -it`'s command in the shell and exits with its code", async () => {
+    const session = newSessionId("exec");
+    tmux.type(
+      `${berthCommand("exec", "-it", runtimeName, "--session", session, "--")} 'echo EXEC-$((6*7)); exit 5'; echo CLI-EXIT:$?`,
+    );
+    await tmux.screenMatches(/^CLI-EXIT:5$/m);
+    assert.match(tmux.screen(), /^EXEC-42\s*$/m);
+  });
+
+  it("takes piped input and ends the shell at its end (Ctrl-D)", async () => {
+    const session = newSessionId("pipe");
+    const run = await runCli(["shell", runtimeName, "--session", session], "echo PIPED-$((2+3))\n");
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stdout, /^PIPED-5\r?$/m);
+  });
+
+  it("prints a presigned URL a plain WebSocket client (no headers, no signing) opens a shell with", async () => {
+    const session = newSessionId("url");
+    const printed = await runCli(
+      ["shell", runtimeName, "--session", session, "--print-url", "--expires", "60"],
+      "",
+    );
+    assert.equal(printed.code, 0, printed.stderr);
+    const url = printed.stdout.trim();
+    assert.match(url, /^ws:\/\/127\.0\.0\.1:\d+\/runtimes\/arn%3Aaws%3A.*\/ws\/shells\?/);
+    const socket = new WebSocket(url, [shellProtocol]);
+    const statuses: ShellStatus[] = [];
+    let output = "";
+    socket.on("message", (data: RawData) => {
+      const frame = decodeFrame(data as Buffer);
+      if (frame?.channel === shellChannels.stdout) output += frame.payload.toString("utf8");
+      if (frame?.channel === shellChannels.status) {
+        const status = parseStatus(frame.payload);
+        if (status !== undefined) statuses.push(status);
+      }
+    });
+    await once(socket, "open");
+    socket.send(encodeFrame(shellChannels.stdin, Buffer.from("echo URL-$((1+2)); exit 3\r")));
+    await once(socket, "close");
+    assert.equal(statuses[0]?.status, "Running");
+    assert.equal(statuses[0].runtimeSessionId, session, "the URL's session");
+    assert.equal(statuses.at(-1)?.exitCode, 3);
+    assert.match(output, /URL-3/);
+  });
+});
+
+/** `stty -a`'s echo and icanon flags, sorted: "echo,icanon," in a terminal left as it was. */
+const modeCommand =
+  "echo MODE:$(stty -a | tr -s ' ;' '\\n\\n' | grep -x -e -icanon -e icanon -e -echo -e echo | sort | tr '\\n' ,)";
+
+/** The environment a user has after pasting what Berth printed at first start. */
+function cliEnv(berth: TestBerth): NodeJS.ProcessEnv {
+  const credentials = berth.berth.credentials;
+  return {
+    PATH: process.env["PATH"],
+    HOME: process.env["HOME"],
+    BERTH_ENDPOINT: berth.berth.url,
+    AWS_ACCESS_KEY_ID: credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
+    AWS_REGION: "us-east-1",
+  };
+}
+
+function berthCommand(...args: string[]): string {
+  return [process.execPath, berthBin, ...args].join(" ");
+}
+
+let cliEnvironment: NodeJS.ProcessEnv = {};
+
+/** Runs `berth ARGS` with piped stdio (no terminal). */
+async function runCli(
+  args: string[],
+  stdin: string,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [berthBin, ...args], {
+    cwd: repositoryRoot,
+    env: cliEnvironment,
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")));
+  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+  child.stdin.end(stdin);
+  const [code] = (await once(child, "close")) as [number | null];
+  return { code, stdout, stderr };
+}
+
+/**
+ * A tmux server of this test's own (its own socket), a 100x30 window running a plain bash (a new
+ * one for each test), the screen read back with capture-pane.
+ */
+class Tmux {
+  private readonly socket: string;
+  private readonly folder: string;
+  private marker = 0;
+  /** The window typed into and read: the session's first, then each freshWindow's. */
+  private window = "cli";
+
+  constructor(env: NodeJS.ProcessEnv) {
+    cliEnvironment = env;
+    this.folder = mkdtempSync(join(tmpdir(), "berth-tmux-"));
+    this.socket = join(this.folder, "socket");
+    execFileSync(
+      "tmux",
+      [
+        ...["-S", this.socket, "new-session", "-d", "-x", "100", "-y", "30", "-s", "cli"],
+        ...["bash", "--norc", "--noprofile"],
+      ],
+      { env: { ...env, TERM: "xterm-256color" }, cwd: repositoryRoot },
+    );
+    this.tmux("set-option", "-g", "history-limit", "5000");
+  }
+
+  /**
+   * Replaces the window with a new one: a new bash, the default size, an empty screen and
+   * history (the session lives on in the new window while the old one closes).
+   */
+  freshWindow(): void {
+    const previous = this.window;
+    this.window = this.tmux(
+      ...["new-window", "-d", "-t", "cli", "-P", "-F", "#{window_id}"],
+      ...["bash", "--norc", "--noprofile"],
+    ).trim();
+    this.tmux("kill-window", "-t", previous);
+  }
+
+  /** Types a line and Enter. */
+  type(line: string): void {
+    this.tmux("send-keys", "-t", this.window, "-l", line);
+    this.keys("Enter");
+  }
+
+  keys(...names: string[]): void {
+    this.tmux("send-keys", "-t", this.window, ...names);
+  }
+
+  resize(width: number, height: number): void {
+    this.tmux("resize-window", "-t", this.window, "-x", String(width), "-y", String(height));
+  }
+
+  /** The pane's screen and history, wrapped lines joined. */
+  screen(): string {
+    return this.tmux("capture-pane", "-p", "-J", "-t", this.window, "-S", "-5000");
+  }
+
+  async screenMatches(pattern: RegExp): Promise<string> {
+    return this.showingScreen(
+      waitFor(`the screen to show ${String(pattern)}`, () => pattern.exec(this.screen())?.[0]),
+    );
+  }
+
+  /**
+   * Types `command` after a marker of its own and answers the first line after the marker
+   * matching `pattern`: the command's output, not an earlier one's (nor the typed line's echo).
+   */
+  async run(command: string, pattern: RegExp): Promise<string> {
+    this.marker += 1;
+    const marker = `MARK-${String(this.marker)}`;
+    // $? is kept across the marker's echo, so `command` may ask for the last one's status.
+    this.type(`last=$?; echo ${marker}-$((0)); (exit $last); ${command}`);
+    return this.showingScreen(
+      waitFor(`the output of ${command}`, () => {
+        const screen = this.screen();
+        const start = screen.lastIndexOf(`${marker}-0`);
+        if (start < 0) return undefined;
+        return pattern.exec(screen.slice(start + marker.length + 2))?.[0];
+      }),
+    );
+  }
+
+  /** A wait that, timing out, says what the screen showed. */
+  private async showingScreen<T>(waiting: Promise<T>): Promise<T> {
+    try {
+      return await waiting;
+    } catch (error) {
+      throw new Error(`${(error as Error).message}; the screen:\n${this.screen().trimEnd()}`);
+    }
+  }
+
+  /** Polls a condition that needs typing to check (the shell sees no event of ours). */
+  async until(what: string, check: () => Promise<boolean>): Promise<void> {
+    await this.showingScreen(waitFor(what, async () => ((await check()) ? true : undefined)));
+  }
+
+  /** The pid of the program the pane's bash is running in the foreground. */
+  foregroundChild(): number {
+    const bash = this.tmux("display-message", "-p", "-t", this.window, "#{pane_pid}").trim();
+    const children = execFileSync("ps", ["-o", "pid=", "--ppid", bash], { encoding: "utf8" })
+      .split("\n")
+      .map((line) => Number(line.trim()))
+      .filter((pid) => pid > 0);
+    assert.equal(children.length, 1, `one program in the foreground (${children.join(", ")})`);
+    return children[0] ?? 0;
+  }
+
+  close(): void {
+    try {
+      this.tmux("kill-server");
+    } finally {
+      removeDir(this.folder);
+    }
+  }
+
+  private tmux(...args: string[]): string {
+    return execFileSync("tmux", ["-S", this.socket, ...args], { encoding: "utf8" });
+  }
+}
