@@ -13,7 +13,7 @@ import type {
 import { NoSandboxSlotError } from "../../core/sandbox.ts";
 import type { RootMounts } from "../host/root-mounts.ts";
 import { CgroupTree, type CgroupLimits } from "./cgroups.ts";
-import { ExecServer } from "./exec-server.ts";
+import { ExecServer, type ExecRequest } from "./exec-server.ts";
 import { HostFirewall } from "./host-firewall.ts";
 import { prepareSandboxEtc, sandboxPaths, unmountAllUnder } from "./mounts.ts";
 import { nativeBinary } from "../host/native-binaries.ts";
@@ -256,82 +256,71 @@ class BubblewrapSandbox implements Sandbox {
   }
 
   async exec(argv: string[]): Promise<SandboxCommand> {
-    this.commandCounter += 1;
-    const group = `command-${this.commandCounter}`;
-    // A group goes when its command ends, unless processes the command left running are still
-    // in it; then it goes with the sandbox.
-    const cgroupProcsFiles = this.cgroups.createChild(this.name, group);
-    try {
-      const handle = await this.execServer.run({
-        targetPid: this.shell.childPid,
-        uid: this.shell.identity.uid,
-        gid: this.shell.identity.gid,
-        cwd: this.shell.workingDir,
-        cgroupProcsFiles,
-        environment: this.shell.environment,
-        argv,
-      });
-      let terminated: Promise<void> | undefined;
-      return {
-        output: handle.output,
-        exited: handle.exited.then((exit) => {
-          // Removed once the answer is out, and after what a timeout started to kill is gone.
-          setImmediate(() => {
-            void Promise.resolve(terminated).then(() => {
-              this.cgroups.removeChild(this.name, group);
-            });
-          });
-          return exit;
-        }),
-        terminate: (graceMs) =>
-          (terminated = this.cgroups.terminateChild(this.name, group, graceMs)),
-      };
-    } catch (error) {
-      this.cgroups.removeChild(this.name, group);
-      throw error;
-    }
+    return this.inGroupOfItsOwn("command", (cgroupProcsFiles) =>
+      this.execServer.run(this.execRequest(cgroupProcsFiles, {}, argv)),
+    );
   }
 
   async openTerminal(argv: string[], options: TerminalOptions): Promise<SandboxTerminal> {
+    return this.inGroupOfItsOwn("terminal", (cgroupProcsFiles) =>
+      this.execServer.openTerminal(this.execRequest(cgroupProcsFiles, options.environment, argv), {
+        columns: options.columns,
+        rows: options.rows,
+      }),
+    );
+  }
+
+  /** A program beside the agent: its namespaces, uid, working directory and environment. */
+  private execRequest(
+    cgroupProcsFiles: string[],
+    environment: Record<string, string>,
+    argv: string[],
+  ): ExecRequest {
+    return {
+      targetPid: this.shell.childPid,
+      uid: this.shell.identity.uid,
+      gid: this.shell.identity.gid,
+      cwd: this.shell.workingDir,
+      cgroupProcsFiles,
+      environment: { ...this.shell.environment, ...environment },
+      argv,
+    };
+  }
+
+  /**
+   * Starts a program in a cgroup of its own (`kind-N`), so that terminate() ends everything it
+   * started, including what left its session or tree. The group goes once the program's exit is
+   * out and what terminate() began is gone; if processes it left are still in it, it goes with
+   * the sandbox.
+   */
+  private async inGroupOfItsOwn<Handle extends { exited: Promise<SandboxExit> }>(
+    kind: string,
+    start: (cgroupProcsFiles: string[]) => Promise<Handle>,
+  ): Promise<Handle & { terminate: (graceMs: number) => Promise<void> }> {
     this.commandCounter += 1;
-    const group = `terminal-${this.commandCounter}`;
-    // A group of its own, as a command's: terminate() ends the jobs the shell left, and the
-    // group goes when the terminal's program ends (or with the sandbox, if jobs are left).
+    const group = `${kind}-${this.commandCounter}`;
     const cgroupProcsFiles = this.cgroups.createChild(this.name, group);
+    let handle: Handle;
     try {
-      const handle = await this.execServer.openTerminal(
-        {
-          targetPid: this.shell.childPid,
-          uid: this.shell.identity.uid,
-          gid: this.shell.identity.gid,
-          cwd: this.shell.workingDir,
-          cgroupProcsFiles,
-          environment: { ...this.shell.environment, ...options.environment },
-          argv,
-        },
-        { columns: options.columns, rows: options.rows },
-      );
-      let terminated: Promise<void> | undefined;
-      return {
-        output: handle.output,
-        write: handle.write,
-        resize: handle.resize,
-        exited: handle.exited.then((exit) => {
-          // As a command's: removed after the exit is out and what terminate() began is gone.
-          setImmediate(() => {
-            void Promise.resolve(terminated).then(() => {
-              this.cgroups.removeChild(this.name, group);
-            });
-          });
-          return exit;
-        }),
-        terminate: (graceMs) =>
-          (terminated = this.cgroups.terminateChild(this.name, group, graceMs)),
-      };
+      handle = await start(cgroupProcsFiles);
     } catch (error) {
       this.cgroups.removeChild(this.name, group);
       throw error;
     }
+    let terminated: Promise<void> | undefined;
+    return {
+      ...handle,
+      exited: handle.exited.then((exit) => {
+        setImmediate(() => {
+          void Promise.resolve(terminated).then(() => {
+            this.cgroups.removeChild(this.name, group);
+          });
+        });
+        return exit;
+      }),
+      terminate: (graceMs: number) =>
+        (terminated = this.cgroups.terminateChild(this.name, group, graceMs)),
+    };
   }
 
   async kill(): Promise<void> {
