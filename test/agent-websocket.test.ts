@@ -296,6 +296,24 @@ describe("WebSocket streaming to the agent (GET /runtimes/{arn}/ws)", () => {
     assert.equal(stranger.errorType, "UnrecognizedClientException");
   });
 
+  it("refuses /ws of an MCP runtime (AgentCore streams WebSockets to HTTP and AG-UI agents only)", async () => {
+    const berth = harness();
+    const mcp = await createRuntime(berth, "websocket", {
+      protocolConfiguration: { serverProtocol: "MCP" },
+    });
+    const { url, headers } = await signUpgrade(
+      { ...(await target()), path: `/runtimes/${encodeURIComponent(mcp.arn)}/ws` },
+      { [sessionIdHeader]: newSessionId() },
+    );
+    const error = await opened(new WebSocket(url, { headers })).then(
+      () => assert.fail("the upgrade was accepted"),
+      (failure: unknown) => failure,
+    );
+    assert.ok(error instanceof RefusedUpgrade, String(error));
+    assert.equal(error.errorType, "ValidationException");
+    assert.match(error.body, /serves MCP/);
+  });
+
   it("answers an agent without /ws with RuntimeClientError before the handshake", async () => {
     const berth = harness();
     const probe = await createRuntime(berth, "probe");

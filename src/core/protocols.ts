@@ -35,6 +35,8 @@ export interface ProtocolContract {
   health: HealthCheck;
   /** Where GetAgentCard reads the agent's card; only A2A agents have one. */
   agentCardPath: string | undefined;
+  /** Where `GET /runtimes/{arn}/ws` reaches the agent; only HTTP and AG-UI agents have one. */
+  webSocketPath: string | undefined;
 }
 
 const contracts: Record<ServerProtocol, ProtocolContract> = {
@@ -44,6 +46,7 @@ const contracts: Record<ServerProtocol, ProtocolContract> = {
     invocationPath: "/invocations",
     health: "ping",
     agentCardPath: undefined,
+    webSocketPath: "/ws",
   },
   MCP: {
     protocol: "MCP",
@@ -51,6 +54,7 @@ const contracts: Record<ServerProtocol, ProtocolContract> = {
     invocationPath: "/mcp",
     health: "any-answer",
     agentCardPath: undefined,
+    webSocketPath: undefined,
   },
   A2A: {
     protocol: "A2A",
@@ -58,6 +62,7 @@ const contracts: Record<ServerProtocol, ProtocolContract> = {
     invocationPath: "/",
     health: "any-answer",
     agentCardPath: "/.well-known/agent-card.json",
+    webSocketPath: undefined,
   },
   AGUI: {
     protocol: "AGUI",
@@ -65,6 +70,7 @@ const contracts: Record<ServerProtocol, ProtocolContract> = {
     invocationPath: "/invocations",
     health: "ping",
     agentCardPath: undefined,
+    webSocketPath: "/ws",
   },
 };
 

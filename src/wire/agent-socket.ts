@@ -1,6 +1,7 @@
 import { WebSocket, type RawData } from "ws";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
+import { protocolContract } from "../core/protocols.ts";
 import type { AgentEndpoint } from "../core/sandbox.ts";
 import type { SessionManager } from "../core/sessions.ts";
 import { headersForAgent, invocationTargetOf, requireSessionId } from "./data-plane-request.ts";
@@ -56,9 +57,16 @@ async function relayToAgent(
 ): Promise<void> {
   const sessionId = requireSessionId(input.request.headers, input.request.query);
   const target = await invocationTargetOf(context, input);
+  const { protocol, webSocketPath } = protocolContract(target.version.config.serverProtocol);
+  if (webSocketPath === undefined) {
+    throw new BerthError(
+      "ValidationException",
+      `WebSocket streaming reaches HTTP and AGUI agents; runtime ${target.runtime.id} serves ${protocol}: invoke it instead`,
+    );
+  }
   const lease = await sessions.acquire(target.runtime, target.version, sessionId);
   try {
-    const agent = await connectToAgent(lease.agentEndpoint, {
+    const agent = await connectToAgent(lease.agentEndpoint, webSocketPath, {
       headers: headersForAgent(input.request, sessionId, target.version, passedHeaders),
       protocols: offeredProtocols(input),
       maxMessageBytes: options.maxMessageBytes,
@@ -92,12 +100,13 @@ interface AgentConnection {
  */
 function connectToAgent(
   endpoint: AgentEndpoint,
+  path: string,
   options: { headers: Record<string, string>; protocols: string[]; maxMessageBytes: number },
 ): Promise<AgentConnection> {
   const url =
     "socketPath" in endpoint
-      ? `ws+unix:${endpoint.socketPath}:/ws`
-      : `ws://${endpoint.host}:${endpoint.port}/ws`;
+      ? `ws+unix:${endpoint.socketPath}:${path}`
+      : `ws://${endpoint.host}:${endpoint.port}${path}`;
   const agent = new WebSocket(url, options.protocols, {
     headers: options.headers,
     perMessageDeflate: false,
