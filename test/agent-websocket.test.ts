@@ -7,7 +7,7 @@ import { promisify } from "node:util";
 import { InvokeAgentRuntimeCommand } from "@aws-sdk/client-bedrock-agentcore";
 import { WebSocket } from "ws";
 import { agentSources, installAgent, installWebSocketAgent, waitFor } from "./support/agents.ts";
-import { useTestBerth } from "./support/berth.ts";
+import { onTestParts, useTestBerth } from "./support/berth.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 import { sendRaw } from "./support/signed-request.ts";
 import {
@@ -22,6 +22,11 @@ import {
   signUpgrade,
   type WebSocketTarget,
 } from "./support/websockets.ts";
+
+/** Like the other Python client tests, this one runs under `npm test` as root (botocore is root's). */
+const pythonClients = onTestParts
+  ? { skip: "the Python clients (botocore) are tested under `npm test`, as root" }
+  : {};
 
 describe("WebSocket streaming to the agent (GET /runtimes/{arn}/ws)", () => {
   const harness = useTestBerth([], (berth) => {
@@ -175,38 +180,44 @@ describe("WebSocket streaming to the agent (GET /runtimes/{arn}/ws)", () => {
     socket.close();
   });
 
-  it("opens with a URL botocore presigned (SigV4QueryAuth), as a Python client would", async () => {
-    const sessionId = newSessionId();
-    const berth = harness();
-    const base = await target();
-    const url = `${base.endpoint}${base.path}?qualifier=DEFAULT&${sessionIdHeader}=${sessionId}`;
-    const { stdout } = await promisify(execFile)(
-      "python3",
-      [
-        "-c",
+  it(
+    "opens with a URL botocore presigned (SigV4QueryAuth), as a Python client would",
+    pythonClients,
+    async () => {
+      const sessionId = newSessionId();
+      const berth = harness();
+      const base = await target();
+      const url = `${base.endpoint}${base.path}?qualifier=DEFAULT&${sessionIdHeader}=${sessionId}`;
+      const { stdout } = await promisify(execFile)(
+        "python3",
         [
-          "import sys",
-          "from botocore.auth import SigV4QueryAuth",
-          "from botocore.awsrequest import AWSRequest",
-          "from botocore.credentials import Credentials",
-          "request = AWSRequest(method='GET', url=sys.argv[1])",
-          "SigV4QueryAuth(Credentials(sys.argv[2], sys.argv[3]), 'bedrock-agentcore', sys.argv[4], expires=60).add_auth(request)",
-          "print(request.url)",
-        ].join("\n"),
-        url,
-        berth.berth.credentials.accessKeyId,
-        berth.berth.credentials.secretAccessKey,
-        berth.settings.region,
-      ],
-      { env: { PATH: process.env["PATH"], HOME: process.env["HOME"] } },
-    );
-    const socket = await opened(keepMessages(new WebSocket(stdout.trim().replace(/^http/, "ws"))));
-    const greeting = JSON.parse((await nextMessage(socket)).data.toString("utf8")) as {
-      headers: Record<string, string>;
-    };
-    assert.equal(greeting.headers[sessionIdHeader], sessionId);
-    socket.close();
-  });
+          "-c",
+          [
+            "import sys",
+            "from botocore.auth import SigV4QueryAuth",
+            "from botocore.awsrequest import AWSRequest",
+            "from botocore.credentials import Credentials",
+            "request = AWSRequest(method='GET', url=sys.argv[1])",
+            "SigV4QueryAuth(Credentials(sys.argv[2], sys.argv[3]), 'bedrock-agentcore', sys.argv[4], expires=60).add_auth(request)",
+            "print(request.url)",
+          ].join("\n"),
+          url,
+          berth.berth.credentials.accessKeyId,
+          berth.berth.credentials.secretAccessKey,
+          berth.settings.region,
+        ],
+        { env: { PATH: process.env["PATH"], HOME: process.env["HOME"] } },
+      );
+      const socket = await opened(
+        keepMessages(new WebSocket(stdout.trim().replace(/^http/, "ws"))),
+      );
+      const greeting = JSON.parse((await nextMessage(socket)).data.toString("utf8")) as {
+        headers: Record<string, string>;
+      };
+      assert.equal(greeting.headers[sessionIdHeader], sessionId);
+      socket.close();
+    },
+  );
 
   it("trusts no header a presigned URL does not sign: an added session header reaches nothing", async () => {
     const signedFor = newSessionId();
