@@ -6,11 +6,10 @@
 // - relay: a warm WebSocket through Berth to the agent's /ws (the session's sandbox, its bridge,
 //   Berth's relay) against the same agent program run on the host and reached directly:
 //   a 32-byte text echo round trip (interleaved) and binary throughput (1 MiB messages, echoed).
-// - shell: opening a shell (upgrade to its first Running status) and a keystroke's echo round
+// - shell: opening a shell (upgrade to bash's first prompt) and a keystroke's echo round
 //   trip (one byte typed, its echo by the terminal read back), against the WebSocket echo round
 //   trip through Berth measured beside it (the transport's share).
 import { spawn } from "node:child_process";
-import { once } from "node:events";
 import { availableParallelism } from "node:os";
 import { WebSocket } from "ws";
 import { installWebSocketAgent } from "../test/support/agents.ts";
@@ -30,7 +29,6 @@ import {
   round,
   sdkClients,
   startBenchBerth,
-  timeEach,
   timeInterleaved,
 } from "./support.ts";
 
@@ -101,16 +99,20 @@ async function relay(throughBerth: WebSocket, directly: WebSocket) {
 }
 
 async function shell(target: WebSocketTarget, sessionId: string, throughBerth: WebSocket) {
-  const opens = await timeEach(20, async (index) => {
+  const opens: number[] = [];
+  for (let index = 0; index < 20; index += 1) {
     const upgrade = await signUpgrade(
       { ...target, query: { shellId: `bench-${index}` } },
       { [sessionIdHeader]: sessionId },
     );
+    const started = performance.now();
     const client = await ShellTestClient.open(upgrade.url, { headers: upgrade.headers });
-    await client.status(0);
-    client.hangUp();
+    await client.until("$ "); // the prompt: bash is up and reading
+    opens.push(performance.now() - started);
+    // Not timed: a hang-up waits for bash, which ignores SIGTERM, for the kill grace.
+    client.type("exit\n");
     await client.closed;
-  });
+  }
   const upgrade = await signUpgrade(target, { [sessionIdHeader]: sessionId });
   const client = await ShellTestClient.open(upgrade.url, { headers: upgrade.headers });
   client.type("stty -icanon; PS1='$ '; echo ready\n");
@@ -149,10 +151,14 @@ async function startDirectAgent(dir: string): Promise<{ port: number; stop: () =
   });
   for (;;) {
     const probe = new WebSocket(`ws://127.0.0.1:${port}/ws`);
-    const ok = await Promise.race([
-      once(probe, "open").then(() => true),
-      once(probe, "error").then(() => false),
-    ]);
+    const ok = await new Promise<boolean>((resolve) => {
+      probe.once("open", () => {
+        resolve(true);
+      });
+      probe.once("error", () => {
+        resolve(false);
+      });
+    });
     probe.terminate();
     if (ok) break;
     await new Promise((resolve) => setTimeout(resolve, 20));
