@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -192,6 +192,8 @@ describe("the berth CLI", () => {
       0,
     );
     const [code] = await closed;
+    // On the test-only parts the session's /tmp is the host's: the file is left there.
+    rmSync(goFile, { force: true });
     assert.equal(code, 0, errors);
     assert.equal(seen, "first\nsecond\n");
   });
