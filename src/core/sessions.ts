@@ -1,6 +1,7 @@
 import { AgentOutputLog, type AgentOutputLogSettings } from "./agent-output-log.ts";
 import { BerthError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
+import { noObserver, type Observer } from "./observer.ts";
 import type { AttachedVolume, SessionStorage } from "./session-storage.ts";
 import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
 import {
@@ -179,6 +180,7 @@ export class SessionManager {
   private readonly settings: SessionSettings;
   private readonly nowMs: () => number;
   private readonly ownership: SessionOwnership | undefined;
+  private readonly observer: Observer;
   private idleProbes = 0;
   /** Idle sessions whose /ping is still to be asked, asked longest ago first (see sweep()). */
   private idleQueue: LiveSession[] = [];
@@ -193,7 +195,10 @@ export class SessionManager {
     settings: SessionSettings;
     nowMs?: () => number;
     ownership?: SessionOwnership | undefined;
+    /** Told of each session start and its steps (metrics, traces); none by default. */
+    observer?: Observer;
   }) {
+    this.observer = options.observer ?? noObserver;
     this.ownership = options.ownership;
     this.driver = options.driver;
     this.probe = options.probe;
@@ -387,7 +392,11 @@ export class SessionManager {
     // The session before this one of the same id may still be starting or letting go of its
     // volumes (ended mid-start by a stop or a version change): this one waits for all of that.
     const previous = this.releases.get(key) ?? Promise.resolve();
-    session.ready = this.boot(session, runtime, version, previous);
+    session.ready = this.observer.step(
+      "session.start",
+      { runtimeId: runtime.id, sessionId, version: version.version },
+      () => this.boot(session, runtime, version, previous),
+    );
     // Callers await ready themselves; this only keeps a failed start from being unhandled.
     session.ready.catch(() => undefined);
     // Settles once this session's start has settled and whatever sandbox it made has let go of

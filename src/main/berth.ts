@@ -38,6 +38,7 @@ import { servedByOwner, socketServedByOwner } from "../wire/forwarding.ts";
 import { agentSocketOperations } from "../wire/agent-socket.ts";
 import { shellOperations } from "../wire/shell-socket.ts";
 import { asksForWebSocket, createUpgradeHandler } from "../wire/socket-handler.ts";
+import { combineObservers } from "./observability.ts";
 import type { SocketOperation } from "../wire/socket-operation.ts";
 import type { Operation } from "../wire/operation.ts";
 import { objectStoreConnection } from "./object-store-connection.ts";
@@ -186,7 +187,10 @@ async function serveOn(
   });
   // Pulls a session start makes (an image a version of another node's preparation pinned).
   const sessionPulls = new AbortController();
+  // Metrics and traces (issue 19) add their observers here.
+  const observer = combineObservers([]);
   const sessions: SessionManager = new SessionManager({
+    observer,
     driver,
     storage,
     probe: (endpoint, timeoutMs, health) =>
@@ -280,6 +284,7 @@ async function serveOn(
     verifier,
     clusterVerifier,
     log,
+    observer,
     maxRequestBodyBytes: settings.maxRequestBodyBytes,
     bodies: new BodyHolder({
       maxUnverifiedBytes: settings.maxUnauthenticatedBufferBytes,
@@ -316,6 +321,7 @@ async function serveOn(
       log,
       shutdown: shutdown.signal,
       draining: () => drain.isDraining,
+      observer,
     }),
   );
   server.maxConnections = settings.maxConnections;

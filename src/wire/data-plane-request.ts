@@ -54,15 +54,18 @@ export function sessionResponseHeaders(
 }
 
 /** The runtime and version a data-plane request addresses: its ARN (or id) and `?qualifier=`. */
-export function invocationTargetOf(
+export async function invocationTargetOf(
   context: CoreContext,
   input: Pick<OperationInput, "params" | "request">,
 ) {
-  return resolveInvocationTarget(
+  const qualifier = input.request.query.get("qualifier") ?? undefined;
+  const target = await resolveInvocationTarget(
     context,
     input.params["runtimeArn"] ?? "",
-    input.request.query.get("qualifier") ?? undefined,
+    qualifier,
   );
+  input.request.observed = { runtimeId: target.runtime.id, endpoint: qualifier ?? "DEFAULT" };
+  return target;
 }
 
 /**

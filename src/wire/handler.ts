@@ -15,6 +15,7 @@ import { matchOperation, type Operation, type RequestPayload } from "./operation
 import type { BodyHolder, BodyLimit } from "./signed-body.ts";
 import type { PendingSignature, SigV4Verifier } from "./sigv4.ts";
 import { isForwarded, PendingClusterSignature, type ClusterVerifier } from "./cluster-signature.ts";
+import { noObserver, type Observer } from "../core/observer.ts";
 
 export interface HandlerOptions {
   operations: readonly Operation[];
@@ -23,6 +24,8 @@ export interface HandlerOptions {
   /** Checks requests other nodes of a cluster forward; undefined when this node is in none. */
   clusterVerifier?: ClusterVerifier | undefined;
   log: Logger;
+  /** Told of every request (metrics, traces); none by default. */
+  observer?: Observer;
   maxRequestBodyBytes: number;
   /** Holds bodies until their signature is checked. */
   bodies: BodyHolder;
@@ -30,6 +33,8 @@ export interface HandlerOptions {
 
 interface RequestOutcome {
   operation: string;
+  /** The parsed request, once parsed: what it addressed is learnt there (WireRequest.observed). */
+  request?: WireRequest;
   errorCode?: string;
   /** Whether the signature was checked (or authentication is off). */
   authenticated: boolean;
@@ -45,19 +50,32 @@ export function createRequestHandler(options: HandlerOptions) {
     const requestId = randomUUID();
     const outcome: RequestOutcome = { operation: "unknown", authenticated: false };
     const abort = new AbortController();
+    const observer = options.observer ?? noObserver;
     outgoing.on("close", () => {
       if (!outgoing.writableFinished) abort.abort(new Error("client disconnected"));
+      const durationMs = Math.round((performance.now() - startedAt) * 100) / 100;
+      observer.requestEnded({
+        operation: outcome.operation,
+        runtimeId: outcome.request?.observed?.runtimeId,
+        endpoint: outcome.request?.observed?.endpoint,
+        status: outgoing.statusCode,
+        errorCode: outcome.errorCode,
+        durationMs,
+      });
       options.log.info("request", {
         operation: outcome.operation,
         status: outgoing.statusCode,
-        durationMs: Math.round((performance.now() - startedAt) * 100) / 100,
+        durationMs,
         requestId,
         ...(outcome.errorCode === undefined ? {} : { errorCode: outcome.errorCode }),
         ...(outgoing.writableFinished ? {} : { disconnected: true }),
       });
     });
-    handle(options, incoming, outgoing, requestId, outcome, abort.signal).catch(
-      (error: unknown) => {
+    observer
+      .request(incoming.headers, { requestId }, () =>
+        handle(options, incoming, outgoing, requestId, outcome, abort.signal),
+      )
+      .catch((error: unknown) => {
         const known = BerthError.isInstance(error) ? error : undefined;
         if (known === undefined || errorShapes[known.code].fault === "server") {
           options.log.error("request failed", {
@@ -75,8 +93,7 @@ export function createRequestHandler(options: HandlerOptions) {
         outcome.errorCode = answer.code;
         if (!incoming.complete) leaveUnreadBody(incoming, outgoing, outcome.authenticated);
         sendError(outgoing, answer, requestId);
-      },
-    );
+      });
   };
 }
 
@@ -91,6 +108,7 @@ async function handle(
   const method = incoming.method ?? "GET";
   const target = parseRequestTarget(incoming.url ?? "/");
   const request: WireRequest = { method, ...target, headers: incoming.headers, requestId };
+  outcome.request = request;
   let matched: ReturnType<typeof matchOperation> | undefined;
   let unmatched: unknown;
   try {

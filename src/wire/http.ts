@@ -11,6 +11,11 @@ export interface WireRequest {
   query: URLSearchParams;
   headers: IncomingMessage["headers"];
   requestId: string;
+  /**
+   * What the request turned out to address, for the request's metrics (core/observer.ts): set
+   * once its runtime was found (invocationTargetOf), so no made-up id ever becomes a label.
+   */
+  observed?: { runtimeId?: string; endpoint?: string };
 }
 
 export function parseRequestTarget(url: string): {

@@ -3,6 +3,7 @@ import { STATUS_CODES, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocketServer, type WebSocket } from "ws";
 import { BerthError } from "../core/errors.ts";
+import { noObserver, type Observer } from "../core/observer.ts";
 import type { Logger } from "../core/logger.ts";
 import { isForwarded, type ClusterVerifier } from "./cluster-signature.ts";
 import { errorShapes } from "./error-status.ts";
@@ -22,6 +23,8 @@ export interface UpgradeHandlerOptions {
   shutdown: AbortSignal;
   /** Whether the server is shutting down: a new upgrade is refused, as a new request is. */
   draining: () => boolean;
+  /** Told of every upgrade (metrics, traces); none by default. */
+  observer?: Observer;
 }
 
 /** The `upgrade` listener of the HTTP server: WebSocket operations, authenticated as requests. */
@@ -61,7 +64,11 @@ export function createUpgradeHandler(options: UpgradeHandlerOptions): UpgradeLis
       status: 101,
     };
     const upgrade: Upgrade = { incoming, socket, head, requestId, outcome, chosenProtocols };
-    serve(options, serverOf, upgrade)
+    const observer = options.observer ?? noObserver;
+    observer
+      .request(incoming.headers, { requestId, webSocket: true }, () =>
+        serve(options, serverOf, upgrade),
+      )
       .catch((error: unknown) => {
         const answer = asBerthError(error, requestId);
         if (errorShapes[answer.code].fault === "server") {
@@ -80,10 +87,19 @@ export function createUpgradeHandler(options: UpgradeHandlerOptions): UpgradeLis
         refuseUpgrade(socket, answer, requestId);
       })
       .finally(() => {
+        const durationMs = Math.round((performance.now() - startedAt) * 100) / 100;
+        observer.requestEnded({
+          operation: outcome.operation,
+          runtimeId: upgrade.request?.observed?.runtimeId,
+          endpoint: upgrade.request?.observed?.endpoint,
+          status: outcome.status,
+          errorCode: outcome.errorCode,
+          durationMs,
+        });
         options.log.info("request", {
           operation: outcome.operation,
           status: outcome.status,
-          durationMs: Math.round((performance.now() - startedAt) * 100) / 100,
+          durationMs,
           requestId,
           webSocket: true,
           ...(outcome.errorCode === undefined ? {} : { errorCode: outcome.errorCode }),
@@ -101,6 +117,8 @@ interface Upgrade {
   chosenProtocols: WeakMap<IncomingMessage, string>;
   /** Set once the handshake is done: an error after it can no longer be an HTTP answer. */
   opened?: boolean;
+  /** The parsed request, once parsed: what it addressed is learnt there. */
+  request?: WireRequest;
 }
 
 async function serve(
@@ -122,6 +140,7 @@ async function serve(
     headers: incoming.headers,
     requestId,
   };
+  upgrade.request = request;
   let matched: { operation: SocketOperation; params: Record<string, string> } | undefined;
   for (const operation of options.operations) {
     const params = matchPath(operation.path, target.segments);
