@@ -109,7 +109,7 @@ async function shell(target: WebSocketTarget, sessionId: string, throughBerth: W
     const client = await ShellTestClient.open(upgrade.url, { headers: upgrade.headers });
     await client.until("$ "); // the prompt: bash is up and reading
     opens.push(performance.now() - started);
-    // Not timed: a hang-up waits for bash, which ignores SIGTERM, for the kill grace.
+    // Not timed: the shell's end.
     client.type("exit\n");
     await client.closed;
   }

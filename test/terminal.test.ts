@@ -347,6 +347,18 @@ describe("terminals in bubblewrap sandboxes", hostSuite, () => {
     assert.equal(await exitCodeOf(`kill -0 ${job} 2>/dev/null`), 1, "the job is gone");
   });
 
+  it("hangUp() ends an interactive shell (which ignores SIGTERM) by SIGHUP, as a closed window does", async () => {
+    const { terminal, screen, type } = await openTerminal();
+    await type(`echo "shell:$$"\n`);
+    const [, shell] = await screen.waitFor(/shell:(\d+)/);
+    terminal.hangUp();
+    assert.equal((await terminal.exited).signal, "SIGHUP");
+    // Gone by the SIGHUP itself: no grace to wait out, nothing left for terminate().
+    await waitFor("the shell to be gone", async () =>
+      (await exitCodeOf(`kill -0 ${shell} 2>/dev/null`)) === 1 ? true : undefined,
+    );
+  });
+
   it("as an attacker in the sandbox: the shell holds no terminal master and no socket to Berth", async () => {
     const { terminal, screen, type } = await openTerminal();
     // Listed to a file by ls, a child: the shell itself opens nothing to do it.

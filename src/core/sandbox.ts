@@ -125,6 +125,12 @@ export interface SandboxTerminal {
   write(bytes: Buffer): Promise<void>;
   /** Changes the window size; the program gets SIGWINCH. */
   resize(columns: number, rows: number): void;
+  /**
+   * Hangs the terminal up, as closing a terminal window does: the program's session gets
+   * SIGHUP (an interactive shell, which ignores SIGTERM, exits on it). `exited` then settles as
+   * killed by SIGHUP unless the program had already exited; what it left running is terminate()'s.
+   */
+  hangUp(): void;
   /** Settles when the program's own process has exited (with what it had written by then read). */
   readonly exited: Promise<SandboxExit>;
   /** Ends every process the program started: SIGTERM, then SIGKILL after graceMs. */

@@ -200,13 +200,14 @@ describe("ShellRegistry", () => {
     assert.equal(registry.runningCount("agent-A"), 0);
   });
 
-  it("ends the shell when the client hangs up", async () => {
+  it("ends the shell when the client hangs up: the terminal is hung up (SIGHUP), what is left terminated", async () => {
     const { connect, terminal } = setUp();
     const client = new RecordingClient();
     const connection = await connect();
     connection.attach(client);
     connection.hangUp();
-    assert.deepEqual(await client.ended, { kind: "exited", exitCode: 137 });
+    assert.deepEqual(await client.ended, { kind: "exited", exitCode: 129 });
+    assert.equal(terminal().hungUp, true);
     assert.deepEqual(terminal().terminations, [250]);
   });
 

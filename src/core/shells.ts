@@ -332,6 +332,8 @@ class Shell {
   hangUp(): void {
     if (this.terminal === undefined || this.end !== undefined || this.hungUp) return;
     this.hungUp = true;
+    this.terminal.hangUp();
+    // What the shell left running (a job that ignores SIGHUP) ends too.
     this.terminal.terminate(this.settings.killGraceMs).catch((error: unknown) => {
       this.log.warn("could not end a shell", { ...this.ids, error: String(error) });
     });

@@ -269,7 +269,8 @@ describe("InvokeAgentRuntimeCommandShell over a WebSocket", () => {
     const { status, code } = await client.finalStatus();
     assert.equal(code, shellCloseCodes.ended);
     assert.equal(status?.reason, "NonZeroExitCode");
-    assert.equal(status.exitCode, 137);
+    assert.equal(status.exitCode, 129, "hung up: SIGHUP");
+    assert.equal(terminal.hungUp, true);
     assert.deepEqual(terminal.terminations, [100]);
   });
 

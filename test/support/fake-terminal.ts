@@ -18,6 +18,7 @@ export class FakeTerminal implements SandboxTerminal {
   readonly typed: Buffer[] = [];
   readonly sizes: { columns: number; rows: number }[] = [];
   readonly terminations: number[] = [];
+  hungUp = false;
   readonly exited: Promise<SandboxExit>;
   readonly argv: string[];
   readonly options: TerminalOptions;
@@ -54,6 +55,12 @@ export class FakeTerminal implements SandboxTerminal {
   exit(exit: SandboxExit): void {
     if (!this.output.writableEnded) this.output.end();
     this.settle(exit);
+  }
+
+  /** As a real terminal's hang-up: the shell ends of SIGHUP. */
+  hangUp(): void {
+    this.hungUp = true;
+    this.exit({ code: null, signal: "SIGHUP" });
   }
 
   terminate(graceMs: number): Promise<void> {

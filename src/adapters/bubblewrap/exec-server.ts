@@ -30,6 +30,8 @@ export interface TerminalHandle extends ExecHandle {
    * holds the caller); rejects once the connection is closed. */
   write: (bytes: Buffer) => Promise<void>;
   resize: (columns: number, rows: number) => void;
+  /** Closes the connection, and with it the terminal (see SandboxTerminal.hangUp). */
+  hangUp: () => void;
 }
 
 export interface WindowSize {
@@ -103,6 +105,11 @@ export class ExecServer {
       resize: (columns, rows) => {
         requireWindowSize({ columns, rows });
         if (!socket.destroyed) socket.write(encodeFrame("w", Buffer.from(`${columns} ${rows}`)));
+      },
+      // The keeper holds the terminal's only master: with the connection it closes, and the
+      // kernel hangs the terminal up (SIGHUP to the shell's session).
+      hangUp: () => {
+        reader.hangUp();
       },
     };
   }
@@ -233,6 +240,12 @@ class FrameReader {
         return;
       }
     }
+  }
+
+  /** Ends the connection; the exit reads as a hang-up (SIGHUP) unless it had already come. */
+  hangUp(): void {
+    this.finish({ code: null, signal: "SIGHUP" });
+    this.socket.destroy();
   }
 
   private finish(exit: SandboxExit): void {
