@@ -103,6 +103,40 @@ describe("the berth CLI", () => {
     assert.equal(shown["$metadata"], undefined);
   });
 
+  it("creates an MCP runtime with --protocol, and an update without it keeps the protocol", async () => {
+    const created = await berth([
+      "runtimes",
+      "create",
+      "cli_mcp",
+      "--code",
+      agentSources.probe,
+      "--entry",
+      "main.js",
+      "--protocol",
+      "MCP",
+    ]);
+    assert.equal(created.code, 0, created.stderr);
+    const updated = await berth(["runtimes", "update", "cli_mcp", "--env", "A=1"]);
+    assert.equal(updated.code, 0, updated.stderr);
+    const shown = JSON.parse((await berth(["runtimes", "get", "cli_mcp", "--json"])).stdout) as {
+      protocolConfiguration?: { serverProtocol?: string };
+      agentRuntimeVersion?: string;
+    };
+    assert.equal(shown.agentRuntimeVersion, "2");
+    assert.equal(shown.protocolConfiguration?.serverProtocol, "MCP");
+    const wrong = await berth([
+      "runtimes",
+      "create",
+      "x",
+      "--image",
+      "example.com/agent:1",
+      "--protocol",
+      "SOAP",
+    ]);
+    assert.equal(wrong.code, 2);
+    assert.match(wrong.stderr, /--protocol must be one of HTTP, MCP, A2A, AGUI/);
+  });
+
   it("makes uploaded code readable by the session, whatever its modes were", async () => {
     const folder = join(dataDir, "private-code");
     mkdirSync(folder, { mode: 0o700 });

@@ -1,3 +1,4 @@
+import { serverProtocols, type ServerProtocol } from "../core/protocols.ts";
 import { spawn } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -80,6 +81,10 @@ const runtimeSettings = {
   "idle-timeout": { value: true, doc: "idleRuntimeSessionTimeout in seconds" },
   "max-lifetime": { value: true, doc: "maxLifetime in seconds" },
   description: { value: true, doc: "a description" },
+  protocol: {
+    value: true,
+    doc: "the agent's server protocol: HTTP (default), MCP (port 8000, /mcp), A2A (port 9000) or AGUI",
+  },
   "no-wait": { doc: "return at once instead of waiting until the version is READY" },
 } as const;
 
@@ -324,7 +329,14 @@ function runtimeConfig(context: CommandContext) {
   const storage = context.args.options.get("storage");
   const environment = pairsOption(context.args, "env");
   const description = optionValue(context.args, "description");
+  const protocol = optionValue(context.args, "protocol");
+  if (protocol !== undefined && !(serverProtocols as readonly string[]).includes(protocol)) {
+    throw new UsageError(`--protocol must be one of ${serverProtocols.join(", ")}`);
+  }
   return {
+    ...(protocol === undefined
+      ? {}
+      : { protocolConfiguration: { serverProtocol: protocol as ServerProtocol } }),
     ...(idle === undefined && lifetime === undefined
       ? {}
       : {
@@ -346,6 +358,10 @@ function runtimeConfig(context: CommandContext) {
 /** What an update carries over from the current version when not given again. */
 function keptConfig(current: GetAgentRuntimeCommandOutput) {
   return {
+    // An MCP server stays one: an update without --protocol would otherwise make it HTTP.
+    ...(current.protocolConfiguration === undefined
+      ? {}
+      : { protocolConfiguration: current.protocolConfiguration }),
     ...(current.lifecycleConfiguration === undefined
       ? {}
       : { lifecycleConfiguration: current.lifecycleConfiguration }),
