@@ -15,13 +15,21 @@ cd "$(dirname "$0")/.."
 # docker-registry (a real registry on loopback), skopeo (push test images; with umoci, the
 # image benchmark's baseline), busybox-static (a shell inside test images), apache2-utils
 # (htpasswd for registry auth). tmux: the tests drive `berth shell` in a real terminal.
+# prometheus: the metrics tests start a real Prometheus on loopback that scrapes the test Berth
+# (its own service is kept off below).
 debian_packages=(bubblewrap slirp4netns iptables unzip python3-minimal iproute2 gcc libc6-dev e2fsprogs git
   xfsprogs zstd radosgw ceph-mon ceph-osd postgresql docker-registry skopeo umoci busybox-static apache2-utils
-  tmux)
+  tmux prometheus)
 if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
 if [ ${#debian_packages[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${debian_packages[@]}"
+fi
+# Debian enables and starts Prometheus' own service on install (on :9090, scraping nothing of
+# Berth's): the tests start theirs, so it is stopped and kept from starting at boot.
+if [ -e /lib/systemd/system/prometheus.service ]; then
+  $sudo systemctl disable prometheus >/dev/null 2>&1 || true
+  $sudo systemctl stop prometheus >/dev/null 2>&1 || true
 fi
 
 # boto3 and the AWS CLI: the Python client tests use them (pip's; Debian's botocore is too old to

@@ -382,11 +382,16 @@ describe("lifecycle", () => {
     await invokeJson(runtime.arn, session, { action: "busy", on: true });
     // Berth polls /ping only once a session is past its idle deadline; each HealthyBusy answer
     // restarts the idle clock. Two such polls mean two idle deadlines passed while busy.
-    const busyPolls = () =>
-      harness().logLines.filter(
-        (line) => line["sessionId"] === session && line["line"] === "probe: pinged while busy",
-      ).length;
-    await waitFor("two polls answered HealthyBusy", () => busyPolls() >= 2);
+    const busyPolls = async () => {
+      const response = await sendRaw(harness().berth.url, {
+        method: "GET",
+        path: `/berth/v1/runtimes/${runtime.id}/logs?sessionId=${session}`,
+        credentials: harness().berth.credentials,
+      });
+      const { lines } = JSON.parse(response.body) as { lines: { line: string }[] };
+      return lines.filter((line) => line.line === "probe: pinged while busy").length;
+    };
+    await waitFor("two polls answered HealthyBusy", async () => (await busyPolls()) >= 2);
     assert.equal((await sessionsOf(runtime.id)).length, 1, "a HealthyBusy agent is not idle");
     await invokeJson(runtime.arn, session, { action: "busy", on: false });
     await waitFor(

@@ -1,6 +1,6 @@
 import { emptySha256 } from "../core/payload-hash.ts";
 import { readFileSync } from "node:fs";
-import { request } from "node:http";
+import { request, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
@@ -59,6 +59,19 @@ export class Connection {
    * rejects with BerthApiError when Berth answers an error.
    */
   async berthApi(method: string, path: string, body?: Readable): Promise<Record<string, unknown>> {
+    const response = await this.berthRequest(method, path, body);
+    const text = await textOf(response);
+    const json = (text === "" ? {} : JSON.parse(text)) as Record<string, unknown>;
+    const status = response.statusCode ?? 0;
+    if (status >= 300) throw BerthApiError.fromAnswer({ status, json });
+    return json;
+  }
+
+  /**
+   * berthApi's request, its answer not read: for answers that stream (a follow of logs). The
+   * caller reads the body, and checks the status.
+   */
+  async berthRequest(method: string, path: string, body?: Readable): Promise<IncomingMessage> {
     const url = new URL(this.endpoint);
     const signer = new SignatureV4({
       credentials: await this.data.config.credentials(),
@@ -95,16 +108,7 @@ export class Connection {
             ...(body === undefined ? {} : { "transfer-encoding": "chunked" }),
           },
         },
-        (response) => {
-          let text = "";
-          response.on("data", (chunk: Buffer) => (text += chunk.toString("utf8")));
-          response.on("end", () => {
-            const json = (text === "" ? {} : JSON.parse(text)) as Record<string, unknown>;
-            const status = response.statusCode ?? 0;
-            if (status >= 300) reject(BerthApiError.fromAnswer({ status, json }));
-            else resolve(json);
-          });
-        },
+        resolve,
       );
       outgoing.on("error", reject);
       if (body === undefined) outgoing.end();
@@ -116,6 +120,12 @@ export class Connection {
     this.control.destroy();
     this.data.destroy();
   }
+}
+
+async function textOf(response: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of response as AsyncIterable<Buffer>) chunks.push(chunk);
+  return Buffer.concat(chunks).toString("utf8");
 }
 
 function explicitCredentials(env: NodeJS.ProcessEnv): Credentials | undefined {

@@ -6,13 +6,17 @@ import { sessionCommands } from "./sessions.ts";
 import { imageCommands } from "./images.ts";
 import { nodeCommands } from "./nodes.ts";
 import { shellCommands } from "./shell.ts";
+import { logsCommand } from "./logs.ts";
+import { topCommand } from "./top.ts";
 
 const clientCommands: CliCommand[] = [
   ...runtimeCommands,
   ...sessionCommands,
+  logsCommand,
   ...shellCommands,
   ...imageCommands,
   ...nodeCommands,
+  topCommand,
 ];
 
 /** One line per client command, aligned with `width` columns for the command. */

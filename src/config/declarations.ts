@@ -22,6 +22,14 @@ const defaultParts: {
   sessionStorage: "local" | "directory";
 } = { metadataStore: "sqlite", sandboxDriver: "bubblewrap", sessionStorage: "local" };
 
+/** An http:// or https:// URL that parses (its host well-formed). */
+const httpUrl =
+  (hint: string) =>
+  (text: string): string | { problem: string } =>
+    URL.canParse(text) && /^https?:\/\/[^\s/]/.test(text)
+      ? text
+      : { problem: `must be ${hint} (got "${text}")` };
+
 /** Every setting Berth reads, in one place. docs/configuration.md is generated from this. */
 export const settingDeclarations = {
   metadataStore: {
@@ -53,6 +61,19 @@ export const settingDeclarations = {
     doc: "Port the HTTP server listens on (0 picks a free one).",
     default: 8787,
     parse: integer(0, 65_535),
+  },
+  metricsPort: {
+    part: "server",
+    doc: "Port of the Prometheus metrics listener (GET /metrics, docs/observability.md; 0 picks a free one). It answers without authentication, so it has a port of its own, never the API's: expose it to your Prometheus only. Unset: no metrics are served (nor kept).",
+    default: undefined as number | undefined,
+    defaultShown: "(none: metrics are off)",
+    parse: integer(0, 65_535),
+  },
+  metricsHost: {
+    part: "server",
+    doc: "Address the metrics listener listens on (with metricsPort).",
+    default: "127.0.0.1",
+    parse: anyText,
   },
   dataDir: {
     part: "server",
@@ -439,15 +460,45 @@ export const settingDeclarations = {
   },
   agentLogBytesPerSecond: {
     part: "sessions",
-    doc: "Log bytes one session's agent output may use per second, on average (a token bucket, with agentLogBurstBytes). Lines past it are dropped; one 'agent output dropped' record a second says how many. The agent is never slowed: its output is still read as fast as it writes.",
+    doc: "Bytes one session's agent output may add to the session's log per second, on average (a token bucket, with agentLogBurstBytes). Lines past it are dropped; once a second a note in the session's log and an 'agent output dropped' record in Berth's say how many. The agent is never slowed: its output is still read as fast as it writes.",
     default: 262_144,
     parse: integer(1024, 1_073_741_824),
   },
   agentLogBurstBytes: {
     part: "sessions",
-    doc: "Log bytes one session's agent output may use at once after a quiet spell (see agentLogBytesPerSecond). A line whose record is bigger than this is always dropped.",
+    doc: "Bytes one session's agent output may add to its log at once after a quiet spell (see agentLogBytesPerSecond). A line whose record is bigger than this is always dropped.",
     default: 1_048_576,
     parse: integer(65_536, 1_073_741_824),
+  },
+  agentLogBytes: {
+    part: "sessions",
+    doc: "Most bytes one session's log (its agent's stdout and stderr, kept apart from Berth's own log in <data-dir>/agent-logs, readable with berth logs) takes on disk. Past it the older half goes: the latest half at least is always kept.",
+    default: 8_388_608,
+    parse: integer(65_536, 1_073_741_824),
+  },
+  agentLogTotalBytes: {
+    part: "sessions",
+    doc: "Most bytes all sessions' logs on this node take together. Past it, each sweep deletes the logs of the sessions that wrote last longest ago.",
+    default: 1_073_741_824,
+    parse: integer(1_048_576, 1_099_511_627_776),
+  },
+  agentLogRetentionSeconds: {
+    part: "sessions",
+    doc: "How long a session's log lines are kept and shown, running or ended (a sweep deletes older ones).",
+    default: 604_800,
+    parse: integer(1, 315_360_000),
+  },
+  agentLogSweepIntervalMs: {
+    part: "sessions",
+    doc: "How often sessions' logs past agentLogRetentionSeconds or agentLogTotalBytes are deleted.",
+    default: 60_000,
+    parse: integer(50, 86_400_000),
+  },
+  agentLogFollowMaxSeconds: {
+    part: "sessions",
+    doc: "Longest one request following a log (berth logs --follow) lasts; berth logs then follows again from where it was.",
+    default: 3600,
+    parse: integer(1, 86_400),
   },
   bubblewrapUidBase: {
     part: "bubblewrap",
@@ -512,5 +563,25 @@ export const settingDeclarations = {
     default: noPythonsNamed,
     defaultShown: "(found as described)",
     parse: parsePythonInterpreters,
+  },
+  otlpTracesEndpoint: {
+    part: "traces",
+    doc: "Where spans are sent, over OTLP/HTTP with JSON bodies: an OpenTelemetry collector, Jaeger or Tempo, e.g. http://127.0.0.1:4318/v1/traces (a URL with no path gets /v1/traces). Unset: no spans are made. Export happens in the background: a slow or absent collector never holds up a request (spans past a queue of 2048 are dropped; failed exports are logged, once a minute at most). The OTEL_EXPORTER_OTLP_TRACES_HEADERS (or OTEL_EXPORTER_OTLP_HEADERS) environment variable adds headers, such as a collector's API key.",
+    default: "",
+    defaultShown: "(none: traces are off)",
+    parse: httpUrl("an http:// or https:// URL such as http://127.0.0.1:4318/v1/traces"),
+    confidential: true,
+  },
+  traceSampleRatio: {
+    part: "traces",
+    doc: "The share of traces Berth starts (requests that carry no trace context) that are recorded and exported, from 0 to 1. A request continuing a caller's trace follows the caller's decision (the sampled flag of traceparent, Sampled= of X-Amzn-Trace-Id).",
+    default: 1,
+    parse: decimal(0, 1),
+  },
+  otlpTracesExportDelayMs: {
+    part: "traces",
+    doc: "How long ended spans wait to be sent together: a trace shows up in the viewer this much after its request ends, at most (sooner when 512 are waiting).",
+    default: 5000,
+    parse: integer(10, 600_000),
   },
 } satisfies Record<string, SettingDeclaration<unknown>>;

@@ -16,6 +16,7 @@ export const settingParts = {
   cluster: "Cluster: several nodes sharing PostgreSQL and the object store",
   codeArtifacts: "Code artifacts and the runtimes that run them",
   containerImages: "Container images",
+  traces: "Traces: OpenTelemetry spans exported over OTLP/HTTP (docs/observability.md)",
 } as const;
 export type SettingPart = keyof typeof settingParts;
 

@@ -1,59 +1,70 @@
+import {
+  agentLogRecordBytes,
+  type AgentLogEntry,
+  type AgentLogWriter,
+  type SessionLogRef,
+} from "./agent-logs.ts";
 import type { Logger } from "./logger.ts";
 
 export interface AgentOutputLogSettings {
-  /** Log bytes a session's agent output may use per second, on average. */
+  /** Bytes a session's agent output may add to its log per second, on average. */
   bytesPerSecond: number;
-  /** Log bytes it may use at once after a quiet spell (the bucket's size). */
+  /** Bytes it may add at once after a quiet spell (the bucket's size). */
   burstBytes: number;
 }
 
-/** How long drops are counted before one record reports them. */
+/** How long drops are counted before one note reports them. */
 const dropReportIntervalMs = 1000;
 
 /**
- * A record's bytes besides the line and the ids: time, level, message, stream and the JSON
- * around them. An estimate, so a budget in bytes means about what it says.
- */
-const recordOverheadBytes = 128;
-
-/**
- * One session's agent output in Berth's log, within a budget: a token bucket of log bytes,
- * refilled at bytesPerSecond up to burstBytes. A line that does not fit is dropped and counted,
- * and one record per second says how many were; a session printing as fast as it can costs the
- * log (and the sessions sharing it) no more than its budget. The agent is never slowed: its
- * output is still read as fast as it comes, and what does not fit is thrown away.
+ * One session's agent output, written to the session's own log (agent-logs.ts) within a budget:
+ * a token bucket of log bytes, refilled at bytesPerSecond up to burstBytes. A line that does not
+ * fit is dropped and counted, and once a second a note in the session's log and a warning in
+ * Berth's say how many were; a session printing as fast as it can costs the disk and the host no
+ * more than its budget. The agent is never slowed: its output is still read as fast as it comes,
+ * and what does not fit is thrown away. The log also notes when the session started and ended.
  */
 export class AgentOutputLog {
   private readonly log: Logger;
-  private readonly ids: { runtimeId: string; sessionId: string };
+  private readonly ids: SessionLogRef;
   private readonly settings: AgentOutputLogSettings;
+  private readonly writer: AgentLogWriter;
   private readonly nowMs: () => number;
-  private readonly idBytes: number;
+  private readonly timeMs: () => number;
   private availableBytes: number;
   private refilledAtMs: number;
   private dropped = { lines: 0, bytes: 0 };
   private dropReport: NodeJS.Timeout | undefined;
+  private ended = false;
 
   constructor(options: {
     log: Logger;
-    ids: { runtimeId: string; sessionId: string };
+    ids: SessionLogRef;
     settings: AgentOutputLogSettings;
+    /** The session's log. */
+    writer: AgentLogWriter;
+    /** The bucket's clock (monotonic). */
     nowMs?: () => number;
+    /** The lines' time (the wall clock). */
+    timeMs?: () => number;
   }) {
     this.log = options.log;
     this.ids = options.ids;
     this.settings = options.settings;
+    this.writer = options.writer;
     this.nowMs = options.nowMs ?? (() => performance.now());
-    this.idBytes = Buffer.byteLength(this.ids.runtimeId) + Buffer.byteLength(this.ids.sessionId);
+    this.timeMs = options.timeMs ?? Date.now;
     this.availableBytes = options.settings.burstBytes;
     this.refilledAtMs = this.nowMs();
+    this.note("started", "session starting");
   }
 
-  /** Logs one line of the agent's output, or counts it as dropped when over budget. */
+  /** Writes one line of the agent's output, or counts it as dropped when over budget. */
   write(stream: "stdout" | "stderr", line: string): void {
     this.refill();
-    if (this.take(line)) {
-      this.log.info("agent output", { ...this.ids, stream, line });
+    const entry: AgentLogEntry = { timeMs: this.timeMs(), stream, line };
+    if (this.take(entry)) {
+      this.writer.append(this.ids, entry);
       return;
     }
     this.dropped.lines += 1;
@@ -66,9 +77,12 @@ export class AgentOutputLog {
     }
   }
 
-  /** Reports drops not reported yet (the session is ending). */
-  flush(): void {
+  /** The session ended: reports drops not reported yet and notes why it ended (once). */
+  end(reason: string | undefined): void {
+    if (this.ended) return;
+    this.ended = true;
     this.reportDropped();
+    this.note("ended", `session ended: ${reason ?? "unknown"}`);
   }
 
   private refill(): void {
@@ -79,14 +93,13 @@ export class AgentOutputLog {
   }
 
   /** Takes what the line's record costs from the budget; false when it does not fit. */
-  private take(line: string): boolean {
-    const fixedBytes = recordOverheadBytes + this.idBytes;
+  private take(entry: AgentLogEntry): boolean {
     // Each character is at least a byte: while the budget is spent, this says no before the
     // line is encoded, so a flood costs little to drop.
-    if (fixedBytes + line.length > this.availableBytes) return false;
+    if (entry.line.length > this.availableBytes) return false;
     // Escapes included: a line of control characters is six times longer in the log than it
     // was on the agent's stdout.
-    const costBytes = fixedBytes + Buffer.byteLength(JSON.stringify(line));
+    const costBytes = agentLogRecordBytes(entry);
     if (costBytes > this.availableBytes) return false;
     this.availableBytes -= costBytes;
     return true;
@@ -96,12 +109,20 @@ export class AgentOutputLog {
     clearTimeout(this.dropReport);
     this.dropReport = undefined;
     if (this.dropped.lines === 0) return;
+    const { lines, bytes } = this.dropped;
+    const reason = `the agent wrote more than agentLogBytesPerSecond (${this.settings.bytesPerSecond}) allows`;
     this.log.warn("agent output dropped", {
       ...this.ids,
-      droppedLines: this.dropped.lines,
-      droppedBytes: this.dropped.bytes,
-      reason: `the agent wrote more than agentLogBytesPerSecond (${this.settings.bytesPerSecond}) allows`,
+      droppedLines: lines,
+      droppedBytes: bytes,
+      reason,
     });
+    this.note("dropped", `${lines} lines (${bytes} bytes) dropped: ${reason}`);
     this.dropped = { lines: 0, bytes: 0 };
+  }
+
+  /** Berth's own note in the session's log (not charged to the agent's budget). */
+  private note(event: NonNullable<AgentLogEntry["event"]>, line: string): void {
+    this.writer.append(this.ids, { timeMs: this.timeMs(), stream: "berth", line, event });
   }
 }

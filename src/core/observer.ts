@@ -35,6 +35,8 @@ export type StepAttributes = Record<string, string | number | boolean | undefine
 export interface RequestOutcome {
   /** The operation's name (InvokeAgentRuntime, ...), or "unknown" when none matched. */
   operation: string;
+  /** The id request() was given (its attributes' requestId): a trace ends the request's span. */
+  requestId?: string;
   /** Set once the request named a runtime that exists (never a made-up id: bounded labels). */
   runtimeId: string | undefined;
   /** The endpoint (qualifier) of a data-plane request, once its runtime was found. */
@@ -43,6 +45,8 @@ export interface RequestOutcome {
   status: number;
   /** The AWS error code when it failed. */
   errorCode: string | undefined;
+  /** The node that forwarded the request here, its signature checked (a cluster's hop). */
+  forwardedBy?: string | undefined;
   durationMs: number;
 }
 

@@ -82,6 +82,8 @@ export interface SandboxExit {
 export interface SandboxUsage {
   memoryBytes: number | undefined;
   processes: number | undefined;
+  /** CPU time every process of the sandbox used so far, in seconds; absent when not known. */
+  cpuSeconds?: number | undefined;
 }
 
 export interface Sandbox {

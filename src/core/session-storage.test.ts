@@ -8,7 +8,12 @@ import { SqliteMetadataStore } from "../adapters/sqlite/store.ts";
 import { DirectoryVolumes } from "../adapters/volumes/directory-volumes.ts";
 import { BerthError } from "./errors.ts";
 import { runtimeRecord, storeRuntime, versionRecord } from "../../test/support/records.ts";
-import { agreedHandleKind, SessionStorage } from "./session-storage.ts";
+import {
+  agreedHandleKind,
+  SessionStorage,
+  type ReplicaStatus,
+  type VolumeUsage,
+} from "./session-storage.ts";
 import type { MetadataStore } from "./store.ts";
 
 describe("handle kinds agreed between a sandbox driver and a volume store", () => {
@@ -52,6 +57,62 @@ describe("handle kinds agreed between a sandbox driver and a volume store", () =
         now: () => new Date(),
         holder: "node-a",
       });
+
+    it("adds up a running session's volumes: bytes used, and their copies as the oldest one", async () => {
+      const reports: Record<string, VolumeUsage> = {
+        first: {
+          attached: true,
+          usedBytes: 1000,
+          allocatedBytes: 4096,
+          replica: replica({
+            pending: true,
+            durableAt: "2025-01-01T00:00:10.000Z",
+            storedBytes: 100,
+          }),
+        },
+        second: {
+          attached: true,
+          usedBytes: 24,
+          allocatedBytes: 4096,
+          replica: replica({
+            pending: false,
+            durableAt: "2025-01-01T00:00:05.000Z",
+            storedBytes: 50,
+          }),
+        },
+        plain: { attached: true, usedBytes: 7, allocatedBytes: 7 },
+      };
+      // A volume store whose volumes report what the test says (one of them replicated).
+      class ReportingVolumes extends DirectoryVolumes {
+        override usage(volumeId: string): Promise<VolumeUsage> {
+          const report = reports[volumeId];
+          return report === undefined
+            ? Promise.reject(new Error("detached"))
+            : Promise.resolve(report);
+        }
+      }
+      const storage = new SessionStorage({
+        store: store ?? assert.fail("opened in before()"),
+        volumes: new ReportingVolumes(join(folder, "reporting")),
+        kinds: ["host-directory"],
+        settings: { sizeBytes: 2 ** 20, retentionMs: 60_000 },
+        log: { info: () => undefined, warn: () => undefined, error: () => undefined },
+        now: () => new Date(),
+        holder: "node-a",
+      });
+      const attached = (...ids: string[]) =>
+        ids.map((volumeId) => ({
+          mountPath: `/mnt/${volumeId}`,
+          volumeId,
+          handle: { kind: "host-directory" as const, volumeId, path: `/v/${volumeId}` },
+        }));
+      assert.deepEqual(await storage.useOf(attached("first", "second", "gone")), {
+        usedBytes: 1024,
+        checkpoint: { pending: true, durableAt: "2025-01-01T00:00:05.000Z", storedBytes: 150 },
+      });
+      assert.deepEqual(await storage.useOf(attached("plain")), { usedBytes: 7 });
+      assert.deepEqual(await storage.useOf([]), { usedBytes: undefined });
+    });
 
     it("refuses at construction a driver that attaches no kind its volume store gives", () => {
       assert.throws(
@@ -130,3 +191,15 @@ describe("volumes in use, as claims in the metadata store two Berth processes sh
     assert.equal(await heldBy(), undefined);
   });
 });
+
+function replica(fields: Partial<ReplicaStatus>): ReplicaStatus {
+  return {
+    generation: 1,
+    durableAt: undefined,
+    storedBytes: undefined,
+    pending: false,
+    lastError: undefined,
+    lastCheckpointMs: undefined,
+    ...fields,
+  };
+}

@@ -90,6 +90,23 @@ export interface VolumeUsage {
   replica?: ReplicaStatus | undefined;
 }
 
+/** A running session's storage, all its volumes together (see SessionStorage.useOf). */
+export interface AttachedStorageUse {
+  /** Bytes the volumes' filesystems report used; undefined when none can tell. */
+  usedBytes: number | undefined;
+  /** With an object store: how far the volumes' copy there is behind them. */
+  checkpoint?: CheckpointState;
+}
+
+export interface CheckpointState {
+  /** Some volume holds changes its copy in the object store lacks. */
+  pending: boolean;
+  /** The oldest of the volumes' last durable generations (undefined: one has none yet). */
+  durableAt: string | undefined;
+  /** What the volumes' last durable generations took in the object store when written. */
+  storedBytes: number;
+}
+
 /** A volume's copy in the object store, as `berth storage list` shows it. */
 export interface ReplicaStatus {
   /** The last generation durable in the object store (0: none yet). */
@@ -239,6 +256,22 @@ export class SessionStorage {
   /** Settles once what detaching these volumes left under way is over (see VolumeStore.settled). */
   async settled(volumes: AttachedVolume[]): Promise<void> {
     for (const volume of volumes) await this.volumes.settled?.(volume.volumeId);
+  }
+
+  /** What a running session's volumes hold now: their used bytes, and their copy's state. */
+  async useOf(volumes: readonly AttachedVolume[]): Promise<AttachedStorageUse> {
+    // A volume detaching meanwhile (its session just ended) is left out, not an error.
+    const usages = await Promise.all(
+      volumes.map((volume) => this.volumes.usage(volume.volumeId).catch(() => undefined)),
+    );
+    const used = usages.map((usage) => usage?.usedBytes).filter((bytes) => bytes !== undefined);
+    const replicas = usages.flatMap((usage) =>
+      usage?.replica === undefined ? [] : [usage.replica],
+    );
+    return {
+      usedBytes: used.length === 0 ? undefined : used.reduce((sum, bytes) => sum + bytes, 0),
+      ...(replicas.length === 0 ? {} : { checkpoint: checkpointOf(replicas) }),
+    };
   }
 
   async list(runtimeId: string): Promise<StorageView[]> {
@@ -457,4 +490,14 @@ function noRoomFailure(mountPath: string, error: NoRoomForVolumeError): BerthErr
       "The agent was not started; free disk space on the server, lower sessionStorageBytes, or delete unused session storage",
     { cause: error },
   );
+}
+
+/** The copies of one session's volumes as one: pending if any is, as durable as the oldest. */
+function checkpointOf(replicas: readonly ReplicaStatus[]): CheckpointState {
+  const durable = replicas.map((replica) => replica.durableAt);
+  return {
+    pending: replicas.some((replica) => replica.pending),
+    durableAt: durable.includes(undefined) ? undefined : durable.sort()[0],
+    storedBytes: replicas.reduce((sum, replica) => sum + (replica.storedBytes ?? 0), 0),
+  };
 }

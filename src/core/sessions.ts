@@ -1,8 +1,9 @@
 import { AgentOutputLog, type AgentOutputLogSettings } from "./agent-output-log.ts";
+import { noAgentLogs, type AgentLogWriter } from "./agent-logs.ts";
 import { BerthError } from "./errors.ts";
 import type { Logger } from "./logger.ts";
 import { noObserver, type Observer } from "./observer.ts";
-import type { AttachedVolume, SessionStorage } from "./session-storage.ts";
+import type { AttachedVolume, CheckpointState, SessionStorage } from "./session-storage.ts";
 import type { RuntimeRecord, RuntimeVersionRecord } from "./model.ts";
 import {
   describeReadiness,
@@ -70,7 +71,9 @@ export interface SessionInfo {
   startedAt: string;
   lastActivityAt: string;
   activeRequests: number;
-  usage: SandboxUsage;
+  usage: SandboxUsage & { storageUsedBytes: number | undefined };
+  /** With an object store: how far the session storage's copy there is behind. */
+  checkpoint?: CheckpointState;
 }
 
 interface LiveSession {
@@ -87,6 +90,8 @@ interface LiveSession {
   /** The agent's protocol: its port and how its health is asked. */
   contract: ProtocolContract;
   sandbox: Sandbox | undefined;
+  /** The session storage attached to its sandbox, once it is. */
+  volumes: AttachedVolume[];
   ready: Promise<Sandbox>;
   abort: AbortController;
   /** Why the session ends, set the moment its end is decided (before its processes are killed). */
@@ -181,6 +186,7 @@ export class SessionManager {
   private readonly nowMs: () => number;
   private readonly ownership: SessionOwnership | undefined;
   private readonly observer: Observer;
+  private readonly agentLogs: AgentLogWriter;
   private idleProbes = 0;
   /** Idle sessions whose /ping is still to be asked, asked longest ago first (see sweep()). */
   private idleQueue: LiveSession[] = [];
@@ -197,8 +203,11 @@ export class SessionManager {
     ownership?: SessionOwnership | undefined;
     /** Told of each session start and its steps (metrics, traces); none by default. */
     observer?: Observer;
+    /** Where each session's agent output goes (its own log, agent-logs.ts); nowhere by default. */
+    agentLogs?: AgentLogWriter;
   }) {
     this.observer = options.observer ?? noObserver;
+    this.agentLogs = options.agentLogs ?? noAgentLogs;
     this.ownership = options.ownership;
     this.driver = options.driver;
     this.probe = options.probe;
@@ -300,21 +309,32 @@ export class SessionManager {
     await Promise.all(ending.map((session) => this.end(session, "runtime deleted")));
   }
 
-  async list(runtimeId: string): Promise<SessionInfo[]> {
+  /** The sessions here of one runtime, or of every runtime, with what they use now. */
+  async list(runtimeId?: string): Promise<SessionInfo[]> {
     const sessions = [...this.sessions.values()].filter(
-      (session) => session.runtimeId === runtimeId,
+      (session) => runtimeId === undefined || session.runtimeId === runtimeId,
     );
     return Promise.all(
-      sessions.map(async (session) => ({
-        runtimeId: session.runtimeId,
-        sessionId: session.sessionId,
-        version: session.version,
-        state: session.state,
-        startedAt: new Date(session.startedAtMs).toISOString(),
-        lastActivityAt: new Date(session.lastActivityMs).toISOString(),
-        activeRequests: session.activeRequests,
-        usage: (await session.sandbox?.usage()) ?? { memoryBytes: undefined, processes: undefined },
-      })),
+      sessions.map(async (session) => {
+        const [sandboxUsage, storage] = await Promise.all([
+          session.sandbox?.usage(),
+          this.storage.useOf(session.volumes),
+        ]);
+        return {
+          runtimeId: session.runtimeId,
+          sessionId: session.sessionId,
+          version: session.version,
+          state: session.state,
+          startedAt: new Date(session.startedAtMs).toISOString(),
+          lastActivityAt: new Date(session.lastActivityMs).toISOString(),
+          activeRequests: session.activeRequests,
+          usage: {
+            ...(sandboxUsage ?? { memoryBytes: undefined, processes: undefined }),
+            storageUsedBytes: storage.usedBytes,
+          },
+          ...(storage.checkpoint === undefined ? {} : { checkpoint: storage.checkpoint }),
+        };
+      }),
     );
   }
 
@@ -374,6 +394,7 @@ export class SessionManager {
       maxLifetimeMs: version.config.maxLifetimeSeconds * 1000,
       contract: protocolContract(version.config.serverProtocol),
       sandbox: undefined,
+      volumes: [],
       ready: Promise.resolve(undefined as unknown as Sandbox),
       abort: new AbortController(),
       stopReason: undefined,
@@ -383,6 +404,7 @@ export class SessionManager {
         log: this.log,
         ids: { runtimeId: runtime.id, sessionId },
         settings: this.settings.agentLog,
+        writer: this.agentLogs,
       }),
       lastProbeMs: 0,
       probing: false,
@@ -437,8 +459,12 @@ export class SessionManager {
       let volumes: AttachedVolume[];
       let sandbox: Sandbox;
       try {
-        volumes = await this.storage.attach(runtime, version, session.sessionId, owner);
-        sandbox = await this.startSandbox(session, plan, version, volumes);
+        volumes = await this.observer.step("session.storage.attach", {}, () =>
+          this.storage.attach(runtime, version, session.sessionId, owner),
+        );
+        sandbox = await this.observer.step("session.sandbox.start", {}, () =>
+          this.startSandbox(session, plan, version, volumes),
+        );
       } catch (error) {
         // Nothing attached is left (startSandbox detaches what it was given): the session holds
         // nothing, so its ownership is given up at once.
@@ -446,6 +472,7 @@ export class SessionManager {
         throw error;
       }
       session.sandbox = sandbox;
+      session.volumes = volumes;
       session.released = sandbox.exited.then(() => this.storage.detach(volumes));
       // Given up only once the storage's last upload is over: until then no other node may
       // start the session and find the object store without its last changes.
@@ -462,7 +489,9 @@ export class SessionManager {
         await sandbox.kill();
         throw session.abort.signal.reason;
       }
-      await this.waitUntilHealthy(session, sandbox);
+      await this.observer.step("session.agent.ready", {}, () =>
+        this.waitUntilHealthy(session, sandbox),
+      );
       session.state = "running";
       this.log.info("session running", {
         runtimeId: session.runtimeId,
@@ -613,6 +642,8 @@ export class SessionManager {
         exit: describeExit(exit),
         lastOutput: session.outputTail.slice(-5),
       });
+      // Ended by its agent: no end() follows to note it in the session's log.
+      session.outputLog.end(session.stopReason);
     }
   }
 
@@ -628,7 +659,7 @@ export class SessionManager {
     session.abort.abort(new Error(reason));
     await session.sandbox?.kill();
     await session.released;
-    session.outputLog.flush();
+    session.outputLog.end(session.stopReason);
     this.log.info("session ended", {
       runtimeId: session.runtimeId,
       sessionId: session.sessionId,

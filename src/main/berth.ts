@@ -13,6 +13,7 @@ import { controlPlaneOperations } from "../wire/control-plane.ts";
 import { dataPlaneOperations } from "../wire/data-plane.ts";
 import { commandOperation } from "../wire/commands.ts";
 import { storageOperations } from "../wire/storage-api.ts";
+import { agentLogOperations } from "../wire/agent-logs-api.ts";
 import { artifactOperations } from "../wire/artifacts-api.ts";
 import { pingAgent } from "../wire/agent-client.ts";
 import { SessionManager } from "../core/sessions.ts";
@@ -39,6 +40,9 @@ import { agentSocketOperations } from "../wire/agent-socket.ts";
 import { shellOperations } from "../wire/shell-socket.ts";
 import { asksForWebSocket, createUpgradeHandler } from "../wire/socket-handler.ts";
 import { combineObservers } from "./observability.ts";
+import { logsElsewhere, openAgentLogs } from "./agent-logs.ts";
+import { startTracing } from "./tracing.ts";
+import { metricsIfServed, serveMetrics, type MetricsListener } from "./metrics-listener.ts";
 import type { SocketOperation } from "../wire/socket-operation.ts";
 import type { Operation } from "../wire/operation.ts";
 import { objectStoreConnection } from "./object-store-connection.ts";
@@ -47,6 +51,8 @@ import { checkObjectStore } from "./object-store-check.ts";
 export interface RunningBerth {
   url: string;
   port: number;
+  /** Where Prometheus scrapes this Berth (metricsPort); undefined when metrics are off. */
+  metricsUrl: string | undefined;
   credentials: AccessKey;
   /** Resolves when background work started so far (artifact preparation) has settled. */
   idle(): Promise<void>;
@@ -181,16 +187,27 @@ async function serveOn(
     if (parts.metadataReplica?.status().replicating === false) return;
     if (!(await onceForCluster("session-storage-sweep", settings.sessionStorageSweepIntervalMs)))
       return;
-    await storage.sweep().catch((error: unknown) => {
-      log.warn("could not sweep session storage", { error: String(error) });
-    });
+    await observer
+      .step("sweep.session-storage", {}, () => storage.sweep())
+      .catch((error: unknown) => {
+        log.warn("could not sweep session storage", { error: String(error) });
+      });
   });
   // Pulls a session start makes (an image a version of another node's preparation pinned).
   const sessionPulls = new AbortController();
   // Metrics and traces (issue 19) add their observers here.
-  const observer = combineObservers([]);
+  const metrics = metricsIfServed(settings);
+  // Spans over OTLP/HTTP (otlpTracesEndpoint; off when unset).
+  const tracing = startTracing(settings, { name: nodeNameOf(settings), id: nodeId, log });
+  const observer = combineObservers([
+    ...(metrics === undefined ? [] : [metrics.observer]),
+    tracing,
+  ]);
+  // Each session's agent output, kept apart from this log (docs/observability.md).
+  const agentLogs = await openAgentLogs(settings, log);
   const sessions: SessionManager = new SessionManager({
     observer,
+    agentLogs,
     driver,
     storage,
     probe: (endpoint, timeoutMs, health) =>
@@ -225,6 +242,7 @@ async function serveOn(
     endSessions: async (runtimeId) => {
       await sessions.stopRuntime(runtimeId);
       await storage.removeRuntime(runtimeId);
+      await agentLogs.removeRuntime(runtimeId);
     },
     minLifecycleSeconds: settings.minLifecycleSeconds,
   };
@@ -239,6 +257,8 @@ async function serveOn(
   }
   // Aborted when a shutdown's grace period is over: requests still running then end at once.
   const shutdown = new AbortController();
+  // Aborted as a shutdown begins: a follow of logs ends then, holding up no grace period.
+  const shutdownBegun = new AbortController();
   const verifier = settings.insecureNoAuth
     ? undefined
     : new SigV4Verifier({
@@ -262,11 +282,13 @@ async function serveOn(
             nodeName: nodeNameOf(settings),
             list: undefined,
           },
+          observer,
         }),
         commandOperation(context, sessions, {
           killGraceMs: settings.commandKillGraceMs,
           log,
           shutdown: shutdown.signal,
+          observer,
         }),
       ]),
       ...nodeOperations(
@@ -278,6 +300,11 @@ async function serveOn(
           ),
       ),
       ...storageOperations(context, storage),
+      ...agentLogOperations(context, agentLogs, sessions, {
+        followMaxMs: settings.agentLogFollowMaxSeconds * 1000,
+        shutdown: shutdownBegun.signal,
+        elsewhere: logsElsewhere(membership, nodeId, log),
+      }),
       ...artifactOperations(uploads),
       ...imageOperations(images),
     ],
@@ -305,6 +332,7 @@ async function serveOn(
       operations: socketsServedByOwners(membership, context, [
         ...agentSocketOperations(context, sessions, {
           maxMessageBytes: settings.maxWebSocketMessageBytes,
+          observer,
         }),
         ...shellOperations(context, sessions, {
           settings: {
@@ -314,6 +342,7 @@ async function serveOn(
             killGraceMs: settings.commandKillGraceMs,
           },
           log,
+          observer,
         }),
       ]),
       verifier,
@@ -335,7 +364,16 @@ async function serveOn(
     const createdBefore = new Date(now().getTime() - resumePreparationIntervalMs).toISOString();
     await preparer.resumeUnsettled(membership === undefined ? {} : { createdBefore });
   };
+  let metricsListener: MetricsListener | undefined;
   try {
+    // Its own address, never the API's (metricsPort; off when unset).
+    metricsListener = await serveMetrics(metrics, settings, {
+      sessions,
+      apiServer: server,
+      membership,
+      now,
+      log,
+    });
     await membership?.join({
       url,
       sessions,
@@ -347,10 +385,13 @@ async function serveOn(
   } catch (error) {
     // Nothing was served yet: the start fails as a whole (startBerth abandons the parts).
     server.close();
+    await metricsListener?.close();
     clearInterval(storageSweep);
     await membership?.leave();
     await sessions.close();
+    await agentLogs.close();
     await preparer.close();
+    await tracing.shutdown();
     throw error;
   }
   const preparationResume = everyInterval(resumePreparationIntervalMs, resumePreparations);
@@ -359,7 +400,8 @@ async function serveOn(
     const before = new Date(
       now().getTime() - settings.idempotencyWindowSeconds * 1000,
     ).toISOString();
-    await store.expireIdempotency(before).catch((error: unknown) => {
+    const expire = () => store.expireIdempotency(before);
+    await observer.step("sweep.idempotency", {}, expire).catch((error: unknown) => {
       log.warn("could not expire idempotency records", { error: String(error) });
     });
   });
@@ -374,12 +416,14 @@ async function serveOn(
   return {
     url,
     port,
+    metricsUrl: metricsListener?.url,
     credentials: key,
     sessions,
     idle: () => preparer.idle(),
     collectImageGarbage: containerImages.collectGarbage,
     close: async ({ graceMs = 0, hurry }: ShutdownOptions = {}) => {
       const serverClosed = new Promise<void>((done) => server.once("close", done));
+      shutdownBegun.abort();
       // Other nodes stop placing sessions here while this one finishes what it runs.
       await membership?.beginLeaving();
       await drain.drain(server, anyOf(AbortSignal.timeout(graceMs), hurry));
@@ -397,17 +441,21 @@ async function serveOn(
       clearInterval(preparationResume);
       clearInterval(storageSweep);
       await sessions.close();
+      await agentLogs.close();
       await membership?.leave();
       await driver.close();
       await parts.release();
       await drain.drain(server, AbortSignal.timeout(lastWordsMs));
       server.closeAllConnections();
       await serverClosed;
+      await metricsListener?.close();
       await preparer.close();
       await store.close();
       await parts.cluster?.close();
       // After the store's last commit: a last snapshot, then the head is let go.
       await parts.metadataReplica?.close();
+      // Last: the spans of everything above.
+      await tracing.shutdown();
     },
   };
 }

@@ -109,6 +109,11 @@ export class ClusterMembership {
     }
   }
 
+  /** How long ago this node's last good heartbeat was; undefined before it joined. */
+  heartbeatAgeMs(): number | undefined {
+    return this.node?.heartbeatAgeMs;
+  }
+
   /** Whether this node may do a piece of background work now: once per cluster and interval. */
   onceForCluster(job: string, intervalMs: number): Promise<boolean> {
     return this.store.claimJob(job, this.nodeId, intervalMs);

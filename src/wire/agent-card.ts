@@ -6,9 +6,11 @@
 import { request, type IncomingMessage } from "node:http";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
+import { noObserver, type Observer } from "../core/observer.ts";
 import { protocolContract } from "../core/protocols.ts";
 import type { SessionLease, SessionManager } from "../core/sessions.ts";
 import { agentPool, agentTarget } from "./agent-client.ts";
+import { traceHeadersForAgent } from "./agent-trace-headers.ts";
 import { invocationTargetOf, requireSessionId, sessionIdHeader } from "./data-plane-request.ts";
 import { onSession, operation, type Operation } from "./operation.ts";
 
@@ -27,6 +29,7 @@ export function agentCardOperation(
   context: CoreContext,
   sessions: SessionManager,
   shutdown: AbortSignal,
+  observer: Observer = noObserver,
 ): Operation {
   return onSession(
     operation(
@@ -48,7 +51,18 @@ export function agentCardOperation(
         const lease = await sessions.acquire(target.runtime, target.version, sessionId);
         try {
           const signal = AbortSignal.any([input.raw.signal, shutdown]);
-          const card = await readAgentCard(lease, agentCardPath, signal);
+          const card = await observer.step(
+            "agent.card",
+            { runtimeId: target.runtime.id, sessionId },
+            () =>
+              readAgentCard(
+                lease,
+                agentCardPath,
+                signal,
+                agentCardTimeoutMs,
+                traceHeadersForAgent(input.request.headers, observer.traceparent()),
+              ),
+          );
           input.raw.outgoing.setHeader(sessionIdHeader, sessionId);
           return card;
         } finally {
@@ -62,13 +76,15 @@ export function agentCardOperation(
 
 /**
  * GETs the card from the agent: its JSON, or a RuntimeClientError saying what was wrong (also
- * when the whole answer has not arrived within timeoutMs).
+ * when the whole answer has not arrived within timeoutMs). `headers` go with the request (trace
+ * context).
  */
 export async function readAgentCard(
   lease: SessionLease,
   path: string,
   signal: AbortSignal,
   timeoutMs = agentCardTimeoutMs,
+  headers: Record<string, string> = {},
 ): Promise<unknown> {
   const late = new BerthError(
     "RuntimeClientError",
@@ -79,7 +95,7 @@ export async function readAgentCard(
     deadline.abort(late);
   }, timeoutMs);
   try {
-    return await readCardUntil(lease, path, AbortSignal.any([signal, deadline.signal]));
+    return await readCardUntil(lease, path, headers, AbortSignal.any([signal, deadline.signal]));
   } catch (error) {
     throw deadline.signal.aborted ? late : error;
   } finally {
@@ -90,9 +106,10 @@ export async function readAgentCard(
 async function readCardUntil(
   lease: SessionLease,
   path: string,
+  headers: Record<string, string>,
   signal: AbortSignal,
 ): Promise<unknown> {
-  const response = await getFromAgent(lease, path, signal);
+  const response = await getFromAgent(lease, path, headers, signal);
   const status = response.statusCode ?? 500;
   const body = await readUpTo(response, maxAgentCardBytes, path);
   if (status < 200 || status >= 300) {
@@ -114,6 +131,7 @@ async function readCardUntil(
 function getFromAgent(
   lease: SessionLease,
   path: string,
+  headers: Record<string, string>,
   signal: AbortSignal,
 ): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
@@ -123,7 +141,7 @@ function getFromAgent(
         agent: agentPool(lease.agentEndpoint, lease.ended),
         method: "GET",
         path,
-        headers: { accept: "application/json" },
+        headers: { ...headers, accept: "application/json" },
         signal,
       },
       resolve,

@@ -1,15 +1,17 @@
 import { WebSocket, type RawData } from "ws";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
+import { noObserver, type Observer } from "../core/observer.ts";
 import { protocolContract } from "../core/protocols.ts";
 import type { AgentEndpoint } from "../core/sandbox.ts";
-import type { SessionManager } from "../core/sessions.ts";
+import type { SessionLease, SessionManager } from "../core/sessions.ts";
+import { traceHeadersForAgent } from "./agent-trace-headers.ts";
 import { headersForAgent, invocationTargetOf, requireSessionId } from "./data-plane-request.ts";
 import { watchLiveness } from "./socket-liveness.ts";
 import type { SocketOperation, SocketOperationInput } from "./socket-operation.ts";
 
-/** Headers always passed to the agent's /ws, beside the session and request ids. */
-const passedHeaders = ["x-amzn-trace-id", "traceparent", "tracestate", "baggage", "user-agent"];
+/** Headers always passed to the agent's /ws, beside the session and request ids and trace headers. */
+const passedHeaders = ["user-agent"];
 /**
  * How much may wait to be sent on one side before the other side's reading pauses: the relay
  * holds at most about this much (plus one message) per direction, however fast one side sends.
@@ -23,6 +25,8 @@ export interface AgentSocketOptions {
   maxMessageBytes: number;
   /** How often the client is pinged; one that answers none of an interval's pings is cut off. */
   livenessIntervalMs?: number;
+  /** Told of the relay with the agent (traces); the agent joins the trace. None by default. */
+  observer?: Observer;
 }
 
 const defaultLivenessIntervalMs = 30_000;
@@ -65,24 +69,44 @@ async function relayToAgent(
     );
   }
   const lease = await sessions.acquire(target.runtime, target.version, sessionId);
+  const observer = options.observer ?? noObserver;
   try {
-    const agent = await connectToAgent(lease.agentEndpoint, webSocketPath, {
-      headers: headersForAgent(input.request, sessionId, target.version, passedHeaders),
-      protocols: offeredProtocols(input),
-      maxMessageBytes: options.maxMessageBytes,
-    });
-    const client = await input.accept({ protocol: agent.socket.protocol || undefined });
-    const stopWatching = watchLiveness(
-      client,
-      options.livenessIntervalMs ?? defaultLivenessIntervalMs,
+    // One step for the whole conversation with the agent: its handshake carries the trace.
+    await observer.step("agent.websocket", { runtimeId: target.runtime.id, sessionId }, () =>
+      converse(input, options, lease, {
+        path: webSocketPath,
+        headers: {
+          ...headersForAgent(input.request, sessionId, target.version, passedHeaders),
+          ...traceHeadersForAgent(input.request.headers, observer.traceparent()),
+        },
+      }),
     );
-    try {
-      await relay(client, agent, { shutdown: input.shutdown, sessionEnded: lease.ended });
-    } finally {
-      stopWatching();
-    }
   } finally {
     lease.release();
+  }
+}
+
+/** Opens the agent's socket, then the client's, and relays between them until both close. */
+async function converse(
+  input: SocketOperationInput,
+  options: AgentSocketOptions,
+  lease: SessionLease,
+  agentSide: { path: string; headers: Record<string, string> },
+): Promise<void> {
+  const agent = await connectToAgent(lease.agentEndpoint, agentSide.path, {
+    headers: agentSide.headers,
+    protocols: offeredProtocols(input),
+    maxMessageBytes: options.maxMessageBytes,
+  });
+  const client = await input.accept({ protocol: agent.socket.protocol || undefined });
+  const stopWatching = watchLiveness(
+    client,
+    options.livenessIntervalMs ?? defaultLivenessIntervalMs,
+  );
+  try {
+    await relay(client, agent, { shutdown: input.shutdown, sessionEnded: lease.ended });
+  } finally {
+    stopWatching();
   }
 }
 

@@ -1,9 +1,15 @@
 import type { ServerResponse } from "node:http";
-import { CommandRun, readCommandRequest, type CommandEvent } from "../core/commands.ts";
+import {
+  CommandRun,
+  readCommandRequest,
+  type CommandEvent,
+  type CommandRequest,
+} from "../core/commands.ts";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
-import type { SessionManager } from "../core/sessions.ts";
+import { noObserver, type Observer } from "../core/observer.ts";
+import type { SessionLease, SessionManager } from "../core/sessions.ts";
 import { encodeCommandEvent, encodeExceptionEvent } from "./event-stream.ts";
 import { onSession, streamingOperation, type Operation, type OperationInput } from "./operation.ts";
 import {
@@ -21,6 +27,8 @@ export interface CommandOptions {
    * streaming then ends with the signal's reason as its stream's last (exception) event.
    */
   shutdown: AbortSignal;
+  /** Told of each command's run (traces); none by default. */
+  observer?: Observer;
 }
 
 /** InvokeAgentRuntimeCommand: a shell command in the session's sandbox, streamed as events. */
@@ -46,37 +54,50 @@ async function executeCommand(
   options: CommandOptions,
   input: OperationInput,
 ): Promise<void> {
-  const { incoming, outgoing } = input.raw;
   const sessionId = requireSessionId(input.request.headers);
   const request = readCommandRequest(input.body);
   const target = await invocationTargetOf(context, input);
   const lease = await sessions.acquire(target.runtime, target.version, sessionId);
   try {
-    // Until here failures are ordinary error answers; from the first event on they are in-stream.
-    const run = await CommandRun.start(lease, request, { killGraceMs: options.killGraceMs });
-    outgoing.writeHead(200, {
-      "content-type": "application/vnd.amazon.eventstream",
-      ...sessionResponseHeaders(incoming.headers, sessionId, input.request.requestId),
-    });
-    // No flushHeaders(): contentStart follows at once and leaves in the same packet.
-    const sink = new EventStreamResponse(outgoing);
-    try {
-      const outcome = await run.streamTo(sink, { signal: options.shutdown });
-      // Logged once the stream has ended: the caller is not kept waiting for the log line.
-      options.log.info("command finished", {
-        runtimeId: target.runtime.id,
-        sessionId,
-        requestId: input.request.requestId,
-        ...outcome,
-        callerGone: sink.gone,
-      });
-    } catch (error) {
-      sink.fail(inStreamError(error, input.request.requestId, options.log));
-    } finally {
-      sink.end();
-    }
+    const ids = { runtimeId: target.runtime.id, sessionId };
+    await (options.observer ?? noObserver).step("command.run", ids, () =>
+      runAndStream(lease, request, input, options, ids),
+    );
   } finally {
     lease.release();
+  }
+}
+
+/** Runs the command in the session and streams its events as the response. */
+async function runAndStream(
+  lease: SessionLease,
+  request: CommandRequest,
+  input: OperationInput,
+  options: CommandOptions,
+  ids: { runtimeId: string; sessionId: string },
+): Promise<void> {
+  const { incoming, outgoing } = input.raw;
+  // Until here failures are ordinary error answers; from the first event on they are in-stream.
+  const run = await CommandRun.start(lease, request, { killGraceMs: options.killGraceMs });
+  outgoing.writeHead(200, {
+    "content-type": "application/vnd.amazon.eventstream",
+    ...sessionResponseHeaders(incoming.headers, ids.sessionId, input.request.requestId),
+  });
+  // No flushHeaders(): contentStart follows at once and leaves in the same packet.
+  const sink = new EventStreamResponse(outgoing);
+  try {
+    const outcome = await run.streamTo(sink, { signal: options.shutdown });
+    // Logged once the stream has ended: the caller is not kept waiting for the log line.
+    options.log.info("command finished", {
+      ...ids,
+      requestId: input.request.requestId,
+      ...outcome,
+      callerGone: sink.gone,
+    });
+  } catch (error) {
+    sink.fail(inStreamError(error, input.request.requestId, options.log));
+  } finally {
+    sink.end();
   }
 }
 

@@ -9,11 +9,18 @@ import { addAbortSignal, type Readable } from "node:stream";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
 import type { RuntimeVersionRecord } from "../core/model.ts";
+import { noObserver, type Observer } from "../core/observer.ts";
 import { protocolContract, type ProtocolContract } from "../core/protocols.ts";
 import type { SessionLease, SessionManager } from "../core/sessions.ts";
 import { agentCardOperation } from "./agent-card.ts";
 import { agentPool, agentTarget } from "./agent-client.ts";
-import { mcpRequestSession, mcpSessionIdHeader, McpServerSessions } from "./mcp-sessions.ts";
+import { traceHeadersForAgent } from "./agent-trace-headers.ts";
+import {
+  mcpRequestSession,
+  mcpSessionIdHeader,
+  McpServerSessions,
+  type McpServerSession,
+} from "./mcp-sessions.ts";
 import {
   onSession,
   operation,
@@ -31,8 +38,9 @@ import {
 } from "./data-plane-request.ts";
 
 /**
- * Headers always passed to the agent, beside the session and request ids. An MCP server gets its
- * own Mcp-Session-Id instead of the client's (mcp-sessions.ts).
+ * Headers always passed to the agent, beside the session and request ids and the trace headers
+ * (agent-trace-headers.ts). An MCP server gets its own Mcp-Session-Id instead of the client's
+ * (mcp-sessions.ts).
  */
 const forwardedHeaders = [
   "content-type",
@@ -40,10 +48,6 @@ const forwardedHeaders = [
   "mcp-protocol-version",
   "mcp-method",
   "mcp-name",
-  "x-amzn-trace-id",
-  "traceparent",
-  "tracestate",
-  "baggage",
 ];
 /** Headers of the agent's answer that reach the client (InvokeAgentRuntime's output has them). */
 const answeredHeaders = ["mcp-protocol-version"];
@@ -58,6 +62,8 @@ export interface DataPlaneOptions {
   shutdown: AbortSignal;
   /** Where ListSessions finds the sessions other nodes of a cluster run. */
   sessionsElsewhere: SessionsElsewhere;
+  /** Told of each exchange with an agent (traces); the agent joins the trace. None by default. */
+  observer?: Observer;
 }
 
 export interface SessionsElsewhere {
@@ -90,7 +96,7 @@ export function dataPlaneOperations(
       ),
       { place: true, sessionIdOf: (input) => invokedSession(context, input) },
     ),
-    agentCardOperation(context, sessions, options.shutdown),
+    agentCardOperation(context, sessions, options.shutdown, options.observer),
     onSession(
       operation(
         "StopRuntimeSession",
@@ -173,7 +179,7 @@ async function invoke(
   mcpServers: McpServerSessions,
   input: OperationInput,
 ): Promise<void> {
-  const { incoming, outgoing, signal } = input.raw;
+  const { incoming } = input.raw;
   // A malformed session id is refused before anything is looked up, as it always was.
   if (input.request.headers[sessionIdHeader] !== undefined) requireSessionId(input.request.headers);
   const declaredLength = Number(incoming.headers["content-length"] ?? 0);
@@ -190,31 +196,64 @@ async function invoke(
       contract.protocol === "MCP"
         ? mcpServers.of(target.runtime.id, sessionId, lease.ended)
         : undefined;
-    const headers = agentHeaders(input, sessionId, target.version);
-    const serverSessionId = mcpServer?.idForServer();
-    if (serverSessionId !== undefined) headers[mcpSessionIdHeader] = serverSessionId;
-    const agentResponse = await sendToAgent(
-      input.payload.stream,
-      lease,
-      { path: contract.invocationPath, headers },
-      options.maxPayloadBytes,
-      { caller: signal, shutdown: options.shutdown },
+    const observer = options.observer ?? noObserver;
+    await observer.step("agent.invoke", { runtimeId: target.runtime.id, sessionId }, () =>
+      exchangeWithAgent({
+        input,
+        options,
+        lease,
+        version: target.version,
+        mcpServer,
+        sessionId,
+        observer,
+      }),
     );
-    const status = agentResponse.statusCode ?? 500;
-    mcpServer?.noteAnswer(status, headerValue(agentResponse.headers[mcpSessionIdHeader]));
-    if (status < 200 || status >= 300) throw await agentRefused(agentResponse, status, contract);
-    outgoing.writeHead(status, {
-      "content-type": agentResponse.headers["content-type"] ?? "application/octet-stream",
-      ...answerHeaders(agentResponse.headers),
-      ...sessionResponseHeaders(incoming.headers, sessionId, input.request.requestId),
-      // What an MCP client keeps and sends back: the Berth session, whatever the server's own.
-      ...(contract.protocol === "MCP" ? { [mcpSessionIdHeader]: sessionId } : {}),
-    });
-    outgoing.flushHeaders(); // the SDK's send() resolves on headers; the body streams after
-    await relayAnswer(agentResponse, outgoing, { caller: signal, shutdown: options.shutdown });
   } finally {
     lease.release();
   }
+}
+
+/**
+ * Sends the payload to the agent and relays its answer, as a step of its own: the time spent in
+ * the agent, and the span the agent's own spans are children of.
+ */
+async function exchangeWithAgent(exchange: {
+  input: OperationInput;
+  options: DataPlaneOptions;
+  lease: SessionLease;
+  version: RuntimeVersionRecord;
+  mcpServer: McpServerSession | undefined;
+  sessionId: string;
+  observer: Observer;
+}): Promise<void> {
+  const { input, options, lease, version, mcpServer, sessionId } = exchange;
+  const { incoming, outgoing, signal } = input.raw;
+  const contract = protocolContract(version.config.serverProtocol);
+  const headers = {
+    ...agentHeaders(input, sessionId, version),
+    ...traceHeadersForAgent(incoming.headers, exchange.observer.traceparent()),
+  };
+  const serverSessionId = mcpServer?.idForServer();
+  if (serverSessionId !== undefined) headers[mcpSessionIdHeader] = serverSessionId;
+  const agentResponse = await sendToAgent(
+    input.payload.stream,
+    lease,
+    { path: contract.invocationPath, headers },
+    options.maxPayloadBytes,
+    { caller: signal, shutdown: options.shutdown },
+  );
+  const status = agentResponse.statusCode ?? 500;
+  mcpServer?.noteAnswer(status, headerValue(agentResponse.headers[mcpSessionIdHeader]));
+  if (status < 200 || status >= 300) throw await agentRefused(agentResponse, status, contract);
+  outgoing.writeHead(status, {
+    "content-type": agentResponse.headers["content-type"] ?? "application/octet-stream",
+    ...answerHeaders(agentResponse.headers),
+    ...sessionResponseHeaders(incoming.headers, sessionId, input.request.requestId),
+    // What an MCP client keeps and sends back: the Berth session, whatever the server's own.
+    ...(contract.protocol === "MCP" ? { [mcpSessionIdHeader]: sessionId } : {}),
+  });
+  outgoing.flushHeaders(); // the SDK's send() resolves on headers; the body streams after
+  await relayAnswer(agentResponse, outgoing, { caller: signal, shutdown: options.shutdown });
 }
 
 /**

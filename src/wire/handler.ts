@@ -38,6 +38,8 @@ interface RequestOutcome {
   errorCode?: string;
   /** Whether the signature was checked (or authentication is off). */
   authenticated: boolean;
+  /** The node that forwarded the request, once its signature was checked. */
+  forwardedBy?: string;
 }
 
 /**
@@ -55,11 +57,13 @@ export function createRequestHandler(options: HandlerOptions) {
       if (!outgoing.writableFinished) abort.abort(new Error("client disconnected"));
       const durationMs = Math.round((performance.now() - startedAt) * 100) / 100;
       observer.requestEnded({
+        requestId,
         operation: outcome.operation,
         runtimeId: outcome.request?.observed?.runtimeId,
         endpoint: outcome.request?.observed?.endpoint,
         status: outgoing.statusCode,
         errorCode: outcome.errorCode,
+        forwardedBy: outcome.forwardedBy,
         durationMs,
       });
       options.log.info("request", {
@@ -128,6 +132,7 @@ async function handle(
     pending,
   });
   outcome.authenticated = true;
+  if (pending instanceof PendingClusterSignature) outcome.forwardedBy = pending.fromNode;
   if (matched === undefined) throw unmatched;
 
   const result = await matched.operation.handle({

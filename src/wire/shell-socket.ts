@@ -2,6 +2,7 @@ import type { RawData, WebSocket } from "ws";
 import type { CoreContext } from "../core/context.ts";
 import { BerthError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
+import { noObserver, type Observer } from "../core/observer.ts";
 import type { SessionManager } from "../core/sessions.ts";
 import {
   closeCodeOf,
@@ -42,6 +43,8 @@ export interface ShellSocketOptions {
    * last interval's pings is taken as gone (its shell waits for a reconnect).
    */
   heartbeatIntervalMs?: number;
+  /** Told of each shell's opening (traces); none by default. */
+  observer?: Observer;
 }
 
 const defaultHeartbeatIntervalMs = 30_000;
@@ -84,13 +87,12 @@ async function openShell(
   const size = windowSizeOf(query);
   const target = await invocationTargetOf(context, input);
   const lease = await sessions.acquire(target.runtime, target.version, sessionId);
-  const connection = await shells.connect({
-    runtimeId: target.runtime.id,
-    sessionId,
-    shellId,
-    size,
-    lease,
-  });
+  // A step for starting (or reattaching to) the shell; the conversation is the request's own.
+  const connection = await (options.observer ?? noObserver).step(
+    "shell.open",
+    { runtimeId: target.runtime.id, sessionId },
+    () => shells.connect({ runtimeId: target.runtime.id, sessionId, shellId, size, lease }),
+  );
   let socket: WebSocket;
   try {
     socket = await input.accept();

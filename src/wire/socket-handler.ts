@@ -89,11 +89,13 @@ export function createUpgradeHandler(options: UpgradeHandlerOptions): UpgradeLis
       .finally(() => {
         const durationMs = Math.round((performance.now() - startedAt) * 100) / 100;
         observer.requestEnded({
+          requestId,
           operation: outcome.operation,
           runtimeId: upgrade.request?.observed?.runtimeId,
           endpoint: upgrade.request?.observed?.endpoint,
           status: outcome.status,
           errorCode: outcome.errorCode,
+          forwardedBy: upgrade.forwardedBy,
           durationMs,
         });
         options.log.info("request", {
@@ -119,6 +121,8 @@ interface Upgrade {
   opened?: boolean;
   /** The parsed request, once parsed: what it addressed is learnt there. */
   request?: WireRequest;
+  /** The node that forwarded the upgrade, once its signature was checked. */
+  forwardedBy?: string | undefined;
 }
 
 async function serve(
@@ -149,6 +153,7 @@ async function serve(
   if (matched !== undefined) upgrade.outcome.operation = matched.operation.name;
   // Authenticated first, so unsigned callers learn nothing about the routes.
   const forwardedBy = await authenticate(options, request);
+  upgrade.forwardedBy = forwardedBy;
   if (matched === undefined) {
     throw new BerthError(
       "UnknownOperationException",

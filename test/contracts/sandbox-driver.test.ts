@@ -186,6 +186,18 @@ for (const driverUnderTest of driversUnderTest) {
         assert.ok(usage.processes === undefined || usage.processes > 0);
       });
 
+      it("reports the CPU time the sandbox's processes used, growing as they work", async () => {
+        const sandbox = await startProbe();
+        await untilHealthy(sandbox);
+        const before = (await sandbox.usage()).cpuSeconds;
+        assert.ok(before !== undefined && before > 0, `starting node took CPU: ${String(before)}`);
+        // The agent starts a process that fills 200 MiB and waits for it.
+        const hog = await invokeProbe(sandbox, { action: "hog", megabytes: 200 });
+        assert.equal(hog["output"], "allocated");
+        const after = (await sandbox.usage()).cpuSeconds ?? 0;
+        assert.ok(after > before, `CPU time grew: ${String(before)} s, then ${String(after)} s`);
+      });
+
       it("passes each line the agent writes on stdout to onOutput", async () => {
         const line = lineSeen("stdout", "probe: never listening");
         const sandbox = await startProbe({

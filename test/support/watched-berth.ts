@@ -7,15 +7,13 @@ import { BedrockAgentCoreClient } from "@aws-sdk/client-bedrock-agentcore";
 import { clientsOf, serveCommand } from "./berth-process.ts";
 import { isolationArgs, makeDataDir, removeDir } from "./berth.ts";
 
-/** Agent output records kept for tests to look at; past this many they are only counted. */
-const keptAgentOutputRecords = 10_000;
-
 /**
  * `berth serve` in a process of its own, watched from outside as an operator would watch it: the
- * bytes it has logged, its log records, and its resident memory. Agent output records past the
- * first few thousand are only counted, so a flood of them cannot fill the test's own memory.
+ * bytes it has logged, its log records, and its resident memory. Agents' output is not among
+ * them (each session's log is its own: read it through the API at `url`).
  */
 export interface WatchedBerth {
+  url: string;
   dataDir: string;
   control: BedrockAgentCoreControlClient;
   data: BedrockAgentCoreClient;
@@ -89,12 +87,7 @@ export async function startWatchedBerth(
   setUp(dataDir);
   const serveArgs = ["--data-dir", dataDir, ...isolationArgs(), ...args];
   const records: Record<string, unknown>[] = [];
-  let agentOutputRecords = 0;
   const server = serve(serveArgs, (text) => {
-    if (text.includes('"msg":"agent output"')) {
-      agentOutputRecords += 1;
-      if (agentOutputRecords > keptAgentOutputRecords) return;
-    }
     records.push(JSON.parse(text) as Record<string, unknown>);
   });
   let logBytes = 0;
@@ -114,6 +107,7 @@ export async function startWatchedBerth(
     return Number(match[1]) * 1024;
   };
   return {
+    url,
     dataDir,
     control,
     data,

@@ -3,11 +3,12 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
+  realpathSync,
   rmdirSync,
   statfsSync,
   writeFileSync,
 } from "node:fs";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
@@ -37,7 +38,7 @@ export class CgroupTree {
       this.roots = [join(mountPoint, parentName)];
     } else {
       this.layout = "v1";
-      this.roots = ["memory", "pids", "cpu"].map((controller) =>
+      this.roots = v1Controllers(mountPoint).map((controller) =>
         join(mountPoint, controller, parentName),
       );
       for (const root of this.roots) {
@@ -163,16 +164,30 @@ export class CgroupTree {
     }
   }
 
-  async usage(
-    name: string,
-  ): Promise<{ memoryBytes: number | undefined; processes: number | undefined }> {
+  usage(name: string): Promise<{
+    memoryBytes: number | undefined;
+    processes: number | undefined;
+    cpuSeconds: number | undefined;
+  }> {
     const memoryFile = this.layout === "v2" ? "memory.current" : "memory/memory.usage_in_bytes";
     const pidsFile = this.layout === "v2" ? "pids.current" : "pids/pids.current";
-    const read = async (file: string): Promise<number | undefined> => {
-      const text = await readFile(this.path(name, file), "utf8").catch(() => undefined);
-      return text === undefined ? undefined : Number(text.trim());
+    // Synchronous, like createChild: cgroupfs lives in memory, and a scrape reads these for every
+    // session (64 sessions through the thread pool took 75 ms, queued behind other file work).
+    const read = (file: string): string | undefined => {
+      try {
+        return readFileSync(this.path(name, file), "utf8");
+      } catch {
+        return undefined; // the sandbox is gone
+      }
     };
-    return { memoryBytes: await read(memoryFile), processes: await read(pidsFile) };
+    const memory = read(memoryFile);
+    const pids = read(pidsFile);
+    const cpu = read(this.layout === "v2" ? "cpu.stat" : "cpuacct/cpuacct.usage");
+    return Promise.resolve({
+      memoryBytes: numberIn(memory),
+      processes: numberIn(pids),
+      cpuSeconds: this.layout === "v2" ? cpuSecondsInStat(cpu) : nanosecondsToSeconds(cpu),
+    });
   }
 
   /** Kills whatever is left in the sandbox's cgroup, then removes it. */
@@ -232,8 +247,11 @@ export class CgroupTree {
   private path(name: string, file: string): string {
     if (this.layout === "v2") return join(this.roots[0] ?? "", name, file);
     const [controller = "", leaf = ""] = file.split("/");
-    const root = this.roots.find((candidate) => candidate.includes(`/${controller}/`)) ?? "";
-    return join(root, name, leaf);
+    const rootOf = (wanted: string): string | undefined =>
+      this.roots.find((candidate) => candidate.includes(`/${wanted}/`));
+    // cpuacct has no root of its own where it is mounted with cpu (cpu,cpuacct).
+    const root = rootOf(controller) ?? (controller === "cpuacct" ? rootOf("cpu") : undefined);
+    return join(root ?? "", name, leaf);
   }
 
   private async removeGroup(group: string): Promise<void> {
@@ -248,6 +266,40 @@ export class CgroupTree {
     }
     await removeWhenEmpty(group, { kill: true });
   }
+}
+
+/**
+ * The v1 hierarchies a sandbox gets a group in. cpuacct (the CPU time a group used) is one of
+ * its own on some hosts (this project's machines), and shares cpu's where the two are mounted
+ * together (cpu,cpuacct): then cpu's group already counts, and a second one would be the same.
+ */
+function v1Controllers(mountPoint: string): string[] {
+  const controllers = ["memory", "pids", "cpu"];
+  const cpuacct = join(mountPoint, "cpuacct");
+  try {
+    if (realpathSync(cpuacct) !== realpathSync(join(mountPoint, "cpu")))
+      controllers.push("cpuacct");
+  } catch {
+    // no cpuacct hierarchy (or no cpu one, reported by the caller): CPU time is not known
+  }
+  return controllers;
+}
+
+function numberIn(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const value = Number(text.trim());
+  return Number.isFinite(value) ? value : undefined;
+}
+
+function nanosecondsToSeconds(text: string | undefined): number | undefined {
+  const nanoseconds = numberIn(text);
+  return nanoseconds === undefined ? undefined : nanoseconds / 1e9;
+}
+
+/** v2's cpu.stat: `usage_usec N` among other lines. */
+function cpuSecondsInStat(text: string | undefined): number | undefined {
+  const micros = /^usage_usec (\d+)$/m.exec(text ?? "")?.[1];
+  return micros === undefined ? undefined : Number(micros) / 1e6;
 }
 
 /** Longest the removal of a group waits for its processes to be gone. */

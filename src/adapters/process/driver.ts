@@ -211,7 +211,10 @@ class ProcessSandbox implements Sandbox {
     await this.exited;
   }
 
-  /** VmRSS of the agent's own process where /proc has it (Linux); nothing is counted elsewhere. */
+  /**
+   * VmRSS and CPU time of the agent's own process (with its children it waited for) where /proc
+   * has them (Linux); commands beside it are not counted.
+   */
   usage(): Promise<SandboxUsage> {
     let memoryBytes: number | undefined;
     try {
@@ -221,7 +224,11 @@ class ProcessSandbox implements Sandbox {
     } catch {
       // No /proc (macOS), or the agent has just gone.
     }
-    return Promise.resolve({ memoryBytes, processes: undefined });
+    return Promise.resolve({
+      memoryBytes,
+      processes: undefined,
+      cpuSeconds: cpuSecondsOf(this.agent.pid),
+    });
   }
 
   private async killGroups(): Promise<void> {
@@ -262,4 +269,20 @@ async function freeLoopbackPort(): Promise<number> {
   await new Promise((resolve) => server.close(resolve));
   if (address === null || typeof address === "string") throw new Error("no port was given");
   return address.port;
+}
+
+/** Linux counts /proc/PID/stat's CPU times in USER_HZ ticks, 100 a second on every architecture. */
+const ticksPerSecond = 100;
+
+/** utime + stime + cutime + cstime of /proc/PID/stat, in seconds; undefined without /proc. */
+function cpuSecondsOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces and parentheses): state is field 3.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = fields.slice(11, 15).reduce((sum, field) => sum + Number(field), 0);
+    return Number.isFinite(ticks) ? ticks / ticksPerSecond : undefined;
+  } catch {
+    return undefined;
+  }
 }

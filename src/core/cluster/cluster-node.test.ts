@@ -180,6 +180,18 @@ describe("a node's heartbeat", () => {
     assert.equal((await store.row("a")).live, true);
   });
 
+  it("tells how long ago its last good heartbeat was (a metric)", async (t) => {
+    const { store, node, pass } = await startNode(t);
+    await pass(intervalMs);
+    assert.equal(node.heartbeatAgeMs, 0);
+    store.heartbeats = "fail";
+    await pass(2 * intervalMs);
+    assert.equal(node.heartbeatAgeMs, 2 * intervalMs);
+    store.heartbeats = "answer";
+    await pass(intervalMs);
+    assert.equal(node.heartbeatAgeMs, 0);
+  });
+
   it("counts a heartbeat the database never answers as failed once its interval is over", async (t) => {
     const { store, sessions, node, pass } = await startNode(t);
     store.heartbeats = "hang";

@@ -65,6 +65,11 @@ export class ClusterNode {
     return this.leaseMs / 4;
   }
 
+  /** How long ago, by this node's own clock, its last heartbeat was taken by the store. */
+  get heartbeatAgeMs(): number {
+    return this.nowMs() - this.lastGoodHeartbeatMs;
+  }
+
   /** The nodes as of the last heartbeat. */
   get nodes(): readonly NodeRecord[] {
     return this.view;

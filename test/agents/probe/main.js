@@ -128,7 +128,7 @@ async function stream(request, response, { key, count }) {
 
 const server = http.createServer(async (request, response) => {
   if (request.method === "GET" && request.url === "/ping") {
-    // Tests watch for this line (it reaches Berth's log) to know a busy ping was polled.
+    // Tests watch for this line (in the session's log) to know a busy ping was polled.
     if (busy) console.log("probe: pinged while busy");
     response.writeHead(200, { "content-type": "application/json" });
     response.end(
