@@ -64,10 +64,15 @@ describe("agents' logs in a cluster of two nodes", { skip: clusterMissing() }, (
     } finally {
       await berthApi(0, "POST", "/berth/v1/nodes/node-0/resume");
     }
-    const listed = (await berthApi(0, "GET", `/berth/v1/runtimes/${runtimeId}/sessions`)) as {
-      sessions: { sessionId: string; node: string }[];
-    };
-    assert.equal(listed.sessions.find((entry) => entry.sessionId === session)?.node, "node-1");
+    // Node-0 lists other nodes' sessions from its view of the cluster, which takes in a node that
+    // joined a moment ago at its next heartbeat.
+    const listedOn = await waitFor("node-0 to list the session with its node", async () => {
+      const listed = (await berthApi(0, "GET", `/berth/v1/runtimes/${runtimeId}/sessions`)) as {
+        sessions: { sessionId: string; node: string }[];
+      };
+      return listed.sessions.find((entry) => entry.sessionId === session)?.node;
+    });
+    assert.equal(listedOn, "node-1");
     // The agent exits with a last line on stderr: its session ends on node-1.
     await invokeProbe(data, created.agentRuntimeArn ?? "", session, {
       action: "exit",

@@ -19,6 +19,7 @@ import {
   type ReceivedSpan,
 } from "./support/otlp-receiver.ts";
 import { createRuntime, newSessionId, workspace } from "./support/runtimes.ts";
+import { sendRaw } from "./support/signed-request.ts";
 import { closeOf, nextMessage, openSigned, sessionIdHeader } from "./support/websockets.ts";
 
 const serverKind = 2;
@@ -252,6 +253,29 @@ describe("traces exported over OTLP/HTTP", () => {
     const relay = named(spans, "agent.websocket");
     assert.equal(relay.parentSpanId, request.spanId);
     assert.equal(greeting.headers["traceparent"], `00-${traceId}-${relay.spanId}-01`);
+  });
+
+  it("exports nothing for an unsigned caller, whatever its traceparent says (no forced spans)", async () => {
+    const forced = newTraceId();
+    const refused = await sendRaw(berth.berth.url, {
+      method: "POST",
+      path: `/runtimes/${encodeURIComponent(runtime.arn)}/invocations`,
+      unsigned: true,
+      headers: { traceparent: `00-${forced}-${newSpanId()}-01`, [sessionIdHeader]: sessionId },
+      body: "{}",
+    });
+    assert.equal(refused.status, 403);
+    // Spans leave in the order they ended: once a later request's have arrived, any of this
+    // one's would have too.
+    const later = newTraceId();
+    await agentHeadersOf(berth, runtime.arn, sessionId, {
+      traceParent: `00-${later}-${newSpanId()}-01`,
+    });
+    await receiver.trace(later, hasAll("InvokeAgentRuntime"), "the later request's span");
+    assert.deepEqual(
+      receiver.spans.filter((span) => span.traceId === forced),
+      [],
+    );
   });
 
   it("says how a request failed: its status and error code", async () => {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { UsageError } from "./args.ts";
-import { shortSession, sinceOption } from "./logs.ts";
+import { shortSession, sinceOption, visibleText } from "./logs.ts";
 
 describe("berth logs options", () => {
   const now = Date.parse("2025-01-31T12:00:00.000Z");
@@ -31,5 +31,13 @@ describe("berth logs options", () => {
   it("shortens a session id to a prefix of one width", () => {
     assert.equal(shortSession("short").length, 16);
     assert.equal(shortSession("session-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"), "session-0f1e2d3…");
+  });
+
+  it("shows an agent's control characters as text, keeping tabs and the rest", () => {
+    assert.equal(
+      visibleText("\u001b]52;c;cHduZWQ=\u0007\r[berth] forged\u001b[2A\u009b1m\u007f"),
+      "\\x1b]52;c;cHduZWQ=\\x07\\x0d[berth] forged\\x1b[2A\\x9b1m\\x7f",
+    );
+    assert.equal(visibleText("a\tb é 😀"), "a\tb é 😀");
   });
 });

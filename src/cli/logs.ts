@@ -178,10 +178,11 @@ class LinePrinter {
       await writeText(stdout, `${key}\n`);
       return;
     }
-    const prefix = this.prefixed ? `${shortSession(line.sessionId)} | ` : "";
-    if (line.stream === "stdout") await writeText(stdout, `${prefix}${line.line}\n`);
-    else if (line.stream === "stderr") await writeText(stderr, `${prefix}${line.line}\n`);
-    else await writeText(stderr, `${prefix}[berth] ${line.line}\n`);
+    const prefix = this.prefixed ? `${shortSession(visibleText(line.sessionId))} | ` : "";
+    const text = visibleText(line.line);
+    if (line.stream === "stdout") await writeText(stdout, `${prefix}${text}\n`);
+    else if (line.stream === "stderr") await writeText(stderr, `${prefix}${text}\n`);
+    else await writeText(stderr, `${prefix}[berth] ${text}\n`);
   }
 
   async skipped(skipped: { lines: number; bytes: number }): Promise<void> {
@@ -194,6 +195,18 @@ class LinePrinter {
       `berth logs: ${skipped.lines} lines (${skipped.bytes} bytes) skipped: they came faster than this terminal took them\n`,
     );
   }
+}
+
+/**
+ * An agent's text as it may reach a terminal: control characters (C0 but tab, DEL, C1) shown as
+ * \xHH. Raw, they would let an agent drive the reader's terminal: write to its clipboard (OSC
+ * 52), move its cursor, overwrite a line to forge one of Berth's.
+ */
+export function visibleText(text: string): string {
+  return text.replace(
+    /[\u0000-\u0008\u000a-\u001f\u007f-\u009f]/g,
+    (character) => `\\x${character.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
 }
 
 /** A session id short enough to prefix lines with: its start, which usually tells them apart. */

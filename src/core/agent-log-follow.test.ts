@@ -1,7 +1,12 @@
 import assert from "node:assert/strict";
 import { afterEach, describe, it } from "node:test";
 import { MemoryAgentLogStore } from "../adapters/memory/agent-log-store.ts";
-import { followAgentLogs, type FollowItem, type FollowOptions } from "./agent-log-follow.ts";
+import {
+  followAgentLogs,
+  followLineOverheadBytes,
+  type FollowItem,
+  type FollowOptions,
+} from "./agent-log-follow.ts";
 import { AgentLogs, type AgentLogQuery } from "./agent-logs.ts";
 
 const quietLog = { info: () => undefined, warn: () => undefined, error: () => undefined };
@@ -103,7 +108,8 @@ describe("followAgentLogs", () => {
 
   it("skips what a slow reader cannot hold, and says how much where the gap is", async () => {
     const logs = open();
-    const follow = followAgentLogs(logs, query, options({ maxQueuedBytes: 10 }));
+    const maxQueuedBytes = 2 * (5 + followLineOverheadBytes);
+    const follow = followAgentLogs(logs, query, options({ maxQueuedBytes }));
     // The first next() subscribes and reads; the lines below arrive before anything is taken.
     const first = follow.next();
     for (const text of ["12345", "67890", "dropped", "dropped too"])
@@ -116,5 +122,64 @@ describe("followAgentLogs", () => {
       if (seen.length === 4) break;
     }
     assert.deepEqual(seen, ["a:12345", "a:67890", "skipped:2", "a:after the gap"]);
+  });
+
+  it("charges empty lines too: a flood of them behind a stalled reader is skipped", async () => {
+    const logs = open();
+    const maxQueuedBytes = 64 * 1024;
+    const follow = followAgentLogs(logs, query, options({ maxQueuedBytes }));
+    const first = follow.next();
+    const flood = 5000;
+    for (let count = 0; count < flood; count += 1)
+      logs.append({ runtimeId, sessionId: "a" }, line(""));
+    const firstItem = await first;
+    let queued = firstItem.done === true ? 0 : 1;
+    let skipped = 0;
+    for await (const item of follow) {
+      if ("skipped" in item) {
+        skipped = item.skipped.lines;
+        break;
+      }
+      queued += 1;
+      if (queued === flood) break;
+    }
+    assert.equal(queued, Math.floor(maxQueuedBytes / followLineOverheadBytes));
+    assert.equal(queued + skipped, flood);
+  });
+
+  it("sends what was written while its history was read when the session ended then", async () => {
+    const logs = open();
+    logs.append({ runtimeId, sessionId: "a" }, line("earlier"));
+    const follow = followAgentLogs(
+      logs,
+      { ...query, sessionId: "a" },
+      options({ isRunning: () => false }),
+    );
+    // The first next() subscribes and starts the read; the session ends before the read is done.
+    const first = follow.next();
+    logs.append({ runtimeId, sessionId: "a" }, line("last words"));
+    logs.append({ runtimeId, sessionId: "a" }, line("session ended: stopped", "ended"));
+    const firstItem = await first;
+    const seen = firstItem.done === true ? [] : [describeItem(firstItem.value)];
+    for await (const item of follow) seen.push(describeItem(item));
+    assert.deepEqual(seen, [
+      "a:earlier",
+      "a:last words",
+      "a:session ended: stopped",
+      "end:session-ended",
+    ]);
+  });
+
+  it("ends as the session did when its history ends with the ended note", async () => {
+    const logs = open();
+    logs.append({ runtimeId, sessionId: "a" }, line("session ended: stopped", "ended"));
+    const seen: string[] = [];
+    for await (const item of followAgentLogs(
+      logs,
+      { ...query, sessionId: "a" },
+      options({ isRunning: () => false }),
+    ))
+      seen.push(describeItem(item));
+    assert.deepEqual(seen, ["a:session ended: stopped", "end:session-ended"]);
   });
 });

@@ -52,7 +52,14 @@ export async function* followAgentLogs(
     const history = await logs.read(query);
     for (const line of history.lines) yield { line };
     if (query.sessionId !== undefined && !options.isRunning(query.sessionId)) {
-      yield { end: "session-not-running" };
+      // It may have ended while the history was read: what it wrote meanwhile (its "ended"
+      // note among them) waits here, and is sent before the follow ends.
+      let endedLast = history.lines.at(-1)?.event === "ended";
+      for (let item = queue.take(); item !== undefined; item = queue.take()) {
+        yield item;
+        endedLast = "line" in item && item.line.event === "ended";
+      }
+      yield { end: endedLast ? "session-ended" : "session-not-running" };
       return;
     }
     for (;;) {
@@ -73,6 +80,12 @@ export async function* followAgentLogs(
 }
 
 /**
+ * What a line waiting for a reader costs besides its text (its object and the slot holding it):
+ * charged so that empty lines, which have no text, still fill the queue.
+ */
+export const followLineOverheadBytes = 64;
+
+/**
  * New lines waiting for a reader, up to a number of bytes. Once one is skipped, every line is
  * until the reader has taken all those before it: the report of what was skipped then stands
  * where the gap is.
@@ -89,13 +102,13 @@ class FollowQueue {
   }
 
   push(line: AgentLogLine): void {
-    const size = Buffer.byteLength(line.line);
+    const size = queuedBytesOf(line);
     // A line is always taken into an empty queue, however long: a reader gets every line it
     // keeps up with.
     const full = this.lines.length > 0 && this.bytes + size > this.maxBytes;
     if (this.skipped.lines > 0 || full) {
       this.skipped.lines += 1;
-      this.skipped.bytes += size;
+      this.skipped.bytes += Buffer.byteLength(line.line);
     } else {
       this.lines.push(line);
       this.bytes += size;
@@ -107,18 +120,25 @@ class FollowQueue {
   async next(stop: AbortSignal): Promise<Exclude<FollowItem, { end: FollowEnd }> | undefined> {
     for (;;) {
       if (stop.aborted) return undefined;
-      const line = this.lines.shift();
-      if (line !== undefined) {
-        this.bytes -= Buffer.byteLength(line.line);
-        return { line };
-      }
-      if (this.skipped.lines > 0) {
-        const skipped = this.skipped;
-        this.skipped = { lines: 0, bytes: 0 };
-        return { skipped };
-      }
+      const item = this.take();
+      if (item !== undefined) return item;
       await this.arrival(stop);
     }
+  }
+
+  /** The next line (or skip report) if one waits, without waiting. */
+  take(): Exclude<FollowItem, { end: FollowEnd }> | undefined {
+    const line = this.lines.shift();
+    if (line !== undefined) {
+      this.bytes -= queuedBytesOf(line);
+      return { line };
+    }
+    if (this.skipped.lines > 0) {
+      const skipped = this.skipped;
+      this.skipped = { lines: 0, bytes: 0 };
+      return { skipped };
+    }
+    return undefined;
   }
 
   private arrival(stop: AbortSignal): Promise<void> {
@@ -132,4 +152,9 @@ class FollowQueue {
       stop.addEventListener("abort", done, { once: true });
     });
   }
+}
+
+/** What a line costs a follow's queue: its text and what holding it costs. */
+function queuedBytesOf(line: AgentLogLine): number {
+  return Buffer.byteLength(line.line) + followLineOverheadBytes;
 }

@@ -87,4 +87,27 @@ describe("AgentOutputLog", () => {
       ["session ended: the agent exited (exit code 3)"],
     );
   });
+
+  it("writes nothing after the end: the ended note stays the log's last line", () => {
+    const { log } = recordingLogger();
+    const { writer, entries } = recordingWriter();
+    let now = 0;
+    const output = new AgentOutputLog({
+      log,
+      ids,
+      writer,
+      settings: { bytesPerSecond: 1, burstBytes: lineCost },
+      nowMs: () => now,
+      timeMs: () => 0,
+    });
+    output.end("stopped");
+    output.write("stdout", "x");
+    now += 5000;
+    output.write("stdout", "x");
+    output.end("again");
+    assert.deepEqual(
+      entries.map((entry) => entry.event),
+      ["started", "ended"],
+    );
+  });
 });

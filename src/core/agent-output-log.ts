@@ -61,6 +61,8 @@ export class AgentOutputLog {
 
   /** Writes one line of the agent's output, or counts it as dropped when over budget. */
   write(stream: "stdout" | "stderr", line: string): void {
+    // Output read after the end (the last of a pipe) is not the session's: its log ends there.
+    if (this.ended) return;
     this.refill();
     const entry: AgentLogEntry = { timeMs: this.timeMs(), stream, line };
     if (this.take(entry)) {

@@ -657,9 +657,13 @@ export class SessionManager {
     session.stopReason ??= reason;
     if (this.sessions.get(session.key) === session) this.sessions.delete(session.key);
     session.abort.abort(new Error(reason));
-    await session.sandbox?.kill();
-    await session.released;
-    session.outputLog.end(session.stopReason);
+    try {
+      await session.sandbox?.kill();
+      await session.released;
+    } finally {
+      // Its log says it ended even when its sandbox could not be killed cleanly.
+      session.outputLog.end(session.stopReason);
+    }
     this.log.info("session ended", {
       runtimeId: session.runtimeId,
       sessionId: session.sessionId,

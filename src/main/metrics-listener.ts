@@ -74,9 +74,17 @@ export async function listenForMetrics(
       `metricsPort ${options.port} is the API's port: metrics are served unauthenticated, on a port of their own`,
     );
   }
-  const server = createServer({ requestTimeout: scrapeRequestTimeoutMs }, (request, response) => {
-    answer(metrics, request, response, options.log);
-  });
+  // Idle or slow connections are dropped soon: a handful must not shut Prometheus out.
+  const server = createServer(
+    {
+      requestTimeout: scrapeRequestTimeoutMs,
+      headersTimeout: scrapeRequestTimeoutMs,
+      keepAliveTimeout: 5_000,
+    },
+    (request, response) => {
+      answer(metrics, request, response, options.log);
+    },
+  );
   server.maxConnections = maxScrapeConnections;
   await new Promise<void>((done, fail) => {
     server.once("error", fail);

@@ -363,6 +363,9 @@ async function routeToOwner(
     },
   });
   if (route.kind === "here") return { kind: "here" };
+  // For this node's metrics: a session owned elsewhere was placed for a runtime that was checked
+  // to exist then, so its id is a bounded label. The endpoint, not checked here, is left out.
+  input.request.observed ??= { runtimeId };
   return {
     kind: "elsewhere",
     node: route.node,

@@ -61,7 +61,8 @@ export function createRequestHandler(options: HandlerOptions) {
         operation: outcome.operation,
         runtimeId: outcome.request?.observed?.runtimeId,
         endpoint: outcome.request?.observed?.endpoint,
-        status: outgoing.statusCode,
+        // Gone before any answer: not a success (nginx's 499, "client closed request").
+        status: outgoing.headersSent ? outgoing.statusCode : clientClosedRequest,
         errorCode: outcome.errorCode,
         forwardedBy: outcome.forwardedBy,
         durationMs,
@@ -75,11 +76,8 @@ export function createRequestHandler(options: HandlerOptions) {
         ...(outgoing.writableFinished ? {} : { disconnected: true }),
       });
     });
-    observer
-      .request(incoming.headers, { requestId }, () =>
-        handle(options, incoming, outgoing, requestId, outcome, abort.signal),
-      )
-      .catch((error: unknown) => {
+    handle(options, incoming, outgoing, requestId, outcome, abort.signal).catch(
+      (error: unknown) => {
         const known = BerthError.isInstance(error) ? error : undefined;
         if (known === undefined || errorShapes[known.code].fault === "server") {
           options.log.error("request failed", {
@@ -97,7 +95,8 @@ export function createRequestHandler(options: HandlerOptions) {
         outcome.errorCode = answer.code;
         if (!incoming.complete) leaveUnreadBody(incoming, outgoing, outcome.authenticated);
         sendError(outgoing, answer, requestId);
-      });
+      },
+    );
   };
 }
 
@@ -135,16 +134,27 @@ async function handle(
   if (pending instanceof PendingClusterSignature) outcome.forwardedBy = pending.fromNode;
   if (matched === undefined) throw unmatched;
 
-  const result = await matched.operation.handle({
-    request,
-    forwardedBy: pending instanceof PendingClusterSignature ? pending.fromNode : undefined,
-    params: matched.params,
-    body: json,
-    payload,
-    raw: { incoming, outgoing, signal },
-  });
+  // Traced from here: a caller must prove who it is before its trace headers are honoured (an
+  // unsigned flood could otherwise force spans out and crowd real ones from the export queue).
+  const operation = matched.operation;
+  const result = await (options.observer ?? noObserver).request(
+    request.headers,
+    { requestId },
+    () =>
+      operation.handle({
+        request,
+        forwardedBy: pending instanceof PendingClusterSignature ? pending.fromNode : undefined,
+        params: matched.params,
+        body: json,
+        payload,
+        raw: { incoming, outgoing, signal },
+      }),
+  );
   if ("json" in result) sendJson(outgoing, matched.operation.successStatus, result.json, requestId);
 }
+
+/** The status a request is counted with when its client left before any answer. */
+const clientClosedRequest = 499;
 
 /** What proves a request's headers, and later its body: SigV4, or another node's signature. */
 type RequestSignature = Pick<

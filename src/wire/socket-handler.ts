@@ -65,10 +65,7 @@ export function createUpgradeHandler(options: UpgradeHandlerOptions): UpgradeLis
     };
     const upgrade: Upgrade = { incoming, socket, head, requestId, outcome, chosenProtocols };
     const observer = options.observer ?? noObserver;
-    observer
-      .request(incoming.headers, { requestId, webSocket: true }, () =>
-        serve(options, serverOf, upgrade),
-      )
+    serve(options, serverOf, upgrade)
       .catch((error: unknown) => {
         const answer = asBerthError(error, requestId);
         if (errorShapes[answer.code].fault === "server") {
@@ -197,7 +194,13 @@ async function serve(
       return accepted;
     },
   };
-  await matched.operation.handle(input);
+  // Traced from here, once authenticated (see handler.ts).
+  const operation = matched.operation;
+  await (options.observer ?? noObserver).request(
+    incoming.headers,
+    { requestId, webSocket: true },
+    () => operation.handle(input),
+  );
 }
 
 /**

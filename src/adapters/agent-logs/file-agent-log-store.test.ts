@@ -89,4 +89,29 @@ describe("FileAgentLogStore", () => {
     await logs.close();
     assert.equal(statSync(target).size, 0);
   });
+
+  it("reads a runtime's sessions newest first, and no further than the answer needs", async () => {
+    const logs = await FileAgentLogStore.open(
+      folder,
+      { sessionBytes: 1 << 20, totalBytes: 1 << 30 },
+      quietLog,
+    );
+    const session = (name: string) => ({ runtimeId: "runtime-1", sessionId: name });
+    logs.append(session("old"), { timeMs: 1, stream: "stdout", line: "old" });
+    await logs.read(everything);
+    // The old session's log can no longer be read: a read that opened it would fail.
+    const [oldFile] = filesUnder(folder);
+    writeFileSync(join(root, "elsewhere"), "");
+    rmSync(oldFile?.path ?? "");
+    symlinkSync(join(root, "elsewhere"), oldFile?.path ?? "");
+    logs.append(session("middle"), { timeMs: 2, stream: "stdout", line: "middle" });
+    logs.append(session("new"), { timeMs: 3, stream: "stdout", line: "new" });
+    const page = await logs.read({ ...everything, limit: 2 });
+    assert.deepEqual(
+      page.lines.map((entry) => entry.line),
+      ["middle", "new"],
+    );
+    assert.equal(page.truncated, true);
+    await logs.close();
+  });
 });

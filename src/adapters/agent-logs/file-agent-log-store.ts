@@ -43,7 +43,7 @@ interface SessionLog {
  * SessionLogFiles). Lines are batched for a moment before they are written; each session's
  * writes, reads and removal run one after another, and a read first writes what was appended
  * before it, so it sees exactly those lines. Which sessions have logs is known in memory
- * (loaded at open): a read of a whole runtime starts every session's read in the same turn.
+ * (loaded at open): a read of a whole runtime queues every session's read in the same turn.
  */
 export class FileAgentLogStore implements AgentLogStore {
   private readonly folder: string;
@@ -90,18 +90,40 @@ export class FileAgentLogStore implements AgentLogStore {
     }
   }
 
+  /**
+   * A session's read is queued now, behind the writes of what was appended until now. Across a
+   * runtime, sessions are read one after another, the one that wrote last first: once the lines
+   * read are enough (limit or maxBytes) of lines newer than all a session wrote, that session
+   * and those that wrote before it are not read at all.
+   */
   async read(query: AgentLogQuery): Promise<AgentLogPage> {
     const runtime = this.runtimes.get(query.runtimeId);
-    const sessions =
-      query.sessionId === undefined
-        ? [...(runtime?.values() ?? [])]
-        : [runtime?.get(query.sessionId)].filter((log) => log !== undefined);
-    // Every session's read is queued now, behind the writes of what was appended until now.
-    const pages = sessions.map((log) => {
+    if (query.sessionId !== undefined) {
+      const log = runtime?.get(query.sessionId);
+      if (log === undefined) return { lines: [], truncated: false };
       this.flush(log);
-      return this.queue(log, () => log.files.read(query));
+      return latestOf([await this.queue(log, () => log.files.read(query))], query);
+    }
+    const sessions = [...(runtime?.values() ?? [])]
+      .map((log) => ({ log, lastWriteMs: log.files.lastWriteMs }))
+      .filter(({ lastWriteMs }) => lastWriteMs >= (query.sinceMs ?? 0))
+      .sort((first, second) => second.lastWriteMs - first.lastWriteMs);
+    const pages: AgentLogPage[] = [];
+    let leftOut = false;
+    let before: Promise<unknown> = Promise.resolve();
+    const reads = sessions.map(({ log, lastWriteMs }) => {
+      this.flush(log);
+      const after = before;
+      before = this.queue(log, async () => {
+        await after;
+        if (enoughNewerThan(pages, lastWriteMs, query)) leftOut = true;
+        else pages.push(await log.files.read(query));
+      });
+      return before;
     });
-    return latestOf(await Promise.all(pages), query);
+    await Promise.all(reads);
+    const page = latestOf(pages, query);
+    return { lines: page.lines, truncated: page.truncated || leftOut };
   }
 
   async sweep(beforeMs: number): Promise<number> {
@@ -283,6 +305,25 @@ export class FileAgentLogStore implements AgentLogStore {
       }),
     );
   }
+}
+
+/** Whether the pages hold a full answer (limit or maxBytes) of lines newer than `timeMs`. */
+function enoughNewerThan(
+  pages: AgentLogPage[],
+  timeMs: number,
+  bounds: Pick<AgentLogQuery, "limit" | "maxBytes">,
+): boolean {
+  let lines = 0;
+  let bytes = 0;
+  for (const page of pages) {
+    for (const line of page.lines) {
+      if (line.timeMs <= timeMs) continue;
+      lines += 1;
+      bytes += Buffer.byteLength(line.line);
+      if (lines >= bounds.limit || bytes > bounds.maxBytes) return true;
+    }
+  }
+  return false;
 }
 
 /** Most bytes of a header: its ids, a session id being at most 256 printable characters. */
