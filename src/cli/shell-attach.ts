@@ -16,9 +16,9 @@ import { ShellRefusedError, untilOpen } from "./shell-socket.ts";
 import type { LocalTerminal } from "./shell-terminal.ts";
 
 /** How the attachment waits before each try to reach the same shell again after a drop. */
-export const defaultReconnectDelaysMs: readonly number[] = [250, 500, 1000, 2000, 4000];
+const defaultReconnectDelaysMs: readonly number[] = [250, 500, 1000, 2000, 4000];
 /** How often a silent connection is probed with a heartbeat; one probe unanswered drops it. */
-export const defaultProbeIntervalMs = 15_000;
+const defaultProbeIntervalMs = 15_000;
 /** Keys waiting in the socket's buffer past this pause the input until they are sent. */
 const inputHighWaterBytes = 256 * 1024;
 /** End of input, as Ctrl-D types it: a shell reading a terminal sees end of file. */
@@ -29,7 +29,7 @@ const endOfTransmission = Buffer.of(0x04);
  * readline starts, or while a command runs) is taken as an empty line, not as end of file at
  * bash's prompt; the next one, typed while readline waits, ends the shell.
  */
-export const defaultEndOfInputRepeatMs = 500;
+const defaultEndOfInputRepeatMs = 500;
 
 /**
  * Close codes after which trying again cannot help: a protocol mistake (one side's bug), or

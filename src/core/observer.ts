@@ -1,5 +1,5 @@
 /**
- * Where Berth reports its work, for the operator: metrics count it, traces time it (issue 19,
+ * Where Berth reports its work, for the operator: metrics count it, traces time it (see
  * docs/observability.md). Core and wire call these on the hot path: an observer must not throw,
  * block, or keep more than a bounded amount per call. `noObserver` is the default.
  */

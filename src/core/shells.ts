@@ -22,7 +22,7 @@ export interface ShellSettings {
 }
 
 /** What a new shell's terminal is until the client says otherwise. */
-export const defaultWindowSize: WindowSize = { width: 80, height: 24 };
+const defaultWindowSize: WindowSize = { width: 80, height: 24 };
 
 /** A shell id a client may choose: what fits a URL, a file name and a log line unquoted. */
 const shellIdPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;

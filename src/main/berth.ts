@@ -195,13 +195,14 @@ async function serveOn(
   });
   // Pulls a session start makes (an image a version of another node's preparation pinned).
   const sessionPulls = new AbortController();
-  // Metrics and traces (issue 19) add their observers here.
+  // What Berth reports of its work: metrics (metricsPort) and traces (otlpTracesEndpoint), each
+  // off when unset (docs/observability.md).
   const metrics = metricsIfServed(settings);
   // Spans over OTLP/HTTP (otlpTracesEndpoint; off when unset).
   const tracing = startTracing(settings, { name: nodeNameOf(settings), id: nodeId, log });
   const observer = combineObservers([
     ...(metrics === undefined ? [] : [metrics.observer]),
-    tracing,
+    ...(settings.otlpTracesEndpoint === "" ? [] : [tracing]),
   ]);
   // Each session's agent output, kept apart from this log (docs/observability.md).
   const agentLogs = await openAgentLogs(settings, log);

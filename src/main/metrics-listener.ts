@@ -65,7 +65,7 @@ const scrapeRequestTimeoutMs = 10_000;
  * no authentication, so it is never the API's port, and an operator exposes it to Prometheus
  * only. What it tells (runtime and session ids, resource use) is for the operator's eyes.
  */
-export async function listenForMetrics(
+async function listenForMetrics(
   metrics: BerthMetrics,
   options: { host: string; port: number; apiPort: number; log: Logger },
 ): Promise<MetricsListener> {

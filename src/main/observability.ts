@@ -1,10 +1,19 @@
-import type { Observer, RequestOutcome, StepAttributes } from "../core/observer.ts";
+import {
+  noObserver,
+  type Observer,
+  type RequestOutcome,
+  type StepAttributes,
+} from "../core/observer.ts";
 
 /**
  * One observer that tells several (metrics, traces): each step runs once, nested inside every
  * observer's own wrapping, so a span and a duration sample time the same work.
  */
-export function combineObservers(observers: readonly Observer[]): Observer {
+export function combineObservers(all: readonly Observer[]): Observer {
+  const observers = all.filter((observer) => observer !== noObserver);
+  // Nothing to combine: no wrapping on every request and step.
+  if (observers.length === 0) return noObserver;
+  if (observers.length === 1) return observers[0] ?? noObserver;
   return {
     step: <T>(name: string, attributes: StepAttributes, work: () => Promise<T>): Promise<T> =>
       observers.reduceRight<() => Promise<T>>(

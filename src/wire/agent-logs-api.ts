@@ -15,7 +15,7 @@ import type { SessionManager } from "../core/sessions.ts";
 import type { Operation, OperationInput } from "./operation.ts";
 
 /** Lines one answer holds at most, and unless asked otherwise. */
-export const maxLogLimit = 10_000;
+const maxLogLimit = 10_000;
 const defaultLogLimit = 1000;
 /** Bytes of line text one answer holds at most: the latest lines that fit. */
 const maxAnswerBytes = 8 * 1024 * 1024;
@@ -212,7 +212,7 @@ function answerOf(page: AgentLogPage): { lines: WireLogLine[]; truncated: boolea
   return { lines: page.lines.map(wireLine), truncated: page.truncated };
 }
 
-export function wireLine(line: AgentLogLine): WireLogLine {
+function wireLine(line: AgentLogLine): WireLogLine {
   return {
     time: new Date(line.timeMs).toISOString(),
     sessionId: line.sessionId,

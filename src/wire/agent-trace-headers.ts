@@ -8,7 +8,7 @@ import type { IncomingHttpHeaders } from "node:http";
 import { amznTraceIdHeader, formatAmznTraceId } from "../core/amzn-trace-id.ts";
 
 /** Trace context headers an agent gets from the caller's request. */
-export const traceHeaderNames = ["traceparent", "tracestate", amznTraceIdHeader, "baggage"];
+const traceHeaderNames = ["traceparent", "tracestate", amznTraceIdHeader, "baggage"];
 
 const traceparentPattern = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
 

@@ -87,9 +87,10 @@ export function headersForAgent(
     const value = request.headers[name];
     if (typeof value === "string") headers[name] = value;
   }
-  const allowed = new Set(version.config.requestHeaderAllowlist.map((name) => name.toLowerCase()));
-  for (const [name, value] of Object.entries(request.headers)) {
-    if (allowed.has(name) && typeof value === "string") headers[name] = value;
+  for (const allowed of version.config.requestHeaderAllowlist) {
+    const name = allowed.toLowerCase();
+    const value = request.headers[name];
+    if (typeof value === "string") headers[name] = value;
   }
   return headers;
 }

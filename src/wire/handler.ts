@@ -137,6 +137,8 @@ async function handle(
   // Traced from here: a caller must prove who it is before its trace headers are honoured (an
   // unsigned flood could otherwise force spans out and crowd real ones from the export queue).
   const operation = matched.operation;
+  // A client that left meanwhile was already reported ended: a request begun now would never end.
+  if (signal.aborted) throw signal.reason;
   const result = await (options.observer ?? noObserver).request(
     request.headers,
     { requestId },

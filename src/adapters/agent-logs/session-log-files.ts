@@ -139,7 +139,7 @@ export class SessionLogFiles {
 }
 
 /** A record read back; undefined for a header, or a record cut short by a crash. */
-export function parseRecord(text: string): AgentLogEntry | undefined {
+function parseRecord(text: string): AgentLogEntry | undefined {
   try {
     return entryOfRecord(JSON.parse(text));
   } catch {
