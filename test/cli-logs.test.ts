@@ -11,7 +11,7 @@ import { installAgent } from "./support/agents.ts";
 import { berthBin } from "./support/berth-process.ts";
 import { removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
-import { Tmux } from "./support/tmux.ts";
+import { cliEnv, Tmux } from "./support/tmux.ts";
 
 const tmuxMissing = (() => {
   try {
@@ -39,15 +39,7 @@ describe("berth logs in a terminal", { skip: tmuxMissing }, () => {
       "printer",
     );
     runtime = await createRuntime(berth, "printer");
-    const credentials = berth.berth.credentials;
-    tmux = new Tmux({
-      PATH: process.env["PATH"],
-      HOME: process.env["HOME"],
-      BERTH_ENDPOINT: berth.berth.url,
-      AWS_ACCESS_KEY_ID: credentials.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
-      AWS_REGION: "us-east-1",
-    });
+    tmux = new Tmux(cliEnv(berth));
   });
   after(async () => {
     tmux.close();

@@ -15,7 +15,7 @@ import {
 import { agentSources, installAgent } from "./support/agents.ts";
 import { berthBin } from "./support/berth-process.ts";
 import { hostSuite, removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
-import { Tmux } from "./support/tmux.ts";
+import { cliEnv, Tmux } from "./support/tmux.ts";
 import { createRuntime, newSessionId } from "./support/runtimes.ts";
 
 const repositoryRoot = fileURLToPath(new URL("..", import.meta.url));
@@ -125,19 +125,6 @@ describe("berth shell in a terminal (a host suite: real sandboxes, as root)", ho
 /** `stty -a`'s echo and icanon flags, sorted: "echo,icanon," in a terminal left as it was. */
 const modeCommand =
   "echo MODE:$(stty -a | tr -s ' ;' '\\n\\n' | grep -x -e -icanon -e icanon -e -echo -e echo | sort | tr '\\n' ,)";
-
-/** The environment a user has after pasting what Berth printed at first start. */
-function cliEnv(berth: TestBerth): NodeJS.ProcessEnv {
-  const credentials = berth.berth.credentials;
-  return {
-    PATH: process.env["PATH"],
-    HOME: process.env["HOME"],
-    BERTH_ENDPOINT: berth.berth.url,
-    AWS_ACCESS_KEY_ID: credentials.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
-    AWS_REGION: "us-east-1",
-  };
-}
 
 function berthCommand(...args: string[]): string {
   return [process.execPath, berthBin, ...args].join(" ");

@@ -9,7 +9,7 @@ import { berthBin } from "./support/berth-process.ts";
 import { hostSuite, removeDir, startTestBerth, type TestBerth } from "./support/berth.ts";
 import { invokeProbe, runCommand } from "./support/commands.ts";
 import { createRuntime, newSessionId, workspace } from "./support/runtimes.ts";
-import { Tmux } from "./support/tmux.ts";
+import { cliEnv, Tmux } from "./support/tmux.ts";
 
 const repositoryRoot = fileURLToPath(new URL("..", import.meta.url));
 
@@ -36,7 +36,8 @@ describe("berth top (a host suite: real sandboxes, as root)", hostSuite, () => {
       "node -e 'const end = Date.now() + 60000; while (Date.now() < end);' > /dev/null 2>&1 & echo started",
     );
     assert.equal(started.stdout, "started\n");
-    tmux = new Tmux(cliEnv(berth));
+    cliEnvironment = cliEnv(berth);
+    tmux = new Tmux(cliEnvironment);
   });
   after(async () => {
     tmux.close();
@@ -137,19 +138,6 @@ function berthCommand(...args: string[]): string {
 }
 
 let cliEnvironment: NodeJS.ProcessEnv = {};
-
-function cliEnv(berth: TestBerth): NodeJS.ProcessEnv {
-  const credentials = berth.berth.credentials;
-  cliEnvironment = {
-    PATH: process.env["PATH"],
-    HOME: process.env["HOME"],
-    BERTH_ENDPOINT: berth.berth.url,
-    AWS_ACCESS_KEY_ID: credentials.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
-    AWS_REGION: "us-east-1",
-  };
-  return cliEnvironment;
-}
 
 /** Runs `berth ARGS` with piped stdio (no terminal). */
 async function runCli(

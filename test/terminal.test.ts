@@ -5,7 +5,6 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { chmodSync, cpSync, mkdtempSync } from "node:fs";
-import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { finished } from "node:stream/promises";
@@ -15,9 +14,10 @@ import { nativeBinary } from "../src/adapters/host/native-binaries.ts";
 import { RootMounts } from "../src/adapters/host/root-mounts.ts";
 import type { Sandbox, SandboxTerminal, TerminalOptions } from "../src/core/sandbox.ts";
 import { binaryForSandboxes } from "../src/main/sandbox-host.ts";
-import { agentTarget, pingAgent } from "../src/wire/agent-client.ts";
+import { pingAgent } from "../src/wire/agent-client.ts";
 import { agentSources, waitFor } from "./support/agents.ts";
 import { hostSuite, removeDir } from "./support/berth.ts";
+import { invokeSandboxProbe } from "./support/sandbox-probe.ts";
 
 /** Longest any one expected piece of output may take to show. */
 const outputTimeoutMs = 20_000;
@@ -182,8 +182,8 @@ describe("terminals in bubblewrap sandboxes", hostSuite, () => {
 
   it("runs as the agent's user and sees the files the agent wrote", async () => {
     const running = requireSandbox();
-    const agent = await invokeProbe(running, { action: "whoami" });
-    await invokeProbe(running, {
+    const agent = await invokeSandboxProbe(running, { action: "whoami" });
+    await invokeSandboxProbe(running, {
       action: "write",
       path: "/tmp/from-the-agent",
       content: "written by the agent",
@@ -403,28 +403,3 @@ describe("terminals in bubblewrap sandboxes", hostSuite, () => {
     return (await command.exited).code;
   }
 });
-
-/** POSTs a JSON payload to the probe agent and parses its JSON answer. */
-function invokeProbe(sandbox: Sandbox, payload: unknown): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const outgoing = request(
-      {
-        ...agentTarget(sandbox.agentEndpoint),
-        path: "/invocations",
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        agent: false,
-      },
-      (response) => {
-        const chunks: Buffer[] = [];
-        response.on("data", (chunk: Buffer) => chunks.push(chunk));
-        response.on("end", () => {
-          resolve(JSON.parse(Buffer.concat(chunks).toString("utf8")) as Record<string, unknown>);
-        });
-        response.on("error", reject);
-      },
-    );
-    outgoing.on("error", reject);
-    outgoing.end(JSON.stringify(payload));
-  });
-}

@@ -4,7 +4,6 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { chmodSync, chownSync, cpSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -24,9 +23,10 @@ import type {
 } from "../../src/core/sandbox.ts";
 import type { AgentHealth } from "../../src/core/sessions.ts";
 import { binaryForSandboxes } from "../../src/main/sandbox-host.ts";
-import { agentTarget, pingAgent } from "../../src/wire/agent-client.ts";
+import { pingAgent } from "../../src/wire/agent-client.ts";
 import { agentSources, waitFor } from "../support/agents.ts";
 import { hostSuite, removeDir } from "../support/berth.ts";
+import { invokeSandboxProbe } from "../support/sandbox-probe.ts";
 
 interface BuiltDriver {
   driver: SandboxDriver;
@@ -192,7 +192,7 @@ for (const driverUnderTest of driversUnderTest) {
         const before = (await sandbox.usage()).cpuSeconds;
         assert.ok(before !== undefined && before > 0, `starting node took CPU: ${String(before)}`);
         // The agent starts a process that fills 200 MiB and waits for it.
-        const hog = await invokeProbe(sandbox, { action: "hog", megabytes: 200 });
+        const hog = await invokeSandboxProbe(sandbox, { action: "hog", megabytes: 200 });
         assert.equal(hog["output"], "allocated");
         const after = (await sandbox.usage()).cpuSeconds ?? 0;
         assert.ok(after > before, `CPU time grew: ${String(before)} s, then ${String(after)} s`);
@@ -221,7 +221,7 @@ for (const driverUnderTest of driversUnderTest) {
       it("runs a command beside the agent: its working directory and environment", async () => {
         const sandbox = await startProbe();
         await untilHealthy(sandbox);
-        const agent = await invokeProbe(sandbox, { action: "whoami" });
+        const agent = await invokeSandboxProbe(sandbox, { action: "whoami" });
         const env = agent["env"] as Record<string, string>;
         const finished = await runToEnd(
           await sandbox.exec(["/bin/sh", "-c", 'pwd; printf "%s\\n" "$GREETING" "$PORT"']),
@@ -267,7 +267,10 @@ for (const driverUnderTest of driversUnderTest) {
         assert.equal(finished.exit.code, null, "ended by a signal");
         // The sleeper as the agent sees it (same pid namespace): gone, or a zombie left for
         // init to reap; either way no longer running.
-        const stat = await invokeProbe(sandbox, { action: "read", path: `/proc/${sleeper}/stat` });
+        const stat = await invokeSandboxProbe(sandbox, {
+          action: "read",
+          path: `/proc/${sleeper}/stat`,
+        });
         const running = stat["ok"];
         if (running !== undefined) assert.match(running as string, /^\d+ \(sleep\) Z /);
       });
@@ -294,7 +297,7 @@ for (const driverUnderTest of driversUnderTest) {
           ],
         });
         await untilHealthy(sandbox);
-        const written = await invokeProbe(sandbox, {
+        const written = await invokeSandboxProbe(sandbox, {
           action: "write",
           path: "/mnt/workspace/note.txt",
           content: "written by the agent",
@@ -340,31 +343,6 @@ function lineSeen(
     },
     seen,
   };
-}
-
-/** POSTs a JSON payload to the probe and parses its JSON answer. */
-function invokeProbe(sandbox: Sandbox, payload: unknown): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const outgoing = request(
-      {
-        ...agentTarget(sandbox.agentEndpoint),
-        path: "/invocations",
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        agent: false,
-      },
-      (response) => {
-        const chunks: Buffer[] = [];
-        response.on("data", (chunk: Buffer) => chunks.push(chunk));
-        response.on("end", () => {
-          resolve(JSON.parse(Buffer.concat(chunks).toString("utf8")) as Record<string, unknown>);
-        });
-        response.on("error", reject);
-      },
-    );
-    outgoing.on("error", reject);
-    outgoing.end(JSON.stringify(payload));
-  });
 }
 
 interface FinishedCommand {

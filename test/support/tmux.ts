@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { waitFor } from "./agents.ts";
-import { removeDir } from "./berth.ts";
+import { removeDir, type TestBerth } from "./berth.ts";
 
 const repositoryRoot = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -127,4 +127,17 @@ export class Tmux {
   private tmux(...args: string[]): string {
     return execFileSync("tmux", ["-S", this.socket, ...args], { encoding: "utf8" });
   }
+}
+
+/** The environment a user has after pasting what Berth printed at first start, for the CLI. */
+export function cliEnv(berth: TestBerth): NodeJS.ProcessEnv {
+  const credentials = berth.berth.credentials;
+  return {
+    PATH: process.env["PATH"],
+    HOME: process.env["HOME"],
+    BERTH_ENDPOINT: berth.berth.url,
+    AWS_ACCESS_KEY_ID: credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
+    AWS_REGION: "us-east-1",
+  };
 }
